@@ -1,0 +1,121 @@
+"""``keel.toml``, the app definition, loaded into typed configuration.
+
+Relative paths in the file are resolved against the file's own folder, so an app works from
+any current directory. Unknown keys are an error (a typo must not be silently ignored).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from keel.errors import ConfigError
+
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+_COLLECTION_RE = re.compile(r"^[a-zA-Z0-9._-]{3,512}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AppSection(_Strict):
+    name: str = "keel-app"
+    description: str = ""
+
+
+class ModelSection(_Strict):
+    id: str = "keel:extractive"
+    fallbacks: list[str] = Field(default_factory=list)
+
+
+class PromptsSection(_Strict):
+    system: str | None = None
+    examples: str | None = None
+
+
+class EmbeddingsSection(_Strict):
+    model: str = Field(
+        default=DEFAULT_EMBEDDING_MODEL,
+        description="'all-MiniLM-L6-v2' (bundled, offline), a local model folder, or a model "
+        "name already in the Hugging Face cache.",
+    )
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    device: str = "cpu"
+
+
+class RetrievalSection(_Strict):
+    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    k: int = Field(default=5, ge=1, le=1000)
+    candidates: int = Field(default=50, ge=1, le=10000)
+    rrf_k: int = Field(default=60, ge=1)
+
+
+class RagSection(_Strict):
+    collection: str = "docs"
+    root: str = "."
+    paths: list[str] = Field(default_factory=lambda: ["docs"])
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    chunk_size: int = Field(default=1000, ge=50, le=100_000)
+    chunk_overlap: int = Field(default=150, ge=0)
+    max_file_mb: float = Field(default=20.0, gt=0)
+    embeddings: EmbeddingsSection = Field(default_factory=EmbeddingsSection)
+    retrieval: RetrievalSection = Field(default_factory=RetrievalSection)
+
+    @field_validator("collection")
+    @classmethod
+    def _collection_name(cls, value: str) -> str:
+        if not _COLLECTION_RE.match(value):
+            raise ValueError(
+                "a collection name needs 3-512 characters of letters, digits, '.', '_' or '-'"
+            )
+        return value
+
+
+class KeelConfig(_Strict):
+    """The whole ``keel.toml``. ``base_dir`` is the folder the file is in."""
+
+    app: AppSection = Field(default_factory=AppSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    prompts: PromptsSection = Field(default_factory=PromptsSection)
+    rag: RagSection = Field(default_factory=RagSection)
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    def resolve(self, relative: str | Path) -> Path:
+        """A path from the config, resolved against the config's folder."""
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    @property
+    def rag_root(self) -> Path:
+        return self.resolve(self.rag.root).resolve()
+
+
+def load_config(path: str | Path) -> KeelConfig:
+    """Read and validate a ``keel.toml``; raises :class:`ConfigError` with the reason."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / "keel.toml"
+    if not file.is_file():
+        raise ConfigError(f"no keel.toml at {file} (run `keel init DIR` to create an app)")
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+    return config_from_dict(raw, base_dir=file.resolve().parent, origin=str(file))
+
+
+def config_from_dict(raw: dict[str, object], base_dir: Path, origin: str = "config") -> KeelConfig:
+    """Validate a config mapping (the parsed TOML) into :class:`KeelConfig`."""
+    try:
+        return KeelConfig.model_validate({**raw, "base_dir": base_dir})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{origin}: {where}: {first['msg']}") from exc
