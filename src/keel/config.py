@@ -65,6 +65,9 @@ class RagSection(_Strict):
     chunk_size: int = Field(default=1000, ge=50, le=100_000)
     chunk_overlap: int = Field(default=150, ge=0)
     max_file_mb: float = Field(default=20.0, gt=0)
+    ingest_batch: int = Field(
+        default=512, ge=1, le=100_000, description="Chunks embedded and committed per batch."
+    )
     embeddings: EmbeddingsSection = Field(default_factory=EmbeddingsSection)
     retrieval: RetrievalSection = Field(default_factory=RetrievalSection)
 

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     data_dir: Path | None = Field(
         default=None, description="Where Keel keeps its state; default: .keel beside keel.toml."
     )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "keel",
+        description="Where derived model files (the ONNX export of an embedding model) are kept.",
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of a shared database (Postgres); default SQLite."
     )

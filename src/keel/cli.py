@@ -1,0 +1,216 @@
+"""The ``keel`` command line (typer + rich).
+
+Exit codes: 0 ok, 1 a check failed or a backend failed, 2 usage or configuration error.
+``--json`` prints machine-readable output on stdout; messages and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from keel import __version__
+from keel.errors import KeelError, UsageError
+
+if TYPE_CHECKING:
+    from keel.app import App
+
+cli = typer.Typer(
+    name="keel",
+    help="Keel: chatbots and agents over your own documents, with the operations built in.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+class _State:
+    config: Path | None = None
+
+
+state = _State()
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn Keel's errors into a one-line message and the documented exit code."""
+    try:
+        yield
+    except KeelError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def _config_path() -> Path:
+    from keel.settings import get_settings
+
+    if state.config is not None:
+        return state.config
+    configured = get_settings().config
+    return configured if configured is not None else Path("keel.toml")
+
+
+def _app() -> App:
+    from keel.app import App
+
+    return App.from_config(_config_path())
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@cli.callback()
+def _root(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="keel.toml to use (default: ./keel.toml or KEEL_CONFIG)."),
+    ] = None,
+) -> None:
+    state.config = config
+
+
+@cli.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the app in.")],
+    name: Annotated[str | None, typer.Option(help="App name (default: the folder's name).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite the scaffold's own files.")] = False,
+) -> None:
+    """Create a working app: keel.toml, prompts, tools.py, docs/ and evals/."""
+    from keel.scaffold import init_app
+
+    with _errors():
+        written = init_app(directory, name=name, force=force)
+    err.print(f"Created a Keel app in {directory} ({len(written)} files). Next:")
+    err.print(f"  cd {directory}\n  keel ingest docs\n  keel search \"how do I add documents?\"")
+
+
+@cli.command()
+def ingest(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Files or folders (default: rag.paths).")
+    ] = None,
+    collection: Annotated[str | None, typer.Option(help="Collection (default: rag.collection).")] = None,
+    prune: Annotated[
+        bool, typer.Option(help="Delete documents that are gone from these paths.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Load, chunk, embed and index documents; unchanged ones are skipped."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with _errors():
+        app = _app()
+        bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=as_json or not err.is_terminal,
+        )
+        with bar:
+            task = bar.add_task("ingesting", total=None)
+
+            def advance(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            report = app.ingest(paths or None, prune=prune, collection=collection, progress=advance)
+        app.close()
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    s = report.summary()
+    err.print(
+        f"{report.collection}: {s['added']} added, {s['updated']} updated, "
+        f"{s['unchanged']} unchanged, {s['deleted']} deleted, {s['skipped']} skipped "
+        f"({report.chunks_written} chunks written, {report.embedded} embedded) "
+        f"in {report.seconds:.1f}s; index version {report.index_version}"
+    )
+    for skipped in report.skipped:
+        err.print(f"  skipped {skipped.source}: {skipped.reason}")
+
+
+@cli.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="How many hits.")] = 5,
+    collection: Annotated[str | None, typer.Option(help="Collection (default: rag.collection).")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="hybrid, dense or bm25 (default: rag.retrieval.mode).")
+    ] = None,
+    where: Annotated[
+        str | None, typer.Option(help='Metadata filter as JSON, e.g. {"source": "docs/a.md"}.')
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON.")] = False,
+) -> None:
+    """Search the knowledge base: hybrid dense + BM25 retrieval with citations."""
+    from keel.rag.retrieve import MODES
+
+    with _errors():
+        if mode is not None and mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r}: use hybrid, dense or bm25")
+        flt = None
+        if where:
+            try:
+                flt = json.loads(where)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"--where is not valid JSON: {exc}") from exc
+        app = _app()
+        hits = app.search(query, k, where=flt, mode=mode, collection=collection)  # type: ignore[arg-type]
+        app.close()
+    if as_json:
+        _print_json([h.to_dict() for h in hits])
+        return
+    if not hits:
+        err.print("no results (is the collection ingested? try `keel ingest`)")
+        return
+    for n, hit in enumerate(hits, start=1):
+        where_in = " › ".join(hit.headings) if hit.headings else hit.title
+        page = f" p.{hit.page}" if hit.page else ""
+        out.print(f"[bold][{n}][/bold] {hit.source}{page}  {where_in}  (score {hit.score:.4f})")
+        snippet = " ".join(hit.text.split())
+        out.print(f"    {snippet[:300]}{'…' if len(snippet) > 300 else ''}", markup=False)
+        out.print(f"    doc {hit.doc_id}  chunk {hit.chunk_id}  chars {hit.start}-{hit.end}")
+
+
+@cli.command()
+def version(
+    as_json: Annotated[bool, typer.Option("--json", help="Print versions as JSON.")] = False,
+) -> None:
+    """Keel's version, and the app's and index's content versions."""
+    with _errors():
+        config = _config_path()
+        info: dict[str, Any] = {"keel": __version__}
+        if config.exists():
+            app = _app()
+            info.update(app=app.name, app_version=app.version, index_version=app.index_version())
+            app.close()
+    if as_json:
+        _print_json(info)
+        return
+    out.print(f"keel {info['keel']}")
+    if "app" in info:
+        out.print(f"app {info['app']} version {info['app_version']}")
+        out.print(f"index version {info['index_version']}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

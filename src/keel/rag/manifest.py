@@ -1,0 +1,186 @@
+"""The ingestion manifest: document id → content hash → chunk ids, per collection.
+
+It lives in the keel database (SQLite or Postgres, the same SQLAlchemy Core code) and is the
+source of truth for what a collection should contain. The index version is a hash of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from keel.errors import StoreError
+from keel.rag._tables import documents, ingest_runs, metadata
+
+EMPTY_INDEX_VERSION = "empty"
+
+
+@dataclass(frozen=True)
+class Entry:
+    doc_id: str
+    source: str
+    content_hash: str
+    chunk_ids: tuple[str, ...]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Manifest:
+    """Read and write one collection's manifest."""
+
+    def __init__(self, engine: Engine, collection: str) -> None:
+        self.engine = engine
+        self.collection = collection
+        try:
+            metadata.create_all(engine, tables=[documents, ingest_runs], checkfirst=True)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the keel database: {exc}".splitlines()[0]) from exc
+
+    def entries(self) -> dict[str, Entry]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    documents.c.doc_id,
+                    documents.c.source,
+                    documents.c.content_hash,
+                    documents.c.chunk_ids,
+                ).where(documents.c.collection == self.collection)
+            )
+            return {
+                r.doc_id: Entry(r.doc_id, r.source, r.content_hash, tuple(json.loads(r.chunk_ids)))
+                for r in rows
+            }
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).where(documents.c.collection == self.collection)
+                ).scalar_one()
+            )
+
+    def write(self, entries: Sequence[Entry]) -> None:
+        """Insert or replace entries, in one transaction."""
+        if not entries:
+            return
+        now = _now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(documents).where(
+                    and_(
+                        documents.c.collection == self.collection,
+                        documents.c.doc_id.in_([e.doc_id for e in entries]),
+                    )
+                )
+            )
+            conn.execute(
+                insert(documents),
+                [
+                    {
+                        "collection": self.collection,
+                        "doc_id": e.doc_id,
+                        "source": e.source,
+                        "content_hash": e.content_hash,
+                        "chunk_ids": json.dumps(list(e.chunk_ids)),
+                        "updated_at": now,
+                    }
+                    for e in entries
+                ],
+            )
+
+    def remove(self, doc_ids: Iterable[str]) -> None:
+        ids = list(doc_ids)
+        with self.engine.begin() as conn:
+            for i in range(0, len(ids), 500):
+                conn.execute(
+                    delete(documents).where(
+                        and_(
+                            documents.c.collection == self.collection,
+                            documents.c.doc_id.in_(ids[i : i + 500]),
+                        )
+                    )
+                )
+
+    def index_version(self) -> str:
+        """A hash of the manifest: changes exactly when the collection's content changes."""
+        digest = hashlib.sha256()
+        entries = self.entries()
+        if not entries:
+            return EMPTY_INDEX_VERSION
+        for doc_id in sorted(entries):
+            digest.update(f"{doc_id}\x00{entries[doc_id].content_hash}\x00".encode())
+        return digest.hexdigest()[:16]
+
+    # -- runs: an interrupted run is detected by the next one ------------------------------------
+    def start_run(self) -> tuple[int, bool]:
+        """Record a new run; returns (run id, whether the previous run was interrupted)."""
+        with self.engine.begin() as conn:
+            last = conn.execute(
+                select(ingest_runs.c.state)
+                .where(ingest_runs.c.collection == self.collection)
+                .order_by(ingest_runs.c.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            run_id = conn.execute(
+                insert(ingest_runs).values(
+                    collection=self.collection, state="running", started_at=_now()
+                )
+            ).inserted_primary_key
+            assert run_id is not None
+        return int(run_id[0]), last in ("running", "failed")
+
+    def finish_run(self, run_id: int, index_version: str, summary: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(ingest_runs)
+                .where(ingest_runs.c.id == run_id)
+                .values(
+                    state="done",
+                    finished_at=_now(),
+                    index_version=index_version,
+                    summary=json.dumps(summary),
+                )
+            )
+
+    def fail_run(self, run_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(ingest_runs)
+                .where(ingest_runs.c.id == run_id)
+                .values(state="failed", finished_at=_now())
+            )
+
+    def current_version(self) -> str:
+        """The index version recorded by the last finished run (cheap: one row)."""
+        with self.engine.connect() as conn:
+            version = conn.execute(
+                select(ingest_runs.c.index_version)
+                .where(ingest_runs.c.collection == self.collection, ingest_runs.c.state == "done")
+                .order_by(ingest_runs.c.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+        return version or EMPTY_INDEX_VERSION
+
+    def last_run_interrupted(self) -> bool:
+        with self.engine.connect() as conn:
+            state = conn.execute(
+                select(ingest_runs.c.state)
+                .where(ingest_runs.c.collection == self.collection)
+                .order_by(ingest_runs.c.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+        return state in ("running", "failed")
+
+    def drop(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(documents).where(documents.c.collection == self.collection))
+            conn.execute(delete(ingest_runs).where(ingest_runs.c.collection == self.collection))

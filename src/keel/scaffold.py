@@ -1,0 +1,130 @@
+"""``keel init``: create a working Keel app from the bundled template.
+
+The template lives in ``keel/_scaffold/app/`` and is read through :mod:`importlib.resources`, so
+it works from a source checkout and from an installed wheel alike. Every file is copied as it is,
+keeping sub-folders, with two exceptions:
+
+- ``keel.toml`` gets the app name substituted for ``{{app_name}}``;
+- a template file named ``gitignore`` is written as ``.gitignore`` (a dot-file inside a package
+  would act as an ignore file for this repository and is easy for packaging tools to drop).
+
+Nothing is written unless every file can be: an existing app, or any existing file the scaffold
+would write, is refused with :class:`~keel.errors.UsageError` unless ``force=True``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path, PurePosixPath
+
+from keel.errors import UsageError
+
+__all__ = ["DEFAULT_APP_NAME", "init_app", "sanitize_app_name", "template_files"]
+
+DEFAULT_APP_NAME = "keel-app"
+_NAME_PLACEHOLDER = "{{app_name}}"
+_RENAMES = {"gitignore": ".gitignore"}
+_SKIP_DIRS = {"__pycache__"}
+_SKIP_SUFFIXES = {".pyc", ".pyo"}
+_NOT_NAME = re.compile(r"[^a-z0-9]+")
+
+
+def sanitize_app_name(raw: str) -> str:
+    """Lower-case ``raw`` and reduce it to ``[a-z0-9-]`` (runs of anything else become ``-``).
+
+    Returns an empty string when nothing usable is left.
+    """
+    return _NOT_NAME.sub("-", raw.lower()).strip("-")
+
+
+def _template_root() -> Traversable:
+    return resources.files("keel") / "_scaffold" / "app"
+
+
+def _walk(node: Traversable, prefix: PurePosixPath) -> Iterator[tuple[PurePosixPath, Traversable]]:
+    for child in sorted(node.iterdir(), key=lambda c: c.name):
+        if child.is_dir():
+            if child.name not in _SKIP_DIRS:
+                yield from _walk(child, prefix / child.name)
+        elif child.is_file() and PurePosixPath(child.name).suffix not in _SKIP_SUFFIXES:
+            yield prefix / _RENAMES.get(child.name, child.name), child
+
+
+def template_files() -> dict[PurePosixPath, Traversable]:
+    """The scaffold's files: target path (relative, posix) → template resource."""
+    files = dict(_walk(_template_root(), PurePosixPath()))
+    if PurePosixPath("keel.toml") not in files:  # pragma: no cover - a packaging mistake
+        raise UsageError("the keel app template is missing keel.toml (broken installation)")
+    return files
+
+
+def _conflicts(directory: Path, targets: list[PurePosixPath], force: bool) -> str | None:
+    """The reason the scaffold cannot be written into ``directory``, or None."""
+    if directory.exists() and not directory.is_dir():
+        return f"{directory} exists and is not a directory"
+    if not force and (directory / "keel.toml").exists():
+        return f"{directory} already contains a keel app (keel.toml); use --force to overwrite"
+    for rel in targets:
+        path = directory.joinpath(*rel.parts)
+        # A parent that exists as a file cannot hold the scaffold's file, even with force.
+        for parent in list(reversed(path.relative_to(directory).parents))[1:]:
+            blocker = directory / parent
+            if blocker.exists() and not blocker.is_dir():
+                return f"{blocker} exists and is not a directory"
+        if path.is_dir():
+            return f"{path} exists and is a directory"
+        if not force and (path.exists() or path.is_symlink()):
+            return f"{path} already exists; use --force to overwrite the scaffold's files"
+    return None
+
+
+def init_app(directory: Path, *, name: str | None = None, force: bool = False) -> list[Path]:
+    """Create a working Keel app in ``directory`` (created if missing).
+
+    Args:
+        directory: Where the app goes. It may exist and hold unrelated files.
+        name: The app name written into ``keel.toml``; default: the directory's name. Either is
+            reduced to ``[a-z0-9-]``.
+        force: Overwrite the scaffold's own files when they exist. Other files are never touched.
+
+    Returns:
+        The files written, sorted.
+
+    Raises:
+        UsageError: The directory already holds an app or one of the scaffold's files (without
+            ``force``), a path is in the way, or ``name`` has nothing usable. Nothing is written.
+    """
+    directory = Path(directory).expanduser()
+    if name is not None:
+        app_name = sanitize_app_name(name)
+        if not app_name:
+            raise UsageError(f"app name {name!r} has no letters or digits")
+    else:
+        app_name = sanitize_app_name(directory.resolve().name) or DEFAULT_APP_NAME
+
+    files = template_files()
+    targets = sorted(files)
+    reason = _conflicts(directory, targets, force)
+    if reason is not None:
+        raise UsageError(reason)
+
+    contents: dict[PurePosixPath, bytes] = {}
+    for rel in targets:
+        data = files[rel].read_bytes()
+        if rel == PurePosixPath("keel.toml"):
+            data = data.decode("utf-8").replace(_NAME_PLACEHOLDER, app_name).encode("utf-8")
+        contents[rel] = data
+
+    written: list[Path] = []
+    try:
+        for rel in targets:
+            path = directory.joinpath(*rel.parts)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(contents[rel])
+            written.append(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {directory}: {exc.strerror or exc}") from exc
+    return sorted(written)

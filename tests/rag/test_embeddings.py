@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keel.db import make_engine
+from keel.errors import ConfigError
+from keel.rag.embeddings import Embedder, EmbeddingCache, onnx_available, resolve_model
+
+
+@pytest.fixture
+def embedder(tmp_path: Path, model_cache_dir: Path) -> Embedder:
+    cache = EmbeddingCache(make_engine(None, tmp_path))
+    return Embedder(cache=cache, cache_dir=model_cache_dir)
+
+
+def test_bundled_model_loads_offline_and_embeds_normalised_vectors(embedder: Embedder) -> None:
+    vectors = embedder.embed_documents(["The cat sat on the mat.", "Quarterly revenue grew."])
+    assert vectors.shape == (2, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    near = embedder.embed_query("A kitten is sitting on a rug.")
+    assert float(near @ vectors[0]) > float(near @ vectors[1]) + 0.2
+
+
+def test_unchanged_text_is_never_embedded_twice(embedder: Embedder) -> None:
+    first = embedder.embed_documents(["alpha text", "beta text", "alpha text"])
+    assert embedder.encoded == 2  # the duplicate inside one call is embedded once
+    again = embedder.embed_documents(["beta text", "gamma text", "alpha text"])
+    assert embedder.encoded == 3  # only "gamma text" is new
+    assert np.allclose(again[0], first[1]) and np.allclose(again[2], first[0])
+
+
+def test_cache_is_keyed_by_model(tmp_path: Path) -> None:
+    cache = EmbeddingCache(make_engine(None, tmp_path))
+    cache.put_many("model-a", {"h1": np.ones(3, dtype=np.float32)})
+    cache.put_many("model-a", {"h1": np.zeros(3, dtype=np.float32)})  # first write wins
+    assert np.allclose(cache.get_many("model-a", ["h1", "h2"])["h1"], 1.0)
+    assert cache.get_many("model-b", ["h1"]) == {}
+
+
+@pytest.mark.skipif(not onnx_available(), reason="onnxruntime/optimum not installed")
+def test_onnx_and_torch_backends_agree(model_cache_dir: Path) -> None:
+    texts = ["Short.", "A somewhat longer sentence about retrieval augmented generation."]
+    onnx = Embedder(backend="onnx", cache_dir=model_cache_dir).encode(texts)
+    torch = Embedder(backend="torch").encode(texts)
+    assert np.allclose(onnx, torch, atol=1e-4)
+    # the export is kept for the next process
+    assert any(model_cache_dir.glob("onnx/*/onnx/model.onnx"))
+
+
+def test_model_resolution_and_errors(tmp_path: Path) -> None:
+    model_id, where = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+    assert model_id == "all-MiniLM-L6-v2" and Path(where, "modules.json").exists()
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(ConfigError):
+        resolve_model(str(tmp_path / "not-a-model"))
+    with pytest.raises(ConfigError, match="offline"):
+        _ = Embedder("no-such-org/no-such-model-xyz", backend="torch").dimension
+    with pytest.raises(ConfigError):
+        Embedder(backend="tensorflow")
