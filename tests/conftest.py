@@ -79,8 +79,10 @@ def make_app(tmp_path: Path, settings: Settings) -> Iterator[Callable[..., App]]
     apps: list[App] = []
 
     def factory(raw: dict[str, Any] | None = None, **overrides: Any) -> App:
-        app = App(config_from_dict(raw or {}, base_dir=tmp_path), settings=overrides.get(
-            "settings", settings))
+        app = App(
+            config_from_dict(raw or {}, base_dir=tmp_path),
+            settings=overrides.get("settings", settings),
+        )
         apps.append(app)
         return app
 

@@ -87,12 +87,11 @@ class App:
         )
 
     def _collection(self, collection: str | None) -> str:
-        from keel.config import RagSection
+        from keel.rag.store import validate_collection_name
 
         if collection is None:
             return self.config.rag.collection
-        RagSection(collection=collection)  # the same validation as keel.toml
-        return collection
+        return validate_collection_name(collection)
 
     def store(self, collection: str | None = None) -> VectorStore:
         from keel.rag.store import ChromaStore, open_chroma_client

@@ -30,7 +30,7 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class _State:
@@ -76,7 +76,9 @@ def _print_json(data: Any) -> None:
 def _root(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="keel.toml to use (default: ./keel.toml or KEEL_CONFIG)."),
+        typer.Option(
+            "--config", "-c", help="keel.toml to use (default: ./keel.toml or KEEL_CONFIG)."
+        ),
     ] = None,
 ) -> None:
     state.config = config
@@ -94,7 +96,7 @@ def init(
     with _errors():
         written = init_app(directory, name=name, force=force)
     err.print(f"Created a Keel app in {directory} ({len(written)} files). Next:")
-    err.print(f"  cd {directory}\n  keel ingest docs\n  keel search \"how do I add documents?\"")
+    err.print(f'  cd {directory}\n  keel ingest docs\n  keel search "how do I add documents?"')
 
 
 @cli.command()
@@ -102,7 +104,9 @@ def ingest(
     paths: Annotated[
         list[Path] | None, typer.Argument(help="Files or folders (default: rag.paths).")
     ] = None,
-    collection: Annotated[str | None, typer.Option(help="Collection (default: rag.collection).")] = None,
+    collection: Annotated[
+        str | None, typer.Option(help="Collection (default: rag.collection).")
+    ] = None,
     prune: Annotated[
         bool, typer.Option(help="Delete documents that are gone from these paths.")
     ] = False,
@@ -128,7 +132,11 @@ def ingest(
             def advance(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            report = app.ingest(paths or None, prune=prune, collection=collection, progress=advance)
+            # On the command line, paths are relative to the current directory.
+            targets = [p if p.is_absolute() else Path.cwd() / p for p in paths or []]
+            report = app.ingest(
+                targets or None, prune=prune, collection=collection, progress=advance
+            )
         app.close()
     if as_json:
         _print_json(report.to_dict())
@@ -148,7 +156,9 @@ def ingest(
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="How many hits.")] = 5,
-    collection: Annotated[str | None, typer.Option(help="Collection (default: rag.collection).")] = None,
+    collection: Annotated[
+        str | None, typer.Option(help="Collection (default: rag.collection).")
+    ] = None,
     mode: Annotated[
         str | None, typer.Option(help="hybrid, dense or bm25 (default: rag.retrieval.mode).")
     ] = None,
@@ -170,7 +180,7 @@ def search(
             except json.JSONDecodeError as exc:
                 raise UsageError(f"--where is not valid JSON: {exc}") from exc
         app = _app()
-        hits = app.search(query, k, where=flt, mode=mode, collection=collection)  # type: ignore[arg-type]
+        hits = app.search(query, k, where=flt, mode=mode, collection=collection)
         app.close()
     if as_json:
         _print_json([h.to_dict() for h in hits])

@@ -6,7 +6,6 @@ any current directory. Unknown keys are an error (a typo must not be silently ig
 
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -16,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from keel.errors import ConfigError
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
-_COLLECTION_RE = re.compile(r"^[a-zA-Z0-9._-]{3,512}$")
 
 
 class _Strict(BaseModel):
@@ -74,11 +72,13 @@ class RagSection(_Strict):
     @field_validator("collection")
     @classmethod
     def _collection_name(cls, value: str) -> str:
-        if not _COLLECTION_RE.match(value):
-            raise ValueError(
-                "a collection name needs 3-512 characters of letters, digits, '.', '_' or '-'"
-            )
-        return value
+        from keel.errors import UsageError
+        from keel.rag.store import validate_collection_name
+
+        try:
+            return validate_collection_name(value)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class KeelConfig(_Strict):

@@ -29,8 +29,9 @@ Use the MSI package.
 
 
 def doc(text: str = MD, fmt: str = "markdown", **kw: object) -> Document:
-    return Document(id="docs/guide.md", text=text, source="docs/guide.md", title="Guide",
-                    format=fmt, **kw)  # type: ignore[arg-type]
+    return Document(
+        id="docs/guide.md", text=text, source="docs/guide.md", title="Guide", format=fmt, **kw
+    )  # type: ignore[arg-type]
 
 
 def test_markdown_sections_follow_heading_path_and_ignore_fenced_code() -> None:
@@ -75,8 +76,9 @@ def test_chunk_ids_are_stable_and_content_derived() -> None:
     same = {c.id for c in a} & {c.id for c in changed}
     assert len(same) == len(a) - 1  # only the edited chunk got a new id
     other_doc = Chunker(400, 60).split(
-        Document(id="docs/other.md", text=MD, source="docs/other.md", title="Guide",
-                 format="markdown")
+        Document(
+            id="docs/other.md", text=MD, source="docs/other.md", title="Guide", format="markdown"
+        )
     )
     assert not ({c.id for c in a} & {c.id for c in other_doc})
 

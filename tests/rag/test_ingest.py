@@ -53,8 +53,13 @@ def test_first_run_rerun_update_add_and_prune(
     assert again.summary() == {"added": 0, "updated": 0, "unchanged": 3, "deleted": 0, "skipped": 0}
     assert again.embedded == 0 and again.index_version == first.index_version
 
-    write(tmp_path, {"docs/install.md": DOCS["docs/install.md"] + "\n## Mac\n\nUse brew.\n",
-                     "docs/new.md": "# New\n\nA new page about gift cards.\n"})
+    write(
+        tmp_path,
+        {
+            "docs/install.md": DOCS["docs/install.md"] + "\n## Mac\n\nUse brew.\n",
+            "docs/new.md": "# New\n\nA new page about gift cards.\n",
+        },
+    )
     (tmp_path / "docs" / "faq.txt").unlink()
     changed = app.ingest(["docs"])
     assert changed.updated == ["docs/install.md"] and changed.added == ["docs/new.md"]
@@ -90,12 +95,15 @@ def test_skipped_files_are_reported_not_fatal(
 
 
 def test_an_exception_mid_run_is_recovered_by_the_next_run(
-    make_app: Callable[..., App], tmp_path: Path, write: Callable[..., None],
+    make_app: Callable[..., App],
+    tmp_path: Path,
+    write: Callable[..., None],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The worst moment: chunks are in the store but the manifest commit never happens."""
-    write(tmp_path, {f"docs/d{i:02}.md": f"# Doc {i}\n\nUnique fact number {i}.\n"
-                     for i in range(30)})
+    write(
+        tmp_path, {f"docs/d{i:02}.md": f"# Doc {i}\n\nUnique fact number {i}.\n" for i in range(30)}
+    )
     clean = make_app({"rag": {"ingest_batch": 5}})
     clean.ingest(["docs"])
     expected = snapshot(clean)
@@ -142,11 +150,16 @@ def test_sigkill_halfway_then_rerun_equals_a_clean_run(
     raw = {"rag": {"paths": ["kb"], "ingest_batch": 16}}
     (tmp_path / "keel.toml").write_text('[rag]\npaths = ["kb"]\ningest_batch = 16\n')
 
-    env = {**os.environ, "KEEL_DATA_DIR": str(tmp_path / "killed"),
-           "KEEL_CACHE_DIR": str(model_cache_dir)}
+    env = {
+        **os.environ,
+        "KEEL_DATA_DIR": str(tmp_path / "killed"),
+        "KEEL_CACHE_DIR": str(model_cache_dir),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "keel.cli", "--config", str(tmp_path / "keel.toml"), "ingest"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     db = tmp_path / "killed" / "keel.db"
     committed = 0
@@ -169,8 +182,10 @@ def test_sigkill_halfway_then_rerun_equals_a_clean_run(
     from keel.config import config_from_dict
     from keel.settings import Settings
 
-    killed = App(config_from_dict(raw, base_dir=tmp_path),
-                 settings=Settings(data_dir=tmp_path / "killed", cache_dir=model_cache_dir))
+    killed = App(
+        config_from_dict(raw, base_dir=tmp_path),
+        settings=Settings(data_dir=tmp_path / "killed", cache_dir=model_cache_dir),
+    )
     assert killed.manifest().last_run_interrupted()
     report = killed.ingest()
     assert len(report.added) + len(report.unchanged) == 600

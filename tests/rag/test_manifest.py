@@ -45,7 +45,7 @@ def test_runs_detect_interruption_and_record_the_version(engine: Engine, unique:
     m.write([Entry("a", "a", "h", ("c",))])
     m.finish_run(run, m.index_version(), {"added": 1})
     assert m.current_version() == m.index_version() and not m.last_run_interrupted()
-    run2, interrupted = m.start_run()
+    _, interrupted = m.start_run()
     assert not interrupted
     # a new run after one that never finished knows it
     run3, interrupted = m.start_run()

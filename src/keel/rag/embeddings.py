@@ -66,19 +66,19 @@ def onnx_available() -> bool:
 
 @contextmanager
 def _quiet_libraries() -> Iterator[None]:
-    """Hush the libraries' chatter while a model loads (ONNX export notes, deprecations)."""
-    names = ("sentence_transformers", "transformers", "optimum", "torch.onnx")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+    """Hush the libraries' chatter while a model loads (ONNX export notes, deprecations).
+
+    The ONNX exporter resets transformers' own log levels, so this mutes WARNING and below
+    for the (short, once per process) load rather than adjusting individual loggers.
+    """
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+        logging.disable(previous)
 
 
 class EmbeddingCache:
@@ -172,8 +172,9 @@ class Embedder:
     @property
     def dimension(self) -> int:
         model = self.model
-        getter = getattr(model, "get_embedding_dimension", None) or getattr(
-            model, "get_sentence_embedding_dimension"
+        getter = (
+            getattr(model, "get_embedding_dimension", None)
+            or model.get_sentence_embedding_dimension
         )
         dim = getter()
         if dim is None:  # pragma: no cover - every sentence-transformers model we load has one
@@ -199,7 +200,8 @@ class Embedder:
         try:
             if self.backend == "onnx":
                 return self._load_onnx()
-            return SentenceTransformer(self._load_from, device=self.device)
+            model: SentenceTransformer = SentenceTransformer(self._load_from, device=self.device)
+            return model
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"cannot load embedding model {self.model_id!r} offline: {exc}".splitlines()[0]
@@ -208,13 +210,16 @@ class Embedder:
     def _load_onnx(self) -> SentenceTransformer:
         from sentence_transformers import SentenceTransformer
 
+        model: SentenceTransformer
         if self.cache_dir is None:
-            return SentenceTransformer(self._load_from, device=self.device, backend="onnx")
+            model = SentenceTransformer(self._load_from, device=self.device, backend="onnx")
+            return model
         slug = re.sub(r"[^a-zA-Z0-9._-]+", "_", self.model_id)[-80:]
         key = hashlib.sha256(self._load_from.encode()).hexdigest()[:12]
         target = self.cache_dir / "onnx" / f"{slug}-{key}"
         if (target / "onnx" / "model.onnx").exists():
-            return SentenceTransformer(str(target), device=self.device, backend="onnx")
+            model = SentenceTransformer(str(target), device=self.device, backend="onnx")
+            return model
         model = SentenceTransformer(self._load_from, device=self.device, backend="onnx")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
@@ -265,7 +270,7 @@ class Embedder:
         if hit is not None:
             self._queries.move_to_end(text)
             return hit
-        vector = self.encode([text])[0]
+        vector: np.ndarray = self.encode([text])[0]
         self._queries[text] = vector
         if len(self._queries) > 1024:
             self._queries.popitem(last=False)
