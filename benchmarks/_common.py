@@ -26,7 +26,7 @@ def temp_app(root: Path, rag: dict[str, Any], workdir: Path | None = None) -> Ap
 
 def load_queries(folder: Path) -> dict[str, str]:
     with (folder / "queries.jsonl").open(encoding="utf-8") as f:
-        return {str(q["_id"]): q["text"] for q in map(json.loads, f) if q.strip() if True}
+        return {str(q["_id"]): q["text"] for q in map(json.loads, filter(str.strip, f))}
 
 
 def load_qrels(folder: Path, split: str = "test") -> dict[str, dict[str, int]]:

@@ -28,19 +28,30 @@ def main() -> int:
     )
     parser.add_argument("--split", default="test")
     parser.add_argument("--chunks", type=int, default=50, help="chunks retrieved per query")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the app's state here; a second run re-ingests nothing (incremental)",
+    )
     args = parser.parse_args()
     folder = args.folder.resolve()
     if not (folder / "corpus.jsonl").is_file():
         print(f"error: {folder} has no corpus.jsonl", file=sys.stderr)
         return 2
 
-    app = temp_app(folder, {"paths": ["corpus.jsonl"], "retrieval": {"candidates": 100}})
+    app = temp_app(
+        folder,
+        {"paths": ["corpus.jsonl"], "retrieval": {"candidates": 100}},
+        workdir=args.workdir.resolve() if args.workdir else None,
+    )
     started = time.perf_counter()
     report = app.ingest()
     ingest_s = time.perf_counter() - started
+    s = report.summary()
     print(
-        f"ingested {len(report.added)} documents into {report.chunks_written} chunks "
-        f"in {ingest_s:.1f}s ({app.embedder.backend} backend)"
+        f"ingested {s['added']} new, {s['unchanged']} unchanged documents "
+        f"({report.chunks_written} chunks written) in {ingest_s:.1f}s "
+        f"({app.embedder.backend} backend)"
     )
 
     queries = load_queries(folder)
@@ -52,6 +63,7 @@ def main() -> int:
     results = {}
     for mode in ("dense", "bm25", "hybrid"):
         ndcgs, recalls, times = [], [], []
+        app.embedder.clear_query_cache()  # every mode pays for its query embeddings
         for qid, text in todo:
             t0 = time.perf_counter()
             hits = app.search(text, args.chunks, mode=mode)  # type: ignore[arg-type]

@@ -29,6 +29,42 @@ class AppSection(_Strict):
 class ModelSection(_Strict):
     id: str = "keel:extractive"
     fallbacks: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-call timeout.")
+    max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries (with backoff) on timeouts, 429 and 5xx."
+    )
+    temperature: float | None = None
+
+
+class HttpGetSection(_Strict):
+    allowed_hosts: list[str] = Field(default_factory=list)
+    max_bytes: int = Field(default=1_000_000, ge=1)
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class ToolsSection(_Strict):
+    enabled: list[str] = Field(
+        default_factory=list,
+        description="Tools the model may call (the allowlist): 'module:function' or 'module' "
+        "(every @tool in it) relative to keel.toml, or a built-in: 'keel:search_knowledge', "
+        "'keel:calculator', 'keel:http_get'.",
+    )
+    http_get: HttpGetSection = Field(default_factory=HttpGetSection)
+
+
+class AgentSection(_Strict):
+    retrieve: bool = Field(default=True, description="Retrieve context before the model.")
+    max_steps: int = Field(default=8, ge=1, le=100, description="Model calls per turn.")
+    max_tool_calls: int = Field(default=16, ge=0, le=1000, description="Tool calls per turn.")
+    max_tool_errors: int = Field(
+        default=3, ge=1, le=100, description="Failed tool calls per turn before the run stops."
+    )
+
+
+class ThreadsSection(_Strict):
+    retention_days: float | None = Field(
+        default=None, gt=0, description="Threads idle longer than this are deleted by prune."
+    )
 
 
 class PromptsSection(_Strict):
@@ -88,6 +124,9 @@ class KeelConfig(_Strict):
     model: ModelSection = Field(default_factory=ModelSection)
     prompts: PromptsSection = Field(default_factory=PromptsSection)
     rag: RagSection = Field(default_factory=RagSection)
+    tools: ToolsSection = Field(default_factory=ToolsSection)
+    agent: AgentSection = Field(default_factory=AgentSection)
+    threads: ThreadsSection = Field(default_factory=ThreadsSection)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     def resolve(self, relative: str | Path) -> Path:

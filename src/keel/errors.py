@@ -18,6 +18,10 @@ says who has to act:
         A backend (the keel database, Chroma) failed or could not be reached while running.
         What was already stored is left as it was.
 
+    ``ModelError`` (exit 1)
+        Every configured model failed for a call (after retries with backoff on timeouts,
+        429 and 5xx, and after the fallback models). ``.attempts`` lists what was tried.
+
     ``ToolDefinitionError`` (exit 2)
         A function given to ``@tool`` cannot be turned into a tool. It carries every problem
         found (``.problems``), not only the first.
@@ -52,6 +56,16 @@ class StoreError(KeelError):
     exit_code = 1
 
 
+class ModelError(KeelError):
+    """The model provider(s) failed; ``attempts`` holds ``(model id, error)`` pairs."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, attempts: list[tuple[str, str]] | None = None) -> None:
+        self.attempts = list(attempts or [])
+        super().__init__(message)
+
+
 class ToolDefinitionError(KeelError):
     """A function cannot be made into a tool; ``problems`` lists every reason."""
 
@@ -63,4 +77,11 @@ class ToolDefinitionError(KeelError):
         super().__init__(f"tool {name!r} is not valid: " + "; ".join(self.problems))
 
 
-__all__ = ["ConfigError", "KeelError", "StoreError", "ToolDefinitionError", "UsageError"]
+__all__ = [
+    "ConfigError",
+    "KeelError",
+    "ModelError",
+    "StoreError",
+    "ToolDefinitionError",
+    "UsageError",
+]

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(
         default=None, description="Base URL of an OpenAI-compatible server for openai:* models."
     )
+    openai_api_key: str | None = Field(
+        default=None, description="API key for openai:* models (else the library's own lookup)."
+    )
     otlp_endpoint: str | None = Field(default=None, description="OTLP endpoint for span export.")
 
 

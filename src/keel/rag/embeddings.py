@@ -276,5 +276,8 @@ class Embedder:
             self._queries.popitem(last=False)
         return vector
 
+    def clear_query_cache(self) -> None:
+        self._queries.clear()
+
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_id, "backend": self.backend, "batch_size": self.batch_size}

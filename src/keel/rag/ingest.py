@@ -5,6 +5,10 @@ unchanged documents are skipped before they are chunked or embedded, changed one
 chunks replaced, new ones are added, and with ``prune`` the documents that disappeared from the
 ingested paths are deleted.
 
+Throughput: embedding is the bottleneck, so writing a batch (vector store, manifest) runs in a
+background thread while the next batch is embedded; at most one write is in flight and
+batches are written in order.
+
 Crash safety: for each batch, chunks are written to the store first, stale chunks deleted, and
 the manifest committed last. A run that dies (even by SIGKILL) leaves its row in state
 "running"; the next run reconciles the store with the manifest (deletes chunks the manifest
@@ -16,7 +20,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from keel.rag.bm25 import BM25Index
 from keel.rag.chunking import Chunker
@@ -46,6 +53,8 @@ class Ingestor:
     bm25: BM25Index
     batch_chunks: int = 512
     _pending: list[_Pending] = field(default_factory=list)
+    _writer: ThreadPoolExecutor | None = None
+    _in_flight: Future[None] | None = None
 
     def run(
         self,
@@ -58,6 +67,7 @@ class Ingestor:
         started = time.perf_counter()
         report = IngestReport(collection=self.manifest.collection)
         run_id, interrupted = self.manifest.start_run()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keel-ingest")
         try:
             entries = self.manifest.entries()
             repaired = self._reconcile(entries, force=interrupted)
@@ -75,6 +85,7 @@ class Ingestor:
                 if progress is not None:
                     progress(done, len(docs))
             self._flush(report)
+            self._wait_for_write()
             if prune is not None:
                 self._prune(entries, seen, prune, report)
             changed = bool(report.added or report.updated or report.deleted or repaired)
@@ -84,8 +95,12 @@ class Ingestor:
             self.manifest.finish_run(run_id, report.index_version, report.summary())
         except BaseException:
             self._pending.clear()
+            self._writer.shutdown(wait=True, cancel_futures=True)
+            self._in_flight = None
             self.manifest.fail_run(run_id)
             raise
+        finally:
+            self._writer.shutdown(wait=True)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -120,21 +135,45 @@ class Ingestor:
         self._pending.append(_Pending(doc, self.chunker.split(doc), old))
 
     def _flush(self, report: IngestReport) -> None:
+        """Embed the pending documents here, then hand the batch to the writer thread."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
         chunks = [c for p in pending for c in p.chunks]
+        vectors = None
         if chunks:
             before = self.embedder.encoded
             vectors = self.embedder.embed_documents([c.embedding_text() for c in chunks])
             report.embedded += self.embedder.encoded - before
-            self.store.upsert(chunks, vectors)
         stale = [
             cid
             for p in pending
             if p.old is not None
             for cid in sorted(set(p.old.chunk_ids) - {c.id for c in p.chunks})
         ]
+        self._wait_for_write()  # batches are written in order, one at a time
+        assert self._writer is not None
+        self._in_flight = self._writer.submit(self._write, pending, chunks, vectors, stale)
+        for p in pending:
+            (report.added if p.old is None else report.updated).append(p.doc.id)
+        report.chunks_written += len(chunks)
+        report.chunks_deleted += len(stale)
+
+    def _wait_for_write(self) -> None:
+        if self._in_flight is not None:
+            future, self._in_flight = self._in_flight, None
+            future.result()  # re-raises a failed write here
+
+    def _write(
+        self,
+        pending: list[_Pending],
+        chunks: list[Chunk],
+        vectors: np.ndarray | None,
+        stale: list[str],
+    ) -> None:
+        """Store first, stale chunks next, manifest last: see the module's crash notes."""
+        if chunks and vectors is not None:
+            self.store.upsert(chunks, vectors)
         if stale:
             self.store.delete(stale)
         self.manifest.write(
@@ -143,10 +182,6 @@ class Ingestor:
                 for p in pending
             ]
         )
-        for p in pending:
-            (report.added if p.old is None else report.updated).append(p.doc.id)
-        report.chunks_written += len(chunks)
-        report.chunks_deleted += len(stale)
 
     def _prune(
         self,

@@ -1,0 +1,147 @@
+"""Durable threads: LangGraph checkpointers and the thread index.
+
+SQLite (langgraph-checkpoint-sqlite) in ``.keel/checkpoints.db`` by default; PostgreSQL
+(langgraph-checkpoint-postgres) when ``KEEL_DATABASE_URL`` points at Postgres, so several
+gateway instances share threads. The ``keel_threads`` table (in the keel database) records
+each thread's owner and last activity, for listing, ownership checks and retention.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from keel.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+
+metadata = MetaData()
+threads = Table(
+    "keel_threads",
+    metadata,
+    Column("thread_id", String(256), primary_key=True),
+    Column("app", String(256), nullable=False),
+    Column("owner", String(256)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def open_checkpointer(
+    database_url: str | None, data_dir: Path
+) -> tuple[BaseCheckpointSaver[Any], Callable[[], None]]:
+    """``(checkpointer, close)`` for the configured database."""
+    from keel.db import normalise_url
+
+    if database_url is None or normalise_url(database_url).startswith("sqlite"):
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        if database_url is None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            path = str(data_dir / "checkpoints.db")
+        else:  # a SQLite keel database elsewhere: checkpoints go beside it
+            db = Path(normalise_url(database_url).split("///", 1)[-1])
+            path = str(db.with_name(f"{db.stem}-checkpoints.db"))
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        saver = SqliteSaver(conn)
+        saver.setup()
+        return saver, conn.close
+    url = normalise_url(database_url)
+    if not url.startswith("postgresql"):
+        raise ConfigError(f"threads need SQLite or PostgreSQL, not {url.split(':', 1)[0]}")
+    try:
+        from langgraph.checkpoint.postgres import PostgresSaver
+        from psycopg.rows import dict_row
+        from psycopg_pool import ConnectionPool
+    except ImportError as exc:
+        raise ConfigError("Postgres threads need langgraph-checkpoint-postgres") from exc
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    pool: ConnectionPool[Any] = ConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=8,
+        open=True,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+    )
+    saver_pg = PostgresSaver(pool)  # type: ignore[arg-type]
+    saver_pg.setup()
+    return saver_pg, pool.close
+
+
+class ThreadIndex:
+    """Which threads exist, who owns them and when they were last used."""
+
+    def __init__(self, engine: Engine, app: str) -> None:
+        self.engine = engine
+        self.app = app
+        metadata.create_all(engine, tables=[threads], checkfirst=True)
+
+    def touch(self, thread_id: str, owner: str | None) -> None:
+        """Record activity; a new thread belongs to ``owner``; another owner is refused."""
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(threads.c.owner).where(threads.c.thread_id == thread_id)
+            ).first()
+            if row is None:
+                try:
+                    conn.execute(
+                        threads.insert().values(
+                            thread_id=thread_id,
+                            app=self.app,
+                            owner=owner,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+                except IntegrityError:  # created concurrently: fall through to the check
+                    pass
+                else:
+                    return
+            self.check_owner(thread_id, owner)
+            conn.execute(
+                update(threads).where(threads.c.thread_id == thread_id).values(updated_at=now)
+            )
+
+    def owner_of(self, thread_id: str) -> tuple[bool, str | None]:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(threads.c.owner).where(threads.c.thread_id == thread_id)
+            ).first()
+        return (row is not None, row[0] if row else None)
+
+    def check_owner(self, thread_id: str, owner: str | None) -> None:
+        exists, current = self.owner_of(thread_id)
+        if exists and current is not None and current != owner:
+            raise UsageError(f"no thread {thread_id!r}")  # not yours: as if it did not exist
+
+    def list(self, owner: str | None = None) -> list[dict[str, Any]]:
+        query = select(threads).where(threads.c.app == self.app).order_by(
+            threads.c.updated_at.desc()
+        )
+        if owner is not None:
+            query = query.where(threads.c.owner == owner)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def forget(self, thread_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(threads).where(threads.c.thread_id == thread_id))
+
+    def idle_since(self, days: float) -> list[str]:
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(threads.c.thread_id).where(
+                    threads.c.app == self.app, threads.c.updated_at < cutoff
+                )
+            )
+            return [r[0] for r in rows]

@@ -1,0 +1,151 @@
+"""Chat models from id strings, with retries, backoff and fallbacks.
+
+Ids (DESIGN.md): ``keel:extractive`` (embedded, offline, the default), ``openai:<model>``
+(langchain-openai; also any OpenAI-compatible server through ``KEEL_OPENAI_BASE_URL``: vLLM,
+Ollama, llama.cpp server, LM Studio), and whatever
+``langchain.chat_models.init_chat_model`` resolves when its provider package is installed
+(``anthropic:claude-...``, ``ollama:llama3``...). Building a model never touches the network.
+
+:class:`ModelChain` calls the primary model and, when a call keeps failing, the fallbacks in
+order. A failure is retried with exponential backoff only when it is worth retrying: a
+timeout, a connection error, HTTP 429 or 5xx. Anything else (a 400, a bad key) goes to the
+next model at once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from keel.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import BaseMessage
+
+    from keel.rag.embeddings import Embedder
+    from keel.settings import Settings
+
+EXTRACTIVE = "keel:extractive"
+
+
+def build_model(
+    model_id: str,
+    *,
+    embedder: Callable[[], Embedder],
+    settings: Settings,
+    timeout_s: float = 60.0,
+    temperature: float | None = None,
+) -> BaseChatModel:
+    """The chat model for an id string; :class:`ConfigError` when it cannot be built."""
+    if model_id == EXTRACTIVE:
+        from keel.agents.extractive import ExtractiveChatModel
+
+        return ExtractiveChatModel(embedder=embedder())
+    if model_id.startswith("keel:"):
+        raise ConfigError(f"unknown embedded model {model_id!r} (known: {EXTRACTIVE})")
+    kwargs: dict[str, Any] = {"timeout": timeout_s, "max_retries": 0}
+    if temperature is not None:
+        kwargs["temperature"] = temperature
+    if model_id.startswith("openai:"):
+        try:
+            from langchain_openai import ChatOpenAI
+        except ImportError as exc:
+            raise ConfigError("openai:* models need the langchain-openai package") from exc
+        name = model_id.split(":", 1)[1]
+        if not name:
+            raise ConfigError("openai: needs a model name, e.g. openai:gpt-4o-mini")
+        if settings.openai_base_url:
+            kwargs["base_url"] = settings.openai_base_url
+        if settings.openai_api_key:
+            kwargs["api_key"] = settings.openai_api_key
+        elif settings.openai_base_url:
+            kwargs["api_key"] = "not-needed"  # local OpenAI-compatible servers ignore it
+        try:
+            return ChatOpenAI(model=name, **kwargs)
+        except Exception as exc:  # pydantic validation, missing key
+            raise ConfigError(f"cannot configure {model_id}: {exc}".splitlines()[0]) from exc
+    try:
+        from langchain.chat_models import init_chat_model
+
+        model: BaseChatModel = init_chat_model(model_id, **kwargs)
+        return model
+    except ImportError as exc:
+        raise ConfigError(f"model {model_id!r} needs a provider package: {exc}") from exc
+    except Exception as exc:
+        raise ConfigError(f"unknown model id {model_id!r}: {exc}".splitlines()[0]) from exc
+
+
+def model_name(model: Any) -> str:
+    """A readable id for a model object (for traces and errors)."""
+    if getattr(model, "_llm_type", None) == "keel-extractive":
+        return EXTRACTIVE
+    for attr in ("model_name", "model", "model_id"):
+        value = getattr(model, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(model).__name__
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Timeouts, connection errors, 429 and 5xx are worth another try."""
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    name = type(exc).__name__
+    if name in {"APITimeoutError", "APIConnectionError", "ReadTimeout", "ConnectTimeout"}:
+        return True
+    status = getattr(exc, "status_code", None)
+    if status is None:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+    return isinstance(status, int) and (status == 429 or 500 <= status < 600)
+
+
+@dataclass
+class ModelChain:
+    """A primary model and its fallbacks, each bound to the same tools."""
+
+    models: Sequence[tuple[str, Any]]  # (id, chat model), primary first
+    max_retries: int = 2
+    backoff_s: float = 0.5
+    sleep: Callable[[float], None] = time.sleep
+    tools: list[dict[str, Any]] = field(default_factory=list)
+
+    def bind(self, tools: list[dict[str, Any]]) -> ModelChain:
+        return ModelChain(self.models, self.max_retries, self.backoff_s, self.sleep, list(tools))
+
+    def _bound(self, model: Any) -> Any:
+        return model.bind_tools(self.tools) if self.tools else model
+
+    def _wait(self, attempt: int) -> None:
+        self.sleep(self.backoff_s * (2**attempt) * (0.5 + random.random() / 2))
+
+    def invoke(self, messages: list[BaseMessage], config: Any = None) -> tuple[str, BaseMessage]:
+        """``(model id that answered, its message)``; :class:`ModelError` when all failed.
+
+        Under LangGraph's ``stream_mode="messages"`` the tokens of this call stream out
+        through the callbacks in ``config``.
+        """
+        failures: list[tuple[str, str]] = []
+        for model_id, model in self.models:
+            bound = self._bound(model)
+            for attempt in range(self.max_retries + 1):
+                try:
+                    return model_id, bound.invoke(messages, config=config)
+                except Exception as exc:
+                    failures.append((model_id, f"{type(exc).__name__}: {exc}"[:300]))
+                    if attempt < self.max_retries and is_retryable(exc):
+                        self._wait(attempt)
+                        continue
+                    break
+        raise ModelError(_summary(failures), failures)
+
+
+def _summary(failures: list[tuple[str, str]]) -> str:
+    if not failures:
+        return "no model configured"
+    last_id, last_error = failures[-1]
+    tried = sorted({m for m, _ in failures})
+    return f"every model failed ({', '.join(tried)}); last: {last_id}: {last_error}"

@@ -1,0 +1,275 @@
+"""Deterministic fakes shipped with Keel, for your tests and ours.
+
+:class:`ScriptedChatModel` is a LangChain chat model that replies from a script, one entry per
+call, so an agent graph can be tested without a real model::
+
+    model = ScriptedChatModel(script=[
+        ScriptedChatModel.tool_call("lookup_order", {"order_id": "ORD-1"}),
+        "Your order ORD-1 has shipped.",
+    ])
+
+Script entries: a ``str`` (the reply's text), an ``AIMessage`` (returned as it is, e.g. with
+tool calls), an exception instance or class (raised, to simulate a provider error such as a
+429 or a timeout) or a callable that receives the call's messages and returns one of the
+first two. Every call (invoke, stream, batch, sync or async) takes the next entry; a call past
+the end fails with an ``AssertionError`` that says so. ``calls`` holds the messages of every
+call. ``bind_tools`` returns a copy that shares the script position and the call log with the
+original, as an agent graph binds tools to the model it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, TypeAlias, cast
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.base import LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import tool_call, tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field, PrivateAttr, SkipValidation
+
+ScriptEntry: TypeAlias = (
+    AIMessage
+    | str
+    | BaseException
+    | type[BaseException]
+    | Callable[[list[BaseMessage]], AIMessage | str]
+)
+
+_Responder: TypeAlias = Callable[[list[BaseMessage]], AIMessage | str]
+SCRIPTED_MODEL_NAME = "scripted"
+
+
+class _ScriptState:
+    """The script position and call log, shared by a model and its ``bind_tools`` copies."""
+
+    def __init__(self, script: list[ScriptEntry]) -> None:
+        self.script = script
+        self.position = 0
+        self.calls: list[list[BaseMessage]] = []
+        self.lock = threading.Lock()
+
+    def next(self, messages: Sequence[BaseMessage]) -> ScriptEntry:
+        with self.lock:
+            self.calls.append(list(messages))
+            if self.position >= len(self.script):
+                raise AssertionError(
+                    f"ScriptedChatModel: script exhausted after {self.position} calls "
+                    f"(call {len(self.calls)} has no scripted reply)"
+                )
+            entry = self.script[self.position]
+            self.position += 1
+            return entry
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _text(message: BaseMessage) -> str:
+    return str(message.text)
+
+
+class ScriptedChatModel(BaseChatModel):
+    """A chat model that replies from ``script``, one entry per call (see the module doc)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    script: SkipValidation[list[ScriptEntry]] = Field(default_factory=list)
+    delay_s: float = 0.0
+    """Seconds each call waits before replying (``asyncio.sleep`` on the async paths)."""
+    bound_tools: list[dict[str, Any]] = Field(default_factory=list)
+    """The tools of the last :meth:`bind_tools`, as OpenAI-format dicts."""
+    tool_choice: Any = None
+
+    _state: _ScriptState = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        if not isinstance(self.script, list):
+            self.script = list(self.script)
+        for n, entry in enumerate(self.script):
+            valid = isinstance(entry, (AIMessage, str, BaseException)) or (
+                callable(entry)
+                and (not isinstance(entry, type) or issubclass(entry, BaseException))
+            )
+            if not valid:
+                raise TypeError(
+                    f"ScriptedChatModel: script entry {n} is a {type(entry).__name__}; expected "
+                    "AIMessage, str, an exception or a callable(messages) -> AIMessage | str"
+                )
+        self._state = _ScriptState(self.script)
+
+    # -- helpers -----------------------------------------------------------------------------
+    @staticmethod
+    def tool_call(name: str, args: dict[str, Any], id: str | None = None) -> AIMessage:
+        """An ``AIMessage`` that calls one tool (``id`` defaults to a fresh ``call_…``)."""
+        call_id = id if id is not None else f"call_{uuid.uuid4().hex[:12]}"
+        return AIMessage(content="", tool_calls=[tool_call(name=name, args=args, id=call_id)])
+
+    @property
+    def calls(self) -> list[list[BaseMessage]]:
+        """The messages of every call so far, in order (shared with bound copies)."""
+        return self._state.calls
+
+    @property
+    def remaining(self) -> int:
+        """Script entries not used yet."""
+        return len(self._state.script) - self._state.position
+
+    # -- LangChain plumbing ------------------------------------------------------------------
+    @property
+    def _llm_type(self) -> str:
+        return "keel-scripted"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": SCRIPTED_MODEL_NAME}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        return LangSmithParams(
+            ls_provider="keel", ls_model_name=SCRIPTED_MODEL_NAME, ls_model_type="chat"
+        )
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """A copy with ``tools`` recorded; it shares the script and the call log."""
+        converted = [convert_to_openai_tool(t) for t in tools]
+        return self.model_copy(update={"bound_tools": converted, "tool_choice": tool_choice})
+
+    # -- replies -----------------------------------------------------------------------------
+    def _reply(self, messages: list[BaseMessage]) -> AIMessage:
+        entry = self._state.next(messages)
+        if isinstance(entry, BaseException):
+            raise entry
+        if isinstance(entry, type) and issubclass(entry, BaseException):
+            raise entry()
+        if isinstance(entry, (AIMessage, str)):
+            result: AIMessage | str = entry
+        else:
+            result = cast("_Responder", entry)(list(messages))
+        message = AIMessage(content=result) if isinstance(result, str) else result
+        if not isinstance(message, AIMessage):
+            raise TypeError(
+                f"ScriptedChatModel: a script callable returned {type(message).__name__}, "
+                "expected AIMessage or str"
+            )
+        input_tokens = sum(_words(_text(m)) for m in messages)
+        output_tokens = _words(_text(message)) + sum(
+            _words(f"{tc['name']} {json.dumps(tc['args'])}") for tc in message.tool_calls
+        )
+        usage = message.usage_metadata or UsageMetadata(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            total_tokens=input_tokens + output_tokens,
+        )
+        finish = "tool_calls" if message.tool_calls else "stop"
+        metadata = {
+            "model_name": SCRIPTED_MODEL_NAME,
+            "finish_reason": finish,
+            **message.response_metadata,
+        }
+        # a copy: the script's own message is never changed
+        return message.model_copy(update={"usage_metadata": usage, "response_metadata": metadata})
+
+    @staticmethod
+    def _chunks(message: AIMessage) -> Iterator[ChatGenerationChunk]:
+        last: dict[str, Any] = {
+            "usage_metadata": message.usage_metadata,
+            "response_metadata": message.response_metadata,
+            "chunk_position": "last",
+        }
+        common: dict[str, Any] = {"id": message.id} if message.id else {}
+        content = message.content
+        pieces: list[Any] = [content]  # content blocks are not split
+        if isinstance(content, str):
+            pieces = re.findall(r"\s*\S+\s*", content) or ([content] if content else [])
+        calls = [
+            tool_call_chunk(name=tc["name"], args=json.dumps(tc["args"]), id=tc["id"], index=i)
+            for i, tc in enumerate(message.tool_calls)
+        ]
+        for piece in pieces:
+            yield ChatGenerationChunk(message=AIMessageChunk(content=piece, **common))
+        empty: str | list[Any] = "" if isinstance(content, str) else []
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=empty,
+                tool_call_chunks=calls,
+                additional_kwargs=dict(message.additional_kwargs),
+                **common,
+                **last,
+            )
+        )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return ChatResult(generations=[ChatGeneration(message=self._reply(messages))])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return ChatResult(generations=[ChatGeneration(message=self._reply(messages))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        for chunk in self._chunks(self._reply(messages)):
+            if run_manager is not None:
+                run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        for chunk in self._chunks(self._reply(messages)):
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
+            yield chunk
+
+
+__all__ = ["ScriptEntry", "ScriptedChatModel"]
