@@ -20,7 +20,16 @@ from keel.errors import UsageError
 from keel.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from sqlalchemy import Engine
+
+    from keel.agents.answer import Answer
+    from keel.agents.checkpoints import ThreadIndex
+    from keel.agents.graph import Agent
+    from keel.agents.hooks import Hooks
+    from keel.agents.prompts import Prompts
+    from keel.tools.registry import Toolset
 
     from keel.rag.bm25 import BM25Index
     from keel.rag.embeddings import Embedder
@@ -40,6 +49,8 @@ class App:
         self.config = config
         self.settings = settings or get_settings()
         self.model = model
+        self.hooks: Hooks | None = None  # set before the first ask to plug in guards
+        self._closers: list[Any] = []
         self._lock = threading.RLock()
         self._bm25: dict[str, BM25Index] = {}
         self._stores: dict[str, VectorStore] = {}
@@ -227,8 +238,326 @@ class App:
         return digest.hexdigest()[:16]
 
     def close(self) -> None:
+        for closer in reversed(self._closers):
+            closer()
+        self._closers.clear()
         if "engine" in self.__dict__:
             self.engine.dispose()
+
+    # -- agent ---------------------------------------------------------------------------------
+    @cached_property
+    def prompts(self) -> Prompts:
+        from keel.agents.prompts import load_prompts
+
+        p = self.config.prompts
+        return load_prompts(
+            self.config.resolve(p.system) if p.system else None,
+            self.config.resolve(p.examples) if p.examples else None,
+            {"app_name": self.name, "app_description": self.config.app.description},
+        )
+
+    @cached_property
+    def toolset(self) -> Toolset:
+        """The app's tools: ``[tools] enabled`` in keel.toml, which is also the allowlist."""
+        from keel.errors import ConfigError
+        from keel.tools.builtin import calculator, make_http_get, make_search_knowledge
+        from keel.tools.registry import Toolset
+
+        tools: list[Any] = []
+        imports: list[str] = []
+        cfg = self.config.tools
+        for ref in cfg.enabled:
+            if ref == "keel:search_knowledge":
+                tools.append(make_search_knowledge(lambda q, k: self.search(q, k)))
+            elif ref == "keel:calculator":
+                tools.append(calculator)
+            elif ref == "keel:http_get":
+                if not cfg.http_get.allowed_hosts:
+                    raise ConfigError("keel:http_get needs tools.http_get.allowed_hosts")
+                tools.append(
+                    make_http_get(
+                        allowed_hosts=cfg.http_get.allowed_hosts,
+                        max_bytes=cfg.http_get.max_bytes,
+                        timeout_s=cfg.http_get.timeout_s,
+                    )
+                )
+            elif ref.startswith("keel:"):
+                raise ConfigError(f"tools.enabled: unknown built-in tool {ref!r}")
+            else:
+                imports.append(ref)
+        toolset = Toolset(tools)
+        if imports:
+            toolset = toolset + Toolset.from_imports(imports, self.config.base_dir)
+        return toolset
+
+    @cached_property
+    def agent(self) -> Agent:
+        from keel.agents.graph import Agent, AgentConfig
+        from keel.agents.hooks import Hooks
+        from keel.agents.models import ModelChain, build_model, model_name
+
+        m = self.config.model
+
+        def build(model_id: str) -> Any:
+            return build_model(
+                model_id,
+                embedder=lambda: self.embedder,
+                settings=self.settings,
+                timeout_s=m.timeout_s,
+                temperature=m.temperature,
+            )
+
+        primary = (model_name(self.model), self.model) if self.model is not None else None
+        models = [primary or (m.id, build(m.id)), *[(f, build(f)) for f in m.fallbacks]]
+        a = self.config.agent
+        return Agent(
+            app_name=self.name,
+            chain=ModelChain(models, max_retries=m.max_retries),
+            prompts=self.prompts,
+            toolset=self.toolset,
+            search=self._search_for_agent if a.retrieve else None,
+            hooks=self.hooks or Hooks(),
+            config=AgentConfig(
+                max_steps=a.max_steps,
+                max_tool_calls=a.max_tool_calls,
+                max_tool_errors=a.max_tool_errors,
+                retrieve=a.retrieve,
+            ),
+        )
+
+    def _search_for_agent(self, question: str) -> list[Hit]:
+        from keel.rag.manifest import EMPTY_INDEX_VERSION
+
+        if self.index_version() == EMPTY_INDEX_VERSION:
+            return []  # no knowledge ingested: do not even load the embedding model
+        return self.search(question)
+
+    @cached_property
+    def _checkpointer(self) -> Any:
+        from keel.agents.checkpoints import open_checkpointer
+
+        saver, close = open_checkpointer(self.settings.database_url, self.data_dir)
+        self._closers.append(close)
+        return saver
+
+    @cached_property
+    def graph(self) -> Any:
+        """The compiled LangGraph graph, with the app's checkpointer."""
+        return self.agent.build(checkpointer=self._checkpointer)
+
+    @cached_property
+    def threads(self) -> ThreadIndex:
+        from keel.agents.checkpoints import ThreadIndex
+
+        return ThreadIndex(self.engine, self.name)
+
+    def _run_config(self, thread_id: str, scopes: Sequence[str] | None) -> dict[str, Any]:
+        return {
+            "configurable": {
+                "thread_id": thread_id,
+                "keel_scopes": list(scopes) if scopes is not None else None,
+            },
+            "recursion_limit": 4 * self.config.agent.max_steps + 10,
+        }
+
+    def _durability(self) -> str:
+        # Runs that can change the world are checkpointed before each step goes on.
+        writes = any(t.side_effects == "write" for t in self.toolset)
+        return "sync" if writes else "async"
+
+    def _pending(self, thread_id: str, config: dict[str, Any]) -> list[dict[str, Any]] | None:
+        state = self.graph.get_state(config)
+        for task in state.tasks:
+            for intr in task.interrupts:
+                value = intr.value
+                if isinstance(value, dict) and value.get("type") == "approval_required":
+                    return list(value["calls"])
+        return None
+
+    def _prepare_turn(
+        self, thread_id: str | None, owner: str | None, scopes: Sequence[str] | None
+    ) -> tuple[str, dict[str, Any]]:
+        import uuid
+
+        tid = thread_id or uuid.uuid4().hex
+        if not tid or len(tid) > 200:
+            raise UsageError("a thread id needs 1-200 characters")
+        self.threads.touch(tid, owner)
+        return tid, self._run_config(tid, scopes)
+
+    def _answer(self, thread_id: str, config: dict[str, Any]) -> Answer:
+        from keel.agents.answer import Answer
+        from keel.agents.graph import citations_for
+
+        values = self.graph.get_state(config).values
+        pending = self._pending(thread_id, config)
+        text = values.get("answer", "") if pending is None else ""
+        return Answer(
+            text=text,
+            thread_id=thread_id,
+            stop_reason="approval_required" if pending else values.get("stop_reason", "done"),
+            citations=citations_for(text, values.get("hits", [])),
+            tool_calls=list(values.get("outcomes", [])),
+            pending_approval=pending,
+            usage=dict(values.get("usage", {})),
+            model=values.get("model_id", ""),
+            events=list(values.get("events", [])),
+            hits=list(values.get("hits", [])),
+        )
+
+    def ask(
+        self,
+        question: str,
+        thread_id: str | None = None,
+        scopes: Sequence[str] | None = None,
+        *,
+        owner: str | None = None,
+    ) -> Answer:
+        """One turn of the conversation in ``thread_id`` (a new thread when None).
+
+        ``scopes``: what the caller holds (None: everything, for trusted local use); tools
+        needing other scopes are hidden from the model and refused if called.
+        """
+        from keel.agents.graph import turn_input
+
+        if not isinstance(question, str) or not question.strip():
+            raise UsageError("the question is empty")
+        tid, config = self._prepare_turn(thread_id, owner, scopes)
+        if self._pending(tid, config):
+            raise UsageError(
+                f"thread {tid!r} is waiting for an approval: resume it (approve or reject) first"
+            )
+        self.graph.invoke(turn_input(question), config, durability=self._durability())
+        return self._answer(tid, config)
+
+    def stream(
+        self,
+        question: str,
+        thread_id: str | None = None,
+        scopes: Sequence[str] | None = None,
+        *,
+        owner: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """One turn, as events: ``token``, ``tool_call``, ``approval_required``, ``done``."""
+        from keel.agents.graph import turn_input
+
+        if not isinstance(question, str) or not question.strip():
+            raise UsageError("the question is empty")
+        tid, config = self._prepare_turn(thread_id, owner, scopes)
+        if self._pending(tid, config):
+            raise UsageError(
+                f"thread {tid!r} is waiting for an approval: resume it (approve or reject) first"
+            )
+        yield from self._stream(turn_input(question), tid, config)
+
+    def _stream(
+        self, graph_input: Any, tid: str, config: dict[str, Any]
+    ) -> Iterator[dict[str, Any]]:
+        from langchain_core.messages import AIMessageChunk
+
+        for mode, payload in self.graph.stream(
+            graph_input,
+            config,
+            stream_mode=["messages", "updates"],
+            durability=self._durability(),
+        ):
+            if mode == "messages":
+                chunk, meta = payload
+                if (
+                    isinstance(chunk, AIMessageChunk)
+                    and meta.get("langgraph_node") == "model"
+                    and chunk.text
+                ):
+                    yield {"type": "token", "text": chunk.text}
+            elif isinstance(payload, dict) and "tools" in payload and payload["tools"]:
+                for outcome in payload["tools"].get("outcomes", [])[
+                    -len(payload["tools"].get("messages", [])) or None :
+                ]:
+                    yield {"type": "tool_call", **outcome}
+        answer = self._answer(tid, config)
+        if answer.pending_approval:
+            yield {"type": "approval_required", "thread_id": tid, "calls": answer.pending_approval}
+        for citation in answer.citations:
+            yield {"type": "citation", **citation}
+        yield {"type": "done", "answer": answer.to_dict()}
+
+    def resume(
+        self,
+        thread_id: str,
+        decision: Any,
+        scopes: Sequence[str] | None = None,
+        *,
+        owner: str | None = None,
+    ) -> Answer:
+        """Continue a thread paused for approval.
+
+        ``decision``: ``"approve"`` or ``"reject"`` for every pending call, or a mapping from
+        call id to ``"approve"``, ``"reject"``, ``{"action": "edit", "args": {...}}`` (or
+        ``{"args": {...}}``). A decision applies only to the call it names; an ``args_hash``
+        given with it must match the pending call's.
+        """
+        from langgraph.types import Command
+
+        tid, config = self._prepare_turn(thread_id, owner, scopes)
+        pending = self._pending(tid, config)
+        if not pending:
+            raise UsageError(f"thread {tid!r} has no call waiting for approval")
+        payload = resolve_decisions(decision, pending)
+        self.graph.invoke(Command(resume=payload), config, durability=self._durability())
+        return self._answer(tid, config)
+
+    def history(self, thread_id: str, *, owner: str | None = None) -> list[Any]:
+        """The thread's messages (langchain-core messages), oldest first."""
+        self.threads.check_owner(thread_id, owner)
+        values = self.graph.get_state(self._run_config(thread_id, None)).values
+        return list(values.get("messages", []))
+
+    def delete_thread(self, thread_id: str, *, owner: str | None = None) -> None:
+        self.threads.check_owner(thread_id, owner)
+        self._checkpointer.delete_thread(thread_id)
+        self.threads.forget(thread_id)
+
+    def prune_threads(self, older_than_days: float | None = None) -> list[str]:
+        """Delete threads idle for longer than the retention period; returns their ids."""
+        days = older_than_days or self.config.threads.retention_days
+        if days is None:
+            raise UsageError("no retention period: set threads.retention_days in keel.toml")
+        gone = self.threads.idle_since(days)
+        for tid in gone:
+            self._checkpointer.delete_thread(tid)
+            self.threads.forget(tid)
+        return gone
+
+
+def resolve_decisions(decision: Any, pending: list[dict[str, Any]]) -> dict[str, Any]:
+    """Turn a user's decision into the resume payload, bound to each pending call's hash."""
+    by_id = {call["id"]: call for call in pending}
+    if isinstance(decision, str):
+        decision = {call_id: decision for call_id in by_id}
+    if not isinstance(decision, Mapping):
+        raise UsageError("a decision is 'approve', 'reject' or a mapping of call id to one")
+    payload: dict[str, Any] = {}
+    for call_id, choice in decision.items():
+        if call_id not in by_id:
+            raise UsageError(f"no pending call {call_id!r} (pending: {sorted(by_id)})")
+        call = by_id[call_id]
+        if isinstance(choice, str):
+            choice = {"action": choice}
+        if not isinstance(choice, Mapping):
+            raise UsageError(f"decision for {call_id!r} must be a string or an object")
+        entry = dict(choice)
+        if "action" not in entry and "args" in entry:
+            entry["action"] = "edit"
+        if entry.get("action") not in ("approve", "reject", "edit"):
+            raise UsageError(f"decision for {call_id!r}: action must be approve, reject or edit")
+        if entry["action"] == "edit" and not isinstance(entry.get("args"), Mapping):
+            raise UsageError(f"decision for {call_id!r}: edit needs 'args' (an object)")
+        given = entry.get("args_hash")
+        if given is not None and given != call["args_hash"]:
+            raise UsageError(f"decision for {call_id!r} was made for different arguments")
+        entry["args_hash"] = call["args_hash"]
+        payload[call_id] = entry
+    return payload
 
 
 def _relative_scope(root: Path, target: Path) -> str:

@@ -22,6 +22,11 @@ says who has to act:
         Every configured model failed for a call (after retries with backoff on timeouts,
         429 and 5xx, and after the fallback models). ``.attempts`` lists what was tried.
 
+    ``GuardTripped`` (exit 1)
+        A guard at a hook point (input, retrieved context, tool arguments, tool result,
+        output) stopped a run. ``.message`` is what the user is told; ``.result`` carries the
+        guard's decision for traces.
+
     ``ToolDefinitionError`` (exit 2)
         A function given to ``@tool`` cannot be turned into a tool. It carries every problem
         found (``.problems``), not only the first.
@@ -66,6 +71,18 @@ class ModelError(KeelError):
         super().__init__(message)
 
 
+class GuardTripped(KeelError):
+    """A guard stopped the run; ``message`` is safe to show the user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, point: str = "", result: object = None) -> None:
+        self.message = message
+        self.point = point
+        self.result = result
+        super().__init__(f"guard tripped at {point or 'a hook point'}: {message}")
+
+
 class ToolDefinitionError(KeelError):
     """A function cannot be made into a tool; ``problems`` lists every reason."""
 
@@ -79,6 +96,7 @@ class ToolDefinitionError(KeelError):
 
 __all__ = [
     "ConfigError",
+    "GuardTripped",
     "KeelError",
     "ModelError",
     "StoreError",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -202,7 +203,7 @@ def test_sentence_splitter_keeps_abbreviations_decimals_and_list_items() -> None
     text = (
         "# Title\n\nPay by card, e.g. Visa or Mastercard. The fee is 2.5 percent of the total.\n"
         "Prices are shown\nwithout tax. Done!\n\n- First item in a list\n* Second item here\n"
-        "1. Numbered item three\n| a | b |\n|---|---|\nShort."
+        "1. Numbered item three\n| a | b |\n|---|---|\n| Pro | 20 seats |\nShort."
     )
     assert split_sentences(text) == [
         "Pay by card, e.g. Visa or Mastercard.",
@@ -211,6 +212,7 @@ def test_sentence_splitter_keeps_abbreviations_decimals_and_list_items() -> None
         "First item in a list",
         "Second item here",
         "Numbered item three",
+        "Pro | 20 seats",
     ]
 
 
@@ -262,10 +264,27 @@ def test_a_matching_tool_without_its_arguments_is_not_called(
     assert routing["called"] is False and routing["missing"] == ["order_id"]
 
     # the plan tool matches, no plan is named: the passages answer instead
-    answer = ask(with_tools, "How many seats does the Pro plan have?", PLANS)
+    how = "To change your plan, open Settings and choose Billing."
+    answer = ask(with_tools, "How do I change my plan?", how, OFFICE)
+    assert answer.tool_calls == []
+    assert answer.text == f"{how[:-1]} [1]."
+    assert answer.response_metadata["keel_routing"]["missing"] == ["plan"]
+
+
+def test_a_question_the_documents_answer_better_is_not_a_tool_call(
+    with_tools: ExtractiveChatModel,
+) -> None:
+    # "pro" is a value of change_plan's enum, but this asks about the plan
+    question = "How many seats does the Pro plan have?"
+    assert ask(with_tools, question).tool_calls[0]["name"] == "change_plan"  # no documents
+    answer = ask(with_tools, question, PLANS)
     assert answer.tool_calls == []
     assert answer.text.startswith("Pro: 20 seats and priority support")
-    assert "[1]" in answer.text
+    routing = answer.response_metadata["keel_routing"]
+    assert routing["tool"] == "change_plan" and routing["called"] is False
+    # weaker passages do not stop a lookup the question asks for
+    lookup = ask(with_tools, "where is my order ORD-1234?", BILLING, PLANS)
+    assert [c["name"] for c in lookup.tool_calls] == ["lookup_order"]
 
 
 def test_an_unrelated_question_calls_no_tool(with_tools: ExtractiveChatModel) -> None:
@@ -281,7 +300,7 @@ def test_tool_choice_none_and_a_named_tool(model: ExtractiveChatModel) -> None:
     assert ask(off, "what is 12 * (3 + 4)?").tool_calls == []
     only_orders = model.bind_tools(TOOLS, tool_choice="lookup_order")
     assert ask(only_orders, "what is 12 * (3 + 4)?").tool_calls == []
-    assert ask(only_orders, "where is my order ORD-7?").tool_calls[0]["name"] == "lookup_order"
+    assert ask(only_orders, "where is my order ORD-1234?").tool_calls[0]["name"] == "lookup_order"
 
 
 def test_answers_from_a_tool_result(with_tools: ExtractiveChatModel) -> None:
@@ -355,6 +374,23 @@ def test_streaming_concatenates_to_the_invoke_text(model: ExtractiveChatModel) -
         total += c
     assert total.response_metadata["keel_citations"] == expected.response_metadata["keel_citations"]
     assert total.response_metadata["model_name"] == MODEL_ID
+
+
+def test_stream_callbacks_get_every_token_once(model: ExtractiveChatModel) -> None:
+    class Tokens(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.tokens: list[str] = []
+
+        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+            self.tokens.append(token)
+
+        def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    handler = Tokens()
+    messages = turn("How long do I have to ask for a refund?", BILLING)
+    text = "".join(str(c.content) for c in model.stream(messages, config={"callbacks": [handler]}))
+    assert "".join(handler.tokens) == text == model.invoke(messages).text
 
 
 def test_streaming_a_tool_call_gives_one_chunk(with_tools: ExtractiveChatModel) -> None:

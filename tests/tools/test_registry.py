@@ -82,7 +82,7 @@ def _walk(node: Any, path: str = "") -> Iterator[tuple[str, Any, Any]]:
             yield from _walk(value, f"{path}[{i}]")
 
 
-# --- schema ------------------------------------------------------------------------------------
+# --- schema --------------------------------------------------------------------------------------
 
 
 def test_schema_comes_from_hints_defaults_and_docstring() -> None:
@@ -108,7 +108,11 @@ def test_schema_comes_from_hints_defaults_and_docstring() -> None:
     assert props["due_in_days"] == {"type": "integer", "minimum": 1, "maximum": 90, "default": 7}
     # no pydantic "title" keywords anywhere, but a property *named* title survives
     assert all(key != "title" for path, key, _ in _walk(schema) if path != "/properties")
-    assert props["title"] == {"type": "string", "default": "", "description": "Shown above the subject."}
+    assert props["title"] == {
+        "type": "string",
+        "default": "",
+        "description": "Shown above the subject.",
+    }
 
 
 def test_rest_docstring_options_and_async() -> None:
@@ -186,7 +190,7 @@ def test_parameter_names_that_clash_with_pydantic_still_work() -> None:
     assert asyncio.run(t.arun({"json": False})) == "False-1-x"
 
 
-# --- the function stays the function ----------------------------------------------------------
+# --- the function stays the function -------------------------------------------------------------
 
 
 def test_decorated_functions_are_unchanged_and_callable() -> None:
@@ -238,7 +242,7 @@ def test_description_option_and_first_paragraph_summary() -> None:
     assert get_tool(lookup2).name == "lookup-v2"
 
 
-# --- definition errors -----------------------------------------------------------------------
+# --- definition errors ---------------------------------------------------------------------------
 
 
 def test_every_definition_problem_is_reported_at_once() -> None:
@@ -321,7 +325,7 @@ def test_a_write_tool_needs_no_approval_and_options_are_checked_again() -> None:
         t.with_options(timeout_s=-1)
 
 
-# --- validation and running --------------------------------------------------------------------
+# --- validation and running ----------------------------------------------------------------------
 
 
 def test_validate_coerces_and_fills_defaults() -> None:
@@ -348,7 +352,9 @@ def test_validate_lists_every_field_error() -> None:
     errors = info.value.errors
     assert errors[0] == "subject: Field required"
     assert any(e.startswith("body: Input should be a valid string") for e in errors)
-    assert any(e.startswith("due_in_days: Input should be less than or equal to 90") for e in errors)
+    assert any(
+        e.startswith("due_in_days: Input should be less than or equal to 90") for e in errors
+    )
     assert any(e.startswith("tags.list[str][1]") or e.startswith("tags[1]") for e in errors)
     assert "colour: Extra inputs are not permitted" in errors
     assert info.value.exit_code == 2
@@ -477,11 +483,11 @@ def test_adding_toolsets_and_name_clashes() -> None:
     assert both.names() == [*ts.names(), "refund"]
     assert ts.combine(extra, Toolset()).names() == both.names()
     with pytest.raises(ToolDefinitionError, match="'refund'"):
-        both + extra  # noqa: B018
+        both + extra
     assert (ts + ts.prefixed("x")).names()[-1] == "x_create_ticket"
 
 
-# --- from_imports ----------------------------------------------------------------------------------
+# --- from_imports --------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -574,3 +580,15 @@ def test_literal_types_are_enumerated() -> None:
     }
     with pytest.raises(ToolArgumentError, match="order"):
         get_tool(sort).validate({"order": "up"})
+
+
+def test_from_imports_never_replaces_standard_modules(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "json.py").write_text(
+        'from keel.tools import tool\n\n@tool\ndef shadow(x: int) -> int:\n    """T."""\n'
+        "    return x\n"
+    )
+    with pytest.raises(ConfigError, match="defines no @tool functions"):
+        Toolset.from_imports(["json"], tmp_path)
+    assert sys.modules["json"] is json

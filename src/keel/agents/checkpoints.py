@@ -71,7 +71,7 @@ def open_checkpointer(
         open=True,
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
     )
-    saver_pg = PostgresSaver(pool)  # type: ignore[arg-type]
+    saver_pg = PostgresSaver(pool)
     saver_pg.setup()
     return saver_pg, pool.close
 
@@ -123,7 +123,7 @@ class ThreadIndex:
         if exists and current is not None and current != owner:
             raise UsageError(f"no thread {thread_id!r}")  # not yours: as if it did not exist
 
-    def list(self, owner: str | None = None) -> list[dict[str, Any]]:
+    def all(self, owner: str | None = None) -> list[dict[str, Any]]:
         query = select(threads).where(threads.c.app == self.app).order_by(
             threads.c.updated_at.desc()
         )

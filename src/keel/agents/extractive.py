@@ -146,7 +146,7 @@ def _ends_with_abbreviation(piece: str) -> bool:
 
 
 def _is_sentence(piece: str) -> bool:
-    return len(piece.split()) >= _MIN_WORDS and any(c.isalnum() for c in piece)
+    return len(re.findall(r"\w+", piece)) >= _MIN_WORDS
 
 
 # -- reading arguments from a question -------------------------------------------------------

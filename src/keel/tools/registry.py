@@ -878,37 +878,50 @@ def _load_ref(ref: str, base: Path) -> list[Tool]:
     return [_as_tool(obj)]
 
 
+# Top-level module name -> the base_dir from_imports loaded it from. Only modules loaded this
+# way are ever dropped from sys.modules (never the standard library or installed packages).
+_LOADED_FROM: dict[str, Path] = {}
+_IMPORT_LOCK = threading.Lock()
+
+
 def _import_module(module_name: str, base: Path, ref: str) -> Any:
     top = module_name.split(".")[0]
-    _forget_if_shadowed(top, base)
     entry = str(base)
-    sys.path.insert(0, entry)
-    try:
-        importlib.invalidate_caches()
-        return importlib.import_module(module_name)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ConfigError(
-            f"cannot import tools from {ref!r}: {type(exc).__name__}"
-            + (f": {reason}" if reason else "")
-        ) from exc
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(entry)
+    with _IMPORT_LOCK:
+        _forget_if_shadowed(top, base)
+        sys.path.insert(0, entry)
+        try:
+            importlib.invalidate_caches()
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ConfigError(
+                f"cannot import tools from {ref!r}: {type(exc).__name__}"
+                + (f": {reason}" if reason else "")
+            ) from exc
+        finally:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(entry)
+        if _is_under(sys.modules.get(top), base):
+            _LOADED_FROM[top] = base
+        return module
+
+
+def _is_under(module: Any, base: Path) -> bool:
+    file = getattr(module, "__file__", None)
+    return isinstance(file, str) and Path(file).resolve().is_relative_to(base)
 
 
 def _forget_if_shadowed(top: str, base: Path) -> None:
-    """Two apps may both have a ``tools.py``: when ``top`` is already imported from elsewhere but
-    ``base`` has its own, drop the cached one so this app's module is imported."""
+    """Two apps may both have a ``tools.py``: when ``top`` was loaded by ``from_imports`` for
+    another app's directory, drop it (and its submodules) so this app gets its own module."""
+    previous = _LOADED_FROM.get(top)
     cached = sys.modules.get(top)
-    local = (base / f"{top}.py").exists() or (base / top / "__init__.py").exists()
-    if cached is None or not local:
-        return
-    cached_file = getattr(cached, "__file__", None)
-    if cached_file and Path(cached_file).resolve().is_relative_to(base):
+    if previous is None or previous == base or cached is None or not _is_under(cached, previous):
         return
     for key in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
         del sys.modules[key]
+    del _LOADED_FROM[top]
 
 
 __all__ = [

@@ -1,0 +1,31 @@
+"""What a turn returns: :class:`Answer`, and what streaming yields: event dicts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Answer:
+    """The outcome of one turn.
+
+    ``stop_reason``: ``done``; ``approval_required`` (``pending_approval`` lists the calls
+    waiting for a person: resume with :meth:`keel.App.resume`); ``step_limit`` /
+    ``tool_errors`` (a limit ended the turn, ``text`` says so); ``guardrail`` (a guard ended
+    it, ``text`` is its message).
+    """
+
+    text: str
+    thread_id: str
+    stop_reason: str = "done"
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    pending_approval: list[dict[str, Any]] | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    model: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    hits: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

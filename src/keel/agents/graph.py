@@ -1,0 +1,429 @@
+"""The agent graph, on LangGraph's StateGraph.
+
+    START → start → retrieve → model ⇄ (approve → tools) → finalize → END
+
+- ``start`` runs the ``input`` hooks on the user's message.
+- ``retrieve`` (when the app has knowledge) searches, runs the ``context`` hooks, and keeps the
+  hits; they enter the prompt as delimited, untrusted data (:mod:`keel.agents.context`).
+- ``model`` sends the system prompt, few-shot examples, the thread's history and the current
+  turn (with its context) to the model chain, bound to the tools the caller may see.
+- ``approve`` pauses the run with LangGraph's ``interrupt`` when a call needs a person's
+  approval; the run resumes with approve, reject or edited arguments, each decision bound to
+  the exact call (id and argument hash) it was given for.
+- ``tools`` runs the calls through the ``tool_args`` hooks and the :class:`ToolPolicy`
+  (allowlist, scopes, validation, limits, timeouts) and the ``tool_result`` hooks.
+- ``finalize`` runs the ``output`` hooks and records the answer. Step, tool-call and
+  tool-error limits end a turn here with a clear message, never a traceback; a guard that
+  trips anywhere ends it here too, with the guard's message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypedDict
+
+from langchain_core.messages import (
+    AIMessage,
+    AnyMessage,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+)
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.types import interrupt
+
+from keel.agents.context import render_user_turn
+from keel.agents.hooks import Hooks, RunContext
+from keel.agents.models import ModelChain
+from keel.agents.prompts import Prompts
+from keel.errors import GuardTripped
+from keel.rag.types import Hit
+from keel.tools.policy import RunBudget, ToolCall, ToolOutcome, ToolPolicy
+from keel.tools.registry import Toolset
+
+StopReason = Literal[
+    "done", "step_limit", "tool_errors", "guardrail", "approval_required", "error"
+]
+_ERROR_STATUSES = {"invalid", "error", "timeout"}
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+
+
+class AgentState(TypedDict, total=False):
+    messages: Annotated[list[AnyMessage], add_messages]
+    question: str
+    hits: list[dict[str, Any]]
+    steps: int
+    tool_counts: dict[str, int]
+    tool_errors: int
+    outcomes: list[dict[str, Any]]
+    decisions: dict[str, dict[str, Any]]
+    events: list[dict[str, Any]]
+    answer: str
+    stop_reason: str
+    guard_message: str
+    usage: dict[str, int]
+    model_id: str
+
+
+def args_hash(name: str, args: dict[str, Any]) -> str:
+    """What an approval is bound to: the tool and its exact arguments."""
+    blob = json.dumps({"name": name, "args": args}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def turn_input(question: str) -> dict[str, Any]:
+    """The graph input that starts a new turn (and resets the per-turn fields)."""
+    return {
+        "messages": [HumanMessage(question)],
+        "question": question,
+        "hits": [],
+        "steps": 0,
+        "tool_counts": {},
+        "tool_errors": 0,
+        "outcomes": [],
+        "decisions": {},
+        "events": [],
+        "answer": "",
+        "stop_reason": "",
+        "guard_message": "",
+        "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+        "model_id": "",
+    }
+
+
+def hit_from_dict(d: dict[str, Any]) -> Hit:
+    return Hit(
+        doc_id=d["doc_id"],
+        chunk_id=d["chunk_id"],
+        text=d["text"],
+        score=d["score"],
+        source=d["source"],
+        title=d.get("title", ""),
+        headings=tuple(d.get("headings", ())),
+        start=d.get("start", 0),
+        end=d.get("end", 0),
+        page=d.get("page", 0),
+        metadata=d.get("metadata", {}),
+    )
+
+
+def citations_for(text: str, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The passages an answer cites as [n], in order of first citation."""
+    seen: list[int] = []
+    for match in _CITATION.finditer(text):
+        n = int(match.group(1))
+        if 1 <= n <= len(hits) and n not in seen:
+            seen.append(n)
+    return [{"n": n, **hit_from_dict(hits[n - 1]).citation} for n in seen]
+
+
+@dataclass
+class AgentConfig:
+    max_steps: int = 8
+    max_tool_calls: int = 16
+    max_tool_errors: int = 3
+    retrieve: bool = True
+
+
+@dataclass
+class Agent:
+    """Everything the graph's nodes need; :meth:`build` compiles the graph."""
+
+    app_name: str
+    chain: ModelChain
+    prompts: Prompts
+    toolset: Toolset
+    search: Callable[[str], list[Hit]] | None
+    hooks: Hooks
+    config: AgentConfig
+
+    # -- helpers -------------------------------------------------------------------------------
+    def policy(self, config: RunnableConfig) -> ToolPolicy:
+        scopes = config.get("configurable", {}).get("keel_scopes")
+        return ToolPolicy(self.toolset, scopes=scopes)
+
+    def context(self, state: AgentState, config: RunnableConfig) -> RunContext:
+        conf = config.get("configurable", {})
+        scopes = conf.get("keel_scopes")
+        return RunContext(
+            app=self.app_name,
+            thread_id=str(conf.get("thread_id", "")),
+            scopes=frozenset(scopes) if scopes is not None else None,
+            question=state.get("question", ""),
+            hits=[hit_from_dict(h) for h in state.get("hits", [])],
+        )
+
+    def _budget(self, state: AgentState) -> RunBudget:
+        budget = RunBudget(self.config.max_tool_calls)
+        budget.counts = dict(state.get("tool_counts", {}))
+        budget.total = sum(budget.counts.values())
+        return budget
+
+    @staticmethod
+    def _events(state: AgentState, ctx: RunContext) -> list[dict[str, Any]]:
+        return [*state.get("events", []), *ctx.events]
+
+    @staticmethod
+    def _tripped(state: AgentState, ctx: RunContext, trip: GuardTripped) -> dict[str, Any]:
+        ctx.record(trip.point or "guard", "guard", "tripped", message=trip.message)
+        return {
+            "stop_reason": "guardrail",
+            "guard_message": trip.message,
+            "events": Agent._events(state, ctx),
+        }
+
+    # -- nodes ---------------------------------------------------------------------------------
+    def start(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        ctx = self.context(state, config)
+        question = state["question"]
+        try:
+            checked = self.hooks.run_input(question, ctx)
+        except GuardTripped as trip:
+            return self._tripped(state, ctx, trip)
+        update: dict[str, Any] = {"events": self._events(state, ctx)}
+        if checked != question:  # e.g. redacted: the thread keeps the checked text
+            last = state["messages"][-1]
+            update["messages"] = [HumanMessage(checked, id=last.id)]
+            update["question"] = checked
+        return update
+
+    def retrieve(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        assert self.search is not None
+        ctx = self.context(state, config)
+        try:
+            hits = self.hooks.run_context(self.search(state["question"]), ctx)
+        except GuardTripped as trip:
+            return self._tripped(state, ctx, trip)
+        return {"hits": [h.to_dict() for h in hits], "events": self._events(state, ctx)}
+
+    def prompt(self, state: AgentState) -> list[BaseMessage]:
+        """Exactly what the model is sent ("show me the prompt")."""
+        messages = list(state["messages"])
+        current = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
+        hits = [hit_from_dict(h) for h in state.get("hits", [])]
+        turn = HumanMessage(render_user_turn(state["question"], hits))
+        return [*self.prompts.messages(), *messages[:current], turn, *messages[current + 1 :]]
+
+    def model(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        tools = self.policy(config).visible().to_openai()
+        model_id, response = self.chain.bind(tools).invoke(self.prompt(state), config)
+        usage = dict(state.get("usage", {}))
+        meta = getattr(response, "usage_metadata", None) or {}
+        for key in ("input_tokens", "output_tokens", "total_tokens"):
+            usage[key] = usage.get(key, 0) + int(meta.get(key, 0) or 0)
+        return {
+            "messages": [response],
+            "steps": state.get("steps", 0) + 1,
+            "usage": usage,
+            "model_id": model_id,
+        }
+
+    def approve(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        last = state["messages"][-1]
+        assert isinstance(last, AIMessage)
+        policy, budget = self.policy(config), self._budget(state)
+        decided = state.get("decisions", {})
+        pending: list[dict[str, Any]] = []
+        for tc in last.tool_calls:
+            call = ToolCall(tc["id"] or "", tc["name"], dict(tc["args"]))
+            if call.id in decided or not policy.requires_approval(call):
+                continue
+            if policy.check(call, budget) is not None:
+                continue  # it will be refused anyway: nobody needs to approve it
+            pending.append(
+                {
+                    "id": call.id,
+                    "name": call.name,
+                    "args": call.args,
+                    "args_hash": args_hash(call.name, call.args),
+                }
+            )
+        if not pending:
+            return {}
+        answer = interrupt({"type": "approval_required", "calls": pending})
+        decisions = dict(decided)
+        given = answer if isinstance(answer, dict) else {}
+        for waiting in pending:
+            decision = given.get(waiting["id"])
+            if not isinstance(decision, dict):
+                decision = {"action": "reject", "reason": "no decision was given for this call"}
+            elif decision.get("args_hash") != waiting["args_hash"]:
+                decision = {
+                    "action": "reject",
+                    "reason": "the approval was given for a different call",
+                }
+            decisions[waiting["id"]] = decision
+        return {"decisions": decisions}
+
+    def tools(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        last = state["messages"][-1]
+        assert isinstance(last, AIMessage)
+        policy, budget, ctx = self.policy(config), self._budget(state), self.context(state, config)
+        decisions = state.get("decisions", {})
+        messages: list[ToolMessage] = []
+        outcomes = list(state.get("outcomes", []))
+        errors = state.get("tool_errors", 0)
+        for tc in last.tool_calls:
+            call = ToolCall(tc["id"] or "", tc["name"], dict(tc["args"]))
+            outcome: ToolOutcome | None = None
+            if policy.requires_approval(call) and policy.check(call, budget) is None:
+                decision = decisions.get(call.id, {"action": "reject"})
+                action = decision.get("action")
+                if action == "edit" and isinstance(decision.get("args"), dict):
+                    call = ToolCall(call.id, call.name, dict(decision["args"]))
+                elif action != "approve":
+                    outcome = ToolOutcome.rejected(call, str(decision.get("reason", "")))
+            try:
+                if outcome is None:
+                    checked = self.hooks.run_tool_args(call, ctx)
+                    if isinstance(checked, ToolOutcome):
+                        outcome = checked
+                    else:
+                        outcome = policy.execute_sync(checked, budget)
+                outcome = self.hooks.run_tool_result(outcome, ctx)
+            except GuardTripped as trip:
+                outcome = ToolOutcome(
+                    call=call, status="refused", content=trip.message, error=str(trip)
+                )
+                ctx.record(trip.point or "tool", "guard", "tripped", message=trip.message)
+            if outcome.status in _ERROR_STATUSES:
+                errors += 1
+            outcomes.append(
+                {
+                    "id": call.id,
+                    "name": call.name,
+                    "args": call.args,
+                    "status": outcome.status,
+                    "content": outcome.content,
+                    "error": outcome.error,
+                    "seconds": round(outcome.seconds, 4),
+                }
+            )
+            messages.append(
+                ToolMessage(
+                    outcome.content,
+                    tool_call_id=tc["id"] or "",
+                    name=call.name,
+                    status="success" if outcome.ok else "error",
+                )
+            )
+        return {
+            "messages": messages,
+            "outcomes": outcomes,
+            "tool_counts": dict(budget.counts),
+            "tool_errors": errors,
+            "events": self._events(state, ctx),
+        }
+
+    def finalize(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        ctx = self.context(state, config)
+        messages = state["messages"]
+        last = messages[-1]
+        reason = state.get("stop_reason") or "done"
+        new: list[AnyMessage] = []
+        if reason == "guardrail":
+            text = state.get("guard_message") or "I can't help with that request."
+            if isinstance(last, AIMessage) and last.tool_calls:
+                new += _close_calls(last, "not run: a guard stopped the turn")
+            new.append(AIMessage(text))
+        elif isinstance(last, AIMessage) and last.tool_calls:
+            if state.get("tool_errors", 0) >= self.config.max_tool_errors:
+                reason = "tool_errors"
+                text = (
+                    f"I stopped: tools failed {state.get('tool_errors', 0)} times in this turn "
+                    f"(limit {self.config.max_tool_errors})."
+                )
+            else:
+                reason = "step_limit"
+                text = (
+                    f"I stopped: this turn reached its limit of {self.config.max_steps} model "
+                    "steps before finishing."
+                )
+            new += _close_calls(last, "not run: the turn stopped")
+            new.append(AIMessage(text))
+        else:
+            text = last.text if isinstance(last, AIMessage) else str(last.content)
+            if isinstance(last, ToolMessage) and state.get("tool_errors", 0) >= (
+                self.config.max_tool_errors
+            ):
+                reason = "tool_errors"
+                text = (
+                    f"I stopped: tools failed {state.get('tool_errors', 0)} times in this turn "
+                    f"(limit {self.config.max_tool_errors})."
+                )
+                new.append(AIMessage(text))
+        if reason != "guardrail":
+            try:
+                checked = self.hooks.run_output(text, ctx)
+            except GuardTripped as trip:
+                reason, checked = "guardrail", trip.message
+                ctx.record(trip.point or "output", "guard", "tripped", message=trip.message)
+            if checked != text:
+                text = checked
+                if new:
+                    new[-1] = AIMessage(text)
+                elif isinstance(last, AIMessage):
+                    new.append(AIMessage(text, id=last.id))
+        return {
+            "messages": new,
+            "answer": text,
+            "stop_reason": reason,
+            "events": self._events(state, ctx),
+        }
+
+    # -- routing -------------------------------------------------------------------------------
+    @staticmethod
+    def _stopped(state: AgentState) -> bool:
+        return state.get("stop_reason") == "guardrail"
+
+    def after_start(self, state: AgentState) -> str:
+        if self._stopped(state):
+            return "finalize"
+        return "retrieve" if self.search is not None and self.config.retrieve else "model"
+
+    def after_retrieve(self, state: AgentState) -> str:
+        return "finalize" if self._stopped(state) else "model"
+
+    def after_model(self, state: AgentState) -> str:
+        last = state["messages"][-1]
+        if not (isinstance(last, AIMessage) and last.tool_calls):
+            return "finalize"
+        if state.get("steps", 0) >= self.config.max_steps:
+            return "finalize"
+        return "approve"
+
+    def after_tools(self, state: AgentState) -> str:
+        if state.get("tool_errors", 0) >= self.config.max_tool_errors:
+            return "finalize"
+        return "model"
+
+    def build(self, checkpointer: Any = None) -> Any:
+        graph = StateGraph(AgentState)
+        graph.add_node("start", self.start)
+        graph.add_node("retrieve", self.retrieve)
+        graph.add_node("model", self.model)
+        graph.add_node("approve", self.approve)
+        graph.add_node("tools", self.tools)
+        graph.add_node("finalize", self.finalize)
+        graph.add_edge(START, "start")
+        graph.add_conditional_edges("start", self.after_start, ["retrieve", "model", "finalize"])
+        graph.add_conditional_edges("retrieve", self.after_retrieve, ["model", "finalize"])
+        graph.add_conditional_edges("model", self.after_model, ["approve", "finalize"])
+        graph.add_edge("approve", "tools")
+        graph.add_conditional_edges("tools", self.after_tools, ["model", "finalize"])
+        graph.add_edge("finalize", END)
+        return graph.compile(checkpointer=checkpointer)
+
+
+def _close_calls(message: AIMessage, why: str) -> list[AnyMessage]:
+    """Tool messages for calls that will never run, so the history stays well-formed."""
+    return [
+        ToolMessage(why, tool_call_id=tc["id"] or "", name=tc["name"], status="error")
+        for tc in message.tool_calls
+    ]
