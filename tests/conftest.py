@@ -78,10 +78,16 @@ def make_app(tmp_path: Path, settings: Settings) -> Iterator[Callable[..., App]]
     """Build an App in tmp_path from a config mapping (the parsed keel.toml)."""
     apps: list[App] = []
 
-    def factory(raw: dict[str, Any] | None = None, **overrides: Any) -> App:
+    def factory(
+        raw: dict[str, Any] | None = None,
+        *,
+        model: Any = None,
+        app_settings: Settings | None = None,
+    ) -> App:
         app = App(
             config_from_dict(raw or {}, base_dir=tmp_path),
-            settings=overrides.get("settings", settings),
+            settings=app_settings or settings,
+            model=model,
         )
         apps.append(app)
         return app

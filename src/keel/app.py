@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from keel.agents.graph import Agent
     from keel.agents.hooks import Hooks
     from keel.agents.prompts import Prompts
-    from keel.tools.registry import Toolset
-
     from keel.rag.bm25 import BM25Index
     from keel.rag.embeddings import Embedder
     from keel.rag.ingest import Progress
@@ -38,6 +36,7 @@ if TYPE_CHECKING:
     from keel.rag.retrieve import Mode, Retriever
     from keel.rag.store import VectorStore
     from keel.rag.types import Hit, IngestReport
+    from keel.tools.registry import Toolset
 
 
 class App:

@@ -381,7 +381,7 @@ def test_stream_callbacks_get_every_token_once(model: ExtractiveChatModel) -> No
         def __init__(self) -> None:
             self.tokens: list[str] = []
 
-        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
             self.tokens.append(token)
 
         def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:

@@ -16,8 +16,9 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_bot"
 @pytest.fixture(scope="module")
 def bot(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> App:
     data = tmp_path_factory.mktemp("support-bot")
-    app = App.from_config(EXAMPLE / "keel.toml", settings=Settings(data_dir=data,
-                                                                    cache_dir=model_cache_dir))
+    app = App.from_config(
+        EXAMPLE / "keel.toml", settings=Settings(data_dir=data, cache_dir=model_cache_dir)
+    )
     report = app.ingest()
     assert report.skipped == [] and len(report.added) == 10
     yield app

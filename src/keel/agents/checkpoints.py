@@ -124,8 +124,8 @@ class ThreadIndex:
             raise UsageError(f"no thread {thread_id!r}")  # not yours: as if it did not exist
 
     def all(self, owner: str | None = None) -> list[dict[str, Any]]:
-        query = select(threads).where(threads.c.app == self.app).order_by(
-            threads.c.updated_at.desc()
+        query = (
+            select(threads).where(threads.c.app == self.app).order_by(threads.c.updated_at.desc())
         )
         if owner is not None:
             query = query.where(threads.c.owner == owner)

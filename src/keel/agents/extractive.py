@@ -55,13 +55,13 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from keel.agents.context import Passage, split_user_turn
+from keel.tools.registry import EXAMPLES_KEY
 
 if TYPE_CHECKING:
     import numpy as np
 
 MODEL_ID = "keel:extractive"
 REFUSAL = "I don't know: the documents I have do not answer this."
-EXAMPLES_KEY = "x-keel-examples"
 
 _DUPLICATE = 0.92  # sentences at least this similar to a chosen one are the same statement
 _TOOL_RESULT_CHARS = 1000
@@ -417,7 +417,7 @@ def _words(text: str) -> list[str]:
     pieces = re.findall(r"\S+\s*", text)
     lead = text[: len(text) - len(text.lstrip())]
     if lead:
-        pieces = [lead + pieces[0]] if pieces else [lead]
+        pieces = [lead + pieces[0], *pieces[1:]] if pieces else [lead]
     return pieces
 
 

@@ -47,9 +47,7 @@ from keel.rag.types import Hit
 from keel.tools.policy import RunBudget, ToolCall, ToolOutcome, ToolPolicy
 from keel.tools.registry import Toolset
 
-StopReason = Literal[
-    "done", "step_limit", "tool_errors", "guardrail", "approval_required", "error"
-]
+StopReason = Literal["done", "step_limit", "tool_errors", "guardrail", "approval_required", "error"]
 _ERROR_STATUSES = {"invalid", "error", "timeout"}
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 

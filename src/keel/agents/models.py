@@ -117,7 +117,11 @@ class ModelChain:
         return ModelChain(self.models, self.max_retries, self.backoff_s, self.sleep, list(tools))
 
     def _bound(self, model: Any) -> Any:
-        return model.bind_tools(self.tools) if self.tools else model
+        if not self.tools:
+            return model
+        if getattr(model, "_llm_type", None) == "keel-extractive":
+            return model.bind_tools(self.tools)
+        return model.bind_tools([_without_examples(t) for t in self.tools])
 
     def _wait(self, attempt: int) -> None:
         self.sleep(self.backoff_s * (2**attempt) * (0.5 + random.random() / 2))
@@ -141,6 +145,14 @@ class ModelChain:
                         continue
                     break
         raise ModelError(_summary(failures), failures)
+
+
+def _without_examples(tool: dict[str, Any]) -> dict[str, Any]:
+    """Providers reject unknown keys: keep Keel's routing examples to the embedded model."""
+    from keel.tools.registry import EXAMPLES_KEY
+
+    function = {k: v for k, v in tool.get("function", {}).items() if k != EXAMPLES_KEY}
+    return {**tool, "function": function}
 
 
 def _summary(failures: list[tuple[str, str]]) -> str:

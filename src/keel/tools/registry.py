@@ -42,6 +42,9 @@ TOOL_ATTR = "__keel_tool__"
 _NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$")
 
 
+EXAMPLES_KEY = "x-keel-examples"
+
+
 class ToolArgumentError(KeelError):
     """The arguments given to a tool do not match its schema; ``errors`` lists each field's
     problem as ``"field: message"``."""
@@ -129,15 +132,20 @@ class Tool:
         return copy.deepcopy(_schema_for(self.args_model))
 
     def to_openai(self) -> dict[str, Any]:
-        """The tool in the OpenAI function format (what ``ChatModel.bind_tools`` accepts)."""
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": self.parameters_schema(),
-            },
+        """The tool in the OpenAI function format (what ``ChatModel.bind_tools`` accepts).
+
+        Example questions ride along as ``function["x-keel-examples"]`` for the embedded
+        ``keel:extractive`` model's routing; :mod:`keel.agents.models` strips the key before
+        tools reach any other provider.
+        """
+        function: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters_schema(),
         }
+        if self.examples:
+            function[EXAMPLES_KEY] = list(self.examples)
+        return {"type": "function", "function": function}
 
     def validate(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """Validate ``args`` against the schema; return the keyword arguments for ``func``.
