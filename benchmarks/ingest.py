@@ -35,6 +35,9 @@ def main() -> int:
     parser.add_argument("folder", type=Path, help="folder with corpus.jsonl (BEIR format)")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N documents")
     parser.add_argument("--rounds", type=int, default=2, help="bare/keel pairs to alternate")
+    parser.add_argument(
+        "--skip-backends", action="store_true", help="do not time the torch backend as well"
+    )
     args = parser.parse_args()
     folder = args.folder.resolve()
     corpus = folder / "corpus.jsonl"
@@ -96,6 +99,18 @@ def main() -> int:
         "throughput_ratio": round(ratio, 3),
         "reingest_speedup": round(speedup, 1),
     }
+    if not args.skip_backends:
+        # The embedding backend keel picks ("auto"): ONNX when installed. Is it faster here?
+        from keel.rag.embeddings import Embedder
+
+        torch_model = Embedder(backend="torch").model
+        t0 = time.perf_counter()
+        torch_model.encode(
+            texts, batch_size=batch, normalize_embeddings=True, show_progress_bar=False
+        )
+        torch_s = time.perf_counter() - t0
+        result["torch_encode_s"] = round(torch_s, 2)
+        result["onnx_over_torch_speedup"] = round(torch_s / bare_runs[-1], 2)
     print(json.dumps(result, indent=2))
     print(
         f"keel throughput / bare encode: {ratio:.3f} (target >= 0.85); "

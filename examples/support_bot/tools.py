@@ -1,13 +1,22 @@
-"""Tools for the Nimbus Notes support bot: plain, read-only Python functions.
+"""Tools for the Nimbus Notes support bot, registered in keel.toml under [tools] enabled.
 
-Tool support is coming to Keel: once it lands, tools are registered in keel.toml (a [tools]
-section listing their import paths). Until then this file is an example and is not loaded.
-The prices below are the ones in docs/pricing.md.
+- ``plan_price`` (read-only): the price of a plan for a number of seats (docs/pricing.md).
+- ``open_ticket`` (writes, needs approval): files a support ticket; the agent pauses until a
+  person approves the exact call. Tickets go to ``.keel/tickets.jsonl`` beside keel.toml.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from keel.tools import tool
 
 # US dollars per seat per month, by plan and billing period (docs/pricing.md).
 _PRICE_PER_SEAT_MONTH: dict[str, dict[str, float]] = {
@@ -18,6 +27,12 @@ _PRICE_PER_SEAT_MONTH: dict[str, dict[str, float]] = {
 _MAX_MEMBERS: dict[str, int | None] = {"free": 3, "plus": 50, "business": None}
 
 
+@tool(
+    examples=(
+        "how much does the business plan cost for 12 seats?",
+        "price of plus for 5 seats billed annually",
+    )
+)
 def plan_price(
     plan: Literal["free", "plus", "business"],
     seats: int,
@@ -48,3 +63,36 @@ def plan_price(
         raise ValueError(f"the {plan} plan allows at most {limit} members")
     per_month = _PRICE_PER_SEAT_MONTH[plan][billing] * seats
     return round(per_month * (12 if billing == "annual" else 1), 2)
+
+
+TICKETS = Path(__file__).resolve().parent / ".keel" / "tickets.jsonl"
+
+
+@tool(
+    side_effects="write",
+    requires_approval=True,
+    scopes=["tickets:write"],
+    examples=('open a support ticket for me@example.com: "sync is broken on my laptop"',),
+)
+def open_ticket(
+    email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")],
+    summary: Annotated[str, Field(min_length=3, max_length=500)],
+) -> str:
+    """Open a support ticket that a person on the support team will answer by email.
+
+    Args:
+        email: The customer's email address, where the team replies.
+        summary: What the problem is, in the customer's words.
+    """
+    if not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", email):
+        raise ValueError(f"not an email address: {email!r}")
+    ticket = {
+        "id": f"T-{uuid.uuid4().hex[:8].upper()}",
+        "email": email,
+        "summary": summary,
+        "opened_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    TICKETS.parent.mkdir(parents=True, exist_ok=True)
+    with TICKETS.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(ticket) + "\n")
+    return f"Ticket {ticket['id']} opened; the support team will reply to {email}."

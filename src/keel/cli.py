@@ -197,6 +197,150 @@ def search(
         out.print(f"    doc {hit.doc_id}  chunk {hit.chunk_id}  chars {hit.start}-{hit.end}")
 
 
+def _scopes(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [s.strip() for s in value.split(",") if s.strip()]
+
+
+def _print_answer(answer: Any) -> None:
+    if answer.pending_approval:
+        out.print("[yellow]Waiting for approval:[/yellow]")
+        for call in answer.pending_approval:
+            out.print(
+                f"  {call['name']}({json.dumps(call['args'])})  call {call['id']}", markup=False
+            )
+        out.print(f"Resume with: keel resume {answer.thread_id} --approve (or --reject)")
+        return
+    out.print(answer.text, markup=False)
+    for c in answer.citations:
+        where = " › ".join(c["headings"]) if c["headings"] else c["title"]
+        out.print(f"  [{c['n']}] {c['source']}  {where}", markup=False, style="dim")
+    for t in answer.tool_calls:
+        out.print(f"  tool {t['name']} → {t['status']}", markup=False, style="dim")
+
+
+@cli.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question or message.")],
+    thread: Annotated[str | None, typer.Option(help="Continue this thread (default: new).")] = None,
+    scopes: Annotated[
+        str | None, typer.Option(help="Comma-separated scopes the caller holds (default: all).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Ask the app one question (a turn in a thread), with citations."""
+    with _errors():
+        app = _app()
+        answer = app.ask(question, thread_id=thread, scopes=_scopes(scopes))
+        app.close()
+    if as_json:
+        _print_json(answer.to_dict())
+        return
+    _print_answer(answer)
+    err.print(f"thread {answer.thread_id}", style="dim")
+
+
+@cli.command()
+def resume(
+    thread: Annotated[str, typer.Argument(help="The thread waiting for approval.")],
+    approve: Annotated[bool, typer.Option("--approve", help="Approve every pending call.")] = False,
+    reject: Annotated[bool, typer.Option("--reject", help="Reject every pending call.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Approve or reject the tool calls a thread is waiting on, and continue it."""
+    with _errors():
+        if approve == reject:
+            raise UsageError("give exactly one of --approve or --reject")
+        app = _app()
+        answer = app.resume(thread, "approve" if approve else "reject")
+        app.close()
+    if as_json:
+        _print_json(answer.to_dict())
+        return
+    _print_answer(answer)
+
+
+@cli.command()
+def chat(
+    thread: Annotated[str | None, typer.Option(help="Continue this thread (default: new).")] = None,
+    scopes: Annotated[
+        str | None, typer.Option(help="Comma-separated scopes the caller holds (default: all).")
+    ] = None,
+) -> None:
+    """Chat in the terminal: answers stream; risky tool calls ask for your approval."""
+    with _errors():
+        app = _app()
+        held = _scopes(scopes)
+        err.print(f"Chatting with {app.name} (empty line or Ctrl-D to quit).", style="dim")
+        while True:
+            try:
+                question = input("you> ").strip()
+            except EOFError:
+                break
+            if not question:
+                break
+            out.print("bot> ", end="")
+            answer: dict[str, Any] = {}
+            for event in app.stream(question, thread_id=thread, scopes=held):
+                if event["type"] == "token":
+                    out.print(event["text"], end="", markup=False)
+                elif event["type"] == "done":
+                    answer = event["answer"]
+            out.print()
+            thread = answer.get("thread_id", thread)
+            while answer.get("pending_approval"):
+                decisions: dict[str, Any] = {}
+                for call in answer["pending_approval"]:
+                    prompt = f"approve {call['name']}({json.dumps(call['args'])})? [y/N] "
+                    try:
+                        reply = input(prompt).strip().lower()
+                    except EOFError:
+                        reply = ""
+                    decisions[call["id"]] = "approve" if reply in ("y", "yes") else "reject"
+                assert thread is not None
+                result = app.resume(thread, decisions, scopes=held)
+                out.print(f"bot> {result.text}", markup=False)
+                answer = result.to_dict()
+        app.close()
+
+
+tools_cli = typer.Typer(help="The app's tools.", no_args_is_help=True)
+cli.add_typer(tools_cli, name="tools")
+
+
+@tools_cli.command("list")
+def tools_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the tools as JSON.")] = False,
+) -> None:
+    """The tools the app's model may call (the allowlist in keel.toml)."""
+    with _errors():
+        app = _app()
+        tools = list(app.toolset)
+    rows: list[dict[str, Any]] = [
+        {
+            "name": t.name,
+            "description": t.description,
+            "scopes": sorted(t.scopes),
+            "side_effects": t.side_effects,
+            "requires_approval": t.requires_approval,
+            "timeout_s": t.timeout_s,
+            "parameters": t.parameters_schema(),
+        }
+        for t in tools
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        err.print("no tools enabled (add them to [tools] enabled in keel.toml)")
+    for r in rows:
+        flags = [r["side_effects"]] + (["needs approval"] if r["requires_approval"] else [])
+        scopes_text = f" scopes: {', '.join(r['scopes'])}" if r["scopes"] else ""
+        out.print(f"[bold]{r['name']}[/bold] ({', '.join(flags)}){scopes_text}")
+        out.print(f"    {r['description']}", markup=False)
+
+
 @cli.command()
 def version(
     as_json: Annotated[bool, typer.Option("--json", help="Print versions as JSON.")] = False,

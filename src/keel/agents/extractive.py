@@ -88,14 +88,29 @@ def split_sentences(text: str) -> list[str]:
     hard-wrapped prose lines are joined, markdown headings and table rules are dropped."""
     blocks: list[str] = []
     current = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or _HEADING.match(line) or (_TABLE_RULE.match(line) and "-" in line):
+    lines = [raw.strip() for raw in text.splitlines()]
+    header: list[str] | None = None  # the cells of the current table's header row
+    for i, line in enumerate(lines):
+        is_rule = bool(_TABLE_RULE.match(line)) and "-" in line
+        row = line.startswith("|")
+        if row and not is_rule and i + 1 < len(lines):
+            after = lines[i + 1]
+            if _TABLE_RULE.match(after) and "-" in after:
+                header = _cells(line)  # a header row is not a sentence: it names the columns
+                continue
+        if not row:
+            header = None
+        if not line or _HEADING.match(line) or is_rule:
             if current:
                 blocks.append(current)
             current = ""
             continue
-        row = line.startswith("|")
+        if row and header:
+            # "| Monthly | 7 days |" under "| Plan | Refund window |" reads as
+            # "Plan: Monthly; Refund window: 7 days."
+            cells = _cells(line)
+            pairs = [f"{h}: {c}" if h else c for h, c in zip(header, cells, strict=False) if c]
+            line = "| " + "; ".join(pairs) + " |"
         line = line.strip("|").strip()
         bullet = _BULLET.match(line)
         if row or bullet:
@@ -138,6 +153,10 @@ def split_sentences(text: str) -> list[str]:
             pieces.append(tail)
         sentences.extend(p for p in pieces if _is_sentence(p))
     return sentences
+
+
+def _cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
 
 
 def _ends_with_abbreviation(piece: str) -> bool:

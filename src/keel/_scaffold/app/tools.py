@@ -4,11 +4,13 @@ A tool is an ordinary, typed function with a docstring: its name, type hints and
 become the schema the model sees, so keep them precise. Tools here are read-only and have no
 side effects.
 
-Tool support is coming to Keel: once it lands, tools are registered in keel.toml (a [tools]
-section listing their import paths). Until then this file is an example and is not loaded.
+To let the model call it, list it in keel.toml: ``[tools] enabled = ["tools:convert_length"]``.
+``keel tools list`` shows what the model may call.
 """
 
 from __future__ import annotations
+
+from keel.tools import tool
 
 _METRES_PER_UNIT: dict[str, float] = {
     "mm": 0.001,
@@ -22,6 +24,7 @@ _METRES_PER_UNIT: dict[str, float] = {
 }
 
 
+@tool(examples=("convert 5 km to mi", "how many ft is 2 m"))
 def convert_length(value: float, from_unit: str, to_unit: str) -> float:
     """Convert a length from one unit to another.
 
