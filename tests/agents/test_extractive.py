@@ -199,7 +199,7 @@ def test_the_same_sentence_in_two_passages_is_said_once_with_both_citations(
     assert reply.text.count("within 30 days") == 1
 
 
-def test_sentence_splitter_keeps_abbreviations_decimals_and_list_items() -> None:
+def test_sentence_splitter_keeps_abbreviations_decimals_list_items_and_table_rows() -> None:
     text = (
         "# Title\n\nPay by card, e.g. Visa or Mastercard. The fee is 2.5 percent of the total.\n"
         "Prices are shown\nwithout tax. Done!\n\n- First item in a list\n* Second item here\n"
@@ -212,7 +212,7 @@ def test_sentence_splitter_keeps_abbreviations_decimals_and_list_items() -> None
         "First item in a list",
         "Second item here",
         "Numbered item three",
-        "Pro | 20 seats",
+        "a: Pro; b: 20 seats",  # a table row reads with its column names, the header is dropped
     ]
 
 
