@@ -90,7 +90,7 @@ class ScriptedChatModel(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    script: SkipValidation[list[ScriptEntry]] = Field(default_factory=list)
+    script: SkipValidation[list[ScriptEntry]] = Field(default_factory=list, repr=False)
     delay_s: float = 0.0
     """Seconds each call waits before replying (``asyncio.sleep`` on the async paths)."""
     bound_tools: list[dict[str, Any]] = Field(default_factory=list)

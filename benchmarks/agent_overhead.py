@@ -1,0 +1,128 @@
+"""Keel's agent graph against a bare LangGraph tool-calling agent, in one run.
+
+    python benchmarks/agent_overhead.py [--n 300]
+
+Both agents get the same scripted model (one tool call, then an answer: two model calls per
+invoke) and the same tool, and an in-memory checkpointer; each invoke is a new thread. The
+baseline is ``langchain.agents.create_agent``. Keel's graph runs without guards (no hooks)
+and without retrieval (the app has no knowledge). Runs alternate between the two so machine
+noise hits both alike. Prints the median per-invoke times and their ratio (target <= 1.5),
+and, for information, the same for ``App.ask`` with keel's default SQLite checkpointer and
+thread index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+
+from keel.agents.graph import turn_input
+from keel.app import App
+from keel.config import config_from_dict
+from keel.settings import Settings
+from keel.testing import ScriptedChatModel
+from keel.tools import tool
+
+
+@tool
+def lookup_order(order_id: str) -> str:
+    """Look up an order's status.
+
+    Args:
+        order_id: The order id.
+    """
+    return f"{order_id}: shipped"
+
+
+def script(n: int) -> list[Any]:
+    out: list[Any] = []
+    for _ in range(n):
+        out += [ScriptedChatModel.tool_call("lookup_order", {"order_id": "ORD-1"}), "Shipped."]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300, help="invokes per agent")
+    args = parser.parse_args()
+    n, warm = args.n, 20
+
+    from langchain.agents import create_agent
+    from langchain_core.tools import StructuredTool
+
+    base_model = ScriptedChatModel(script=script(n + warm))
+    baseline = create_agent(
+        base_model,
+        tools=[StructuredTool.from_function(lookup_order)],
+        checkpointer=InMemorySaver(),
+    )
+
+    work = Path(tempfile.mkdtemp(prefix="keel-bench-agent-"))
+    (work / "bench_tools.py").write_text("")  # a folder of its own for the app
+    keel_model = ScriptedChatModel(script=script(n + warm))
+    app = App(
+        config_from_dict({"agent": {"retrieve": False}}, base_dir=work),
+        settings=Settings(data_dir=work / ".keel"),
+        model=keel_model,
+    )
+    from keel.tools.registry import Toolset
+
+    app.__dict__["toolset"] = Toolset([lookup_order])  # the same tool, without a module file
+    graph = app.agent.build(checkpointer=InMemorySaver())
+
+    def run_baseline() -> None:
+        cfg = {"configurable": {"thread_id": uuid.uuid4().hex}}
+        out = baseline.invoke({"messages": [HumanMessage("where is ORD-1?")]}, cfg)
+        assert out["messages"][-1].content == "Shipped."
+
+    def run_keel() -> None:
+        cfg = {"configurable": {"thread_id": uuid.uuid4().hex, "keel_scopes": None}}
+        out = graph.invoke(turn_input("where is ORD-1?"), cfg)
+        assert out["answer"] == "Shipped.", out
+
+    for _ in range(warm):
+        run_baseline()
+        run_keel()
+    base_t: list[float] = []
+    keel_t: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        run_baseline()
+        base_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        run_keel()
+        keel_t.append(time.perf_counter() - t0)
+
+    # For information: the whole App.ask path (SQLite checkpoints, thread index, answer).
+    ask_model = ScriptedChatModel(script=script(60))
+    ask_app = App(app.config, settings=Settings(data_dir=work / ".keel-ask"), model=ask_model)
+    ask_app.__dict__["toolset"] = Toolset([lookup_order])
+    ask_t = []
+    for i in range(60):
+        t0 = time.perf_counter()
+        ask_app.ask("where is ORD-1?")
+        if i >= 10:
+            ask_t.append(time.perf_counter() - t0)
+
+    b, k, a = (statistics.median(x) * 1000 for x in (base_t, keel_t, ask_t))
+    print(f"invokes per agent: {n} (after {warm} warm-up), 2 model calls + 1 tool call each")
+    print(f"bare LangGraph create_agent  median {b:7.2f} ms")
+    print(f"keel agent graph             median {k:7.2f} ms")
+    print(f"ratio keel / bare: {k / b:.2f} (target <= 1.5)")
+    print(f"(keel App.ask with SQLite checkpoints and thread index: median {a:.2f} ms)")
+    app.close()
+    ask_app.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
