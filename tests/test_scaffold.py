@@ -245,12 +245,12 @@ def test_prompts_and_docs_are_real_content(tmp_path: Path) -> None:
 
 
 def test_template_tools_module_works(tmp_path: Path) -> None:
+    from keel.tools import Toolset
+
     init_app(tmp_path)
-    namespace: dict[str, object] = {}
-    source = (tmp_path / "tools.py").read_text(encoding="utf-8")
-    assert "keel" not in re.findall(r"^\s*(?:from|import)\s+(\w+)", source, re.MULTILINE)
-    exec(compile(source, "tools.py", "exec"), namespace)
-    convert = namespace["convert_length"]
+    (tool,) = Toolset.from_imports(["tools:convert_length"], tmp_path)
+    assert tool.name == "convert_length" and tool.examples
+    convert = tool.func  # @tool returns the function unchanged
     assert callable(convert)
     assert convert(1, "km", "m") == 1000.0
     assert convert(12, "in", "ft") == 1.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,10 @@ def tool_app(make_app: Callable[..., App], tools_dir: Path, script: list[Any], *
     return make_app(cfg, model=ScriptedChatModel(script=script))
 
 
-def calls_made(tools_dir: Path) -> list[tuple[Any, ...]]:
-    return list(sys.modules[tools_dir.name].CALLS)
+def calls_made(app: App) -> list[tuple[Any, ...]]:
+    """What the tools module of ``app`` recorded (it is loaded under a private name)."""
+    module = next(t.func.__globals__ for t in app.toolset if "CALLS" in t.func.__globals__)
+    return list(module["CALLS"])
 
 
 def test_allowed_tool_runs_and_the_answer_follows(
@@ -36,7 +37,7 @@ def test_allowed_tool_runs_and_the_answer_follows(
     assert [(t["name"], t["status"], t["content"]) for t in answer.tool_calls] == [
         ("lookup_order", "ok", "ORD-7: shipped")
     ]
-    assert calls_made(tools_dir) == [("lookup_order", "ORD-7")]
+    assert calls_made(app) == [("lookup_order", "ORD-7")]
     assert answer.usage["total_tokens"] > 0
 
 
@@ -51,7 +52,7 @@ def test_tool_outside_the_allowlist_never_runs(
     )
     answer = app.ask("refund A")
     assert answer.tool_calls[0]["status"] == "refused"
-    assert ("refund_order", "A", 1) not in calls_made(tools_dir)
+    assert ("refund_order", "A", 1) not in calls_made(app)
     tool_msg = next(m for m in app.history(answer.thread_id) if isinstance(m, ToolMessage))
     assert tool_msg.status == "error" and "refund_order" in str(tool_msg.content)
 
@@ -66,7 +67,7 @@ def test_caller_without_scope_cannot_make_the_agent_run_a_tool(
     assert answer.tool_calls[0]["status"] == "refused"
     assert "orders:write" in answer.tool_calls[0]["content"]
     assert "refund_order" not in {t["function"]["name"] for t in model.bound_tools}
-    assert calls_made(tools_dir) == []
+    assert calls_made(app) == []
 
 
 def test_invalid_arguments_become_a_tool_error_the_model_can_fix(
@@ -123,12 +124,12 @@ def test_approval_pause_approve(make_app: Callable[..., App], tools_dir: Path) -
     assert paused.stop_reason == "approval_required" and paused.text == ""
     (pending,) = paused.pending_approval or []
     assert pending["name"] == "refund_order" and pending["args"] == {"order_id": "A", "amount": 5.0}
-    assert calls_made(tools_dir) == []  # nothing ran while waiting
+    assert calls_made(app) == []  # nothing ran while waiting
     with pytest.raises(UsageError, match="waiting for an approval"):
         app.ask("something else", thread_id="t-approve")
     done = app.resume("t-approve", "approve")
     assert done.text == "Done." and done.tool_calls[0]["status"] == "ok"
-    assert calls_made(tools_dir) == [("refund_order", "A", 5.0)]
+    assert calls_made(app) == [("refund_order", "A", 5.0)]
     with pytest.raises(UsageError, match="no call waiting"):
         app.resume("t-approve", "approve")
 
@@ -138,13 +139,13 @@ def test_approval_reject_and_edit(make_app: Callable[..., App], tools_dir: Path)
     app = tool_app(make_app, tools_dir, [refund, "Not refunded.", refund, "Refunded 50."])
     app.ask("refund A", thread_id="t")
     rejected = app.resume("t", "reject")
-    assert rejected.tool_calls[0]["status"] == "rejected" and calls_made(tools_dir) == []
+    assert rejected.tool_calls[0]["status"] == "rejected" and calls_made(app) == []
 
     paused = app.ask("refund A again", thread_id="t")
     call_id = (paused.pending_approval or [])[0]["id"]
     edited = app.resume("t", {call_id: {"action": "edit", "args": {"order_id": "A", "amount": 50}}})
     assert edited.text == "Refunded 50."
-    assert calls_made(tools_dir) == [("refund_order", "A", 50.0)]
+    assert calls_made(app) == [("refund_order", "A", 50.0)]
 
 
 def test_an_approval_is_bound_to_the_exact_call(
@@ -157,7 +158,7 @@ def test_an_approval_is_bound_to_the_exact_call(
         app.resume("t", {pending["id"]: {"action": "approve", "args_hash": "0" * 16}})
     with pytest.raises(UsageError, match="no pending call"):
         app.resume("t", {"call_someone_else": "approve"})
-    assert calls_made(tools_dir) == []
+    assert calls_made(app) == []
 
 
 def test_retrieved_context_enters_the_prompt_as_delimited_untrusted_data(

@@ -527,7 +527,7 @@ def test_from_imports_loads_modules_and_functions(tmp_path: Path, module_name: s
     assert sys.path == path_before
     helper = ts.get("helper")
     assert helper is not None and helper.description == "Not decorated."
-    assert not hasattr(sys.modules[module_name].helper, "__keel_tool__")
+    assert not hasattr(sys.modules[helper.func.__module__].helper, "__keel_tool__")
     one = Toolset.from_imports([f"{module_name}:first_one"], base_dir=tmp_path)
     assert one.names() == ["first"]
 
@@ -582,13 +582,13 @@ def test_literal_types_are_enumerated() -> None:
         get_tool(sort).validate({"order": "up"})
 
 
-def test_from_imports_never_replaces_standard_modules(tmp_path: Path) -> None:
+def test_from_imports_never_replaces_standard_modules_or_other_packages(tmp_path: Path) -> None:
     import json
 
     (tmp_path / "json.py").write_text(
         'from keel.tools import tool\n\n@tool\ndef shadow(x: int) -> int:\n    """T."""\n'
         "    return x\n"
     )
-    with pytest.raises(ConfigError, match="defines no @tool functions"):
-        Toolset.from_imports(["json"], tmp_path)
+    # the app's own json.py is loaded from its file, under a private module name
+    assert Toolset.from_imports(["json"], tmp_path).names() == ["shadow"]
     assert sys.modules["json"] is json

@@ -886,21 +886,29 @@ def _load_ref(ref: str, base: Path) -> list[Tool]:
     return [_as_tool(obj)]
 
 
-# Top-level module name -> the base_dir from_imports loaded it from. Only modules loaded this
-# way are ever dropped from sys.modules (never the standard library or installed packages).
-_LOADED_FROM: dict[str, Path] = {}
 _IMPORT_LOCK = threading.Lock()
 
 
 def _import_module(module_name: str, base: Path, ref: str) -> Any:
-    top = module_name.split(".")[0]
+    """Import ``module_name`` for an app whose folder is ``base``.
+
+    A module file in the app's folder (``tools.py``, ``pkg/tools.py``) is loaded from that
+    file under a private name unique to the folder, so two apps' ``tools.py`` never collide,
+    and neither collides with an unrelated ``tools`` already in ``sys.modules``. Anything
+    else (an installed package) is imported normally. ``base`` is on ``sys.path`` while the
+    module runs, so it can import its neighbours.
+    """
     entry = str(base)
     with _IMPORT_LOCK:
-        _forget_if_shadowed(top, base)
         sys.path.insert(0, entry)
         try:
             importlib.invalidate_caches()
-            module = importlib.import_module(module_name)
+            file = _module_file(module_name, base)
+            if file is None:
+                return importlib.import_module(module_name)
+            return _load_file(module_name, file, base)
+        except ConfigError:
+            raise
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ConfigError(
@@ -910,26 +918,41 @@ def _import_module(module_name: str, base: Path, ref: str) -> Any:
         finally:
             with contextlib.suppress(ValueError):
                 sys.path.remove(entry)
-        if _is_under(sys.modules.get(top), base):
-            _LOADED_FROM[top] = base
-        return module
 
 
-def _is_under(module: Any, base: Path) -> bool:
-    file = getattr(module, "__file__", None)
-    return isinstance(file, str) and Path(file).resolve().is_relative_to(base)
+def _module_file(module_name: str, base: Path) -> Path | None:
+    parts = module_name.split(".")
+    for candidate in (
+        base.joinpath(*parts).with_suffix(".py"),
+        base.joinpath(*parts, "__init__.py"),
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
-def _forget_if_shadowed(top: str, base: Path) -> None:
-    """Two apps may both have a ``tools.py``: when ``top`` was loaded by ``from_imports`` for
-    another app's directory, drop it (and its submodules) so this app gets its own module."""
-    previous = _LOADED_FROM.get(top)
-    cached = sys.modules.get(top)
-    if previous is None or previous == base or cached is None or not _is_under(cached, previous):
-        return
-    for key in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
-        del sys.modules[key]
-    del _LOADED_FROM[top]
+def _load_file(module_name: str, file: Path, base: Path) -> Any:
+    import hashlib
+    import importlib.util
+
+    digest = hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:12]
+    private = f"_keel_app_{digest}_{module_name.replace('.', '_')}"
+    mtime = file.stat().st_mtime_ns
+    cached = sys.modules.get(private)
+    if cached is not None and getattr(cached, "__keel_mtime__", None) == mtime:
+        return cached
+    spec = importlib.util.spec_from_file_location(private, file)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has one
+        raise ConfigError(f"cannot load {file}")
+    module = importlib.util.module_from_spec(spec)
+    module.__keel_mtime__ = mtime  # type: ignore[attr-defined]
+    sys.modules[private] = module  # dataclasses and pickling look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[private]
+        raise
+    return module
 
 
 __all__ = [
