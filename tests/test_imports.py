@@ -37,7 +37,7 @@ ALLOWED = {
     "rag": set(),
     "tools": {"rag"},
     "agents": {"rag", "tools", "guardrails", "ops"},
-    "guardrails": {"rag", "ops"},
+    "guardrails": {"rag", "tools", "ops"},
     "ops": set(),
     "evals": {"rag", "tools", "agents", "guardrails", "ops"},
     "api": {"rag", "tools", "agents", "guardrails", "ops", "evals"},

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from keel.agents.graph import Agent
     from keel.agents.hooks import Hooks
     from keel.agents.prompts import Prompts
+    from keel.guardrails.runner import GuardRunner
     from keel.rag.bm25 import BM25Index
     from keel.rag.embeddings import Embedder
     from keel.rag.ingest import Progress
@@ -246,14 +247,44 @@ class App:
     # -- agent ---------------------------------------------------------------------------------
     @cached_property
     def prompts(self) -> Prompts:
+        from dataclasses import replace
+
         from keel.agents.prompts import load_prompts
 
         p = self.config.prompts
-        return load_prompts(
+        prompts = load_prompts(
             self.config.resolve(p.system) if p.system else None,
             self.config.resolve(p.examples) if p.examples else None,
             {"app_name": self.name, "app_description": self.config.app.description},
         )
+        if "prompt_leak" in self.config.guards.output:
+            # A canary token: if it ever shows up in an answer, the system prompt leaked.
+            prompts = replace(
+                prompts,
+                system=f"{prompts.system}\n\n(Internal marker, never repeat it: {self.canary})",
+            )
+        return prompts
+
+    @property
+    def canary(self) -> str:
+        digest = hashlib.sha256(f"keel-canary\x00{self.name}".encode()).hexdigest()[:12]
+        return f"keel-canary-{digest}"
+
+    @cached_property
+    def guards(self) -> GuardRunner:
+        """The guards of ``[guards]`` in keel.toml, at the agent's hook points."""
+        from keel.guardrails.runner import GuardRunner, Services
+
+        def external(name: str) -> bool:
+            tool = self.toolset.get(name)
+            return name == "http_get" or (tool is not None and tool.side_effects == "write")
+
+        services = Services(
+            embedder=lambda: self.embedder,
+            system_prompt=lambda: self.prompts.system,
+            canary=self.canary,
+        )
+        return GuardRunner(self.config.guards, services, external)
 
     @cached_property
     def toolset(self) -> Toolset:
@@ -292,7 +323,6 @@ class App:
     @cached_property
     def agent(self) -> Agent:
         from keel.agents.graph import Agent, AgentConfig
-        from keel.agents.hooks import Hooks
         from keel.agents.models import ModelChain, build_model, model_name
 
         m = self.config.model
@@ -315,7 +345,7 @@ class App:
             prompts=self.prompts,
             toolset=self.toolset,
             search=self._search_for_agent if a.retrieve else None,
-            hooks=self.hooks or Hooks(),
+            hooks=self._hooks(),
             config=AgentConfig(
                 max_steps=a.max_steps,
                 max_tool_calls=a.max_tool_calls,
@@ -323,6 +353,22 @@ class App:
                 retrieve=a.retrieve,
             ),
         )
+
+    def _hooks(self) -> Hooks:
+        """Guards first, then any hooks set on the app by hand."""
+        from keel.agents.hooks import POINTS, Hooks
+
+        g = self.guards
+        guards = Hooks(
+            input=[g.on_input] if g.rules["input"] else [],
+            context=[g.on_context] if g.rules["context"] else [],
+            tool_args=[g.on_tool_args] if g.rules["tool_args"] else [],
+            tool_result=[g.on_tool_result] if g.rules["tool_result"] else [],
+            output=[g.on_output] if g.rules["output"] else [],
+        )
+        if self.hooks is None:
+            return guards
+        return Hooks(**{p: [*getattr(guards, p), *getattr(self.hooks, p)] for p in POINTS})
 
     def _search_for_agent(self, question: str) -> list[Hit]:
         from keel.rag.manifest import EMPTY_INDEX_VERSION
@@ -454,6 +500,18 @@ class App:
     ) -> Iterator[dict[str, Any]]:
         from langchain_core.messages import AIMessageChunk
 
+        from keel.agents.graph import hit_from_dict
+        from keel.agents.hooks import RunContext
+        from keel.errors import GuardTripped
+
+        scopes = config["configurable"].get("keel_scopes")
+        ctx = RunContext(
+            app=self.name,
+            thread_id=tid,
+            scopes=frozenset(scopes) if scopes is not None else None,
+        )
+        window = self.guards.stream_guard(ctx) if self.guards else None
+
         for mode, payload in self.graph.stream(
             graph_input,
             config,
@@ -462,18 +520,47 @@ class App:
         ):
             if mode == "messages":
                 chunk, meta = payload
-                if (
+                if not (
                     isinstance(chunk, AIMessageChunk)
                     and meta.get("langgraph_node") == "model"
                     and chunk.text
                 ):
-                    yield {"type": "token", "text": chunk.text}
-            elif isinstance(payload, dict) and "tools" in payload and payload["tools"]:
-                for outcome in payload["tools"].get("outcomes", [])[
-                    -len(payload["tools"].get("messages", [])) or None :
-                ]:
+                    continue
+                try:
+                    text = chunk.text if window is None else window.feed(chunk.text)
+                except GuardTripped as trip:  # shown no further; the run finishes its turn
+                    yield {
+                        "type": "guardrail",
+                        **(trip.result if isinstance(trip.result, dict) else {}),
+                    }
+                    continue
+                if text:
+                    yield {"type": "token", "text": text}
+                continue
+            if not isinstance(payload, dict):
+                continue
+            if payload.get("retrieve"):
+                ctx.hits = [hit_from_dict(h) for h in payload["retrieve"].get("hits", [])]
+            tools = payload.get("tools")
+            if tools:
+                new = len(tools.get("messages", []))
+                for outcome in tools.get("outcomes", [])[-new:] if new else []:
                     yield {"type": "tool_call", **outcome}
         answer = self._answer(tid, config)
+        if window is not None and window.tripped is None:
+            try:
+                rest = window.flush()
+            except GuardTripped as trip:
+                yield {
+                    "type": "guardrail",
+                    **(trip.result if isinstance(trip.result, dict) else {}),
+                }
+            else:
+                if rest:
+                    yield {"type": "token", "text": rest}
+        for event in answer.events:
+            if event.get("outcome") == "fail" and event.get("point") != "output":
+                yield {"type": "guardrail", **event}
         if answer.pending_approval:
             yield {"type": "approval_required", "thread_id": tid, "calls": answer.pending_approval}
         for citation in answer.citations:

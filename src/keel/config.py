@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -58,6 +58,27 @@ class AgentSection(_Strict):
     max_tool_calls: int = Field(default=16, ge=0, le=1000, description="Tool calls per turn.")
     max_tool_errors: int = Field(
         default=3, ge=1, le=100, description="Failed tool calls per turn before the run stops."
+    )
+
+
+GuardRules = dict[str, dict[str, Any]]
+
+
+class GuardsSection(_Strict):
+    """Which validators run at which hook point: ``[guards.<point>.<validator>]`` tables.
+
+    Each table holds ``on_fail`` (exception, fix, filter, refrain, noop) and the validator's
+    own options, e.g. ``[guards.input.injection] on_fail = "exception"``.
+    """
+
+    input: GuardRules = Field(default_factory=dict)
+    context: GuardRules = Field(default_factory=dict)
+    tool_args: GuardRules = Field(default_factory=dict)
+    tool_result: GuardRules = Field(default_factory=dict)
+    output: GuardRules = Field(default_factory=dict)
+    message: str = Field(
+        default="I can't help with that request.",
+        description="What the user is told when a guard stops a turn.",
     )
 
 
@@ -127,6 +148,7 @@ class KeelConfig(_Strict):
     tools: ToolsSection = Field(default_factory=ToolsSection)
     agent: AgentSection = Field(default_factory=AgentSection)
     threads: ThreadsSection = Field(default_factory=ThreadsSection)
+    guards: GuardsSection = Field(default_factory=GuardsSection)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     def resolve(self, relative: str | Path) -> Path:

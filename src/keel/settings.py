@@ -63,3 +63,6 @@ def offline_defaults() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    # guardrails-ai: validate in the calling thread (its async service spins up an event loop
+    # per call, about 3 ms) and never send hub metrics (also switched off per Guard).
+    os.environ.setdefault("GUARDRAILS_RUN_SYNC", "true")

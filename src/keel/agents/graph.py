@@ -67,6 +67,7 @@ class AgentState(TypedDict, total=False):
     guard_message: str
     usage: dict[str, int]
     model_id: str
+    guard_memory: dict[str, Any]  # hooks' memory across turns (e.g. PII placeholders)
 
 
 def args_hash(name: str, args: dict[str, Any]) -> str:
@@ -155,6 +156,7 @@ class Agent:
             scopes=frozenset(scopes) if scopes is not None else None,
             question=state.get("question", ""),
             hits=[hit_from_dict(h) for h in state.get("hits", [])],
+            memory=dict(state.get("guard_memory", {})),
         )
 
     def _budget(self, state: AgentState) -> RunBudget:
@@ -164,8 +166,9 @@ class Agent:
         return budget
 
     @staticmethod
-    def _events(state: AgentState, ctx: RunContext) -> list[dict[str, Any]]:
-        return [*state.get("events", []), *ctx.events]
+    def _recorded(state: AgentState, ctx: RunContext) -> dict[str, Any]:
+        """What hooks left behind: their decisions, and their memory for later turns."""
+        return {"events": [*state.get("events", []), *ctx.events], "guard_memory": ctx.memory}
 
     @staticmethod
     def _tripped(state: AgentState, ctx: RunContext, trip: GuardTripped) -> dict[str, Any]:
@@ -173,7 +176,7 @@ class Agent:
         return {
             "stop_reason": "guardrail",
             "guard_message": trip.message,
-            "events": Agent._events(state, ctx),
+            **Agent._recorded(state, ctx),
         }
 
     # -- nodes ---------------------------------------------------------------------------------
@@ -184,7 +187,7 @@ class Agent:
             checked = self.hooks.run_input(question, ctx)
         except GuardTripped as trip:
             return self._tripped(state, ctx, trip)
-        update: dict[str, Any] = {"events": self._events(state, ctx)}
+        update: dict[str, Any] = self._recorded(state, ctx)
         if checked != question:  # e.g. redacted: the thread keeps the checked text
             last = state["messages"][-1]
             update["messages"] = [HumanMessage(checked, id=last.id)]
@@ -198,7 +201,7 @@ class Agent:
             hits = self.hooks.run_context(self.search(state["question"]), ctx)
         except GuardTripped as trip:
             return self._tripped(state, ctx, trip)
-        return {"hits": [h.to_dict() for h in hits], "events": self._events(state, ctx)}
+        return {"hits": [h.to_dict() for h in hits], **self._recorded(state, ctx)}
 
     def prompt(self, state: AgentState) -> list[BaseMessage]:
         """Exactly what the model is sent ("show me the prompt")."""
@@ -316,7 +319,7 @@ class Agent:
             "outcomes": outcomes,
             "tool_counts": dict(budget.counts),
             "tool_errors": errors,
-            "events": self._events(state, ctx),
+            **self._recorded(state, ctx),
         }
 
     def finalize(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
@@ -372,7 +375,7 @@ class Agent:
             "messages": new,
             "answer": text,
             "stop_reason": reason,
-            "events": self._events(state, ctx),
+            **self._recorded(state, ctx),
         }
 
     # -- routing -------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ class RunContext:
     question: str = ""
     hits: list[Hit] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)  # kept across the thread's turns
 
     def record(self, point: str, name: str, outcome: str, **details: Any) -> None:
         self.events.append({"point": point, "name": name, "outcome": outcome, **details})

@@ -1,0 +1,399 @@
+"""Guards at the agent's hook points, run through guardrails-ai ``Guard`` objects.
+
+The ``[guards]`` section of keel.toml says which validators run at which point and what
+happens when one fails (guardrails-ai's on-fail actions):
+
+``exception``  the turn stops; the user gets the guard message (``guards.message``)
+``fix``        the validator's fix is used (PII and secrets redacted, unsupported sentences
+               dropped, an over-long text cut)
+``filter``     the value is dropped: a retrieved chunk is quarantined, a tool result is
+               withheld; at input or output the turn stops as with ``exception``
+``refrain``    the same as filter, with the refusal as the answer at the output point
+``noop``       nothing changes; the failure is recorded
+
+Every decision is recorded (validator, point, outcome, action, latency, score) in the turn's
+events, for traces. Hub telemetry is off before any guard runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from keel.config import GuardsSection
+from keel.errors import ConfigError, GuardTripped
+from keel.settings import offline_defaults
+
+if TYPE_CHECKING:
+    from guardrails import Guard
+
+    from keel.rag.embeddings import Embedder
+    from keel.rag.types import Hit
+    from keel.tools.policy import ToolCall, ToolOutcome
+
+POINTS = ("input", "context", "tool_args", "tool_result", "output")
+
+
+class RunContext(Protocol):
+    """What the guards read of the agent's run context (keel.agents.hooks.RunContext)."""
+
+    hits: list[Hit]
+    events: list[dict[str, Any]]
+    memory: dict[str, Any]
+
+    def record(self, point: str, name: str, outcome: str, **details: Any) -> None: ...
+
+
+ACTIONS = ("exception", "fix", "filter", "refrain", "noop")
+REFUSAL = "I don't know: the documents I have do not answer this."
+# Options that belong to the rule, not to the validator.
+_RULE_KEYS = {"on_fail", "tools"}
+
+
+def quiet_guardrails() -> None:
+    """guardrails-ai: hub telemetry off, validation in the calling thread."""
+    offline_defaults()
+    from guardrails.settings import settings
+
+    settings.rc.enable_metrics = False
+
+
+def new_guard() -> Guard:
+    """A ``Guard`` with hub metrics off (``Guard()`` re-reads ~/.guardrailsrc and would turn
+    them back on, so the setting is applied after it)."""
+    quiet_guardrails()
+    from guardrails import Guard
+
+    guard = Guard()
+    guard.configure(allow_metrics_collection=False)
+    quiet_guardrails()
+    return guard
+
+
+@dataclass(frozen=True)
+class Decision:
+    validator: str
+    point: str
+    outcome: str  # "pass" or "fail"
+    action: str
+    latency_ms: float
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def event(self) -> dict[str, Any]:
+        return {
+            "point": self.point,
+            "name": self.validator,
+            "outcome": self.outcome,
+            "action": self.action,
+            "latency_ms": round(self.latency_ms, 3),
+            "reason": self.reason,
+            **({"details": self.details} if self.details else {}),
+        }
+
+
+@dataclass
+class Rule:
+    point: str
+    validator: str
+    action: str
+    guard: Guard
+    tools: str | list[str] = "all"
+
+    def applies_to(self, call: ToolCall, external: Callable[[str], bool]) -> bool:
+        if isinstance(self.tools, list):
+            return call.name in self.tools
+        return self.tools == "all" or (self.tools == "external" and external(call.name))
+
+
+@dataclass
+class Services:
+    """What validators may need at run time, built on first use."""
+
+    embedder: Callable[[], Embedder]
+    system_prompt: Callable[[], str] = lambda: ""
+    canary: str = ""
+    _injection: Any = None
+
+    def injection(self) -> Any:
+        if self._injection is None:
+            from keel.guardrails.injection import InjectionDetector
+
+            self._injection = InjectionDetector(self.embedder())
+        return self._injection
+
+
+def build_rules(section: GuardsSection) -> dict[str, list[Rule]]:
+    """Validate the ``[guards]`` section and build one guardrails-ai Guard per rule."""
+    rules: dict[str, list[Rule]] = {p: [] for p in POINTS}
+    if not any(getattr(section, p) for p in POINTS):
+        return rules  # no guards: guardrails-ai is not even imported
+    from guardrails import OnFailAction
+
+    from keel.guardrails.validators import VALIDATORS
+
+    for point in POINTS:
+        for name, raw in getattr(section, point).items():
+            where = f"guards.{point}.{name}"
+            if name not in VALIDATORS:
+                raise ConfigError(f"{where}: unknown validator (known: {', '.join(VALIDATORS)})")
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{where}: expected a table of options")
+            action = str(raw.get("on_fail", "exception"))
+            if action not in ACTIONS:
+                raise ConfigError(f"{where}.on_fail: one of {', '.join(ACTIONS)}")
+            tools = raw.get("tools", "all")
+            if point != "tool_args" and "tools" in raw:
+                raise ConfigError(f"{where}.tools: only tool_args rules take 'tools'")
+            if not (tools in ("all", "external") or isinstance(tools, list)):
+                raise ConfigError(f"{where}.tools: 'all', 'external' or a list of tool names")
+            options = {k: v for k, v in raw.items() if k not in _RULE_KEYS}
+            try:
+                validator = VALIDATORS[name](on_fail=OnFailAction(action), **options)
+            except Exception as exc:  # pydantic ValidationError: unknown or bad options
+                first = str(exc).splitlines()
+                raise ConfigError(f"{where}: {first[1] if len(first) > 1 else exc}") from exc
+            guard = new_guard()
+            guard.use(validator)
+            rules[point].append(Rule(point, name, action, guard, tools))
+    return rules
+
+
+class GuardRunner:
+    """Runs the configured guards; :meth:`hooks` plugs them into the agent graph."""
+
+    def __init__(
+        self,
+        section: GuardsSection,
+        services: Services,
+        external: Callable[[str], bool] = lambda name: False,
+    ) -> None:
+        self.section = section
+        self.services = services
+        self.external = external
+        self.rules = build_rules(section)
+
+    def __bool__(self) -> bool:
+        return any(self.rules.values())
+
+    # -- one validation ----------------------------------------------------------------------
+    def _metadata(self, rule: Rule, memory: dict[str, Any], passages: list[str]) -> dict[str, Any]:
+        from keel.guardrails.validators import NEEDS_EMBEDDER
+
+        meta: dict[str, Any] = {"keel_report": {}, "keel_memory": memory}
+        if rule.validator in NEEDS_EMBEDDER:
+            meta["keel_embedder"] = self.services.embedder()
+        if rule.validator == "injection":
+            meta["keel_injection"] = self.services.injection()
+        if rule.validator == "grounding":
+            meta["keel_passages"] = passages
+        if rule.validator == "prompt_leak":
+            meta["keel_system_prompt"] = self.services.system_prompt()
+            meta["keel_canary"] = self.services.canary
+        return meta
+
+    def run(
+        self,
+        rule: Rule,
+        text: str,
+        *,
+        memory: dict[str, Any] | None = None,
+        passages: list[str] | None = None,
+    ) -> tuple[str | None, Decision]:
+        """``(text to go on with or None when dropped/stopped, decision)``."""
+        from guardrails.errors import ValidationError
+
+        meta = self._metadata(rule, memory if memory is not None else {}, passages or [])
+        started = time.perf_counter()
+        reason = ""
+        try:
+            outcome = rule.guard.validate(text, metadata=meta)
+            passed = bool(outcome.validation_passed)
+            if outcome.validation_summaries:
+                reason = str(outcome.validation_summaries[0].failure_reason or "")
+            result = outcome.validated_output if isinstance(outcome.validated_output, str) else None
+            if rule.action == "noop":
+                result = text
+        except ValidationError as exc:
+            passed, result = False, None
+            reason = str(exc).split("errors:", 1)[-1].strip()
+        latency = (time.perf_counter() - started) * 1000
+        details = meta["keel_report"].get(rule.validator, {})
+        decision = Decision(
+            rule.validator,
+            rule.point,
+            "pass" if passed else "fail",
+            rule.action if not passed else "none",
+            latency,
+            reason,
+            details,
+        )
+        if passed:
+            return text, decision
+        return result, decision
+
+    def check(
+        self,
+        point: str,
+        text: str,
+        *,
+        memory: dict[str, Any] | None = None,
+        passages: list[str] | None = None,
+        rules: Iterable[Rule] | None = None,
+    ) -> tuple[str | None, list[Decision]]:
+        """Run every rule of ``point`` on ``text`` in order; stops at the first that drops."""
+        decisions: list[Decision] = []
+        current: str | None = text
+        for rule in rules if rules is not None else self.rules[point]:
+            assert current is not None
+            current, decision = self.run(rule, current, memory=memory, passages=passages)
+            decisions.append(decision)
+            if current is None:
+                break
+        return current, decisions
+
+    # -- hook points ---------------------------------------------------------------------------
+    def _trip(self, point: str, decision: Decision, message: str | None = None) -> GuardTripped:
+        return GuardTripped(message or self.section.message, point=point, result=decision.event())
+
+    def _stop_or_text(
+        self, point: str, text: str, ctx: RunContext, passages: list[str] | None = None
+    ) -> str:
+        result, decisions = self.check(point, text, memory=ctx.memory, passages=passages)
+        for d in decisions:
+            ctx.events.append(d.event())
+        if result is None:
+            failed = decisions[-1]
+            message = REFUSAL if (failed.action == "refrain" and point == "output") else None
+            raise self._trip(point, failed, message)
+        return result
+
+    def on_input(self, text: str, ctx: RunContext) -> str:
+        return self._stop_or_text("input", text, ctx)
+
+    def on_context(self, hits: list[Hit], ctx: RunContext) -> list[Hit]:
+        kept: list[Hit] = []
+        for hit in hits:
+            result, decisions = self.check("context", hit.text, memory=ctx.memory)
+            for d in decisions:
+                ctx.events.append({**d.event(), "chunk_id": hit.chunk_id})
+            if result is None:
+                ctx.record("context", "quarantine", "dropped", chunk_id=hit.chunk_id)
+                continue
+            kept.append(hit if result == hit.text else replace(hit, text=result))
+        return kept
+
+    def on_tool_args(self, call: ToolCall, ctx: RunContext) -> ToolCall | ToolOutcome:
+        from keel.tools.policy import ToolCall, ToolOutcome
+
+        rules = [r for r in self.rules["tool_args"] if r.applies_to(call, self.external)]
+        if not rules:
+            return call
+        args = dict(call.args)
+        for key, value in call.args.items():
+            if not isinstance(value, str):
+                continue
+            result, decisions = self.check("tool_args", value, memory=ctx.memory, rules=rules)
+            for d in decisions:
+                ctx.events.append({**d.event(), "tool": call.name, "argument": key})
+            if result is None:
+                reason = decisions[-1].reason
+                return ToolOutcome(
+                    call=call,
+                    status="refused",
+                    content=f"The call to {call.name!r} was blocked by a guard: {reason}. "
+                    "It did not run.",
+                    error=f"guard {decisions[-1].validator}: {reason}",
+                )
+            args[key] = result
+        return call if args == call.args else ToolCall(call.id, call.name, args)
+
+    def on_tool_result(self, outcome: ToolOutcome, ctx: RunContext) -> ToolOutcome:
+        if not self.rules["tool_result"] or not outcome.ok:
+            return outcome
+        result, decisions = self.check("tool_result", outcome.content, memory=ctx.memory)
+        for d in decisions:
+            ctx.events.append({**d.event(), "tool": outcome.call.name})
+        if result is None:
+            return replace(
+                outcome,
+                content=f"[the result of {outcome.call.name!r} was withheld by a guard: "
+                f"{decisions[-1].reason}]",
+            )
+        return outcome if result == outcome.content else replace(outcome, content=result)
+
+    def on_output(self, text: str, ctx: RunContext) -> str:
+        return self._stop_or_text("output", text, ctx, passages=[h.text for h in ctx.hits])
+
+    def stream_guard(self, ctx: RunContext) -> StreamGuard:
+        return StreamGuard(self, ctx)
+
+
+class StreamGuard:
+    """Validates a streamed answer incrementally, in sentence windows.
+
+    :meth:`feed` takes each token and returns the text that may be shown now: complete
+    sentences, released only after the output guards passed on the whole text so far. A
+    violation stops the stream before the violating sentence is shown (:meth:`feed` raises
+    :class:`GuardTripped` once, then returns nothing). A fix (a redaction) cannot be applied
+    to text already shown, so at the output point a fix also stops the stream; the final
+    answer carries the fixed text.
+    """
+
+    def __init__(self, runner: GuardRunner, ctx: RunContext) -> None:
+        self.runner = runner
+        self.ctx = ctx
+        self.buffer = ""
+        self.shown = 0
+        self.tripped: GuardTripped | None = None
+
+    def _release(self, end: int) -> str:
+        if self.tripped is not None or end <= self.shown:
+            return ""
+        text = self.buffer[:end]
+        passages = [h.text for h in self.ctx.hits]
+        result, decisions = self.runner.check(
+            "output", text, memory=dict(self.ctx.memory), passages=passages
+        )
+        if result != text:
+            failed = next(d for d in decisions if d.outcome == "fail")
+            self.tripped = self.runner._trip("output", failed)
+            raise self.tripped
+        released, self.shown = self.buffer[self.shown : end], end
+        return released
+
+    def feed(self, token: str) -> str:
+        if not self.runner.rules["output"]:
+            return token
+        self.buffer += token
+        return self._release(_complete_prefix(self.buffer, self.shown))
+
+    def flush(self) -> str:
+        if not self.runner.rules["output"]:
+            return ""
+        return self._release(len(self.buffer))
+
+
+def _complete_prefix(buffer: str, shown: int) -> int:
+    """The end of the last complete sentence in ``buffer`` (after ``shown``)."""
+    import re
+
+    end = shown
+    for match in re.finditer(r"[.!?…](?:\[\d{1,3}\])*[\"'”’)\]]*(?:\s+|$)", buffer[shown:]):
+        if match.end() + shown < len(buffer):  # followed by more text: the sentence is over
+            end = shown + match.end()
+    return end
+
+
+def structured_guard(model: type[Any]) -> Guard:
+    """A guardrails-ai Guard that validates a model's JSON output against a pydantic model
+    (``Guard.for_pydantic``): ``structured_guard(Ticket).parse(text)``."""
+    quiet_guardrails()
+    from guardrails import Guard
+
+    guard = Guard.for_pydantic(model)
+    guard.configure(allow_metrics_collection=False)
+    quiet_guardrails()
+    return guard

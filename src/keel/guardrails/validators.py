@@ -1,0 +1,400 @@
+"""Keel's validators, as guardrails-ai custom validators (``@register_validator``).
+
+Every validator is offline: nothing from the guardrails Hub (which needs the network). They
+run inside guardrails-ai ``Guard`` objects (:mod:`keel.guardrails.runner`) with its on-fail
+actions. Runtime services come through the ``metadata`` mapping that ``Guard.validate``
+passes to every validator (guardrails-ai's own mechanism for per-call context):
+
+``keel_embedder``     the app's :class:`~keel.rag.embeddings.Embedder`
+``keel_injection``    the :class:`~keel.guardrails.injection.InjectionDetector`
+``keel_passages``     retrieved passage texts (grounding)
+``keel_system_prompt`` / ``keel_canary``   the system prompt and its canary token (leakage)
+``keel_memory``       per-conversation memory (PII placeholders stay consistent)
+``keel_report``       a dict validators write their score and details into, for the record
+
+Each validator's options are a pydantic model (:data:`OPTIONS`): unknown options are a
+configuration error, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, TypeAlias
+
+from guardrails.validators import (
+    ErrorSpan,
+    FailResult,
+    PassResult,
+    Validator,
+    register_validator,
+)
+from pydantic import BaseModel, ConfigDict, Field
+
+from keel.guardrails.spans import Span
+
+# guardrails-ai ships no type information: its results are typed as Any here.
+Result: TypeAlias = Any
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _report(metadata: Mapping[str, Any], name: str, **details: Any) -> None:
+    report = metadata.get("keel_report")
+    if isinstance(report, dict):
+        report[name] = details
+
+
+def _spans(spans: list[Span]) -> list[ErrorSpan]:
+    return [ErrorSpan(start=s.start, end=s.end, reason=s.entity_type) for s in spans]
+
+
+def _span_dicts(spans: list[Span]) -> list[dict[str, Any]]:
+    return [
+        {"type": s.entity_type, "start": s.start, "end": s.end, "score": round(s.score, 3)}
+        for s in spans
+    ]
+
+
+class _KeelValidator(Validator):
+    """Stores its options (validated) and gives subclasses ``self.options``."""
+
+    options_model: type[_Options] = _Options
+    keel_name = ""
+
+    def __init__(self, on_fail: Any = None, **options: Any) -> None:
+        super().__init__(on_fail=on_fail, **options)
+        self.options = self.options_model.model_validate(options)
+
+
+# -- prompt injection ----------------------------------------------------------------------
+
+
+class InjectionOptions(_Options):
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    fpr: float = Field(default=0.03, gt=0, lt=1)
+
+
+@register_validator(name="keel/injection", data_type="string")
+class InjectionValidator(_KeelValidator):
+    """Prompt injection and jailbreak attempts (heuristics + a classifier on embeddings)."""
+
+    options_model = InjectionOptions
+    keel_name = "injection"
+
+    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+        detector = metadata["keel_injection"]
+        opts: InjectionOptions = self.options  # type: ignore[assignment]
+        result = detector.score(str(value))
+        threshold = opts.threshold if opts.threshold is not None else result.threshold
+        flagged = result.score >= threshold
+        _report(
+            metadata,
+            self.keel_name,
+            score=round(result.score, 4),
+            threshold=round(threshold, 4),
+            reasons=list(result.reasons),
+        )
+        if not flagged:
+            return PassResult()
+        why = ", ".join(result.reasons) or "classifier"
+        return FailResult(
+            error_message=f"possible prompt injection (score {result.score:.2f}: {why})",
+            fix_value="",
+        )
+
+
+# -- PII and secrets -------------------------------------------------------------------------
+
+
+class PiiOptions(_Options):
+    entities: list[str] | None = None
+    min_score: float = Field(default=0.5, ge=0, le=1)
+
+
+@register_validator(name="keel/pii", data_type="string")
+class PiiValidator(_KeelValidator):
+    """Personal data (emails, phones, cards, IBANs, SSNs, IPs, names, addresses); the fix
+    replaces each value with a placeholder that stays the same within a conversation."""
+
+    options_model = PiiOptions
+    keel_name = "pii"
+
+    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+        from keel.guardrails.pii import Redactor, detect_pii
+
+        opts: PiiOptions = self.options  # type: ignore[assignment]
+        text = str(value)
+        spans = detect_pii(text, opts.entities, min_score=opts.min_score)
+        _report(metadata, self.keel_name, spans=_span_dicts(spans))
+        if not spans:
+            return PassResult()
+        memory = metadata.get("keel_memory")
+        mapping = memory.get("pii", {}) if isinstance(memory, dict) else {}
+        redactor = Redactor(mapping)
+        fixed = redactor.redact(text, spans)
+        if isinstance(memory, dict):
+            memory["pii"] = redactor.mapping
+        kinds = sorted({s.entity_type for s in spans})
+        return FailResult(
+            error_message=f"personal data found: {', '.join(kinds)}",
+            fix_value=fixed,
+            error_spans=_spans(spans),
+        )
+
+
+class SecretsOptions(_Options):
+    min_entropy: float = Field(default=3.5, ge=0)
+
+
+@register_validator(name="keel/secrets", data_type="string")
+class SecretsValidator(_KeelValidator):
+    """API keys, tokens, private keys, passwords in URLs and high-entropy strings."""
+
+    options_model = SecretsOptions
+    keel_name = "secrets"
+
+    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+        from keel.guardrails.secrets import detect_secrets
+
+        opts: SecretsOptions = self.options  # type: ignore[assignment]
+        text = str(value)
+        spans = detect_secrets(text, min_entropy=opts.min_entropy)
+        _report(metadata, self.keel_name, spans=_span_dicts(spans))
+        if not spans:
+            return PassResult()
+        fixed, counters = [], {}  # type: ignore[var-annotated]
+        last = 0
+        for s in spans:
+            counters[s.entity_type] = counters.get(s.entity_type, 0) + 1
+            fixed.append(text[last : s.start] + f"<{s.entity_type}_REDACTED>")
+            last = s.end
+        fixed.append(text[last:])
+        kinds = sorted({s.entity_type for s in spans})
+        return FailResult(
+            error_message=f"secret found: {', '.join(kinds)}",
+            fix_value="".join(fixed),
+            error_spans=_spans(spans),
+        )
+
+
+# -- grounding -------------------------------------------------------------------------------
+
+
+class GroundingOptions(_Options):
+    threshold: float = Field(default=0.55, ge=-1, le=1)
+    min_words: int = Field(default=4, ge=1)
+    refusal: str = "I don't know: the documents I have do not answer this."
+
+
+_CITE = re.compile(r"\s*(\[\d{1,3}\])+")
+_REFUSAL = re.compile(r"\b(i don't know|i do not know|i couldn't find|i could not find)\b", re.I)
+
+
+@register_validator(name="keel/grounding", data_type="string")
+class GroundingValidator(_KeelValidator):
+    """Every answer sentence must be supported by the retrieved context: its embedding must
+    be close enough to some sentence of the passages. The fix drops unsupported sentences;
+    when none is left, the answer becomes the refusal."""
+
+    options_model = GroundingOptions
+    keel_name = "grounding"
+
+    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+        import numpy as np
+
+        from keel.rag.sentences import split_sentences
+
+        opts: GroundingOptions = self.options  # type: ignore[assignment]
+        text = str(value)
+        claims = [
+            s
+            for s in split_sentences(text)
+            if len(s.split()) >= opts.min_words and not _REFUSAL.search(s)
+        ]
+        if not claims:
+            _report(metadata, self.keel_name, supported=[], unsupported=[])
+            return PassResult()
+        passages = [p for p in metadata.get("keel_passages", []) if p.strip()]
+        support_sentences = [s for p in passages for s in split_sentences(p)] or passages
+        embedder = metadata["keel_embedder"]
+        scores = np.zeros(len(claims), dtype=np.float32)
+        if support_sentences:
+            vectors = embedder.encode([_CITE.sub("", c) for c in claims] + support_sentences)
+            claim_v, support_v = vectors[: len(claims)], vectors[len(claims) :]
+            scores = (claim_v @ support_v.T).max(axis=1)
+        unsupported = [c for c, sc in zip(claims, scores, strict=True) if sc < opts.threshold]
+        _report(
+            metadata,
+            self.keel_name,
+            scores=[round(float(x), 3) for x in scores],
+            unsupported=unsupported,
+        )
+        if not unsupported:
+            return PassResult()
+        kept = text
+        for sentence in unsupported:
+            kept = kept.replace(sentence, "")
+        kept = re.sub(r"[ \t]{2,}", " ", kept).strip()
+        if not kept or not [s for s in split_sentences(kept) if len(s.split()) >= opts.min_words]:
+            kept = opts.refusal
+        return FailResult(
+            error_message=f"{len(unsupported)} of {len(claims)} sentences are not supported "
+            "by the retrieved context",
+            fix_value=kept,
+        )
+
+
+# -- system prompt leakage -------------------------------------------------------------------
+
+
+class PromptLeakOptions(_Options):
+    ngram: int = Field(default=8, ge=3, le=50)
+    max_overlap: float = Field(default=0.10, ge=0, le=1)
+
+
+_WORD = re.compile(r"\w+")
+
+
+@register_validator(name="keel/prompt_leak", data_type="string")
+class PromptLeakValidator(_KeelValidator):
+    """The output must not reveal the system prompt: its canary token, or too many of its
+    word n-grams verbatim."""
+
+    options_model = PromptLeakOptions
+    keel_name = "prompt_leak"
+
+    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+        opts: PromptLeakOptions = self.options  # type: ignore[assignment]
+        text = str(value)
+        canary = metadata.get("keel_canary")
+        if canary and canary in text:
+            _report(metadata, self.keel_name, canary=True, overlap=1.0)
+            return FailResult(error_message="the output contains the system prompt's canary")
+        system = str(metadata.get("keel_system_prompt", ""))
+        grams = _ngrams(system, opts.ngram)
+        overlap = len(grams & _ngrams(text, opts.ngram)) / len(grams) if grams else 0.0
+        _report(metadata, self.keel_name, canary=False, overlap=round(overlap, 3))
+        if overlap > opts.max_overlap:
+            return FailResult(
+                error_message=f"the output repeats {overlap:.0%} of the system prompt"
+            )
+        return PassResult()
+
+
+def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = [w.lower() for w in _WORD.findall(text)]
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+# -- topics, length, JSON ----------------------------------------------------------------
+
+
+class TopicOptions(_Options):
+    topics: list[str] = Field(min_length=1)
+    threshold: float = Field(default=0.5, ge=-1, le=1)
+
+
+@register_validator(name="keel/topic_denylist", data_type="string")
+class TopicDenylistValidator(_KeelValidator):
+    """Text about a denied topic: a topic named verbatim, or a text embedding close to the
+    topic's (each topic is a short description such as "medical diagnosis")."""
+
+    options_model = TopicOptions
+    keel_name = "topic_denylist"
+
+    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+        opts: TopicOptions = self.options  # type: ignore[assignment]
+        text = str(value)
+        lowered = text.lower()
+        for topic in opts.topics:
+            if re.search(rf"\b{re.escape(topic.lower())}\b", lowered):
+                _report(metadata, self.keel_name, topic=topic, score=1.0)
+                return FailResult(error_message=f"denied topic: {topic}")
+        embedder = metadata["keel_embedder"]
+        query = embedder.embed_query(text)
+        topics = embedder.encode(opts.topics)
+        scores = topics @ query
+        best = int(scores.argmax())
+        _report(metadata, self.keel_name, topic=opts.topics[best], score=float(scores[best]))
+        if float(scores[best]) >= opts.threshold:
+            return FailResult(error_message=f"denied topic: {opts.topics[best]}")
+        return PassResult()
+
+
+class LengthOptions(_Options):
+    min_chars: int = Field(default=0, ge=0)
+    max_chars: int = Field(default=8000, ge=1)
+
+
+@register_validator(name="keel/length", data_type="string")
+class LengthValidator(_KeelValidator):
+    """Text length within bounds; the fix cuts an over-long text at the limit."""
+
+    options_model = LengthOptions
+    keel_name = "length"
+
+    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+        opts: LengthOptions = self.options  # type: ignore[assignment]
+        text = str(value)
+        _report(metadata, self.keel_name, chars=len(text))
+        if len(text) > opts.max_chars:
+            return FailResult(
+                error_message=f"text is {len(text)} characters (limit {opts.max_chars})",
+                fix_value=text[: opts.max_chars],
+            )
+        if len(text) < opts.min_chars:
+            return FailResult(
+                error_message=f"text is {len(text)} characters (at least {opts.min_chars})"
+            )
+        return PassResult()
+
+
+class JsonSchemaOptions(_Options):
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+
+@register_validator(name="keel/json_schema", data_type="string")
+class JsonSchemaValidator(_KeelValidator):
+    """The text must be JSON matching a JSON schema (for structured outputs; for a pydantic
+    model use :func:`keel.guardrails.runner.structured_guard`, on ``Guard.for_pydantic``)."""
+
+    options_model = JsonSchemaOptions
+    keel_name = "json_schema"
+
+    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+        import jsonschema
+
+        opts: JsonSchemaOptions = self.options  # type: ignore[assignment]
+        try:
+            data = json.loads(str(value))
+        except json.JSONDecodeError as exc:
+            return FailResult(error_message=f"not JSON: {exc.msg} at position {exc.pos}")
+        errors = sorted(
+            jsonschema.Draft202012Validator(opts.json_schema).iter_errors(data), key=str
+        )
+        _report(metadata, self.keel_name, errors=[e.message for e in errors[:10]])
+        if errors:
+            where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
+            return FailResult(error_message=f"{where}: {errors[0].message}")
+        return PassResult()
+
+
+#: name → (validator class, what it needs at run time)
+VALIDATORS: dict[str, type[_KeelValidator]] = {
+    cls.keel_name: cls
+    for cls in (
+        InjectionValidator,
+        PiiValidator,
+        SecretsValidator,
+        GroundingValidator,
+        PromptLeakValidator,
+        TopicDenylistValidator,
+        LengthValidator,
+        JsonSchemaValidator,
+    )
+}
+NEEDS_EMBEDDER = frozenset({"injection", "grounding", "topic_denylist"})
