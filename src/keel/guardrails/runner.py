@@ -210,10 +210,15 @@ class GuardRunner:
         reason = ""
         try:
             outcome = rule.guard.validate(text, metadata=meta)
-            passed = bool(outcome.validation_passed)
-            if outcome.validation_summaries:
-                reason = str(outcome.validation_summaries[0].failure_reason or "")
-            result = outcome.validated_output if isinstance(outcome.validated_output, str) else None
+            # A fixed value "passes" in guardrails-ai; what failed is in the summaries.
+            failures = [
+                s for s in outcome.validation_summaries or [] if s.validator_status == "fail"
+            ]
+            passed = bool(outcome.validation_passed) and not failures
+            if failures:
+                reason = str(failures[0].failure_reason or "")
+            validated = outcome.validated_output
+            result = validated if isinstance(validated, str) else None
             if rule.action == "noop":
                 result = text
         except ValidationError as exc:

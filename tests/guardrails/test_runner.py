@@ -1,0 +1,149 @@
+"""Guards at the hook points, through guardrails-ai Guards, configured by keel.toml."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keel.app import App
+from keel.config import GuardsSection
+from keel.errors import ConfigError
+from keel.guardrails.runner import GuardRunner, Services, new_guard
+from keel.testing import ScriptedChatModel
+
+call = ScriptedChatModel.tool_call
+
+
+def runner(**points: Any) -> GuardRunner:
+    return GuardRunner(GuardsSection(**points), Services(embedder=lambda: None))
+
+
+def test_hub_telemetry_is_off_for_every_guard() -> None:
+    from guardrails.settings import settings
+
+    new_guard()
+    assert settings.rc.enable_metrics is False
+
+
+@pytest.mark.parametrize(
+    ("points", "message"),
+    [
+        ({"input": {"nope": {}}}, "unknown validator"),
+        ({"input": {"length": {"on_fail": "explode"}}}, "on_fail"),
+        ({"input": {"length": {"max_chars": "many"}}}, "guards.input.length"),
+        ({"input": {"length": {"colour": "red"}}}, "guards.input.length"),
+        ({"output": {"pii": {"tools": "all"}}}, "only tool_args"),
+    ],
+)
+def test_bad_guard_config_is_a_config_error(points: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        runner(**points)
+
+
+def test_actions_fix_exception_noop_and_decisions() -> None:
+    r = runner(
+        input={"length": {"on_fail": "fix", "max_chars": 5}},
+        output={"length": {"on_fail": "exception", "max_chars": 5}},
+        context={"length": {"on_fail": "noop", "max_chars": 5}},
+    )
+    text, decisions = r.check("input", "abcdefgh")
+    assert text == "abcde" and decisions[0].outcome == "fail" and decisions[0].action == "fix"
+    assert decisions[0].details == {"chars": 8} and decisions[0].latency_ms > 0
+    text, decisions = r.check("output", "abcdefgh")
+    assert text is None and "limit 5" in decisions[0].reason
+    text, decisions = r.check("context", "abcdefgh")
+    assert text == "abcdefgh" and decisions[0].outcome == "fail"  # noop: recorded, unchanged
+    text, decisions = r.check("input", "abc")
+    assert text == "abc" and decisions[0].outcome == "pass"
+
+
+def test_json_schema_validator() -> None:
+    schema = {"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}}
+    r = runner(output={"json_schema": {"schema": schema}})
+    assert r.check("output", '{"id": 3}')[0] == '{"id": 3}'
+    assert "id" in r.check("output", '{"id": "x"}')[1][0].reason
+    assert "not JSON" in r.check("output", "id: 3")[1][0].reason
+
+
+def test_prompt_leak_by_canary_and_by_overlap() -> None:
+    system = "You are the support assistant for Nimbus Notes and you answer from the help center"
+    r = GuardRunner(
+        GuardsSection(output={"prompt_leak": {}}),
+        Services(embedder=lambda: None, system_prompt=lambda: system, canary="keel-canary-1"),
+    )
+    assert r.check("output", "Refunds take 30 days.")[0] is not None
+    assert r.check("output", "Sure: keel-canary-1")[0] is None
+    leaked = f"My instructions say: {system}."
+    text, decisions = r.check("output", leaked)
+    assert text is None and decisions[0].details["overlap"] == 1.0
+
+
+def test_app_guards_stop_fix_filter_and_block(
+    make_app: Callable[..., App], tmp_path: Path, write: Callable[..., None]
+) -> None:
+    write(
+        tmp_path,
+        {
+            "docs/a.md": "# Short\n\nRefunds take 30 days.\n",
+            "docs/b.md": "# Long\n\n" + "Refund details are long. " * 20 + "\n",
+            "tools.py": (
+                "from keel.tools import tool\n\n@tool(side_effects='write')\n"
+                'def send(text: str) -> str:\n    """Send a text."""\n    return \'sent\'\n'
+            ),
+        },
+    )
+    guards = {
+        "input": {"topic_denylist": {"topics": ["medical diagnosis"], "on_fail": "exception"}},
+        "context": {"length": {"max_chars": 100, "on_fail": "filter"}},
+        "tool_args": {"length": {"max_chars": 10, "on_fail": "exception", "tools": "external"}},
+        "output": {"length": {"max_chars": 12, "on_fail": "fix"}},
+        "message": "Sorry, I can't help with that.",
+    }
+    seen: list[Any] = []
+
+    def answer(messages: list[Any]) -> str:
+        seen.append(messages[-1].content)
+        return "Refunds take 30 days [1]."
+
+    model = ScriptedChatModel(script=[answer, call("send", {"text": "a long message here"}), "ok"])
+    app = make_app({"guards": guards, "tools": {"enabled": ["tools"]}}, model=model)
+    app.ingest()
+
+    blocked = app.ask("medical diagnosis of my rash please")
+    assert blocked.stop_reason == "guardrail" and blocked.text == "Sorry, I can't help with that."
+
+    ok = app.ask("how long do refunds take?")
+    assert ok.text == "Refunds take"  # the output fix cut it at 12 characters
+    assert "docs/b.md" not in seen[0] and "docs/a.md" in seen[0]  # long chunk quarantined
+    points = {(e["point"], e["name"], e["outcome"]) for e in ok.events}
+    assert ("context", "length", "fail") in points and ("output", "length", "fail") in points
+    assert any(e.get("name") == "quarantine" for e in ok.events)
+
+    tool = app.ask("send it")
+    assert tool.tool_calls[0]["status"] == "refused"
+    assert "blocked by a guard" in tool.tool_calls[0]["content"]
+
+
+def test_streaming_stops_before_the_violating_sentence(make_app: Callable[..., App]) -> None:
+    app = make_app({"guards": {"output": {"prompt_leak": {}}}, "agent": {"retrieve": False}})
+    leak = f"Happy to help with that today. The secret marker is {app.canary}. Bye now."
+    app.model = ScriptedChatModel(script=[leak])
+    events = list(app.stream("tell me everything"))
+    shown = "".join(e["text"] for e in events if e["type"] == "token")
+    assert shown == "Happy to help with that today. "
+    assert app.canary not in shown
+    assert any(e["type"] == "guardrail" and e["name"] == "prompt_leak" for e in events)
+    done = events[-1]["answer"]
+    assert done["stop_reason"] == "guardrail" and app.canary not in done["text"]
+
+
+def test_stream_without_violation_shows_everything(make_app: Callable[..., App]) -> None:
+    app = make_app({"guards": {"output": {"prompt_leak": {}}}, "agent": {"retrieve": False}})
+    app.model = ScriptedChatModel(script=["One sentence here. Another one there. The end"])
+    events = list(app.stream("hi"))
+    shown = "".join(e["text"] for e in events if e["type"] == "token")
+    assert shown == "One sentence here. Another one there. The end"
+    assert events[-1]["answer"]["text"] == shown
