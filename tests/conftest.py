@@ -19,6 +19,7 @@ from keel.settings import Settings, offline_defaults
 offline_defaults()
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 class NetworkBlocked(RuntimeError):
@@ -116,6 +117,24 @@ def pg_url() -> str:
     if reason is not None:
         pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) is not reachable: {reason}")
     return PG_URL
+
+
+def _redis_reachable() -> str | None:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+        return None
+    except Exception as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    reason = _redis_reachable()
+    if reason is not None:
+        pytest.skip(f"Redis at 127.0.0.1:6379 is not reachable: {reason}")
+    return REDIS_URL
 
 
 @pytest.fixture

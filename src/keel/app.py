@@ -20,7 +20,7 @@ from keel.errors import UsageError
 from keel.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from sqlalchemy import Engine
 
@@ -32,11 +32,11 @@ if TYPE_CHECKING:
     from keel.guardrails.runner import GuardRunner
     from keel.rag.bm25 import BM25Index
     from keel.rag.embeddings import Embedder
-    from keel.rag.ingest import Progress
+    from keel.rag.ingest import Ingestor, Progress
     from keel.rag.manifest import Manifest
     from keel.rag.retrieve import Mode, Retriever
     from keel.rag.store import VectorStore
-    from keel.rag.types import Hit, IngestReport
+    from keel.rag.types import Document, Hit, IngestReport, Skipped
     from keel.tools.registry import Toolset
 
 
@@ -176,8 +176,6 @@ class App:
         lie inside it. With ``prune``, documents previously ingested from these paths that are
         no longer there are deleted; documents from other paths are never touched.
         """
-        from keel.rag.chunking import Chunker
-        from keel.rag.ingest import Ingestor
         from keel.rag.loaders import iter_documents
 
         rag = self.config.rag
@@ -192,8 +190,30 @@ class App:
             exclude=rag.exclude,
             max_bytes=int(rag.max_file_mb * 1024 * 1024),
         )
+        scopes = [_relative_scope(root, t) for t in targets]
+        return self._ingestor(collection).run(
+            items,
+            prune=(lambda source: any(_within(source, s) for s in scopes)) if prune else None,
+            progress=progress,
+        )
+
+    def ingest_documents(
+        self,
+        documents: Iterable[Document | Skipped],
+        *,
+        collection: str | None = None,
+        progress: Progress | None = None,
+    ) -> IngestReport:
+        """Ingest documents made in code (or uploaded), with the same manifest and chunking."""
+        return self._ingestor(collection).run(documents, progress=progress)
+
+    def _ingestor(self, collection: str | None) -> Ingestor:
+        from keel.rag.chunking import Chunker
+        from keel.rag.ingest import Ingestor
+
+        rag = self.config.rag
         name = self._collection(collection)
-        ingestor = Ingestor(
+        return Ingestor(
             store=self.store(name),
             embedder=self.embedder,
             manifest=self.manifest(name),
@@ -201,13 +221,6 @@ class App:
             bm25=self._bm25_index(name),
             batch_chunks=rag.ingest_batch,
         )
-        scopes = [_relative_scope(root, t) for t in targets]
-        report = ingestor.run(
-            items,
-            prune=(lambda source: any(_within(source, s) for s in scopes)) if prune else None,
-            progress=progress,
-        )
-        return report
 
     def search(
         self,
@@ -430,7 +443,7 @@ class App:
         self.threads.touch(tid, owner)
         return tid, self._run_config(tid, scopes)
 
-    def _answer(self, thread_id: str, config: dict[str, Any]) -> Answer:
+    def _answer(self, thread_id: str, config: dict[str, Any], trace_id: str = "") -> Answer:
         from keel.agents.answer import Answer
         from keel.agents.graph import citations_for
 
@@ -440,6 +453,7 @@ class App:
         return Answer(
             text=text,
             thread_id=thread_id,
+            trace_id=trace_id,
             stop_reason="approval_required" if pending else values.get("stop_reason", "done"),
             citations=citations_for(text, values.get("hits", [])),
             tool_calls=list(values.get("outcomes", [])),
@@ -457,6 +471,7 @@ class App:
         scopes: Sequence[str] | None = None,
         *,
         owner: str | None = None,
+        history: list[Any] | None = None,
     ) -> Answer:
         """One turn of the conversation in ``thread_id`` (a new thread when None).
 
@@ -472,8 +487,24 @@ class App:
             raise UsageError(
                 f"thread {tid!r} is waiting for an approval: resume it (approve or reject) first"
             )
-        self.graph.invoke(turn_input(question), config, durability=self._durability())
-        return self._answer(tid, config)
+        trace_id = new_trace_id()
+        config["configurable"]["keel_trace_id"] = trace_id
+        self.graph.invoke(
+            turn_input(question, self._seed(tid, config, history)),
+            config,
+            durability=self._durability(),
+        )
+        return self._answer(tid, config, trace_id)
+
+    def _seed(
+        self, tid: str, config: dict[str, Any], history: list[Any] | None
+    ) -> list[Any] | None:
+        """Earlier messages for a thread that has none yet (ignored for existing threads)."""
+        if not history:
+            return None
+        if self.graph.get_state(config).values.get("messages"):
+            return None
+        return list(history)
 
     def stream(
         self,
@@ -482,8 +513,10 @@ class App:
         scopes: Sequence[str] | None = None,
         *,
         owner: str | None = None,
+        history: list[Any] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """One turn, as events: ``token``, ``tool_call``, ``approval_required``, ``done``."""
+        """One turn, as events: ``token``, ``tool_call``, ``guardrail``, ``approval_required``,
+        ``citation`` and finally ``done`` (the whole :class:`Answer`)."""
         from keel.agents.graph import turn_input
 
         if not isinstance(question, str) or not question.strip():
@@ -493,10 +526,14 @@ class App:
             raise UsageError(
                 f"thread {tid!r} is waiting for an approval: resume it (approve or reject) first"
             )
-        yield from self._stream(turn_input(question), tid, config)
+        trace_id = new_trace_id()
+        config["configurable"]["keel_trace_id"] = trace_id
+        yield from self._stream(
+            turn_input(question, self._seed(tid, config, history)), tid, config, trace_id
+        )
 
     def _stream(
-        self, graph_input: Any, tid: str, config: dict[str, Any]
+        self, graph_input: Any, tid: str, config: dict[str, Any], trace_id: str = ""
     ) -> Iterator[dict[str, Any]]:
         from langchain_core.messages import AIMessageChunk
 
@@ -546,7 +583,7 @@ class App:
                 new = len(tools.get("messages", []))
                 for outcome in tools.get("outcomes", [])[-new:] if new else []:
                     yield {"type": "tool_call", **outcome}
-        answer = self._answer(tid, config)
+        answer = self._answer(tid, config, trace_id)
         if window is not None and window.tripped is None:
             try:
                 rest = window.flush()
@@ -589,8 +626,17 @@ class App:
         if not pending:
             raise UsageError(f"thread {tid!r} has no call waiting for approval")
         payload = resolve_decisions(decision, pending)
+        trace_id = new_trace_id()
+        config["configurable"]["keel_trace_id"] = trace_id
         self.graph.invoke(Command(resume=payload), config, durability=self._durability())
-        return self._answer(tid, config)
+        return self._answer(tid, config, trace_id)
+
+    def pending_approval(
+        self, thread_id: str, *, owner: str | None = None
+    ) -> list[dict[str, Any]] | None:
+        """The tool calls a thread waits on (None when it waits on nothing)."""
+        self.threads.check_owner(thread_id, owner)
+        return self._pending(thread_id, self._run_config(thread_id, None))
 
     def history(self, thread_id: str, *, owner: str | None = None) -> list[Any]:
         """The thread's messages (langchain-core messages), oldest first."""
@@ -613,6 +659,13 @@ class App:
             self._checkpointer.delete_thread(tid)
             self.threads.forget(tid)
         return gone
+
+
+def new_trace_id() -> str:
+    """A W3C trace id (32 hex characters): what every turn's answer and trace carry."""
+    import secrets
+
+    return secrets.token_hex(16)
 
 
 def resolve_decisions(decision: Any, pending: list[dict[str, Any]]) -> dict[str, Any]:

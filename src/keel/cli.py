@@ -341,6 +341,90 @@ def tools_list(
         out.print(f"    {r['description']}", markup=False)
 
 
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+) -> None:
+    """Serve the app over HTTP: native and OpenAI-compatible chat, with API keys and limits."""
+    import os
+
+    import uvicorn
+
+    with _errors():
+        config = _config_path().resolve()
+        app = _app()
+        app.agent  # noqa: B018 - fail now, with exit 2, on a bad model or tool config
+        err.print(f"Keel gateway for {app.name} on http://{host}:{port} (docs at /docs)")
+        if workers == 1:
+            from keel.api.server import create_app
+
+            uvicorn.run(create_app(app), host=host, port=port, log_level="warning")
+        else:
+            os.environ["KEEL_CONFIG"] = str(config)  # each worker builds the same app
+            uvicorn.run(
+                "keel.api.server:from_env",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_level="warning",
+            )
+
+
+keys_cli = typer.Typer(help="API keys for the gateway.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+def _key_store() -> Any:
+    from keel.api.keys import KeyStore
+
+    return KeyStore(_app().engine)
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    scopes: Annotated[
+        str, typer.Option(help="Comma-separated: chat, ingest, feedback, traces:read, admin.")
+    ] = "chat",
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Create a key. It is shown once: store it now."""
+    with _errors():
+        plain, key = _key_store().create(name, scopes)
+    if as_json:
+        _print_json({"key": plain, **key.to_dict()})
+        return
+    out.print(plain, markup=False)
+    err.print(f"key {key.id} ({', '.join(sorted(key.scopes))}): shown once, store it now")
+
+
+@keys_cli.command("list")
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Keys (never their secrets)."""
+    with _errors():
+        keys = _key_store().list()
+    if as_json:
+        _print_json([k.to_dict() for k in keys])
+        return
+    for k in keys:
+        state = "revoked" if k.revoked_at else "active"
+        out.print(f"{k.id}  {k.name}  {','.join(sorted(k.scopes))}  {state}", markup=False)
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id.")]) -> None:
+    """Revoke a key: it stops working at once."""
+    with _errors():
+        if not _key_store().revoke(key_id):
+            raise UsageError(f"no active key {key_id!r}")
+    err.print(f"revoked {key_id}")
+
+
 guard_cli = typer.Typer(
     help="Guardrails: list validators, try them on texts.", no_args_is_help=True
 )

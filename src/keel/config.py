@@ -82,6 +82,15 @@ class GuardsSection(_Strict):
     )
 
 
+class LimitsSection(_Strict):
+    requests_per_minute: int = Field(default=60, ge=1, description="Per API key.")
+    tokens_per_day: int = Field(default=1_000_000, ge=1, description="Model tokens per key.")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Request body cap.")
+    max_upload_bytes: int = Field(default=20_000_000, ge=1024, description="Ingest upload cap.")
+    max_message_chars: int = Field(default=8_000, ge=1, description="One chat message, in chars.")
+    cors_origins: list[str] = Field(default_factory=list, description="Empty: CORS off.")
+
+
 class ThreadsSection(_Strict):
     retention_days: float | None = Field(
         default=None, gt=0, description="Threads idle longer than this are deleted by prune."
@@ -149,6 +158,7 @@ class KeelConfig(_Strict):
     agent: AgentSection = Field(default_factory=AgentSection)
     threads: ThreadsSection = Field(default_factory=ThreadsSection)
     guards: GuardsSection = Field(default_factory=GuardsSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     def resolve(self, relative: str | Path) -> Path:

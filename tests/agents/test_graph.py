@@ -267,6 +267,7 @@ def test_threads_are_listed_owned_deleted_and_pruned(make_app: Callable[..., App
         app.history("mine", owner="key-b")
     app.ask("hi", thread_id="other", owner="key-b")
     assert [t["thread_id"] for t in app.threads.all(owner="key-a")] == ["mine"]
+    assert app.history("mine")  # the trusted local caller (owner=None) sees every thread
     app.delete_thread("other", owner="key-b")
     assert app.history("other") == []
     assert app.prune_threads(older_than_days=1) == []  # "mine" is fresh

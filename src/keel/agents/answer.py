@@ -19,6 +19,7 @@ class Answer:
     text: str
     thread_id: str
     stop_reason: str = "done"
+    trace_id: str = ""
     citations: list[dict[str, Any]] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     pending_approval: list[dict[str, Any]] | None = None

@@ -119,6 +119,10 @@ class ThreadIndex:
         return (row is not None, row[0] if row else None)
 
     def check_owner(self, thread_id: str, owner: str | None) -> None:
+        """``owner=None`` is the trusted local caller (Python API, CLI): it may use any
+        thread. Any other owner may use only its own threads and threads without one."""
+        if owner is None:
+            return
         exists, current = self.owner_of(thread_id)
         if exists and current is not None and current != owner:
             raise UsageError(f"no thread {thread_id!r}")  # not yours: as if it did not exist

@@ -76,10 +76,14 @@ def args_hash(name: str, args: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def turn_input(question: str) -> dict[str, Any]:
-    """The graph input that starts a new turn (and resets the per-turn fields)."""
+def turn_input(question: str, history: list[AnyMessage] | None = None) -> dict[str, Any]:
+    """The graph input that starts a new turn (and resets the per-turn fields).
+
+    ``history`` seeds a new thread with earlier messages (an OpenAI-style client that sends
+    the whole conversation with every request).
+    """
     return {
-        "messages": [HumanMessage(question)],
+        "messages": [*(history or []), HumanMessage(question)],
         "question": question,
         "hits": [],
         "steps": 0,

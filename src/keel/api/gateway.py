@@ -1,0 +1,112 @@
+"""The gateway's shared state and the request plumbing every route uses."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
+
+from keel.api.keys import ApiKey, KeyStore
+from keel.api.limits import KeyLimits
+from keel.api.problems import Problem
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from keel.app import App
+
+
+@dataclass
+class Job:
+    id: str
+    state: str = "queued"  # queued, running, done, failed
+    report: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    key_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "report": self.report,
+            "error": self.error,
+            "created_at": self.created_at,
+        }
+
+
+class Gateway:
+    """What the routes share: the Keel app, keys, limits, thread locks, ingest jobs."""
+
+    def __init__(self, app: App, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.keys = KeyStore(app.engine)
+        lim = app.config.limits
+        self.limits = KeyLimits(
+            requests_per_minute=lim.requests_per_minute,
+            tokens_per_day=lim.tokens_per_day,
+            redis_url=app.settings.redis_url,
+        )
+        self.registry = registry
+        self._thread_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.jobs: dict[str, Job] = {}
+
+    # -- auth ----------------------------------------------------------------------------------
+    def authenticate(self, request: Request, scope: str) -> ApiKey:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Problem(
+                401,
+                "missing API key: send Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": 'Bearer realm="keel"'},
+            )
+        key = self.keys.verify(token)
+        if key is None:
+            raise Problem(
+                401,
+                "invalid or revoked API key",
+                headers={"WWW-Authenticate": 'Bearer realm="keel", error="invalid_token"'},
+            )
+        if not key.allows(scope):
+            raise Problem(403, f"this key lacks the {scope!r} scope", scope=scope)
+        refusal = self.limits.admit(key.id)
+        if refusal is not None:
+            raise Problem(
+                429,
+                refusal.reason,
+                headers={"Retry-After": str(refusal.retry_after)},
+                retry_after=refusal.retry_after,
+            )
+        request.state.key_id = key.id
+        return key
+
+    @staticmethod
+    def tool_scopes(key: ApiKey) -> list[str] | None:
+        """The scopes handed to the tool policy: an admin key holds every scope."""
+        return None if key.is_admin else sorted(key.scopes)
+
+    # -- threads -------------------------------------------------------------------------------
+    @contextmanager
+    def thread_lock(self, thread_id: str) -> Iterator[None]:
+        """One request at a time per thread; a second concurrent one gets 409."""
+        with self._locks_guard:
+            lock = self._thread_locks.setdefault(thread_id, threading.Lock())
+        if not lock.acquire(blocking=False):
+            raise Problem(409, f"thread {thread_id!r} is busy with another request")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def new_job(self, key_id: str) -> Job:
+        job = Job(id=uuid.uuid4().hex, key_id=key_id)
+        self.jobs[job.id] = job
+        return job

@@ -1,0 +1,149 @@
+"""Errors as ``application/problem+json`` (RFC 9457), with stable ``type`` URIs.
+
+Every error response of the gateway goes through here; none carries a stack trace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from keel.errors import ConfigError, GuardTripped, KeelError, ModelError, StoreError, UsageError
+
+MEDIA_TYPE = "application/problem+json"
+BASE = "https://keel.dev/problems/"
+
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Content too large",
+    415: "Unsupported media type",
+    422: "Invalid request",
+    429: "Too many requests",
+    500: "Internal error",
+    502: "Bad gateway",
+    503: "Service unavailable",
+}
+TYPES = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "too-large",
+    415: "unsupported-media-type",
+    422: "invalid-request",
+    429: "rate-limited",
+    500: "internal",
+    502: "model-provider-failed",
+    503: "unavailable",
+}
+
+
+class Problem(Exception):
+    """Raise in a route to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        self.status = status
+        self.detail = detail
+        self.type = type or TYPES.get(status, "error")
+        self.headers = headers or {}
+        self.extra = extra
+        super().__init__(detail)
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    type: str | None = None,
+    headers: dict[str, str] | None = None,
+    request: Request | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": BASE + (type or TYPES.get(status, "error")),
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+        rid = getattr(request.state, "request_id", None)
+        if rid:
+            body["request_id"] = rid
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(
+            exc.status, exc.detail, type=exc.type, headers=exc.headers, request=request, **exc.extra
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = str(exc.detail) if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "")
+        return problem_response(
+            exc.status_code, detail, headers=dict(exc.headers or {}), request=request
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors: list[dict[str, Any]] = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ][:20]
+        if errors:
+            first = errors[0]
+            detail = f"{'.'.join(first['loc'])}: {first['msg']}"
+        else:
+            detail = "invalid request"
+        return problem_response(422, detail, request=request, errors=errors)
+
+    @app.exception_handler(KeelError)
+    async def _keel(request: Request, exc: KeelError) -> JSONResponse:
+        return keel_problem(exc, request)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        import logging
+
+        logging.getLogger("keel.api").exception("unhandled error on %s", request.url.path)
+        return problem_response(500, "the server failed to handle this request", request=request)
+
+
+def keel_problem(exc: KeelError, request: Request | None = None) -> JSONResponse:
+    if isinstance(exc, UsageError):
+        detail = str(exc)
+        if detail.startswith("no thread"):
+            return problem_response(404, detail, request=request)
+        return problem_response(400, detail, request=request)
+    if isinstance(exc, ModelError):
+        return problem_response(502, str(exc), request=request)
+    if isinstance(exc, StoreError):
+        return problem_response(503, str(exc), type="store-unavailable", request=request)
+    if isinstance(exc, GuardTripped):
+        return problem_response(400, exc.message, type="guardrail", request=request)
+    if isinstance(exc, ConfigError):
+        return problem_response(500, "the app is misconfigured", type="config", request=request)
+    return problem_response(500, "the server failed to handle this request", request=request)

@@ -1,0 +1,134 @@
+"""Native chat, threads and approvals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from keel.api.problems import Problem
+from keel.api.routes._common import close_quietly, gateway, sse
+from keel.api.schemas import ApprovalRequest, ChatRequest, ChatResponse, ThreadView
+from keel.errors import KeelError
+
+router = APIRouter(tags=["chat"])
+
+
+def _check_length(request: Request, text: str) -> None:
+    limit = gateway(request).app.config.limits.max_message_chars
+    if len(text) > limit:
+        raise Problem(413, f"the message has {len(text)} characters (limit {limit})")
+
+
+@router.post("/v1/chat", response_model=ChatResponse, summary="Ask the app (JSON or SSE)")
+def chat(body: ChatRequest, request: Request) -> Any:
+    """One turn in a thread. With ``stream: true`` the answer comes as server-sent events:
+    ``token``, ``citation``, ``tool_call``, ``approval_required``, ``guardrail`` and ``done``
+    (the whole answer, with usage and trace id)."""
+    gw = gateway(request)
+    key = gw.authenticate(request, "chat")
+    _check_length(request, body.message)
+    app = gw.app
+    thread_id = body.thread_id or _new_thread_id()
+    scopes = gw.tool_scopes(key)
+    if not body.stream:
+        with gw.thread_lock(thread_id):
+            answer = app.ask(body.message, thread_id, scopes, owner=key.id)
+        gw.limits.spend_tokens(key.id, answer.usage.get("total_tokens", 0))
+        return answer.to_dict()
+
+    lock = gw.thread_lock(thread_id)
+    lock.__enter__()  # held for the stream's whole life; released when it ends or is cut
+
+    def events() -> Iterator[str]:
+        stream = app.stream(body.message, thread_id, scopes, owner=key.id)
+        try:
+            for event in stream:
+                kind = event.pop("type")
+                if kind == "done":
+                    gw.limits.spend_tokens(
+                        key.id, event["answer"].get("usage", {}).get("total_tokens", 0)
+                    )
+                    yield sse("done", event["answer"])
+                else:
+                    yield sse(kind, event)
+        except KeelError as exc:
+            yield sse("error", {"type": type(exc).__name__, "detail": str(exc)})
+        finally:
+            close_quietly(stream)  # a client that went away cancels the run here
+            lock.__exit__(None, None, None)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=_NO_BUFFER)
+
+
+_NO_BUFFER = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+def _new_thread_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+@router.get("/v1/threads/{thread_id}", response_model=ThreadView, summary="A thread's messages")
+def get_thread(thread_id: str, request: Request) -> Any:
+    gw = gateway(request)
+    key = gw.authenticate(request, "chat")
+    exists, _ = gw.app.threads.owner_of(thread_id)
+    if not exists:
+        raise Problem(404, f"no thread {thread_id!r}")
+    messages = gw.app.history(thread_id, owner=key.id)
+    return {
+        "thread_id": thread_id,
+        "messages": [_message(m) for m in messages],
+        "pending_approval": gw.app.pending_approval(thread_id, owner=key.id),
+    }
+
+
+def _message(m: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m.type, "content": m.text}
+    if getattr(m, "tool_calls", None):
+        out["tool_calls"] = [
+            {"id": tc["id"], "name": tc["name"], "args": tc["args"]} for tc in m.tool_calls
+        ]
+    if m.type == "tool":
+        out["tool_call_id"] = m.tool_call_id
+        out["status"] = getattr(m, "status", "success")
+    return out
+
+
+@router.delete("/v1/threads/{thread_id}", status_code=204, summary="Delete a thread")
+def delete_thread(thread_id: str, request: Request) -> None:
+    gw = gateway(request)
+    key = gw.authenticate(request, "chat")
+    exists, _ = gw.app.threads.owner_of(thread_id)
+    if not exists:
+        raise Problem(404, f"no thread {thread_id!r}")
+    with gw.thread_lock(thread_id):
+        gw.app.delete_thread(thread_id, owner=key.id)
+
+
+@router.post(
+    "/v1/threads/{thread_id}/approvals",
+    response_model=ChatResponse,
+    summary="Approve, reject or edit the calls a thread waits on",
+)
+def approve(thread_id: str, body: ApprovalRequest, request: Request) -> Any:
+    gw = gateway(request)
+    key = gw.authenticate(request, "chat")
+    if (body.decision is None) == (body.decisions is None):
+        raise Problem(422, "give exactly one of 'decision' or 'decisions'")
+    exists, _ = gw.app.threads.owner_of(thread_id)
+    if not exists:
+        raise Problem(404, f"no thread {thread_id!r}")
+    with gw.thread_lock(thread_id):
+        answer = gw.app.resume(
+            thread_id,
+            body.decision or body.decisions,
+            gw.tool_scopes(key),
+            owner=key.id,
+        )
+    gw.limits.spend_tokens(key.id, answer.usage.get("total_tokens", 0))
+    return answer.to_dict()

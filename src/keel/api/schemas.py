@@ -1,0 +1,122 @@
+"""Request and response bodies of the gateway (pydantic): what the OpenAPI schema shows."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message: str = Field(min_length=1, description="The user's message.")
+    thread_id: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Continue this thread."
+    )
+    stream: bool = Field(default=False, description="Answer as server-sent events.")
+
+
+class Citation(BaseModel):
+    n: int
+    doc_id: str
+    chunk_id: str
+    source: str
+    title: str = ""
+    headings: list[str] = []
+    start: int = 0
+    end: int = 0
+    page: int | None = None
+
+
+class ChatResponse(BaseModel):
+    text: str
+    thread_id: str
+    trace_id: str
+    stop_reason: str
+    citations: list[dict[str, Any]]
+    tool_calls: list[dict[str, Any]]
+    pending_approval: list[dict[str, Any]] | None
+    usage: dict[str, int]
+    model: str
+    events: list[dict[str, Any]]
+
+
+class ApprovalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decision: Literal["approve", "reject"] | None = Field(
+        default=None, description="One decision for every pending call."
+    )
+    decisions: dict[str, dict[str, Any] | Literal["approve", "reject"]] | None = Field(
+        default=None,
+        description='Per call id: "approve", "reject" or {"action": "edit", "args": {...}, '
+        '"args_hash": "..."}.',
+    )
+
+
+class ThreadView(BaseModel):
+    thread_id: str
+    messages: list[dict[str, Any]]
+    pending_approval: list[dict[str, Any]] | None
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=1)
+    k: int = Field(default=5, ge=1, le=100)
+    where: dict[str, Any] | None = None
+    mode: Literal["hybrid", "dense", "bm25"] | None = None
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=1024)
+    text: str = Field(min_length=1)
+    title: str = ""
+    metadata: dict[str, str | int | float | bool] = {}
+    format: Literal["text", "markdown"] = "text"
+
+
+class IngestJson(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    documents: list[DocumentIn] = Field(min_length=1, max_length=10_000)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    trace_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    score: float = Field(ge=0, le=1, description="0 (bad) to 1 (good); thumbs up = 1.")
+    comment: str | None = Field(default=None, max_length=10_000)
+    correction: str | None = Field(default=None, max_length=50_000)
+    thread_id: str | None = Field(default=None, max_length=200)
+
+
+# -- OpenAI-compatible --------------------------------------------------------------------
+
+
+class OpenAIMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        if not self.content:
+            return ""
+        return "".join(
+            str(part.get("text", "")) for part in self.content if part.get("type") == "text"
+        )
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # temperature, top_p, ... are accepted and ignored
+    model: str
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(default=None, max_length=200)

@@ -1,0 +1,184 @@
+"""The FastAPI application factory and the middleware every request passes through."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keel import __version__
+from keel.api import problems
+from keel.api.gateway import Gateway
+
+if TYPE_CHECKING:
+    from keel.app import App
+
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+_JSON_ONLY = {"/v1/chat", "/v1/chat/completions", "/v1/search", "/v1/feedback"}
+
+
+class Guardrail:
+    """Pure ASGI middleware: request ids, security headers, body size cap (413), content
+    type checks (415), and request metrics. Cheap enough for every request."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+        from prometheus_client import Counter, Histogram
+
+        self.requests = Counter(
+            "keel_http_requests_total",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=gateway.registry,
+        )
+        self.latency = Histogram(
+            "keel_http_request_seconds",
+            "HTTP request latency by route",
+            ["method", "route"],
+            registry=gateway.registry,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        request_id = headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        path = scope["path"]
+        limits = self.gateway.app.config.limits
+        cap = limits.max_upload_bytes if path == "/v1/ingest" else limits.max_body_bytes
+        status_holder = {"status": 500}
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                extra = [(b"x-request-id", request_id.encode()), *_SECURITY_HEADERS]
+                message["headers"] = list(message.get("headers", [])) + extra
+            await send(message)
+
+        async def refuse(status: int, detail: str) -> None:
+            from starlette.requests import Request
+
+            response = problems.problem_response(status, detail, request=Request(scope))
+            await response(scope, receive, send_with_headers)
+
+        method = scope["method"]
+        try:
+            if method in ("POST", "PUT", "PATCH"):
+                length = headers.get("content-length")
+                if length is not None and (not length.isdigit() or int(length) > cap):
+                    await refuse(413, f"the request body is larger than {cap} bytes")
+                    return
+                ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+                if path in _JSON_ONLY and ctype != "application/json":
+                    await refuse(415, "send the request body as application/json")
+                    return
+                receive = _capped(receive, cap)
+            await self.app(scope, receive, send_with_headers)
+        except _TooLarge:
+            await refuse(413, f"the request body is larger than {cap} bytes")
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.requests.labels(method, template, str(status_holder["status"])).inc()
+            self.latency.labels(method, template).observe(time.perf_counter() - started)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _capped(receive: Receive, cap: int) -> Receive:
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > cap:
+                raise _TooLarge
+        return message
+
+    return wrapped
+
+
+def create_app(app: App, *, title: str | None = None) -> FastAPI:
+    """The gateway for one Keel app: native and OpenAI-compatible chat, threads, approvals,
+    search, ingestion jobs, feedback, health and metrics; bearer API keys on everything but
+    ``/healthz``, ``/readyz`` and ``/metrics``."""
+    from prometheus_client import CollectorRegistry
+
+    from keel.api.routes import chat, knowledge, openai_compat, ops
+
+    registry = CollectorRegistry(auto_describe=True)
+    gateway = Gateway(app, registry)
+    api = FastAPI(
+        title=title or f"Keel gateway: {app.name}",
+        version=__version__,
+        description=app.config.app.description or "A Keel app over HTTP.",
+        openapi_tags=[{"name": t} for t in ("chat", "openai", "knowledge", "operations")],
+    )
+    api.state.gateway = gateway
+    problems.install(api)
+    for module in (chat, openai_compat, knowledge, ops):
+        api.include_router(module.router)
+    lim = app.config.limits
+    if lim.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        api.add_middleware(
+            CORSMiddleware,
+            allow_origins=lim.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Keel-Thread", "X-Request-ID"],
+        )
+    api.add_middleware(Guardrail, gateway=gateway)
+    _bearer_in_openapi(api)
+    return api
+
+
+def _bearer_in_openapi(api: FastAPI) -> None:
+    """Document the bearer scheme, so schema-driven clients (and schemathesis) send keys."""
+    original = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema:
+            return api.openapi_schema
+        schema = original()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+        }
+        open_paths = {"/healthz", "/readyz", "/metrics"}
+        for path, item in schema.get("paths", {}).items():
+            if path in open_paths:
+                continue
+            for op in item.values():
+                if isinstance(op, dict):
+                    op["security"] = [{"bearer": []}]
+        api.openapi_schema = schema
+        return schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
+def from_env() -> FastAPI:
+    """The gateway for the app in ``KEEL_CONFIG`` (what each uvicorn worker builds)."""
+    from keel.app import App
+    from keel.settings import get_settings
+
+    config = get_settings().config
+    return create_app(App.from_config(config if config is not None else "keel.toml"))

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from keel.api import create_app
+from keel.app import App
+from keel.testing import ScriptedChatModel
+
+TOOLS = '''
+from keel.tools import tool
+
+@tool(side_effects="write", requires_approval=True, scopes=["orders:write"])
+def refund_order(order_id: str) -> str:
+    """Refund an order.
+
+    Args:
+        order_id: The order id.
+    """
+    return f"refunded {order_id}"
+'''
+
+
+class Gateway:
+    """An in-process gateway over a scripted model, and keys to call it with."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.api = create_app(app)
+        self.client = TestClient(self.api, raise_server_exceptions=False)
+        self.keys = self.api.state.gateway.keys
+
+    def key(self, *scopes: str, name: str = "test") -> str:
+        plain, _ = self.keys.create(name, list(scopes) or ["chat"])
+        return plain
+
+    def headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def gateway(
+    make_app: Callable[..., App], tmp_path: Path, write: Callable[..., None]
+) -> Iterator[Callable[..., Gateway]]:
+    made: list[Gateway] = []
+
+    def factory(script: list[Any] | None = None, **raw: Any) -> Gateway:
+        write(tmp_path, {"gw_tools.py": TOOLS, "docs/a.md": "# Refunds\n\nRefunds take 30 days.\n"})
+        cfg = {"tools": {"enabled": ["gw_tools"]}, **raw}
+        app = make_app(cfg, model=ScriptedChatModel(script=list(script or [])))
+        gw = Gateway(app)
+        made.append(gw)
+        return gw
+
+    yield factory
+    for gw in made:
+        gw.client.close()
