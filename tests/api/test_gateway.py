@@ -80,7 +80,7 @@ def test_threads_belong_to_their_key_and_approvals_work(gateway: Callable[..., A
     view = gw.client.get("/v1/threads/t1", headers=owner).json()
     assert view["pending_approval"][0]["id"] == pending["id"]
 
-    wrong = {"decisions": {pending["id"]: {"action": "approve", "args_hash": "f" * 16}}}
+    wrong = {"decision": {pending["id"]: {"action": "approve", "args_hash": "f" * 16}}}
     problem(gw.client.post("/v1/threads/t1/approvals", json=wrong, headers=owner), 400)
     done = gw.client.post(
         "/v1/threads/t1/approvals",

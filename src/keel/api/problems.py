@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keel.errors import ConfigError, GuardTripped, KeelError, ModelError, StoreError, UsageError
@@ -47,6 +48,34 @@ TYPES = {
     502: "model-provider-failed",
     503: "unavailable",
 }
+
+
+class ProblemDocument(BaseModel):
+    """An RFC 9457 problem document (``application/problem+json``)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    request_id: str | None = None
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the problem statuses a route may answer with."""
+    schema = {"$ref": "#/components/schemas/ProblemDocument"}
+    return {
+        status: {
+            "description": TITLES.get(status, "Error"),
+            "model": ProblemDocument,
+            "content": {MEDIA_TYPE: {"schema": schema}},
+        }
+        for status in statuses
+    }
+
+
+COMMON = (400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 502, 503)
 
 
 class Problem(Exception):
@@ -103,9 +132,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = str(exc.detail) if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "")
-        return problem_response(
-            exc.status_code, detail, headers=dict(exc.headers or {}), request=request
-        )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        return problem_response(exc.status_code, detail, headers=headers, request=request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -130,6 +160,19 @@ def install(app: FastAPI) -> None:
 
         logging.getLogger("keel.api").exception("unhandled error on %s", request.url.path)
         return problem_response(500, "the server failed to handle this request", request=request)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method any route serves at this path (a path can have several routes)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods))
 
 
 def keel_problem(exc: KeelError, request: Request | None = None) -> JSONResponse:

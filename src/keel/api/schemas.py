@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     message: str = Field(min_length=1, description="The user's message.")
     thread_id: str | None = Field(
         default=None, min_length=1, max_length=200, description="Continue this thread."
@@ -42,14 +42,12 @@ class ChatResponse(BaseModel):
 
 
 class ApprovalRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    decision: Literal["approve", "reject"] | None = Field(
-        default=None, description="One decision for every pending call."
-    )
-    decisions: dict[str, dict[str, Any] | Literal["approve", "reject"]] | None = Field(
-        default=None,
-        description='Per call id: "approve", "reject" or {"action": "edit", "args": {...}, '
-        '"args_hash": "..."}.',
+    model_config = ConfigDict(extra="forbid", strict=True)
+    decision: Literal["approve", "reject"] | dict[
+        str, dict[str, Any] | Literal["approve", "reject"]
+    ] = Field(
+        description='"approve" or "reject" for every pending call, or per call id: "approve", '
+        '"reject" or {"action": "approve"|"reject"|"edit", "args": {...}, "args_hash": "..."}.'
     )
 
 
@@ -60,7 +58,7 @@ class ThreadView(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     query: str = Field(min_length=1)
     k: int = Field(default=5, ge=1, le=100)
     where: dict[str, Any] | None = None
@@ -68,7 +66,7 @@ class SearchRequest(BaseModel):
 
 
 class DocumentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     id: str = Field(min_length=1, max_length=1024)
     text: str = Field(min_length=1)
     title: str = ""
@@ -77,12 +75,12 @@ class DocumentIn(BaseModel):
 
 
 class IngestJson(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     documents: list[DocumentIn] = Field(min_length=1, max_length=10_000)
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     trace_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     score: float = Field(ge=0, le=1, description="0 (bad) to 1 (good); thumbs up = 1.")
     comment: str | None = Field(default=None, max_length=10_000)
@@ -110,13 +108,13 @@ class OpenAIMessage(BaseModel):
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")  # temperature, top_p, ... are accepted and ignored
     model: str
     messages: list[OpenAIMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=200)

@@ -8,12 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from keel.api.problems import Problem
+from keel.api.problems import COMMON, Problem, documented
 from keel.api.routes._common import close_quietly, gateway, sse
 from keel.api.schemas import ApprovalRequest, ChatRequest, ChatResponse, ThreadView
 from keel.errors import KeelError
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], responses=documented(*COMMON))
 
 
 def _check_length(request: Request, text: str) -> None:
@@ -22,7 +22,20 @@ def _check_length(request: Request, text: str) -> None:
         raise Problem(413, f"the message has {len(text)} characters (limit {limit})")
 
 
-@router.post("/v1/chat", response_model=ChatResponse, summary="Ask the app (JSON or SSE)")
+_SSE = {
+    200: {
+        "description": "The answer (JSON), or server-sent events when stream is true",
+        "content": {"text/event-stream": {"schema": {}}},
+    }
+}
+
+
+@router.post(
+    "/v1/chat",
+    response_model=ChatResponse,
+    responses=_SSE,
+    summary="Ask the app (JSON or SSE)",
+)
 def chat(body: ChatRequest, request: Request) -> Any:
     """One turn in a thread. With ``stream: true`` the answer comes as server-sent events:
     ``token``, ``citation``, ``tool_call``, ``approval_required``, ``guardrail`` and ``done``
@@ -118,15 +131,13 @@ def delete_thread(thread_id: str, request: Request) -> None:
 def approve(thread_id: str, body: ApprovalRequest, request: Request) -> Any:
     gw = gateway(request)
     key = gw.authenticate(request, "chat")
-    if (body.decision is None) == (body.decisions is None):
-        raise Problem(422, "give exactly one of 'decision' or 'decisions'")
     exists, _ = gw.app.threads.owner_of(thread_id)
     if not exists:
         raise Problem(404, f"no thread {thread_id!r}")
     with gw.thread_lock(thread_id):
         answer = gw.app.resume(
             thread_id,
-            body.decision or body.decisions,
+            body.decision,
             gw.tool_scopes(key),
             owner=key.id,
         )

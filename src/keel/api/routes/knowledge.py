@@ -10,11 +10,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from keel.api.gateway import Gateway, Job
-from keel.api.problems import Problem
+from keel.api.problems import COMMON, Problem, documented
 from keel.api.routes._common import gateway
 from keel.api.schemas import IngestJson, SearchRequest
 
-router = APIRouter(tags=["knowledge"])
+router = APIRouter(tags=["knowledge"], responses=documented(*COMMON))
 
 
 @router.post("/v1/search", summary="Hybrid search with citations")

@@ -16,12 +16,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from keel.api.problems import Problem
+from keel.api.problems import COMMON, Problem, documented
 from keel.api.routes._common import close_quietly, gateway
 from keel.api.schemas import ChatCompletionRequest
 from keel.errors import KeelError
 
-router = APIRouter(tags=["openai"])
+router = APIRouter(tags=["openai"], responses=documented(*COMMON))
 
 
 def _models(request: Request) -> list[str]:
@@ -85,7 +85,19 @@ def _usage(answer: dict[str, Any]) -> dict[str, int]:
     }
 
 
-@router.post("/v1/chat/completions", summary="Chat completions (OpenAI-compatible)")
+@router.post(
+    "/v1/chat/completions",
+    summary="Chat completions (OpenAI-compatible)",
+    responses={
+        200: {
+            "description": "A chat.completion (JSON), or chat.completion.chunk events",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/event-stream": {"schema": {}},
+            },
+        }
+    },
+)
 def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     gw = gateway(request)
     key = gw.authenticate(request, "chat")

@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import text
 
-from keel.api.problems import Problem
+from keel.api.problems import COMMON, Problem, documented
 from keel.api.routes._common import gateway
 from keel.api.schemas import FeedbackRequest
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], responses=documented(*COMMON))
 
 
 @router.post("/v1/feedback", status_code=201, summary="Feedback on an answer, by trace id")
@@ -63,7 +63,11 @@ def readyz(request: Request) -> dict[str, Any]:
     return {"status": "ready", "checks": checks}
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def metrics(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

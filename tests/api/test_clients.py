@@ -1,0 +1,142 @@
+"""Real clients against a real uvicorn server on loopback: the official `openai` package
+(sync, async, streaming) and LangChain's ChatOpenAI."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from keel.api import create_app
+from keel.app import App
+from keel.config import config_from_dict
+from keel.settings import Settings
+from keel.testing import ScriptedChatModel
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, app: App) -> None:
+        self.api = create_app(app)
+        self.port = _free_port()
+        config = uvicorn.Config(self.api, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+def echo(messages: list[Any]) -> str:
+    """Answer with what the thread holds, so tests can see threads continue."""
+    said = [m.content for m in messages if m.type == "human"]
+    return f"Heard {len(said)}: {said[-1].split('Question: ')[-1]}"
+
+
+@pytest.fixture
+def server(tmp_path: Path, model_cache_dir: Path) -> Iterator[tuple[Server, str]]:
+    app = App(
+        config_from_dict({"app": {"name": "bot"}, "agent": {"retrieve": False}}, base_dir=tmp_path),
+        settings=Settings(data_dir=tmp_path / ".keel", cache_dir=model_cache_dir),
+        model=ScriptedChatModel(script=[echo] * 20),
+    )
+    with Server(app) as srv:
+        key, _ = srv.api.state.gateway.keys.create("client", ["chat"])
+        yield srv, key
+    app.close()
+
+
+def test_openai_package_sync_stream_and_async(server: tuple[Server, str]) -> None:
+    import openai
+
+    srv, key = server
+    client = openai.OpenAI(base_url=srv.base_url, api_key=key, max_retries=0)
+    assert {m.id for m in client.models.list()} >= {"bot"}
+
+    reply = client.chat.completions.create(
+        model="bot", messages=[{"role": "user", "content": "hello there"}]
+    )
+    assert reply.choices[0].message.content == "Heard 1: hello there"
+    assert reply.usage is not None and reply.usage.total_tokens > 0
+
+    # a conversation continues through the X-Keel-Thread header
+    headers = {"X-Keel-Thread": "conv-1"}
+    client.chat.completions.create(
+        model="bot", messages=[{"role": "user", "content": "one"}], extra_headers=headers
+    )
+    second = client.chat.completions.create(
+        model="bot", messages=[{"role": "user", "content": "two"}], extra_headers=headers
+    )
+    assert second.choices[0].message.content == "Heard 2: two"
+
+    stream = client.chat.completions.create(
+        model="bot",
+        messages=[{"role": "user", "content": "stream me"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Heard 1: stream me"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
+    bad = openai.OpenAI(base_url=srv.base_url, api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+    async def run_async() -> str:
+        aclient = openai.AsyncOpenAI(base_url=srv.base_url, api_key=key, max_retries=0)
+        first = await aclient.chat.completions.create(
+            model="bot", messages=[{"role": "user", "content": "async hi"}]
+        )
+        parts = []
+        async for c in await aclient.chat.completions.create(
+            model="bot", messages=[{"role": "user", "content": "async stream"}], stream=True
+        ):
+            if c.choices and c.choices[0].delta.content:
+                parts.append(c.choices[0].delta.content)
+        await aclient.close()
+        return f"{first.choices[0].message.content}|{''.join(parts)}"
+
+    assert asyncio.run(run_async()) == "Heard 1: async hi|Heard 1: async stream"
+
+
+def test_langchain_chat_openai(server: tuple[Server, str]) -> None:
+    from langchain_openai import ChatOpenAI
+
+    srv, key = server
+    llm = ChatOpenAI(model="bot", base_url=srv.base_url, api_key=key, max_retries=0)  # type: ignore[arg-type]
+    assert llm.invoke("what is up").content == "Heard 1: what is up"
+    streamed = "".join(str(c.content) for c in llm.stream("streaming now"))
+    assert streamed == "Heard 1: streaming now"
+    # a stateless client sends the whole conversation: it seeds a new thread
+    reply = llm.invoke([("human", "first"), ("ai", "ok"), ("human", "second")])
+    assert reply.content == "Heard 2: second"
