@@ -22,7 +22,7 @@ def _check_length(request: Request, text: str) -> None:
         raise Problem(413, f"the message has {len(text)} characters (limit {limit})")
 
 
-_SSE = {
+_SSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The answer (JSON), or server-sent events when stream is true",
         "content": {"text/event-stream": {"schema": {}}},
