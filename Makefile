@@ -18,10 +18,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job on the embedded defaults: ingest the sample knowledge base and query it.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# The main job on the embedded defaults: ingest the sample knowledge base, create a local
+# admin key (printed once), and serve the gateway.
 run: install
 	$(KEEL) --config $(EXAMPLE)/keel.toml ingest
-	$(KEEL) --config $(EXAMPLE)/keel.toml search "How long do I have to ask for a refund?"
+	@KEY=$$($(KEEL) --config $(EXAMPLE)/keel.toml keys create --name local-admin --scopes admin --replace 2>/dev/null) && \
+	echo "" && \
+	echo "Local admin key (shown once): $$KEY" && \
+	echo "" && \
+	echo "Ask over HTTP:" && \
+	echo "  curl -s http://$(HOST):$(PORT)/v1/chat -H 'Authorization: Bearer '$$KEY -H 'Content-Type: application/json' -d '{\"message\": \"How long do I have to ask for a refund?\"}'" && \
+	echo "" && \
+	echo "Or with the openai package:" && \
+	echo "  $(PY) -c \"from openai import OpenAI; c = OpenAI(base_url='http://$(HOST):$(PORT)/v1', api_key='$$KEY'); print(c.chat.completions.create(model='support-bot', messages=[{'role': 'user', 'content': 'How do I turn on two-factor authentication?'}]).choices[0].message.content)\"" && \
+	echo "" && \
+	exec $(KEEL) --config $(EXAMPLE)/keel.toml serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(PY) -m pytest -q

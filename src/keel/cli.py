@@ -389,11 +389,19 @@ def keys_create(
     scopes: Annotated[
         str, typer.Option(help="Comma-separated: chat, ingest, feedback, traces:read, admin.")
     ] = "chat",
+    replace: Annotated[
+        bool, typer.Option(help="Revoke the active keys with the same name first.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Create a key. It is shown once: store it now."""
     with _errors():
-        plain, key = _key_store().create(name, scopes)
+        store = _key_store()
+        if replace:
+            for old in store.list():
+                if old.name == name and old.revoked_at is None:
+                    store.revoke(old.id)
+        plain, key = store.create(name, scopes)
     if as_json:
         _print_json({"key": plain, **key.to_dict()})
         return
