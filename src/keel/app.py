@@ -419,9 +419,11 @@ class App:
         }
 
     def _durability(self) -> str:
-        # Runs that can change the world are checkpointed before each step goes on.
+        """Runs that can change the world are checkpointed before each step goes on ("sync");
+        read-only runs are checkpointed when they end ("exit"): a crash mid-turn loses only
+        that turn, which had no effect outside."""
         writes = any(t.side_effects == "write" for t in self.toolset)
-        return "sync" if writes else "async"
+        return "sync" if writes else "exit"
 
     def _pending(self, thread_id: str, config: dict[str, Any]) -> list[dict[str, Any]] | None:
         state = self.graph.get_state(config)

@@ -85,7 +85,7 @@ def test_threads_belong_to_their_key_and_approvals_work(gateway: Callable[..., A
     done = gw.client.post(
         "/v1/threads/t1/approvals",
         json={
-            "decisions": {pending["id"]: {"action": "approve", "args_hash": pending["args_hash"]}}
+            "decision": {pending["id"]: {"action": "approve", "args_hash": pending["args_hash"]}}
         },
         headers=owner,
     )

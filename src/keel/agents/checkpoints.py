@@ -51,6 +51,9 @@ def open_checkpointer(
             path = str(db.with_name(f"{db.stem}-checkpoints.db"))
         conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a commit survives the process being killed (the tests kill it), not a
+        # power cut; FULL would fsync on every checkpoint, several per turn.
+        conn.execute("PRAGMA synchronous=NORMAL")
         saver = SqliteSaver(conn)
         saver.setup()
         return saver, conn.close

@@ -43,9 +43,9 @@ class ChatResponse(BaseModel):
 
 class ApprovalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    decision: Literal["approve", "reject"] | dict[
-        str, dict[str, Any] | Literal["approve", "reject"]
-    ] = Field(
+    decision: (
+        Literal["approve", "reject"] | dict[str, dict[str, Any] | Literal["approve", "reject"]]
+    ) = Field(
         description='"approve" or "reject" for every pending call, or per call id: "approve", '
         '"reject" or {"action": "approve"|"reject"|"edit", "args": {...}, "args_hash": "..."}.'
     )
