@@ -694,7 +694,7 @@ _ADDRESSES: list[tuple[re.Pattern[str], float]] = [
             r"(?i:\baddress(?:es)?\b(?:[ \t]+is)?[ \t]*:?|\b(?:located|lives?|lived|living|"
             r"stay(?:ing)?|meet(?:[ \t]+(?:me|you|us))?|moved|ship(?:ped)?|deliver(?:ed)?|"
             r"sen[dt](?:[ \t]+(?:it|them|this|that|a[ \t]+new[ \t]+one))?|arrived|mail(?:ed)?)"
-            r"[ \t]+(?:at|to|in|on)\b)[ \t]*\n?[ \t]*"
+            r"[ \t]+(?:at|to|in)\b)[ \t]*\n?[ \t]*"  # "shipped on" starts a date
             r"(?!(?i:the|a|an|my|your|our|his|her|their|this|that|for|about|least|most|"
             r"home|work|once|first|last|next|is|of|to|in|at|on|and|or|it|we|i|be|was)\b)"
             r"((?:\d{1,6}[A-Za-z]?[ \t]+)?(?:(?:[^\W\d_]{1,3}\.|[^\W\d_][\w'’-]*)[ \t]+){1,4}"

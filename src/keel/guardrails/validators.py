@@ -191,6 +191,12 @@ class GroundingOptions(_Options):
 
 
 _CITE = re.compile(r"\s*(\[\d{1,3}\])+")
+_MARKUP = re.compile(r"[*`]+")
+_SPACE = re.compile(r"\s+")
+
+
+def _normalise(text: str) -> str:
+    return _SPACE.sub(" ", _MARKUP.sub("", text)).strip().lower()
 _REFUSAL = re.compile(r"\b(i don't know|i do not know|i couldn't find|i could not find)\b", re.I)
 
 
@@ -220,12 +226,18 @@ class GroundingValidator(_KeelValidator):
             return PassResult()
         passages = [p for p in metadata.get("keel_passages", []) if p.strip()]
         support_sentences = [s for p in passages for s in split_sentences(p)] or passages
-        embedder = metadata["keel_embedder"]
-        scores = np.zeros(len(claims), dtype=np.float32)
-        if support_sentences:
-            vectors = embedder.encode([_CITE.sub("", c) for c in claims] + support_sentences)
-            claim_v, support_v = vectors[: len(claims)], vectors[len(claims) :]
-            scores = (claim_v @ support_v.T).max(axis=1)
+        # A sentence quoted from the context is supported as it stands (the extractive model
+        # answers this way): only the others need embeddings.
+        haystack = _normalise(" ".join(passages))
+        scores = np.ones(len(claims), dtype=np.float32)
+        todo = [i for i, c in enumerate(claims) if _normalise(_CITE.sub("", c)) not in haystack]
+        if todo and support_sentences:
+            embedder = metadata["keel_embedder"]
+            vectors = embedder.encode([_CITE.sub("", claims[i]) for i in todo] + support_sentences)
+            claim_v, support_v = vectors[: len(todo)], vectors[len(todo) :]
+            scores[todo] = (claim_v @ support_v.T).max(axis=1)
+        elif todo:
+            scores[todo] = 0.0
         unsupported = [c for c, sc in zip(claims, scores, strict=True) if sc < opts.threshold]
         _report(
             metadata,
