@@ -434,6 +434,23 @@ class App:
                     return list(value["calls"])
         return None
 
+    def _ready_for_turn(self, tid: str, config: dict[str, Any]) -> None:
+        """Refuse a thread waiting for approval; close a turn that was cut off (a client that
+        went away mid-stream, a killed process) so the history stays well-formed."""
+        from keel.agents.graph import close_cut_turn
+
+        if self._pending(tid, config):
+            raise UsageError(
+                f"thread {tid!r} is waiting for an approval: resume it (approve or reject) first"
+            )
+        saved = self._checkpointer.get_tuple(config)  # what is stored, not pending writes
+        if saved is None:
+            return
+        messages = saved.checkpoint.get("channel_values", {}).get("messages", [])
+        update = close_cut_turn(list(messages))
+        if update is not None:
+            self.graph.update_state(config, update, as_node="finalize")
+
     def _prepare_turn(
         self, thread_id: str | None, owner: str | None, scopes: Sequence[str] | None
     ) -> tuple[str, dict[str, Any]]:
@@ -485,10 +502,7 @@ class App:
         if not isinstance(question, str) or not question.strip():
             raise UsageError("the question is empty")
         tid, config = self._prepare_turn(thread_id, owner, scopes)
-        if self._pending(tid, config):
-            raise UsageError(
-                f"thread {tid!r} is waiting for an approval: resume it (approve or reject) first"
-            )
+        self._ready_for_turn(tid, config)
         trace_id = new_trace_id()
         config["configurable"]["keel_trace_id"] = trace_id
         self.graph.invoke(
@@ -524,10 +538,7 @@ class App:
         if not isinstance(question, str) or not question.strip():
             raise UsageError("the question is empty")
         tid, config = self._prepare_turn(thread_id, owner, scopes)
-        if self._pending(tid, config):
-            raise UsageError(
-                f"thread {tid!r} is waiting for an approval: resume it (approve or reject) first"
-            )
+        self._ready_for_turn(tid, config)
         trace_id = new_trace_id()
         config["configurable"]["keel_trace_id"] = trace_id
         yield from self._stream(

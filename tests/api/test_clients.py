@@ -4,53 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
-from keel.api import create_app
 from keel.app import App
 from keel.config import config_from_dict
 from keel.settings import Settings
 from keel.testing import ScriptedChatModel
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, app: App) -> None:
-        self.api = create_app(app)
-        self.port = _free_port()
-        config = uvicorn.Config(self.api, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
 
 def echo(messages: list[Any]) -> str:
@@ -60,19 +23,19 @@ def echo(messages: list[Any]) -> str:
 
 
 @pytest.fixture
-def server(tmp_path: Path, model_cache_dir: Path) -> Iterator[tuple[Server, str]]:
+def server(tmp_path: Path, model_cache_dir: Path, serve: type[Any]) -> Iterator[tuple[Any, str]]:
     app = App(
         config_from_dict({"app": {"name": "bot"}, "agent": {"retrieve": False}}, base_dir=tmp_path),
         settings=Settings(data_dir=tmp_path / ".keel", cache_dir=model_cache_dir),
         model=ScriptedChatModel(script=[echo] * 20),
     )
-    with Server(app) as srv:
+    with serve(app) as srv:
         key, _ = srv.api.state.gateway.keys.create("client", ["chat"])
         yield srv, key
     app.close()
 
 
-def test_openai_package_sync_stream_and_async(server: tuple[Server, str]) -> None:
+def test_openai_package_sync_stream_and_async(server: tuple[Any, str]) -> None:
     import openai
 
     srv, key = server
@@ -129,7 +92,7 @@ def test_openai_package_sync_stream_and_async(server: tuple[Server, str]) -> Non
     assert asyncio.run(run_async()) == "Heard 1: async hi|Heard 1: async stream"
 
 
-def test_langchain_chat_openai(server: tuple[Server, str]) -> None:
+def test_langchain_chat_openai(server: tuple[Any, str]) -> None:
     from langchain_openai import ChatOpenAI
 
     srv, key = server

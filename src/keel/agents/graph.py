@@ -426,6 +426,39 @@ class Agent:
         return graph.compile(checkpointer=checkpointer)
 
 
+CUT_OFF = "(This turn was interrupted before it finished.)"
+
+
+def close_cut_turn(messages: list[AnyMessage]) -> dict[str, Any] | None:
+    """The state update that ends a turn which stopped half-way (a client that went away, a
+    killed process): unanswered tool calls get a tool message and the turn gets a closing
+    answer, as if it had reached ``finalize``. ``None`` when the turn ended properly."""
+    last_ai = next(
+        (i for i in range(len(messages) - 1, -1, -1) if isinstance(messages[i], AIMessage)),
+        None,
+    )
+    new: list[AnyMessage] = []
+    if last_ai is not None:
+        ai = messages[last_ai]
+        assert isinstance(ai, AIMessage)
+        answered = {m.tool_call_id for m in messages[last_ai + 1 :] if isinstance(m, ToolMessage)}
+        new += [
+            ToolMessage(
+                "the turn was interrupted: no result was recorded for this call",
+                tool_call_id=tc["id"] or "",
+                name=tc["name"],
+                status="error",
+            )
+            for tc in ai.tool_calls
+            if tc["id"] not in answered
+        ]
+    closed = messages and isinstance(messages[-1], AIMessage) and not messages[-1].tool_calls
+    if closed and not new:
+        return None
+    new.append(AIMessage(CUT_OFF))
+    return {"messages": new, "answer": CUT_OFF, "stop_reason": "cancelled"}
+
+
 def _close_calls(message: AIMessage, why: str) -> list[AnyMessage]:
     """Tool messages for calls that will never run, so the history stays well-formed."""
     return [

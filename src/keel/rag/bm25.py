@@ -60,6 +60,8 @@ class BM25Index:
         self._retriever: bm25s.BM25 | None = None
         self._ids: list[str] = []
         self._meta: list[dict[str, Any]] = []
+        self._texts: list[str] = []
+        self._positions: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def stored_version(self) -> str | None:
@@ -75,10 +77,12 @@ class BM25Index:
         ids: list[str] = []
         meta: list[dict[str, Any]] = []
         texts: list[str] = []
+        raw: list[str] = []
         for chunk in chunks:
             ids.append(chunk.id)
             meta.append(chunk.store_metadata())
             texts.append(chunk.embedding_text())
+            raw.append(chunk.text)
         retriever: bm25s.BM25 | None = None
         self.directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.directory.parent, prefix=f".{self.directory.name}-"))
@@ -87,7 +91,9 @@ class BM25Index:
                 retriever = bm25s.BM25()
                 retriever.index(tokenize(texts), show_progress=False)
                 retriever.save(str(tmp), show_progress=False)
-            (tmp / _META_FILE).write_text(json.dumps({"ids": ids, "meta": meta}), "utf-8")
+            (tmp / _META_FILE).write_text(
+                json.dumps({"ids": ids, "meta": meta, "texts": raw}), "utf-8"
+            )
             (tmp / _VERSION_FILE).write_text(version, encoding="utf-8")
             old = self.directory.with_name(f".{self.directory.name}-old-{os.getpid()}")
             if self.directory.exists():
@@ -98,7 +104,9 @@ class BM25Index:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         with self._lock:
-            self._retriever, self._ids, self._meta, self.version = retriever, ids, meta, version
+            self._retriever, self._ids, self._meta, self._texts = retriever, ids, meta, raw
+            self._positions = {cid: i for i, cid in enumerate(ids)}
+            self.version = version
 
     def load(self) -> bool:
         """Load the persisted index; False when there is none."""
@@ -116,11 +124,23 @@ class BM25Index:
             return False
         with self._lock:
             self._retriever, self._ids, self._meta = retriever, data["ids"], data["meta"]
+            self._texts = data.get("texts") or []
+            self._positions = (
+                {cid: i for i, cid in enumerate(self._ids)} if self._texts else {}
+            )
             self.version = version
         return True
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def chunk(self, chunk_id: str) -> Chunk | None:
+        """The indexed chunk (text and metadata), without a round trip to the vector store."""
+        try:
+            i = self._positions[chunk_id]
+        except KeyError:
+            return None
+        return Chunk.from_store(chunk_id, self._texts[i], self._meta[i])
 
     def search(
         self, query: str, k: int, where: Mapping[str, Any] | None = None

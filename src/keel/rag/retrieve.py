@@ -75,8 +75,15 @@ class Retriever:
         ranked = ranked[:k]
 
         chunks = {c.id: c for c, _ in dense}
+        if lexical:
+            index = self.bm25()
+            for cid, _ in ranked:
+                if cid not in chunks:
+                    found = index.chunk(cid)
+                    if found is not None:
+                        chunks[cid] = found
         missing = [cid for cid, _ in ranked if cid not in chunks]
-        if missing:
+        if missing:  # an index from an older Keel without texts: ask the store
             chunks.update((c.id, c) for c in self.store.get(missing))
         hits: list[Hit] = []
         for cid, score in ranked:
