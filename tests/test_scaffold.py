@@ -84,6 +84,8 @@ def _keys(model: type[BaseModel], prefix: str = "") -> set[str]:
         if name == "base_dir" or field.default is None:  # TOML has no null: left commented
             continue
         sub = field.annotation
+        if getattr(sub, "__origin__", None) is dict:  # free-form tables ([guards.input], prices)
+            continue
         if isinstance(sub, type) and issubclass(sub, BaseModel):
             keys |= _keys(sub, f"{prefix}{name}.")
         else:

@@ -10,7 +10,8 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from keel.errors import UsageError
 from keel.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable
 
     from sqlalchemy import Engine
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from keel.agents.hooks import Hooks
     from keel.agents.prompts import Prompts
     from keel.guardrails.runner import GuardRunner
+    from keel.ops.cost import PriceTable
+    from keel.ops.tracing import Tracing
     from keel.rag.bm25 import BM25Index
     from keel.rag.embeddings import Embedder
     from keel.rag.ingest import Ingestor, Progress
@@ -359,6 +362,8 @@ class App:
             toolset=self.toolset,
             search=self._search_for_agent if a.retrieve else None,
             hooks=self._hooks(),
+            tracer=self.tracing.tracer if self.config.tracing.enabled else None,
+            capture=self._capture,
             config=AgentConfig(
                 max_steps=a.max_steps,
                 max_tool_calls=a.max_tool_calls,
@@ -408,6 +413,123 @@ class App:
         from keel.agents.checkpoints import ThreadIndex
 
         return ThreadIndex(self.engine, self.name)
+
+    @cached_property
+    def tracing(self) -> Tracing:
+        """This app's tracer provider and span store (spans also go to OTLP when configured)."""
+        from keel.ops.tracing import Tracing
+
+        tracing = Tracing(
+            self.engine,
+            service=self.name,
+            otlp_endpoint=self.settings.otlp_endpoint,
+            enabled=self.config.tracing.enabled,
+        )
+        self._closers.append(tracing.shutdown)
+        return tracing
+
+    @cached_property
+    def prices(self) -> PriceTable:
+        """Token prices per model: keel's defaults, overridden by ``[costs.prices]``."""
+        from keel.ops.cost import PriceTable
+
+        return PriceTable(self.config.costs.prices)
+
+    @cached_property
+    def git_commit(self) -> str | None:
+        """The commit the app runs from: ``KEEL_GIT_COMMIT``, else ``git rev-parse HEAD``."""
+        if self.settings.git_commit:
+            return self.settings.git_commit
+        import subprocess
+
+        try:
+            out = subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=self.config.base_dir,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() or None if out.returncode == 0 else None
+
+    def _capture(self, text: str) -> str | None:
+        """What of a text goes on a span: nothing, the text with PII and secrets redacted, or
+        the text itself (``[tracing] capture``)."""
+        mode = self.config.tracing.capture
+        if mode == "off" or not text:
+            return None
+        if mode == "full":
+            return text
+        from keel.guardrails.pii import Redactor, detect_pii
+        from keel.guardrails.secrets import detect_secrets
+
+        spans = sorted(detect_pii(text) + detect_secrets(text), key=lambda s: s.start)
+        kept, last = [], -1
+        for span in spans:
+            if span.start >= last:
+                kept.append(span)
+                last = span.end
+        return Redactor().redact(text, kept) if kept else text
+
+    def _turn_attributes(self, tid: str, owner: str | None) -> dict[str, Any]:
+        p = self.prompts
+        attrs: dict[str, Any] = {
+            "keel.app.name": self.name,
+            "keel.app.version": self.version,
+            "keel.index.version": self.index_version(),
+            "keel.prompt.system_version": p.system_version,
+            "keel.thread.id": tid,
+            "gen_ai.request.model": self.agent.chain.models[0][0],
+        }
+        if p.examples_version:
+            attrs["keel.prompt.examples_version"] = p.examples_version
+        if owner:
+            attrs["keel.key.id"] = owner
+        if self.git_commit:
+            attrs["keel.git.commit"] = self.git_commit
+        return attrs
+
+    @contextmanager
+    def _turn_span(
+        self, tid: str, owner: str | None, question: str | None
+    ) -> Iterator[tuple[Any, str]]:
+        with self.tracing.tracer.start_as_current_span(
+            "keel.turn", attributes=self._turn_attributes(tid, owner)
+        ) as span:
+            if question is not None:
+                span.set_attribute("keel.input", self._capture(question) or "")
+            yield span, format(span.get_span_context().trace_id, "032x")
+
+    def _finish_span(self, span: Any, answer: Answer | None, data: Any = None) -> None:
+        """Summary attributes of a turn (what ``keel traces list`` shows)."""
+        info = data if data is not None else answer.to_dict() if answer else {}
+        usage = info.get("usage", {})
+        events = info.get("events", [])
+        outcomes = {e.get("outcome") for e in events if "point" in e}
+        guard = (
+            "tripped"
+            if info.get("stop_reason") == "guardrail"
+            else ("flagged" if "fail" in outcomes else "pass" if outcomes else "none")
+        )
+        for key, value in {
+            "keel.summary": True,
+            "keel.stop_reason": info.get("stop_reason"),
+            "keel.output": self._capture(info.get("text", "")) or "",
+            "gen_ai.response.model": info.get("model") or None,
+            "gen_ai.usage.input_tokens": int(usage.get("input_tokens", 0)),
+            "gen_ai.usage.output_tokens": int(usage.get("output_tokens", 0)),
+            "keel.cost.usd": info.get("cost_usd"),
+            "keel.guard.outcome": guard,
+            "keel.citations": [f"{c['doc_id']}#{c['chunk_id']}" for c in info.get("citations", [])],
+        }.items():
+            if value is not None:
+                span.set_attribute(key, value)
+        if info.get("stop_reason") in ("error",):
+            from opentelemetry.trace import Status, StatusCode
+
+            span.set_status(Status(StatusCode.ERROR))
 
     def _run_config(self, thread_id: str, scopes: Sequence[str] | None) -> dict[str, Any]:
         return {
@@ -479,6 +601,10 @@ class App:
             pending_approval=pending,
             usage=dict(values.get("usage", {})),
             model=values.get("model_id", ""),
+            model_seconds=round(float(values.get("model_seconds", 0.0)), 6),
+            cost_usd=self.prices.cost(values.get("model_id", ""), values.get("usage", {}))
+            if values.get("model_id")
+            else None,
             events=list(values.get("events", [])),
             hits=list(values.get("hits", [])),
         )
@@ -503,14 +629,15 @@ class App:
             raise UsageError("the question is empty")
         tid, config = self._prepare_turn(thread_id, owner, scopes)
         self._ready_for_turn(tid, config)
-        trace_id = new_trace_id()
-        config["configurable"]["keel_trace_id"] = trace_id
-        self.graph.invoke(
-            turn_input(question, self._seed(tid, config, history)),
-            config,
-            durability=self._durability(),
-        )
-        return self._answer(tid, config, trace_id)
+        with self._turn_span(tid, owner, question) as (span, trace_id):
+            self.graph.invoke(
+                turn_input(question, self._seed(tid, config, history)),
+                config,
+                durability=self._durability(),
+            )
+            answer = self._answer(tid, config, trace_id)
+            self._finish_span(span, answer)
+        return answer
 
     def _seed(
         self, tid: str, config: dict[str, Any], history: list[Any] | None
@@ -539,15 +666,52 @@ class App:
             raise UsageError("the question is empty")
         tid, config = self._prepare_turn(thread_id, owner, scopes)
         self._ready_for_turn(tid, config)
-        trace_id = new_trace_id()
-        config["configurable"]["keel_trace_id"] = trace_id
-        yield from self._stream(
-            turn_input(question, self._seed(tid, config, history)), tid, config, trace_id
+        yield from self._traced_stream(
+            turn_input(question, self._seed(tid, config, history)), tid, config, owner, question
         )
+
+    def _traced_stream(
+        self,
+        graph_input: Any,
+        tid: str,
+        config: dict[str, Any],
+        owner: str | None,
+        question: str,
+    ) -> Iterator[dict[str, Any]]:
+        """The stream inside the turn's span. The span's context is attached only around each
+        step, so a consumer that resumes the generator from another thread (a web server's
+        thread pool) never detaches a context it did not attach."""
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+
+        tracer = self.tracing.tracer
+        span = tracer.start_span("keel.turn", attributes=self._turn_attributes(tid, owner))
+        span.set_attribute("keel.input", self._capture(question) or "")
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        ctx = trace.set_span_in_context(span)
+        events = self._stream(graph_input, tid, config, trace_id)
+        try:
+            while True:
+                token = otel_context.attach(ctx)
+                try:
+                    event = next(events)
+                except StopIteration:
+                    break
+                finally:
+                    otel_context.detach(token)
+                if event["type"] == "done":
+                    self._finish_span(span, None, event["answer"])
+                yield event
+        except GeneratorExit:
+            span.set_attribute("keel.stop_reason", "cancelled")
+            raise
+        finally:
+            events.close()
+            span.end()
 
     def _stream(
         self, graph_input: Any, tid: str, config: dict[str, Any], trace_id: str = ""
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any], None, None]:
         from langchain_core.messages import AIMessageChunk
 
         from keel.agents.graph import hit_from_dict
@@ -639,10 +803,11 @@ class App:
         if not pending:
             raise UsageError(f"thread {tid!r} has no call waiting for approval")
         payload = resolve_decisions(decision, pending)
-        trace_id = new_trace_id()
-        config["configurable"]["keel_trace_id"] = trace_id
-        self.graph.invoke(Command(resume=payload), config, durability=self._durability())
-        return self._answer(tid, config, trace_id)
+        with self._turn_span(tid, owner, None) as (span, trace_id):
+            self.graph.invoke(Command(resume=payload), config, durability=self._durability())
+            answer = self._answer(tid, config, trace_id)
+            self._finish_span(span, answer)
+        return answer
 
     def pending_approval(
         self, thread_id: str, *, owner: str | None = None
@@ -672,13 +837,6 @@ class App:
             self._checkpointer.delete_thread(tid)
             self.threads.forget(tid)
         return gone
-
-
-def new_trace_id() -> str:
-    """A W3C trace id (32 hex characters): what every turn's answer and trace carry."""
-    import secrets
-
-    return secrets.token_hex(16)
 
 
 def resolve_decisions(decision: Any, pending: list[dict[str, Any]]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from keel.errors import ConfigError
+from keel.ops.cost import CostsSection
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
@@ -91,6 +92,15 @@ class LimitsSection(_Strict):
     cors_origins: list[str] = Field(default_factory=list, description="Empty: CORS off.")
 
 
+class TracingSection(_Strict):
+    enabled: bool = Field(default=True, description="Spans into the keel database (and OTLP).")
+    capture: Literal["off", "redacted", "full"] = Field(
+        default="redacted",
+        description="Inputs and outputs on spans: not at all, with PII and secrets redacted, "
+        "or as they are.",
+    )
+
+
 class ThreadsSection(_Strict):
     retention_days: float | None = Field(
         default=None, gt=0, description="Threads idle longer than this are deleted by prune."
@@ -159,6 +169,8 @@ class KeelConfig(_Strict):
     threads: ThreadsSection = Field(default_factory=ThreadsSection)
     guards: GuardsSection = Field(default_factory=GuardsSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
+    tracing: TracingSection = Field(default_factory=TracingSection)
+    costs: CostsSection = Field(default_factory=CostsSection)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     def resolve(self, relative: str | Path) -> Path:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         default=None, description="API key for openai:* models (else the library's own lookup)."
     )
     otlp_endpoint: str | None = Field(default=None, description="OTLP endpoint for span export.")
+    git_commit: str | None = Field(
+        default=None, description="The commit the app runs from (else read with git)."
+    )
 
 
 @lru_cache(maxsize=1)

@@ -25,6 +25,8 @@ class Answer:
     pending_approval: list[dict[str, Any]] | None = None
     usage: dict[str, int] = field(default_factory=dict)
     model: str = ""
+    model_seconds: float = 0.0
+    cost_usd: float | None = None  # None when the model's price is unknown (never guessed)
     events: list[dict[str, Any]] = field(default_factory=list)
     hits: list[dict[str, Any]] = field(default_factory=list)
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypedDict
 
@@ -67,6 +69,7 @@ class AgentState(TypedDict, total=False):
     guard_message: str
     usage: dict[str, int]
     model_id: str
+    model_seconds: float
     guard_memory: dict[str, Any]  # hooks' memory across turns (e.g. PII placeholders)
 
 
@@ -97,6 +100,7 @@ def turn_input(question: str, history: list[AnyMessage] | None = None) -> dict[s
         "guard_message": "",
         "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
         "model_id": "",
+        "model_seconds": 0.0,
     }
 
 
@@ -134,6 +138,10 @@ class AgentConfig:
     retrieve: bool = True
 
 
+def _no_capture(text: str) -> str | None:
+    return None
+
+
 @dataclass
 class Agent:
     """Everything the graph's nodes need; :meth:`build` compiles the graph."""
@@ -145,6 +153,41 @@ class Agent:
     search: Callable[[str], list[Hit]] | None
     hooks: Hooks
     config: AgentConfig
+    tracer: Any = None  # an OpenTelemetry Tracer; None: no spans
+    capture: Callable[[str], str | None] = _no_capture  # what of a text goes on a span
+
+    @contextmanager
+    def _span(self, name: str, **attributes: Any) -> Iterator[Any]:
+        if self.tracer is None:
+            yield None
+            return
+        with self.tracer.start_as_current_span(name) as span:
+            _set(span, attributes)
+            yield span
+
+    def _guard_spans(self, events: list[dict[str, Any]]) -> None:
+        """One span per guard decision, placed where it ran (its latency is known)."""
+        if self.tracer is None:
+            return
+        now = time.time_ns()
+        for event in events:
+            if "latency_ms" not in event:
+                continue
+            span = self.tracer.start_span(
+                f"keel.guard {event.get('name')}",
+                start_time=now - int(float(event["latency_ms"]) * 1e6),
+            )
+            _set(
+                span,
+                {
+                    "keel.guard.validator": event.get("name"),
+                    "keel.guard.point": event.get("point"),
+                    "keel.guard.outcome": event.get("outcome"),
+                    "keel.guard.action": event.get("action"),
+                    "keel.guard.reason": event.get("reason") or None,
+                },
+            )
+            span.end(end_time=now)
 
     # -- helpers -------------------------------------------------------------------------------
     def policy(self, config: RunnableConfig) -> ToolPolicy:
@@ -169,18 +212,17 @@ class Agent:
         budget.total = sum(budget.counts.values())
         return budget
 
-    @staticmethod
-    def _recorded(state: AgentState, ctx: RunContext) -> dict[str, Any]:
+    def _recorded(self, state: AgentState, ctx: RunContext) -> dict[str, Any]:
         """What hooks left behind: their decisions, and their memory for later turns."""
+        self._guard_spans(ctx.events)
         return {"events": [*state.get("events", []), *ctx.events], "guard_memory": ctx.memory}
 
-    @staticmethod
-    def _tripped(state: AgentState, ctx: RunContext, trip: GuardTripped) -> dict[str, Any]:
+    def _tripped(self, state: AgentState, ctx: RunContext, trip: GuardTripped) -> dict[str, Any]:
         ctx.record(trip.point or "guard", "guard", "tripped", message=trip.message)
         return {
             "stop_reason": "guardrail",
             "guard_message": trip.message,
-            **Agent._recorded(state, ctx),
+            **self._recorded(state, ctx),
         }
 
     # -- nodes ---------------------------------------------------------------------------------
@@ -201,8 +243,21 @@ class Agent:
     def retrieve(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         assert self.search is not None
         ctx = self.context(state, config)
+        with self._span(
+            "keel.retrieve", **{"keel.retrieve.query": self.capture(state["question"])}
+        ) as span:
+            found = self.search(state["question"])
+            _set(
+                span,
+                {
+                    "keel.retrieve.hits": len(found),
+                    "keel.retrieve.chunk_ids": [h.chunk_id for h in found],
+                    "keel.retrieve.doc_ids": [h.doc_id for h in found],
+                    "keel.retrieve.scores": [round(h.score, 6) for h in found],
+                },
+            )
         try:
-            hits = self.hooks.run_context(self.search(state["question"]), ctx)
+            hits = self.hooks.run_context(found, ctx)
         except GuardTripped as trip:
             return self._tripped(state, ctx, trip)
         return {"hits": [h.to_dict() for h in hits], **self._recorded(state, ctx)}
@@ -217,9 +272,30 @@ class Agent:
 
     def model(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         tools = self.policy(config).visible().to_openai()
-        model_id, response = self.chain.bind(tools).invoke(self.prompt(state), config)
+        prompt = self.prompt(state)
+        primary = self.chain.models[0][0] if self.chain.models else "unknown"
+        with self._span(
+            f"chat {primary}",
+            **{"gen_ai.operation.name": "chat", "gen_ai.request.model": primary},
+        ) as span:
+            started = time.perf_counter()
+            model_id, response = self.chain.bind(tools).invoke(prompt, config)
+            elapsed = time.perf_counter() - started
+            meta = getattr(response, "usage_metadata", None) or {}
+            calls = getattr(response, "tool_calls", None) or []
+            _set(
+                span,
+                {
+                    "gen_ai.response.model": model_id,
+                    "gen_ai.usage.input_tokens": int(meta.get("input_tokens", 0) or 0),
+                    "gen_ai.usage.output_tokens": int(meta.get("output_tokens", 0) or 0),
+                    "gen_ai.response.finish_reasons": ["tool_calls" if calls else "stop"],
+                    "keel.tools.offered": [t["function"]["name"] for t in tools],
+                    "gen_ai.input.messages": self.capture(_messages_json(prompt)),
+                    "gen_ai.output.messages": self.capture(_messages_json([response])),
+                },
+            )
         usage = dict(state.get("usage", {}))
-        meta = getattr(response, "usage_metadata", None) or {}
         for key in ("input_tokens", "output_tokens", "total_tokens"):
             usage[key] = usage.get(key, 0) + int(meta.get(key, 0) or 0)
         return {
@@ -227,6 +303,7 @@ class Agent:
             "steps": state.get("steps", 0) + 1,
             "usage": usage,
             "model_id": model_id,
+            "model_seconds": state.get("model_seconds", 0.0) + elapsed,
         }
 
     def approve(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
@@ -284,19 +361,41 @@ class Agent:
                     call = ToolCall(call.id, call.name, dict(decision["args"]))
                 elif action != "approve":
                     outcome = ToolOutcome.rejected(call, str(decision.get("reason", "")))
-            try:
-                if outcome is None:
-                    checked = self.hooks.run_tool_args(call, ctx)
-                    if isinstance(checked, ToolOutcome):
-                        outcome = checked
-                    else:
-                        outcome = policy.execute_sync(checked, budget)
-                outcome = self.hooks.run_tool_result(outcome, ctx)
-            except GuardTripped as trip:
-                outcome = ToolOutcome(
-                    call=call, status="refused", content=trip.message, error=str(trip)
+            with self._span(
+                f"execute_tool {call.name}",
+                **{
+                    "gen_ai.operation.name": "execute_tool",
+                    "gen_ai.tool.name": call.name,
+                    "gen_ai.tool.call.id": call.id,
+                },
+            ) as span:
+                try:
+                    if outcome is None:
+                        checked = self.hooks.run_tool_args(call, ctx)
+                        if isinstance(checked, ToolOutcome):
+                            outcome = checked
+                        else:
+                            outcome = policy.execute_sync(checked, budget)
+                    outcome = self.hooks.run_tool_result(outcome, ctx)
+                except GuardTripped as trip:
+                    outcome = ToolOutcome(
+                        call=call, status="refused", content=trip.message, error=str(trip)
+                    )
+                    ctx.record(trip.point or "tool", "guard", "tripped", message=trip.message)
+                _set(
+                    span,
+                    {
+                        "keel.tool.status": outcome.status,
+                        "keel.tool.result_size": len(outcome.content),
+                        "keel.tool.error": outcome.error,
+                        "keel.tool.arguments": self.capture(json.dumps(call.args, default=str)),
+                        "keel.tool.result": self.capture(outcome.content),
+                    },
                 )
-                ctx.record(trip.point or "tool", "guard", "tripped", message=trip.message)
+                if span is not None and not outcome.ok:
+                    from opentelemetry.trace import Status, StatusCode
+
+                    span.set_status(Status(StatusCode.ERROR, outcome.status))
             if outcome.status in _ERROR_STATUSES:
                 errors += 1
             outcomes.append(
@@ -457,6 +556,18 @@ def close_cut_turn(messages: list[AnyMessage]) -> dict[str, Any] | None:
         return None
     new.append(AIMessage(CUT_OFF))
     return {"messages": new, "answer": CUT_OFF, "stop_reason": "cancelled"}
+
+
+def _set(span: Any, attributes: dict[str, Any]) -> None:
+    if span is None:
+        return
+    for key, value in attributes.items():
+        if value is not None:
+            span.set_attribute(key, value)
+
+
+def _messages_json(messages: list[BaseMessage]) -> str:
+    return json.dumps([{"role": m.type, "content": m.text} for m in messages], ensure_ascii=False)
 
 
 def _close_calls(message: AIMessage, why: str) -> list[AnyMessage]:

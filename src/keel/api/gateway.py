@@ -22,6 +22,14 @@ if TYPE_CHECKING:
     from keel.app import App
 
 
+def _seconds_to_midnight() -> int:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, int((midnight - now).total_seconds()))
+
+
 @dataclass
 class Job:
     id: str
@@ -54,6 +62,11 @@ class Gateway:
             redis_url=app.settings.redis_url,
         )
         self.registry = registry
+        from keel.ops.cost import UsageLedger
+        from keel.ops.metrics import Metrics
+
+        self.metrics = Metrics(registry)
+        self.ledger = UsageLedger(app.engine)
         self._thread_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.jobs: dict[str, Job] = {}
@@ -77,6 +90,15 @@ class Gateway:
             )
         if not key.allows(scope):
             raise Problem(403, f"this key lacks the {scope!r} scope", scope=scope)
+        budget = self.app.config.costs.daily_budget_usd_per_key
+        if budget is not None and self.ledger.over_budget(key.id, budget):
+            raise Problem(
+                429,
+                f"the key's daily cost budget (${budget:.2f}) is spent",
+                type="cost-budget",
+                headers={"Retry-After": str(_seconds_to_midnight())},
+                retry_after=_seconds_to_midnight(),
+            )
         refusal = self.limits.admit(key.id)
         if refusal is not None:
             raise Problem(
@@ -105,6 +127,13 @@ class Gateway:
             yield
         finally:
             lock.release()
+
+    def account(self, key: ApiKey, answer: dict[str, Any], seconds: float) -> None:
+        """After a turn: the key's tokens and cost, and the metrics."""
+        usage = answer.get("usage", {})
+        self.limits.spend_tokens(key.id, int(usage.get("total_tokens", 0)))
+        self.ledger.record(key.id, usage, answer.get("cost_usd"))
+        self.metrics.answer(answer, seconds, retrieved=self.app.config.agent.retrieve)
 
     def new_job(self, key_id: str) -> Job:
         job = Job(id=uuid.uuid4().hex, key_id=key_id)

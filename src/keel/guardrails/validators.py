@@ -197,6 +197,8 @@ _SPACE = re.compile(r"\s+")
 
 def _normalise(text: str) -> str:
     return _SPACE.sub(" ", _MARKUP.sub("", text)).strip().lower()
+
+
 _REFUSAL = re.compile(r"\b(i don't know|i do not know|i couldn't find|i could not find)\b", re.I)
 
 

@@ -125,9 +125,7 @@ class BM25Index:
         with self._lock:
             self._retriever, self._ids, self._meta = retriever, data["ids"], data["meta"]
             self._texts = data.get("texts") or []
-            self._positions = (
-                {cid: i for i, cid in enumerate(self._ids)} if self._texts else {}
-            )
+            self._positions = {cid: i for i, cid in enumerate(self._ids)} if self._texts else {}
             self.version = version
         return True
 

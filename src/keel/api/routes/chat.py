@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,13 +48,17 @@ def chat(body: ChatRequest, request: Request) -> Any:
     thread_id = body.thread_id or _new_thread_id()
     scopes = gw.tool_scopes(key)
     if not body.stream:
+        started = time.perf_counter()
         with gw.thread_lock(thread_id):
             answer = app.ask(body.message, thread_id, scopes, owner=key.id)
-        gw.limits.spend_tokens(key.id, answer.usage.get("total_tokens", 0))
-        return answer.to_dict()
+        data = answer.to_dict()
+        gw.account(key, data, time.perf_counter() - started)
+        return data
 
     lock = gw.thread_lock(thread_id)
     lock.__enter__()  # held for the stream's whole life; released when it ends or is cut
+
+    started = time.perf_counter()
 
     def events() -> Iterator[str]:
         stream = app.stream(body.message, thread_id, scopes, owner=key.id)
@@ -61,9 +66,7 @@ def chat(body: ChatRequest, request: Request) -> Any:
             for event in stream:
                 kind = event.pop("type")
                 if kind == "done":
-                    gw.limits.spend_tokens(
-                        key.id, event["answer"].get("usage", {}).get("total_tokens", 0)
-                    )
+                    gw.account(key, event["answer"], time.perf_counter() - started)
                     yield sse("done", event["answer"])
                 else:
                     yield sse(kind, event)
@@ -134,6 +137,7 @@ def approve(thread_id: str, body: ApprovalRequest, request: Request) -> Any:
     exists, _ = gw.app.threads.owner_of(thread_id)
     if not exists:
         raise Problem(404, f"no thread {thread_id!r}")
+    started = time.perf_counter()
     with gw.thread_lock(thread_id):
         answer = gw.app.resume(
             thread_id,
@@ -141,5 +145,6 @@ def approve(thread_id: str, body: ApprovalRequest, request: Request) -> Any:
             gw.tool_scopes(key),
             owner=key.id,
         )
-    gw.limits.spend_tokens(key.id, answer.usage.get("total_tokens", 0))
-    return answer.to_dict()
+    data = answer.to_dict()
+    gw.account(key, data, time.perf_counter() - started)
+    return data

@@ -119,13 +119,14 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         raise Problem(422, "a thread id has at most 200 characters")
     scopes = gw.tool_scopes(key)
     created = int(time.time())
+    started = time.perf_counter()
     model = body.model
 
     if not body.stream:
         with gw.thread_lock(thread_id):
             answer = gw.app.ask(question, thread_id, scopes, owner=key.id, history=history)
-        gw.limits.spend_tokens(key.id, answer.usage.get("total_tokens", 0))
         data = answer.to_dict()
+        gw.account(key, data, time.perf_counter() - started)
         return {
             "id": f"chatcmpl-{answer.trace_id}",
             "object": "chat.completion",
@@ -174,7 +175,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                     yield chunk(cid, {"content": event["text"]}, None)
                 elif event["type"] == "done":
                     answer = event["answer"]
-                    gw.limits.spend_tokens(key.id, answer.get("usage", {}).get("total_tokens", 0))
+                    gw.account(key, answer, time.perf_counter() - started)
                     if answer["pending_approval"]:
                         yield chunk(cid, {"content": _content(answer)}, None)
                     yield chunk(cid, {}, "stop", keel=_keel_extra(answer))

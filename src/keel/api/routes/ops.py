@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import text
 
 from keel.api.problems import COMMON, Problem, documented
@@ -73,3 +74,57 @@ def metrics(request: Request) -> Response:
 
     gw = gateway(request)
     return Response(generate_latest(gw.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+_ISO = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$"
+
+
+def _time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    from datetime import UTC
+
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Problem(422, f"not a valid ISO 8601 time: {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@router.get("/v1/traces", summary="Recent traces, filtered")
+def traces(
+    request: Request,
+    since: str | None = Query(default=None, pattern=_ISO, description="ISO 8601 time"),
+    until: str | None = Query(default=None, pattern=_ISO, description="ISO 8601 time"),
+    app_version: str | None = None,
+    status: Literal["ok", "error"] | None = None,
+    thread_id: str | None = None,
+    min_latency_ms: float | None = Query(default=None, ge=0),
+    guard_outcome: Literal["none", "pass", "flagged", "tripped"] | None = None,
+    limit: int = Query(default=50, ge=1, le=1000),
+) -> dict[str, Any]:
+    gw = gateway(request)
+    gw.authenticate(request, "traces:read")
+    gw.app.tracing.flush()
+    rows = gw.app.tracing.list(
+        since=_time(since),
+        until=_time(until),
+        app_version=app_version,
+        status=status,
+        thread_id=thread_id,
+        min_latency_ms=min_latency_ms,
+        guard_outcome=guard_outcome,
+        limit=limit,
+    )
+    return {"traces": rows}
+
+
+@router.get("/v1/traces/{trace_id}", summary="A trace: its span tree with inputs and outputs")
+def trace(trace_id: str, request: Request) -> dict[str, Any]:
+    gw = gateway(request)
+    gw.authenticate(request, "traces:read")
+    gw.app.tracing.flush()
+    found = gw.app.tracing.get(trace_id)
+    if found is None:
+        raise Problem(404, f"no trace {trace_id!r}")
+    return found
