@@ -428,6 +428,44 @@ class App:
         self._closers.append(tracing.shutdown)
         return tracing
 
+    def turn_record(self, trace_id: str) -> dict[str, Any] | None:
+        """What a traced turn asked, answered and retrieved (for feedback and evaluation)."""
+        self.tracing.flush()
+        found = self.tracing.get(trace_id)
+        if found is None:
+            return None
+        spans: list[dict[str, Any]] = []
+        stack = list(found["spans"])
+        while stack:
+            span = stack.pop()
+            spans.append(span)
+            stack.extend(span["children"])
+        turn = next((s for s in spans if s["name"] == "keel.turn"), None)
+        retrieve = next((s for s in spans if s["name"] == "keel.retrieve"), None)
+        hits: list[dict[str, Any]] = []
+        if retrieve is not None:
+            ids = retrieve["attributes"].get("keel.retrieve.chunk_ids", [])
+            if ids:
+                hits = [
+                    {"chunk_id": c.id, "doc_id": c.doc_id, "text": c.text}
+                    for c in self.store().get(list(ids))
+                ]
+        attrs = turn["attributes"] if turn else {}
+        return {
+            "question": attrs.get("keel.input"),
+            "answer": attrs.get("keel.output"),
+            "hits": hits,
+            "app_version": attrs.get("keel.app.version"),
+            "index_version": attrs.get("keel.index.version"),
+            "model": attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model"),
+            "prompt_versions": {
+                k.removeprefix("keel.prompt."): v
+                for k, v in attrs.items()
+                if k.startswith("keel.prompt.")
+            },
+            "git_commit": attrs.get("keel.git.commit"),
+        }
+
     @cached_property
     def prices(self) -> PriceTable:
         """Token prices per model: keel's defaults, overridden by ``[costs.prices]``."""

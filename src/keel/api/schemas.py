@@ -38,6 +38,8 @@ class ChatResponse(BaseModel):
     pending_approval: list[dict[str, Any]] | None
     usage: dict[str, int]
     model: str
+    model_seconds: float = 0.0
+    cost_usd: float | None = None
     events: list[dict[str, Any]]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,46 @@ class Guardrail:
             await response(scope, receive, send_with_headers)
 
         method = scope["method"]
+        tracer = self.gateway.app.tracing.tracer if path.startswith("/v1/") else None
+        span_cm = (
+            tracer.start_as_current_span(
+                f"{method} {path}",
+                attributes={
+                    "http.request.method": method,
+                    "url.path": path,
+                    "keel.request.id": request_id,
+                },
+            )
+            if tracer is not None
+            else contextlib.nullcontext()
+        )
+        with span_cm as span:
+            await self._handle(scope, receive, send, send_with_headers, refuse, headers, cap)
+            if span is not None:
+                route = scope.get("route")
+                span.set_attribute("http.route", getattr(route, "path", path))
+                span.set_attribute("http.response.status_code", status_holder["status"])
+                if status_holder["status"] >= 500:
+                    from opentelemetry.trace import Status, StatusCode
+
+                    span.set_status(Status(StatusCode.ERROR))
+        route = scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        self.requests.labels(method, template, str(status_holder["status"])).inc()
+        self.latency.labels(method, template).observe(time.perf_counter() - started)
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        send_with_headers: Any,
+        refuse: Any,
+        headers: dict[str, str],
+        cap: int,
+    ) -> None:
+        method = scope["method"]
+        path = scope["path"]
         try:
             if method in ("POST", "PUT", "PATCH"):
                 length = headers.get("content-length")
@@ -89,11 +130,6 @@ class Guardrail:
             await self.app(scope, receive, send_with_headers)
         except _TooLarge:
             await refuse(413, f"the request body is larger than {cap} bytes")
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            self.requests.labels(method, template, str(status_holder["status"])).inc()
-            self.latency.labels(method, template).observe(time.perf_counter() - started)
 
 
 class _TooLarge(Exception):

@@ -1,0 +1,119 @@
+"""Private by default, proven: the main paths run with outbound sockets blocked, and any
+attempt to reach a non-loopback address fails the test (as it would leak data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+BLOCKER = textwrap.dedent(
+    """
+    import ipaddress, os, socket
+
+    _real = socket.socket.connect
+    _log = os.environ["KEEL_TEST_CONNECT_LOG"]
+
+    def _guard(self, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None:
+            try:
+                ok = host == "localhost" or ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                ok = False
+            if not ok:
+                with open(_log, "a") as f:
+                    f.write(repr(address) + "\\n")
+                raise OSError("outbound connection blocked by the privacy test")
+        return _real(self, address)
+
+    socket.socket.connect = _guard
+    _resolve = socket.getaddrinfo
+
+    def _getaddrinfo(host, *args, **kwargs):
+        if host not in (None, "localhost", "127.0.0.1", "::1"):
+            with open(_log, "a") as f:
+                f.write("resolve " + repr(host) + "\\n")
+            raise socket.gaierror("name resolution blocked by the privacy test")
+        return _resolve(host, *args, **kwargs)
+
+    socket.getaddrinfo = _getaddrinfo
+    """
+)
+
+
+def test_cli_ingest_ask_serve_and_chat_make_no_outbound_connection(
+    tmp_path: Path, model_cache_dir: Path
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    log = tmp_path / "connections.log"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("KEEL_", "OTEL_"))},
+        "PYTHONPATH": str(site),
+        "KEEL_TEST_CONNECT_LOG": str(log),
+        "KEEL_CACHE_DIR": str(model_cache_dir),
+        "HOME": str(tmp_path / "home"),  # no ~/.guardrailsrc or other user settings
+    }
+    keel = [sys.executable, "-m", "keel.cli"]
+
+    def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*keel, *args], env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path, **kw
+        )  # type: ignore[call-overload]
+
+    assert run("init", "app").returncode == 0
+    config = str(tmp_path / "app" / "keel.toml")
+    with open(config, "a") as f:  # the guards and tracing paths too
+        f.write(
+            '\n[guards.input.injection]\non_fail = "exception"\n'
+            '[guards.output.grounding]\non_fail = "fix"\n'
+        )
+    assert run("--config", config, "ingest", "--json").returncode == 0
+    asked = run("--config", config, "ask", "which formats can I add?", "--json")
+    assert asked.returncode == 0, asked.stderr
+    assert json.loads(asked.stdout)["citations"]
+
+    key = run("--config", config, "keys", "create", "--name", "t", "--scopes", "chat").stdout
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [*keel, "--config", config, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    try:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, server.stderr.read() if server.stderr else ""
+            time.sleep(0.2)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat",
+            json={"message": "how do I search?"},
+            headers={"Authorization": f"Bearer {key.strip()}"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    attempts = log.read_text() if log.exists() else ""
+    assert attempts == "", f"outbound connections were attempted:\n{attempts}"
