@@ -364,6 +364,7 @@ class App:
             hooks=self._hooks(),
             tracer=self.tracing.tracer if self.config.tracing.enabled else None,
             capture=self._capture,
+            capture_prompts=self.config.tracing.capture == "full",
             config=AgentConfig(
                 max_steps=a.max_steps,
                 max_tool_calls=a.max_tool_calls,

@@ -155,6 +155,7 @@ class Agent:
     config: AgentConfig
     tracer: Any = None  # an OpenTelemetry Tracer; None: no spans
     capture: Callable[[str], str | None] = _no_capture  # what of a text goes on a span
+    capture_prompts: bool = False  # whole prompts on model spans (tracing.capture = "full")
 
     @contextmanager
     def _span(self, name: str, **attributes: Any) -> Iterator[Any]:
@@ -291,8 +292,10 @@ class Agent:
                     "gen_ai.usage.output_tokens": int(meta.get("output_tokens", 0) or 0),
                     "gen_ai.response.finish_reasons": ["tool_calls" if calls else "stop"],
                     "keel.tools.offered": [t["function"]["name"] for t in tools],
-                    "gen_ai.input.messages": self.capture(_messages_json(prompt)),
-                    "gen_ai.output.messages": self.capture(_messages_json([response])),
+                    "gen_ai.input.messages": _messages_json(prompt)
+                    if self.capture_prompts
+                    else None,
+                    "gen_ai.output.messages": self.capture(response.text),
                 },
             )
         usage = dict(state.get("usage", {}))
