@@ -630,12 +630,17 @@ class App:
         values = self.graph.get_state(config).values
         pending = self._pending(thread_id, config)
         text = values.get("answer", "") if pending is None else ""
+        citations = citations_for(text, values.get("hits", []))
+        if citations:  # lineage: each citation leads to its chunk, document and content hash
+            hashes = self.manifest().hashes(c["doc_id"] for c in citations)
+            for c in citations:
+                c["doc_hash"] = hashes.get(c["doc_id"])
         return Answer(
             text=text,
             thread_id=thread_id,
             trace_id=trace_id,
             stop_reason="approval_required" if pending else values.get("stop_reason", "done"),
-            citations=citations_for(text, values.get("hits", [])),
+            citations=citations,
             tool_calls=list(values.get("outcomes", [])),
             pending_approval=pending,
             usage=dict(values.get("usage", {})),

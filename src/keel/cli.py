@@ -433,6 +433,43 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id.")]) ->
     err.print(f"revoked {key_id}")
 
 
+threads_cli = typer.Typer(help="Conversation threads.", no_args_is_help=True)
+cli.add_typer(threads_cli, name="threads")
+
+
+@threads_cli.command("list")
+def threads_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Threads, most recently used first."""
+    with _errors():
+        app = _app()
+        rows = [
+            {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()}
+            for r in app.threads.all()
+        ]
+        app.close()
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        out.print(f"{r['thread_id']}  {r['updated_at'][:19]}  owner={r['owner'] or '-'}")
+
+
+@threads_cli.command("prune")
+def threads_prune(
+    older_than_days: Annotated[
+        float | None, typer.Option(help="Default: threads.retention_days in keel.toml.")
+    ] = None,
+) -> None:
+    """Delete threads idle for longer than the retention period."""
+    with _errors():
+        app = _app()
+        gone = app.prune_threads(older_than_days)
+        app.close()
+    err.print(f"deleted {len(gone)} thread(s)")
+
+
 traces_cli = typer.Typer(help="Traces of the app's turns.", no_args_is_help=True)
 cli.add_typer(traces_cli, name="traces")
 

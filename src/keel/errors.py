@@ -76,10 +76,13 @@ class GuardTripped(KeelError):
 
     exit_code = 1
 
-    def __init__(self, message: str, *, point: str = "", result: object = None) -> None:
+    def __init__(
+        self, message: str, *, point: str = "", result: object = None, reask: bool = False
+    ) -> None:
         self.message = message
         self.point = point
         self.result = result
+        self.reask = reask  # an output guard asks the model to answer again
         super().__init__(f"guard tripped at {point or 'a hook point'}: {message}")
 
 

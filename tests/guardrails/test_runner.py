@@ -147,3 +147,34 @@ def test_stream_without_violation_shows_everything(make_app: Callable[..., App])
     shown = "".join(e["text"] for e in events if e["type"] == "token")
     assert shown == "One sentence here. Another one there. The end"
     assert events[-1]["answer"]["text"] == shown
+
+
+def test_reask_sends_the_answer_back_to_the_model_once(make_app: Callable[..., App]) -> None:
+    guards = {"output": {"length": {"max_chars": 20, "on_fail": "reask"}}}
+    seen: list[Any] = []
+
+    def second(messages: list[Any]) -> str:
+        seen.append(messages)
+        return "Short answer."
+
+    app = make_app(
+        {"guards": guards, "agent": {"retrieve": False}},
+        model=ScriptedChatModel(script=["This answer is far too long to pass.", second]),
+    )
+    answer = app.ask("hi")
+    assert answer.text == "Short answer." and answer.stop_reason == "done"
+    assert "rejected by a check" in str(seen[0][-1].content)
+    assert [m.type for m in app.history(answer.thread_id)] == ["human", "ai"]  # no stale answer
+    assert any(e.get("outcome") == "reask" for e in answer.events)
+
+    stubborn = make_app(
+        {"guards": guards, "agent": {"retrieve": False}},
+        model=ScriptedChatModel(script=["Still far too long to pass.", "And again far too long."]),
+    )
+    refused = stubborn.ask("hi")
+    assert refused.stop_reason == "guardrail" and refused.text.startswith("I don't know")
+
+
+def test_reask_is_only_for_the_output_point() -> None:
+    with pytest.raises(ConfigError, match="reask"):
+        runner(input={"length": {"on_fail": "reask"}})

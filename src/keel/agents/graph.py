@@ -33,6 +33,8 @@ from langchain_core.messages import (
     AnyMessage,
     BaseMessage,
     HumanMessage,
+    RemoveMessage,
+    SystemMessage,
     ToolMessage,
 )
 from langchain_core.runnables import RunnableConfig
@@ -70,6 +72,8 @@ class AgentState(TypedDict, total=False):
     usage: dict[str, int]
     model_id: str
     model_seconds: float
+    reask_note: str  # why an output guard sent the answer back (only for the next model call)
+    reasks: int
     guard_memory: dict[str, Any]  # hooks' memory across turns (e.g. PII placeholders)
 
 
@@ -101,6 +105,8 @@ def turn_input(question: str, history: list[AnyMessage] | None = None) -> dict[s
         "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
         "model_id": "",
         "model_seconds": 0.0,
+        "reask_note": "",
+        "reasks": 0,
     }
 
 
@@ -130,8 +136,12 @@ def citations_for(text: str, hits: list[dict[str, Any]]) -> list[dict[str, Any]]
     return [{"n": n, **hit_from_dict(hits[n - 1]).citation} for n in seen]
 
 
+REFUSAL_TEXT = "I don't know: the documents I have do not answer this."
+
+
 @dataclass
 class AgentConfig:
+    max_reasks: int = 1
     max_steps: int = 8
     max_tool_calls: int = 16
     max_tool_errors: int = 3
@@ -269,7 +279,15 @@ class Agent:
         current = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
         hits = [hit_from_dict(h) for h in state.get("hits", [])]
         turn = HumanMessage(render_user_turn(state["question"], hits))
-        return [*self.prompts.messages(), *messages[:current], turn, *messages[current + 1 :]]
+        prompt = [*self.prompts.messages(), *messages[:current], turn, *messages[current + 1 :]]
+        if state.get("reask_note"):
+            prompt.append(
+                SystemMessage(
+                    f"Your previous answer was rejected by a check: {state['reask_note']}. "
+                    "Answer again, following your instructions."
+                )
+            )
+        return prompt
 
     def model(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         tools = self.policy(config).visible().to_openai()
@@ -307,6 +325,8 @@ class Agent:
             "usage": usage,
             "model_id": model_id,
             "model_seconds": state.get("model_seconds", 0.0) + elapsed,
+            "reask_note": "",
+            "stop_reason": "",  # a reask is over once the model answered again
         }
 
     def approve(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
@@ -469,7 +489,22 @@ class Agent:
             try:
                 checked = self.hooks.run_output(text, ctx)
             except GuardTripped as trip:
-                reason, checked = "guardrail", trip.message
+                if (
+                    trip.reask
+                    and state.get("reasks", 0) < self.config.max_reasks
+                    and isinstance(last, AIMessage)
+                    and not new
+                ):
+                    ctx.record("output", "guard", "reask", message=trip.message)
+                    return {
+                        "messages": [RemoveMessage(id=last.id or "")],
+                        "stop_reason": "reask",
+                        "reask_note": trip.message,
+                        "reasks": state.get("reasks", 0) + 1,
+                        **self._recorded(state, ctx),
+                    }
+                reason = "guardrail"
+                checked = REFUSAL_TEXT if trip.reask else trip.message
                 ctx.record(trip.point or "output", "guard", "tripped", message=trip.message)
             if checked != text:
                 text = checked
@@ -505,6 +540,9 @@ class Agent:
             return "finalize"
         return "approve"
 
+    def after_finalize(self, state: AgentState) -> str:
+        return "model" if state.get("stop_reason") == "reask" else END
+
     def after_tools(self, state: AgentState) -> str:
         if state.get("tool_errors", 0) >= self.config.max_tool_errors:
             return "finalize"
@@ -524,7 +562,7 @@ class Agent:
         graph.add_conditional_edges("model", self.after_model, ["approve", "finalize"])
         graph.add_edge("approve", "tools")
         graph.add_conditional_edges("tools", self.after_tools, ["model", "finalize"])
-        graph.add_edge("finalize", END)
+        graph.add_conditional_edges("finalize", self.after_finalize, ["model", END])
         return graph.compile(checkpointer=checkpointer)
 
 

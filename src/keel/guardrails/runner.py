@@ -46,7 +46,7 @@ class RunContext(Protocol):
     def record(self, point: str, name: str, outcome: str, **details: Any) -> None: ...
 
 
-ACTIONS = ("exception", "fix", "filter", "refrain", "noop")
+ACTIONS = ("exception", "fix", "filter", "refrain", "noop", "reask")
 REFUSAL = "I don't know: the documents I have do not answer this."
 # Options that belong to the rule, not to the validator.
 _RULE_KEYS = {"on_fail", "tools"}
@@ -145,13 +145,17 @@ def build_rules(section: GuardsSection) -> dict[str, list[Rule]]:
             if action not in ACTIONS:
                 raise ConfigError(f"{where}.on_fail: one of {', '.join(ACTIONS)}")
             tools = raw.get("tools", "all")
+            if action == "reask" and point != "output":
+                raise ConfigError(f"{where}.on_fail: reask needs a model, so only at output")
             if point != "tool_args" and "tools" in raw:
                 raise ConfigError(f"{where}.tools: only tool_args rules take 'tools'")
             if not (tools in ("all", "external") or isinstance(tools, list)):
                 raise ConfigError(f"{where}.tools: 'all', 'external' or a list of tool names")
             options = {k: v for k, v in raw.items() if k not in _RULE_KEYS}
             try:
-                validator = VALIDATORS[name](on_fail=OnFailAction(action), **options)
+                # reask: keel asks the model again itself (the graph goes back to the model)
+                on_fail = OnFailAction.EXCEPTION if action == "reask" else OnFailAction(action)
+                validator = VALIDATORS[name](on_fail=on_fail, **options)
             except Exception as exc:  # pydantic ValidationError: unknown or bad options
                 first = str(exc).splitlines()
                 raise ConfigError(f"{where}: {first[1] if len(first) > 1 else exc}") from exc
@@ -271,6 +275,13 @@ class GuardRunner:
             ctx.events.append(d.event())
         if result is None:
             failed = decisions[-1]
+            if failed.action == "reask":
+                raise GuardTripped(
+                    failed.reason or "the answer failed a check",
+                    point=point,
+                    result=failed.event(),
+                    reask=True,
+                )
             message = REFUSAL if (failed.action == "refrain" and point == "output") else None
             raise self._trip(point, failed, message)
         return result

@@ -60,6 +60,19 @@ class Manifest:
                 for r in rows
             }
 
+    def hashes(self, doc_ids: Iterable[str]) -> dict[str, str]:
+        """Content hash of each of these documents (for citations and lineage)."""
+        ids = sorted(set(doc_ids))
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(documents.c.doc_id, documents.c.content_hash).where(
+                    documents.c.collection == self.collection, documents.c.doc_id.in_(ids)
+                )
+            )
+            return {r.doc_id: r.content_hash for r in rows}
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(
