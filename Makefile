@@ -6,7 +6,7 @@ KEEL   := $(VENV)/bin/keel
 STAMP  := $(VENV)/.keel-installed
 EXAMPLE := examples/support_bot
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test test-fast lint eval bench clean
 
 install: $(STAMP)
 
@@ -40,17 +40,32 @@ run: install
 test: install
 	$(PY) -m pytest -q
 
+# The support bot's eval suite with `keel eval` (exit 1 on a significant regression against
+# examples/support_bot/evals/baseline.json); state in a temporary folder.
+eval: install
+	@mkdir -p test-artifacts
+	@DATA=$$(mktemp -d) && \
+	KEEL_DATA_DIR=$$DATA $(KEEL) --config $(EXAMPLE)/keel.toml ingest && \
+	KEEL_DATA_DIR=$$DATA $(KEEL) eval $(EXAMPLE)/evals/support.yaml \
+		--junit test-artifacts/support-bot-eval.xml --report test-artifacts/support-bot-eval.html; \
+	status=$$?; rm -rf $$DATA; exit $$status
+
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not chroma_server"
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks examples scripts
 	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) benchmarks/retrieval_beir.py ../shared/data/scifact
-	$(PY) benchmarks/ingest.py ../shared/data/scifact
+	$(PY) benchmarks/ingest.py ../shared/data/scifact --limit 1000
+	$(PY) benchmarks/agent_overhead.py
+	$(PY) benchmarks/guards.py
+	$(PY) benchmarks/gateway.py
+	$(PY) benchmarks/tracing_overhead.py
+	$(PY) benchmarks/eval_runner.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

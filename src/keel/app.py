@@ -243,15 +243,27 @@ class App:
 
     @property
     def version(self) -> str:
-        """Content hash of the app: config, prompt files and the index version."""
+        """Content hash of the app: config, prompt files, tool signatures and index version."""
+        return self.version_for(self.index_version())
+
+    def version_for(self, index_version: str) -> str:
+        digest = hashlib.sha256(self._definition_digest.encode())
+        digest.update(index_version.encode())
+        return digest.hexdigest()[:16]
+
+    @cached_property
+    def _definition_digest(self) -> str:
+        """What the app is, apart from its index: fixed for the life of the App (the prompts
+        and tools it loaded are the ones it runs with)."""
         digest = hashlib.sha256()
         digest.update(json.dumps(self.config.model_dump(mode="json"), sort_keys=True).encode())
         for ref in (self.config.prompts.system, self.config.prompts.examples):
             if ref:
                 path = self.config.resolve(ref)
                 digest.update(path.read_bytes() if path.is_file() else b"<missing>")
-        digest.update(self.index_version().encode())
-        return digest.hexdigest()[:16]
+        tools = json.dumps(self.toolset.to_openai(), sort_keys=True, default=str)
+        digest.update(tools.encode())
+        return digest.hexdigest()
 
     def close(self) -> None:
         for closer in reversed(self._closers):
@@ -514,10 +526,11 @@ class App:
 
     def _turn_attributes(self, tid: str, owner: str | None) -> dict[str, Any]:
         p = self.prompts
+        index_version = self.index_version()
         attrs: dict[str, Any] = {
             "keel.app.name": self.name,
-            "keel.app.version": self.version,
-            "keel.index.version": self.index_version(),
+            "keel.app.version": self.version_for(index_version),
+            "keel.index.version": index_version,
             "keel.prompt.system_version": p.system_version,
             "keel.thread.id": tid,
             "gen_ai.request.model": self.agent.chain.models[0][0],

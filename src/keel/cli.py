@@ -433,6 +433,106 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id.")]) ->
     err.print(f"revoked {key_id}")
 
 
+@cli.command("eval")
+def eval_suite(
+    suite: Annotated[Path, typer.Argument(help="A suite file, e.g. evals/smoke.yaml.")],
+    baseline: Annotated[
+        Path | None, typer.Option(help="Compare with this run (default: the suite's baseline).")
+    ] = None,
+    save_baseline: Annotated[
+        Path | None, typer.Option(help="Save this run as a baseline file.")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write an HTML report here.")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Write JUnit XML here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Evaluate the app on a suite and gate it: exit 0 pass, 1 gate failed, 2 usage error."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from keel.evals.check import evaluate
+    from keel.evals.reports import terminal_table, to_json, write_html, write_junit
+
+    with _errors():
+        if not suite.is_file():
+            raise UsageError(f"no suite file {suite}")
+        if baseline is not None and not baseline.is_file():
+            raise UsageError(f"no baseline file {baseline}")
+        bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=as_json or not err.is_terminal,
+        )
+        with bar:
+            task = bar.add_task("evaluating", total=None)
+            result = evaluate(
+                suite,
+                baseline=baseline,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        if save_baseline is not None:
+            result.run.save(save_baseline)
+        if report is not None:
+            write_html(result.run, result.result, report, baseline=result.baseline)
+        if junit is not None:
+            write_junit(result.run, result.result, junit)
+    if as_json:
+        _print_json(to_json(result.run, result.result))
+    else:
+        out.print(terminal_table(result.run, result.result))
+        for reason in result.result.reasons:
+            err.print(f"[red]gate:[/red] {reason}")
+        for name, why in result.run.skipped_metrics.items():
+            err.print(f"skipped {name}: {why}")
+        verdict = "[green]PASS[/green]" if result.result.passed else "[red]FAIL[/red]"
+        err.print(f"{result.suite.name}: {verdict} ({len(result.run.cases)} case runs)")
+    if not result.result.passed:
+        raise typer.Exit(1)
+
+
+@cli.command("compare")
+def compare_models(
+    suite: Annotated[Path, typer.Argument(help="A suite file.")],
+    model: Annotated[list[str], typer.Option("--model", help="A model id; give two or more.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Run one suite per model: quality, p50 / p95 latency and cost per 1,000 requests, with
+    the Pareto frontier marked (choosing a model is the first step of the lifecycle)."""
+    from dataclasses import asdict
+
+    from keel.app import App
+    from keel.config import load_config
+    from keel.evals.compare import compare_runs, compare_table
+    from keel.evals.metrics import METRICS
+    from keel.evals.runner import run_suite
+    from keel.evals.suites import load_suite
+
+    with _errors():
+        if len(model) < 2:
+            raise UsageError("give at least two --model options")
+        parsed = load_suite(suite)
+        runs = {}
+        for model_id in model:
+            config = load_config(parsed.app_path)
+            config = config.model_copy(
+                update={"model": config.model.model_copy(update={"id": model_id, "fallbacks": []})}
+            )
+            app = App(config)
+            runs[model_id] = run_suite(parsed, app=app)
+            app.close()
+        quality = next(iter(parsed.metrics))
+        rows = compare_runs(
+            runs, quality_metric=quality, higher_is_better=METRICS[quality].higher_is_better
+        )
+    if as_json:
+        _print_json([asdict(r) for r in rows])
+        return
+    out.print(compare_table(rows, quality_metric=quality))
+
+
 threads_cli = typer.Typer(help="Conversation threads.", no_args_is_help=True)
 cli.add_typer(threads_cli, name="threads")
 

@@ -7,10 +7,13 @@ gateway instances. The same SQLAlchemy Core code serves both.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, MetaData, Table, create_engine, event
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from keel.errors import ConfigError
 
@@ -45,3 +48,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+_create_lock = threading.Lock()
+
+
+def create_tables(engine: Engine, metadata: MetaData, tables: Sequence[Table]) -> None:
+    """Create ``tables`` if they are missing, once per engine and process.
+
+    Serialised: several threads opening a fresh database at once (an evaluation run, a
+    gateway's first requests) would otherwise race on ``CREATE TABLE``; and remembered, so the
+    hot paths that open a store per call do not inspect the schema every time.
+    """
+    created: set[str] = engine.__dict__.setdefault("_keel_created_tables", set())
+    todo = [t for t in tables if t.name not in created]
+    if not todo:
+        return
+    with _create_lock:
+        todo = [t for t in todo if t.name not in created]
+        if not todo:
+            return
+        try:
+            metadata.create_all(engine, tables=todo, checkfirst=True)
+        except OperationalError as exc:  # another process created them meanwhile
+            if "already exists" not in str(exc):
+                raise
+        except ProgrammingError as exc:  # the same on PostgreSQL
+            if "already exists" not in str(exc):
+                raise
+        created.update(t.name for t in todo)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from keel.db import create_tables
 from keel.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class ThreadIndex:
     def __init__(self, engine: Engine, app: str) -> None:
         self.engine = engine
         self.app = app
-        metadata.create_all(engine, tables=[threads], checkfirst=True)
+        create_tables(engine, metadata, [threads])
 
     def touch(self, thread_id: str, owner: str | None) -> None:
         """Record activity; a new thread belongs to ``owner``; another owner is refused."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, Text, select, update
 
+from keel.db import create_tables
 from keel.errors import UsageError
 
 SCOPES = ("chat", "ingest", "feedback", "traces:read", "admin")
@@ -80,7 +81,7 @@ def parse_scopes(raw: str | list[str]) -> frozenset[str]:
 class KeyStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine, tables=[api_keys], checkfirst=True)
+        create_tables(engine, metadata, [api_keys])
 
     def create(self, name: str, scopes: str | list[str]) -> tuple[str, ApiKey]:
         """``(the plain key, shown once, its record)``."""

@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Engine, Float, MetaData, String, Table, Text, select
 
+from keel.db import create_tables
+
 metadata = MetaData()
 feedback = Table(
     "keel_feedback",
@@ -26,7 +28,7 @@ feedback = Table(
 class FeedbackStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine, tables=[feedback], checkfirst=True)
+        create_tables(engine, metadata, [feedback])
 
     def add(
         self,

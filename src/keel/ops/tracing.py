@@ -41,6 +41,8 @@ from sqlalchemy import (
     select,
 )
 
+from keel.db import create_tables
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.trace import Span, Tracer
@@ -97,7 +99,7 @@ MIGRATIONS: list[tuple[int, Sequence[Table]]] = [(1, (spans_table, traces_table)
 
 def migrate(engine: Engine) -> int:
     """Create or upgrade the tracing tables; returns the schema version now in place."""
-    metadata.create_all(engine, tables=[schema_versions], checkfirst=True)
+    create_tables(engine, metadata, [schema_versions])
     with engine.begin() as conn:
         current = conn.execute(
             select(schema_versions.c.version).where(schema_versions.c.component == SCHEMA)
@@ -106,7 +108,7 @@ def migrate(engine: Engine) -> int:
     for version, tables in MIGRATIONS:
         if version <= current:
             continue
-        metadata.create_all(engine, tables=list(tables), checkfirst=True)
+        create_tables(engine, metadata, list(tables))
         with engine.begin() as conn:
             if current == 0:
                 conn.execute(insert(schema_versions).values(component=SCHEMA, version=version))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import Engine, select
 
+from keel.db import create_tables
 from keel.errors import ConfigError
 from keel.rag._tables import embedding_cache, metadata
 from keel.rag.types import content_hash
@@ -88,7 +89,7 @@ class EmbeddingCache:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine, tables=[embedding_cache], checkfirst=True)
+        create_tables(engine, metadata, [embedding_cache])
 
     def get_many(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}

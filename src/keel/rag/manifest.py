@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from keel.db import create_tables
 from keel.errors import StoreError
 from keel.rag._tables import documents, ingest_runs, metadata
 
@@ -41,7 +42,7 @@ class Manifest:
         self.engine = engine
         self.collection = collection
         try:
-            metadata.create_all(engine, tables=[documents, ingest_runs], checkfirst=True)
+            create_tables(engine, metadata, [documents, ingest_runs])
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open the keel database: {exc}".splitlines()[0]) from exc
 

@@ -1,0 +1,44 @@
+"""One evaluation as ``keel eval`` and the pytest plugin run it: run the suite, gate it
+against its thresholds and baseline, write the reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keel.evals.gate import GateResult, gate
+from keel.evals.metrics import METRICS
+from keel.evals.runner import Progress, RunResult, run_suite
+from keel.evals.suites import Suite, load_suite
+
+
+@dataclass
+class Evaluation:
+    suite: Suite
+    run: RunResult
+    result: GateResult
+    baseline: RunResult | None
+
+
+def evaluate(
+    suite_path: str | Path,
+    *,
+    baseline: Path | None = None,
+    model: Any = None,
+    app: Any = None,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Run and gate a suite. ``baseline`` overrides the suite's own baseline file."""
+    suite = load_suite(suite_path)
+    run = run_suite(suite, app=app, model=model, progress=progress)
+    base_path = baseline or suite.baseline_path
+    base = RunResult.load(base_path) if base_path is not None and base_path.exists() else None
+    result = gate(
+        run,
+        thresholds={m: suite.threshold(m) for m in suite.metrics},
+        higher_is_better={m: METRICS[m].higher_is_better for m in suite.metrics},
+        baseline=base,
+        margin=suite.margin,
+    )
+    return Evaluation(suite, run, result, base)

@@ -1,0 +1,122 @@
+"""Model comparison for ``keel compare``: quality x latency x cost, with the Pareto frontier.
+
+The CLI runs the same suite once per model configuration and hands the runs here. A model is
+on the Pareto frontier when no other model is at least as good on every objective and better
+on one: quality (the suite's primary metric), p50 latency (lower is better) and cost per 1,000
+requests (lower is better). A model whose cost is unknown is not comparable on cost: between
+it and another model, cost is left out of the comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from keel.evals.runner import RunResult
+
+
+@dataclass
+class ModelRow:
+    model: str
+    quality: float | None
+    p50_ms: float
+    p95_ms: float
+    cost_per_1000: float | None
+    pareto: bool
+    n: int = 0
+    errors: int = 0
+
+
+def _quality(run: RunResult, metric: str) -> float | None:
+    agg = run.aggregates.get(metric)
+    if agg is not None and isinstance(agg.get("mean"), (int, float)):
+        mean = float(agg["mean"])
+        if math.isfinite(mean):
+            return mean
+    values = [v for v in run.per_case(metric).values() if math.isfinite(v)]
+    return float(np.mean(values)) if values else None
+
+
+def _dominates(x: ModelRow, y: ModelRow, higher_is_better: bool) -> bool:
+    """Whether x dominates y: no worse on every comparable objective and better on one."""
+    # quality: unknown quality is the worst possible
+    sign = 1.0 if higher_is_better else -1.0
+    qx = -math.inf if x.quality is None else sign * x.quality
+    qy = -math.inf if y.quality is None else sign * y.quality
+    pairs: list[tuple[float, float]] = [(qx, qy), (-x.p50_ms, -y.p50_ms)]
+    if x.cost_per_1000 is not None and y.cost_per_1000 is not None:
+        pairs.append((-x.cost_per_1000, -y.cost_per_1000))
+    # NaN latency (no cases) compares False both ways: never dominates nor is better
+    no_worse = all(a >= b for a, b in pairs)
+    better = any(a > b for a, b in pairs)
+    return no_worse and better
+
+
+def compare_runs(
+    runs: Mapping[str, RunResult], *, quality_metric: str, higher_is_better: bool = True
+) -> list[ModelRow]:
+    """One row per model (in the order given), the Pareto frontier marked."""
+    rows: list[ModelRow] = []
+    for model, run in runs.items():
+        latencies = np.array([c.latency_ms for c in run.cases], dtype=np.float64)
+        if latencies.size:
+            p50, p95 = (float(v) for v in np.percentile(latencies, [50, 95]))
+        else:
+            p50 = p95 = math.nan
+        costs = [c.cost_usd for c in run.cases if c.cost_usd is not None]
+        rows.append(
+            ModelRow(
+                model=model,
+                quality=_quality(run, quality_metric),
+                p50_ms=p50,
+                p95_ms=p95,
+                cost_per_1000=float(np.mean(costs)) * 1000.0 if costs else None,
+                pareto=False,
+                n=len(run.cases),
+                errors=sum(1 for c in run.cases if c.error is not None),
+            )
+        )
+    for row in rows:
+        row.pareto = not any(
+            _dominates(other, row, higher_is_better) for other in rows if other is not row
+        )
+    return rows
+
+
+def _num(value: float | None, fmt: str) -> str:
+    if value is None or not math.isfinite(value):
+        return "—"
+    return format(value, fmt)
+
+
+def compare_table(rows: Sequence[ModelRow], *, quality_metric: str = "quality") -> Table:
+    """A rich table: quality, p50 / p95 latency, cost per 1,000 requests, Pareto frontier."""
+    table = Table(title="Model comparison (★ = Pareto frontier)")
+    table.add_column("Model")
+    table.add_column(quality_metric, justify="right")
+    table.add_column("p50 ms", justify="right")
+    table.add_column("p95 ms", justify="right")
+    table.add_column("$ / 1000 req", justify="right")
+    table.add_column("Errors", justify="right")
+    table.add_column("Pareto", justify="center")
+    for row in rows:
+        table.add_row(
+            row.model,
+            _num(row.quality, ".3f"),
+            _num(row.p50_ms, ".0f"),
+            _num(row.p95_ms, ".0f"),
+            "unknown" if row.cost_per_1000 is None else _num(row.cost_per_1000, ".4f"),
+            f"{row.errors}/{row.n}",
+            "★" if row.pareto else "",
+            style="bold" if row.pareto else None,
+        )
+    return table
+
+
+__all__ = ["ModelRow", "compare_runs", "compare_table"]

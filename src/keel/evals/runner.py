@@ -1,0 +1,409 @@
+"""Running a suite: every case (× repeats) through the app, then every metric, then the
+aggregates (mean and a 95% bootstrap confidence interval over cases).
+
+Cases run concurrently, at most ``suite.concurrency`` at once (an ``asyncio.Semaphore`` and a
+thread pool of that size: ``App.ask`` is synchronous), each with a timeout
+(``asyncio.wait_for``) and ``suite.retries`` retries. A case that still fails is recorded with
+its ``error`` and ``None`` scores, and the run goes on. Every case runs in its own thread of
+conversation and keeps the trace id of its turn. A metric that cannot score a case (no judge
+configured, no reference on the case) is left out of that case and the reason is recorded in
+``RunResult.skipped_metrics``: nothing is scored silently.
+
+A timed-out ``App.ask`` cannot be interrupted: its worker thread finishes in the background
+while the case is retried or recorded as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from keel.evals.datasets import Case, load_dataset
+from keel.evals.metrics import METRICS, NO_JUDGE, ascore_case, skip_reason
+from keel.evals.suites import Suite, load_suite
+
+if TYPE_CHECKING:
+    from keel.agents.answer import Answer
+    from keel.app import App
+
+Progress = Callable[[int, int], None]
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+@dataclass
+class CaseResult:
+    """One case × repeat: what the app did and the scores it got."""
+
+    case_id: str
+    repeat: int
+    input: str
+    output: str
+    contexts: list[str]
+    doc_ids: list[str]
+    tool_calls: list[dict[str, Any]]
+    trace_id: str
+    latency_ms: float
+    cost_usd: float | None
+    guard_events: list[dict[str, Any]]
+    scores: dict[str, float | None]
+    error: str | None = None
+    cited_doc_ids: list[str] = field(default_factory=list)
+    stop_reason: str = ""
+    thread_id: str = ""
+    attempts: int = 1
+    model: str = ""
+
+
+@dataclass
+class RunResult:
+    """A whole run: every case result, the aggregates per metric and the skipped metrics."""
+
+    suite: str
+    dataset_version: str
+    app_version: str
+    model: str
+    started_at: str
+    cases: list[CaseResult]
+    aggregates: dict[str, dict[str, float]]
+    skipped_metrics: dict[str, str]
+    wall_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["format"] = "keel.eval.run/1"
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunResult:
+        case_fields = {f.name for f in fields(CaseResult)}
+        run_fields = {f.name for f in fields(cls)} - {"cases"}
+        cases = [
+            CaseResult(**{k: v for k, v in c.items() if k in case_fields})
+            for c in data.get("cases", [])
+        ]
+        return cls(cases=cases, **{k: v for k, v in data.items() if k in run_fields})
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", "utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> RunResult:
+        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def per_case(self, metric: str) -> dict[str, float]:
+        """Case id → the mean of the metric over the case's repeats (None scores left out)."""
+        sums: dict[str, list[float]] = {}
+        for c in self.cases:
+            value = c.scores.get(metric)
+            if value is not None and math.isfinite(value):
+                sums.setdefault(c.case_id, []).append(float(value))
+        return {cid: sum(v) / len(v) for cid, v in sums.items()}
+
+    @property
+    def errors(self) -> list[CaseResult]:
+        return [c for c in self.cases if c.error is not None]
+
+
+def bootstrap_ci(
+    values: list[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float, float]:
+    """Mean and 95% percentile bootstrap interval of ``values`` (the mean twice if n < 2)."""
+    import numpy as np
+
+    data = np.asarray(values, dtype=float)
+    mean = float(data.mean())
+    if len(data) < 2:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(data), size=(resamples, len(data)))
+    means = data[idx].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return mean, float(min(low, mean)), float(max(high, mean))
+
+
+def aggregate(run: RunResult, metrics: list[str]) -> dict[str, dict[str, float]]:
+    """Per metric: mean over cases (each the mean of its repeats) and its bootstrap CI."""
+    out: dict[str, dict[str, float]] = {}
+    for metric in metrics:
+        per_case = run.per_case(metric)
+        if not per_case:
+            continue
+        values = [per_case[cid] for cid in sorted(per_case)]
+        mean, low, high = bootstrap_ci(values)
+        out[metric] = {"mean": mean, "ci_low": low, "ci_high": high, "n": float(len(values))}
+    return out
+
+
+def _result_from_answer(case: Case, repeat: int, answer: Answer, latency_ms: float) -> CaseResult:
+    cited: list[str] = []
+    for c in answer.citations:
+        doc = str(c.get("doc_id", ""))
+        if doc and doc not in cited:
+            cited.append(doc)
+    return CaseResult(
+        case_id=case.id,
+        repeat=repeat,
+        input=case.input,
+        output=answer.text,
+        contexts=[str(h.get("text", "")) for h in answer.hits],
+        doc_ids=[str(h.get("doc_id", "")) for h in answer.hits],
+        tool_calls=[dict(tc) for tc in answer.tool_calls],
+        trace_id=answer.trace_id,
+        latency_ms=latency_ms,
+        cost_usd=answer.cost_usd,
+        guard_events=[dict(e) for e in answer.events if "point" in e],
+        scores={},
+        cited_doc_ids=cited,
+        stop_reason=answer.stop_reason,
+        thread_id=answer.thread_id,
+        model=answer.model,
+    )
+
+
+def _failed(case: Case, repeat: int, error: str, latency_ms: float, attempts: int) -> CaseResult:
+    return CaseResult(
+        case_id=case.id,
+        repeat=repeat,
+        input=case.input,
+        output="",
+        contexts=[],
+        doc_ids=[],
+        tool_calls=[],
+        trace_id="",
+        latency_ms=latency_ms,
+        cost_usd=None,
+        guard_events=[],
+        scores={},
+        error=error,
+        attempts=attempts,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _judge_for(suite: Suite, judge: Any) -> tuple[Any, str | None]:
+    """The judge object for RAGAS judge metrics, or why there is none."""
+    if judge is not None:
+        return judge, None
+    if suite.judge is None:
+        return None, NO_JUDGE
+    try:
+        from keel.evals import judges
+
+        make = getattr(judges, "ragas_llm", None)
+        if make is None:
+            return None, f"judge {suite.judge!r} cannot be used by RAGAS metrics in this version"
+        return make(suite.judge), None
+    except Exception as exc:  # any failure to build the judge is reported, not raised
+        return None, f"judge {suite.judge!r} could not be built: {_describe(exc)}"
+
+
+async def arun_suite(
+    suite: Suite | str | Path,
+    *,
+    app: App | None = None,
+    model: Any = None,
+    progress: Progress | None = None,
+    judge: Any = None,
+) -> RunResult:
+    """Run ``suite`` (a :class:`Suite` or a suite file) and score it.
+
+    ``app``: run against this app instead of building one from ``suite.app_path`` (with
+    ``model``, a chat model object such as a ``ScriptedChatModel``, when given). ``progress``
+    is called with ``(done, total)`` as cases finish. ``judge``: a RAGAS InstructorLLM for
+    judge metrics (default: built from ``suite.judge`` when keel.evals.judges can).
+    """
+    if not isinstance(suite, Suite):
+        suite = load_suite(suite)
+    dataset = load_dataset(suite.dataset_path)
+    owned = app is None
+    if app is None:
+        from keel.app import App
+
+        app = App.from_config(suite.app_path, model=model)
+    try:
+        return await _run(suite, app, dataset.cases, dataset.version, progress, judge)
+    finally:
+        if owned:
+            app.close()
+
+
+async def _run(
+    suite: Suite,
+    app: App,
+    cases: list[Case],
+    dataset_version: str,
+    progress: Progress | None,
+    judge: Any,
+) -> RunResult:
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    t_start = time.perf_counter()
+    # Build the app's shared parts (database tables, agent graph, checkpointer) once, before
+    # the concurrent turns: first use from several threads at once would race to create them.
+    app_version = await asyncio.to_thread(_warm_up, app)
+    jobs = [(case, repeat) for case in cases for repeat in range(suite.repeats)]
+    total, done = len(jobs), 0
+    semaphore = asyncio.Semaphore(suite.concurrency)
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=suite.concurrency, thread_name_prefix="keel-eval")
+
+    def ask(case: Case, thread_id: str) -> tuple[Answer, float]:
+        history = None
+        if case.conversation:
+            from langchain_core.messages import convert_to_messages
+
+            history = list(convert_to_messages(case.history))
+        t0 = time.perf_counter()
+        answer = app.ask(case.input, thread_id=thread_id, history=history)
+        return answer, (time.perf_counter() - t0) * 1000.0
+
+    async def one(case: Case, repeat: int) -> CaseResult:
+        nonlocal done
+        async with semaphore:
+            error, latency, attempts = "", 0.0, 0
+            for attempt in range(suite.retries + 1):
+                attempts = attempt + 1
+                tid = f"eval-{case.id}-{repeat}-{uuid.uuid4().hex[:8]}"
+                t0 = time.perf_counter()
+                try:
+                    answer, latency = await asyncio.wait_for(
+                        loop.run_in_executor(executor, ask, case, tid), suite.timeout_s
+                    )
+                except TimeoutError:
+                    latency = (time.perf_counter() - t0) * 1000.0
+                    error = f"timed out after {suite.timeout_s:g} s"
+                except Exception as exc:  # a failing case is recorded; the run goes on
+                    latency = (time.perf_counter() - t0) * 1000.0
+                    error = _describe(exc)
+                else:
+                    result = _result_from_answer(case, repeat, answer, latency)
+                    result.attempts = attempts
+                    break
+            else:
+                result = _failed(case, repeat, error, latency, attempts)
+        done += 1
+        if progress is not None:
+            progress(done, total)
+        return result
+
+    try:
+        results = list(await asyncio.gather(*(one(c, r) for c, r in jobs)))
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    names = list(suite.metrics)
+    needs_embedder = any(
+        METRICS[m].needs == "embeddings" or m == "response_relevancy" for m in names
+    )
+    embedder = app.embedder if needs_embedder else None
+    needs_judge = any(METRICS[m].needs == "judge" for m in names)
+    judge_obj, judge_reason = _judge_for(suite, judge) if needs_judge else (None, None)
+
+    by_id = {c.id: c for c in cases}
+    skipped: dict[str, dict[str, int]] = {}
+    ok = [r for r in results if r.error is None]
+    for r in results:
+        for metric in names:
+            r.scores[metric] = None
+    for r in ok:
+        case = by_id[r.case_id]
+        for metric in names:
+            reason = skip_reason(metric, case, r, embedder=embedder, judge=judge_obj)
+            if reason is not None:
+                if reason == NO_JUDGE and judge_reason:
+                    reason = judge_reason
+                counts = skipped.setdefault(metric, {})
+                counts[reason] = counts.get(reason, 0) + 1
+                continue
+            try:
+                r.scores[metric] = await ascore_case(
+                    metric,
+                    case,
+                    r,
+                    options=suite.options(metric),
+                    embedder=embedder,
+                    judge=judge_obj,
+                )
+            except Exception as exc:  # a metric that breaks on one case is reported
+                reason = f"scoring failed: {_describe(exc)}"
+                counts = skipped.setdefault(metric, {})
+                counts[reason] = counts.get(reason, 0) + 1
+
+    skipped_metrics = {
+        metric: "; ".join(
+            reason if n == len(ok) else f"{reason} ({n} of {len(ok)} results)"
+            for reason, n in sorted(counts.items())
+        )
+        for metric, counts in skipped.items()
+    }
+    answered = Counter(r.model for r in results if r.model)
+    model_name = answered.most_common(1)[0][0] if answered else _model_of(app)
+    run = RunResult(
+        suite=suite.name,
+        dataset_version=dataset_version,
+        app_version=app_version,
+        model=model_name,
+        started_at=started,
+        cases=results,
+        aggregates={},
+        skipped_metrics=skipped_metrics,
+    )
+    run.aggregates = aggregate(run, names)
+    run.wall_seconds = time.perf_counter() - t_start
+    return run
+
+
+def _warm_up(app: App) -> str:
+    version = app.version
+    _ = app.graph
+    _ = app.threads
+    if app.config.tracing.enabled:
+        _ = app.tracing
+    return version
+
+
+def _model_of(app: App) -> str:
+    try:
+        return str(app.agent.chain.models[0][0])
+    except Exception:  # no agent could be built: fall back to the configured id
+        return str(app.config.model.id)
+
+
+def run_suite(
+    suite: Suite | str | Path,
+    *,
+    app: App | None = None,
+    model: Any = None,
+    progress: Progress | None = None,
+    judge: Any = None,
+) -> RunResult:
+    """:func:`arun_suite` from synchronous code."""
+    return asyncio.run(arun_suite(suite, app=app, model=model, progress=progress, judge=judge))
+
+
+__all__ = [
+    "CaseResult",
+    "RunResult",
+    "aggregate",
+    "arun_suite",
+    "bootstrap_ci",
+    "run_suite",
+]
