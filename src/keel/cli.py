@@ -533,6 +533,103 @@ def compare_models(
     out.print(compare_table(rows, quality_metric=quality))
 
 
+evals_cli = typer.Typer(help="Evaluation datasets.", no_args_is_help=True)
+cli.add_typer(evals_cli, name="evals")
+
+
+@evals_cli.command("from-traces")
+def evals_from_traces(
+    output: Annotated[Path, typer.Option(help="Dataset file to append the cases to (JSONL).")],
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Most recent N turns.")] = 100,
+    thread: Annotated[str | None, typer.Option(help="Only this thread.")] = None,
+) -> None:
+    """Stored turns become evaluation cases: the question as input, the answer given then as
+    the reference (review it), the cited documents as reference documents."""
+    from keel.evals.datasets import Case, save_dataset
+
+    with _errors():
+        app = _app()
+        rows = app.tracing.list(limit=limit, thread_id=thread)
+        existing = _existing_ids(output)
+        cases = []
+        for row in rows:
+            if not row.get("question") or f"trace-{row['trace_id']}" in existing:
+                continue
+            record = app.turn_record(row["trace_id"]) or {}
+            cited = _cited_docs(app, row["trace_id"])
+            cases.append(
+                Case(
+                    id=f"trace-{row['trace_id']}",
+                    input=row["question"],
+                    reference=row.get("answer") or None,
+                    reference_doc_ids=cited,
+                    provenance={
+                        "source": "trace",
+                        "trace_id": row["trace_id"],
+                        "app_version": record.get("app_version"),
+                        "model": record.get("model"),
+                    },
+                )
+            )
+        if cases:
+            save_dataset(cases, output)
+        app.close()
+    err.print(f"{len(cases)} case(s) appended to {output}")
+
+
+@evals_cli.command("from-feedback")
+def evals_from_feedback(
+    output: Annotated[Path, typer.Option(help="Dataset file to append the cases to (JSONL).")],
+    max_score: Annotated[
+        float, typer.Option(help="Feedback scored at most this (0 bad .. 1 good).")
+    ] = 0.5,
+) -> None:
+    """Negative feedback becomes evaluation cases, with its provenance (the feedback-to-eval
+    loop): the correction, when given, is the reference."""
+    from keel.evals.datasets import Case, save_dataset
+    from keel.ops.feedback_export import export_feedback
+
+    with _errors():
+        app = _app()
+        existing = _existing_ids(output)
+        cases = [
+            Case(
+                id=c["id"],
+                input=c["input"],
+                reference=c.get("reference"),
+                reference_doc_ids=list(c.get("reference_doc_ids") or []),
+                provenance=dict(c.get("provenance") or {}),
+            )
+            for c in export_feedback(app.engine, max_score=max_score, turns=app.turn_record)
+            if c.get("input") and c["id"] not in existing
+        ]
+        if cases:
+            save_dataset(cases, output)
+        app.close()
+    err.print(f"{len(cases)} case(s) appended to {output}")
+
+
+def _existing_ids(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    from keel.evals.datasets import load_dataset
+
+    return {c.id for c in load_dataset(path).cases}
+
+
+def _cited_docs(app: Any, trace_id: str) -> list[str]:
+    found = app.tracing.get(trace_id) or {"spans": []}
+    stack, docs = list(found["spans"]), []
+    while stack:
+        span = stack.pop()
+        stack.extend(span["children"])
+        for cite in span["attributes"].get("keel.citations", []) or []:
+            doc = str(cite).split("#", 1)[0]
+            if doc not in docs:
+                docs.append(doc)
+    return docs
+
+
 threads_cli = typer.Typer(help="Conversation threads.", no_args_is_help=True)
 cli.add_typer(threads_cli, name="threads")
 
