@@ -39,7 +39,7 @@ ALLOWED = {
     "agents": {"rag", "tools", "guardrails", "ops"},
     "guardrails": {"rag", "tools", "ops"},
     "ops": set(),
-    "evals": {"rag", "tools", "agents", "guardrails", "ops"},
+    "evals": {"app", "rag", "tools", "agents", "guardrails", "ops"},
     "api": {"app", "rag", "tools", "agents", "guardrails", "ops", "evals"},
 }
 SHARED = {"errors", "settings", "config", "db", "testing"}

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from keel.config import GuardsSection
 from keel.errors import ConfigError, GuardTripped
-from keel.settings import offline_defaults
 
 if TYPE_CHECKING:
     from guardrails import Guard
@@ -53,8 +52,10 @@ _RULE_KEYS = {"on_fail", "tools"}
 
 
 def quiet_guardrails() -> None:
-    """guardrails-ai: hub telemetry off, validation in the calling thread."""
-    offline_defaults()
+    """guardrails-ai: imported offline, hub telemetry off, validation in the calling thread."""
+    from keel.guardrails._offline import import_guardrails
+
+    import_guardrails()
     from guardrails.settings import settings
 
     settings.rc.enable_metrics = False
@@ -130,6 +131,7 @@ def build_rules(section: GuardsSection) -> dict[str, list[Rule]]:
     rules: dict[str, list[Rule]] = {p: [] for p in POINTS}
     if not any(getattr(section, p) for p in POINTS):
         return rules  # no guards: guardrails-ai is not even imported
+    quiet_guardrails()
     from guardrails import OnFailAction
 
     from keel.guardrails.validators import VALIDATORS

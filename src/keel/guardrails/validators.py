@@ -23,16 +23,20 @@ import re
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 
-from guardrails.validators import (
+from keel.guardrails._offline import import_guardrails
+
+import_guardrails()
+
+from guardrails.validators import (  # noqa: E402
     ErrorSpan,
     FailResult,
     PassResult,
     Validator,
     register_validator,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
-from keel.guardrails.spans import Span
+from keel.guardrails.spans import Span  # noqa: E402
 
 # guardrails-ai ships no type information: its results are typed as Any here.
 Result: TypeAlias = Any

@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from keel.db import create_tables
 from keel.errors import StoreError, UsageError
 
 if TYPE_CHECKING:
@@ -230,6 +229,8 @@ class UsageLedger:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.table = usage_table()
         try:
+            from keel.db import create_tables
+
             create_tables(engine, self.table.metadata, [self.table])
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot create the usage table: {exc}".splitlines()[0]) from exc
