@@ -239,8 +239,10 @@ class GroundingValidator(_KeelValidator):
         todo = [i for i, c in enumerate(claims) if _normalise(_CITE.sub("", c)) not in haystack]
         if todo and support_sentences:
             embedder = metadata["keel_embedder"]
-            vectors = embedder.encode([_CITE.sub("", claims[i]) for i in todo] + support_sentences)
-            claim_v, support_v = vectors[: len(todo)], vectors[len(todo) :]
+            claim_v = embedder.encode([_CITE.sub("", claims[i]) for i in todo])
+            # Passage sentences recur across turns (popular chunks): the embedding cache
+            # serves them after the first time.
+            support_v = embedder.embed_documents(support_sentences)
             scores[todo] = (claim_v @ support_v.T).max(axis=1)
         elif todo:
             scores[todo] = 0.0
