@@ -479,6 +479,21 @@ class App:
             "git_commit": attrs.get("keel.git.commit"),
         }
 
+    def release_content(self) -> dict[str, Any]:
+        """Everything that makes this app, for a release record."""
+        p = self.prompts
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "prompts": {
+                "system": p.system,
+                "examples": [{"question": e.question, "answer": e.answer} for e in p.examples],
+            },
+            "tools": self.toolset.to_openai(),
+            "models": [self.config.model.id, *self.config.model.fallbacks],
+            "index_version": self.index_version(),
+            "git_commit": self.git_commit,
+        }
+
     @cached_property
     def prices(self) -> PriceTable:
         """Token prices per model: keel's defaults, overridden by ``[costs.prices]``."""

@@ -533,6 +533,207 @@ def compare_models(
     out.print(compare_table(rows, quality_metric=quality))
 
 
+release_cli = typer.Typer(help="Versioned releases of the app.", no_args_is_help=True)
+cli.add_typer(release_cli, name="release")
+
+
+def _releases() -> tuple[Any, Any]:
+    from keel.ops.releases import ReleaseStore
+
+    app = _app()
+    return app, ReleaseStore(app.engine, app.name)
+
+
+def _release_dict(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "app": r.app,
+        "created_at": r.created_at.isoformat(),
+        "deployable": r.deployable,
+        "gate": r.gate,
+        "note": r.note,
+        "index_version": r.content.get("index_version"),
+        "models": r.content.get("models"),
+        "git_commit": r.content.get("git_commit"),
+    }
+
+
+@release_cli.command("create")
+def release_create(
+    note: Annotated[str, typer.Option(help="What this release is.")] = "",
+    gate: Annotated[
+        Path | None, typer.Option(help="An eval suite: deployable only if its gate passes.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Record the app as it is now (config, prompts, tools, models, index, commit) as an
+    immutable, content-addressed release."""
+    with _errors():
+        app, store = _releases()
+        gate_summary = None
+        if gate is not None:
+            from keel.evals.check import evaluate
+
+            if not gate.is_file():
+                raise UsageError(f"no suite file {gate}")
+            result = evaluate(gate, app=app)
+            gate_summary = {
+                "suite": result.suite.name,
+                "passed": result.result.passed,
+                "reasons": result.result.reasons,
+                "dataset_version": result.run.dataset_version,
+            }
+        release = store.create(app.release_content(), note=note, gate=gate_summary)
+        app.close()
+    if as_json:
+        _print_json(_release_dict(release))
+        return
+    state = "deployable" if release.deployable else "NOT deployable (gate failed)"
+    out.print(f"{release.id}  {state}", markup=False)
+
+
+@release_cli.command("list")
+def release_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Releases, newest first, with what serves traffic."""
+    with _errors():
+        app, store = _releases()
+        rows = [_release_dict(r) for r in store.list()]
+        state = store.state()
+        app.close()
+    if as_json:
+        _print_json({"releases": rows, "state": state})
+        return
+    for r in rows:
+        role = (
+            "stable"
+            if r["id"] == state["stable"]
+            else f"canary {state['weight']:.0%}"
+            if r["id"] == state["canary"]
+            else ""
+        )
+        out.print(f"{r['id']}  {r['created_at'][:19]}  {role:<11} {r['note']}", markup=False)
+
+
+@release_cli.command("show")
+def release_show(
+    release_id: Annotated[str, typer.Argument(help="A release id or prefix.")],
+) -> None:
+    """One release's full content, as JSON."""
+    with _errors():
+        app, store = _releases()
+        release = store.get(release_id)
+        app.close()
+        if release is None:
+            raise UsageError(f"no release {release_id!r}")
+    _print_json({**_release_dict(release), "content": release.content})
+
+
+@release_cli.command("diff")
+def release_diff(
+    a: Annotated[str, typer.Argument(help="A release id or prefix.")],
+    b: Annotated[str, typer.Argument(help="Another one.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """What differs between two releases (config, prompts, tools, models, index)."""
+    with _errors():
+        app, store = _releases()
+        changes = store.diff(a, b)
+        app.close()
+    if as_json:
+        _print_json(changes)
+        return
+    for c in changes:
+        out.print(f"{c['path']}: {c['a']!r} -> {c['b']!r}", markup=False)
+        if c.get("patch"):
+            out.print(c["patch"], markup=False)
+
+
+@release_cli.command("deploy")
+def release_deploy(
+    release_id: Annotated[str, typer.Argument(help="A release id or prefix.")],
+    canary: Annotated[
+        float | None, typer.Option(help="Serve it as a canary with this share of traffic.")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why (recorded).")] = "manual",
+) -> None:
+    """Make a release stable, or a canary with a traffic weight."""
+    with _errors():
+        app, store = _releases()
+        release = store.get(release_id)
+        if release is None:
+            raise UsageError(f"no release {release_id!r}")
+        if canary is None:
+            store.set_stable(release.id, reason)
+        else:
+            store.set_canary(release.id, canary, reason)
+        state = store.state()
+        app.close()
+    err.print(f"stable {state['stable']}, canary {state['canary']} ({state['weight']:.0%})")
+
+
+@release_cli.command("promote")
+def release_promote(reason: Annotated[str, typer.Option(help="Why.")] = "manual") -> None:
+    """The canary becomes stable."""
+    with _errors():
+        app, store = _releases()
+        release = store.promote(reason)
+        app.close()
+    err.print(f"promoted {release.id}")
+
+
+@release_cli.command("rollback")
+def release_rollback(reason: Annotated[str, typer.Option(help="Why.")] = "manual") -> None:
+    """Stop the canary; stable keeps serving."""
+    with _errors():
+        app, store = _releases()
+        store.rollback(reason)
+        app.close()
+    err.print("canary rolled back")
+
+
+monitor_cli = typer.Typer(help="Production monitoring.", no_args_is_help=True)
+cli.add_typer(monitor_cli, name="monitor")
+
+
+@monitor_cli.command("drift")
+def monitor_drift(
+    reference: Annotated[
+        Path, typer.Option(help="The evaluated dataset (JSONL/YAML): train/serve skew.")
+    ],
+    window: Annotated[int, typer.Option(min=10, help="Most recent N traced questions.")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Do recent production questions drift away from what was evaluated? Exit 1 on alert."""
+    from keel.evals.datasets import load_dataset
+    from keel.ops.drift import detect_drift
+
+    with _errors():
+        app = _app()
+        cases = load_dataset(reference).cases
+        rows = [r for r in app.tracing.list(limit=window) if r.get("question")]
+        if len(rows) < 10:
+            raise UsageError(
+                f"only {len(rows)} traced questions (need 10; is [tracing] capture off?)"
+            )
+        ref = app.embedder.encode([c.input for c in cases])
+        cur = app.embedder.encode([r["question"] for r in rows])
+        report = detect_drift(ref, cur)
+        app.close()
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        out.print(
+            f"mean shift {report.mean_shift:.4f}  MMD {report.mmd:.4f} (p={report.mmd_p_value:.3f})"
+        )
+        for reason in report.reasons:
+            err.print(f"[red]drift:[/red] {reason}")
+        err.print("ALERT" if report.alert else "no drift")
+    if report.alert:
+        raise typer.Exit(1)
+
+
 evals_cli = typer.Typer(help="Evaluation datasets.", no_args_is_help=True)
 cli.add_typer(evals_cli, name="evals")
 

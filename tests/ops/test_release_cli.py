@@ -1,0 +1,97 @@
+"""`keel release` and `keel monitor drift` on a small app."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from keel.cli import cli
+from keel.settings import get_settings
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_bot"
+
+
+@pytest.fixture
+def bot(tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    root = tmp_path / "support_bot"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".keel", "__pycache__"))
+    monkeypatch.setenv("KEEL_CACHE_DIR", str(model_cache_dir))
+    monkeypatch.setenv("KEEL_DATA_DIR", str(root / ".keel"))
+    monkeypatch.setenv("KEEL_GIT_COMMIT", "abc123")
+    get_settings.cache_clear()
+    assert CliRunner().invoke(cli, ["--config", str(root / "keel.toml"), "ingest"]).exit_code == 0
+    yield root
+    get_settings.cache_clear()
+
+
+def test_release_create_gate_deploy_diff_promote_rollback(bot: Path) -> None:
+    runner = CliRunner()
+    cfg = ["--config", str(bot / "keel.toml")]
+    suite = str(bot / "evals" / "support.yaml")
+    first = runner.invoke(
+        cli, [*cfg, "release", "create", "--gate", suite, "--json", "--note", "v1"]
+    )
+    assert first.exit_code == 0, first.output
+    r1 = json.loads(first.stdout)
+    assert r1["deployable"] and r1["gate"]["passed"] and r1["git_commit"] == "abc123"
+    again = json.loads(runner.invoke(cli, [*cfg, "release", "create", "--json"]).stdout)
+    assert again["id"] == r1["id"]  # content-addressed: nothing changed, same release
+
+    (bot / "prompts" / "system.md").write_text("You answer briefly from the docs [n].\n")
+    r2 = json.loads(runner.invoke(cli, [*cfg, "release", "create", "--json"]).stdout)
+    assert r2["id"] != r1["id"]
+    diff = json.loads(
+        runner.invoke(cli, [*cfg, "release", "diff", r1["id"], r2["id"], "--json"]).stdout
+    )
+    assert [c["path"] for c in diff] == ["prompts.system"] and "briefly" in diff[0]["patch"]
+
+    assert runner.invoke(cli, [*cfg, "release", "deploy", r1["id"]]).exit_code == 0
+    assert (
+        runner.invoke(cli, [*cfg, "release", "deploy", r2["id"], "--canary", "0.1"]).exit_code == 0
+    )
+    listed = json.loads(runner.invoke(cli, [*cfg, "release", "list", "--json"]).stdout)
+    assert listed["state"] == {"stable": r1["id"], "canary": r2["id"], "weight": 0.1}
+    assert runner.invoke(cli, [*cfg, "release", "rollback", "--reason", "worse"]).exit_code == 0
+    listed = json.loads(runner.invoke(cli, [*cfg, "release", "list", "--json"]).stdout)
+    assert listed["state"]["canary"] is None and listed["state"]["stable"] == r1["id"]
+    bad = runner.invoke(cli, [*cfg, "release", "deploy", "rel-nope"])
+    assert bad.exit_code == 2
+
+
+def test_monitor_drift_quiet_on_evaluated_questions_alerts_on_others(bot: Path) -> None:
+    runner = CliRunner()
+    cfg = ["--config", str(bot / "keel.toml")]
+    cases = [json.loads(line) for line in (bot / "evals" / "cases.jsonl").read_text().splitlines()]
+    reference = bot / "evals" / "cases.jsonl"
+    too_few = runner.invoke(cli, [*cfg, "monitor", "drift", "--reference", str(reference)])
+    assert too_few.exit_code == 2
+    for case in cases:  # production traffic like what was evaluated
+        assert runner.invoke(cli, [*cfg, "ask", case["input"]]).exit_code == 0
+    quiet = runner.invoke(cli, [*cfg, "monitor", "drift", "--reference", str(reference), "--json"])
+    assert quiet.exit_code == 0, quiet.output
+    off_topic = [
+        "What is the boiling point of tungsten?",
+        "Who painted the Sistine Chapel ceiling?",
+        "How many moons does Jupiter have?",
+        "Explain photosynthesis in simple words.",
+        "What is the capital of Mongolia?",
+        "How do I bake sourdough bread?",
+        "Which river is the longest in Africa?",
+        "What causes the northern lights?",
+        "How fast can a cheetah run?",
+        "When did the Roman empire fall?",
+        "What is quantum entanglement?",
+        "How do vaccines train the immune system?",
+    ]
+    for question in off_topic:
+        runner.invoke(cli, [*cfg, "ask", question])
+    drifted = runner.invoke(
+        cli, [*cfg, "monitor", "drift", "--reference", str(reference), "--window", "12", "--json"]
+    )
+    assert drifted.exit_code == 1, drifted.output
+    assert json.loads(drifted.stdout)["alert"] is True
