@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -68,6 +68,26 @@ def _app() -> App:
     return App.from_config(_config_path())
 
 
+@contextmanager
+def _progress(label: str, *, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr (only on a terminal, never with --json); yields the
+    ``(done, total)`` callback long work reports to."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=quiet or not err.is_terminal,
+    )
+    with bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
@@ -113,25 +133,9 @@ def ingest(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Load, chunk, embed and index documents; unchanged ones are skipped."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     with _errors():
         app = _app()
-        bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-            disable=as_json or not err.is_terminal,
-        )
-        with bar:
-            task = bar.add_task("ingesting", total=None)
-
-            def advance(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
+        with _progress("ingesting", quiet=as_json) as advance:
             # On the command line, paths are relative to the current directory.
             targets = [p if p.is_absolute() else Path.cwd() / p for p in paths or []]
             report = app.ingest(
@@ -447,8 +451,6 @@ def eval_suite(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Evaluate the app on a suite and gate it: exit 0 pass, 1 gate failed, 2 usage error."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from keel.evals.check import evaluate
     from keel.evals.reports import terminal_table, to_json, write_html, write_junit
 
@@ -457,22 +459,8 @@ def eval_suite(
             raise UsageError(f"no suite file {suite}")
         if baseline is not None and not baseline.is_file():
             raise UsageError(f"no baseline file {baseline}")
-        bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-            disable=as_json or not err.is_terminal,
-        )
-        with bar:
-            task = bar.add_task("evaluating", total=None)
-            result = evaluate(
-                suite,
-                baseline=baseline,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
+        with _progress("evaluating", quiet=as_json) as advance:
+            result = evaluate(suite, baseline=baseline, progress=advance)
         if save_baseline is not None:
             result.run.save(save_baseline)
         if report is not None:
