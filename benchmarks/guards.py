@@ -173,7 +173,13 @@ def stack(embedder: Any) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument(
+        "--parts",
+        default="injection,pii,latency,stack",
+        help="comma-separated subset of: injection, pii, latency, stack",
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     data = args.data.resolve()
     if not (data / "injection").is_dir() or not (data / "pii").is_dir():
         print(f"error: {data} has no injection/ and pii/ data", file=sys.stderr)
@@ -185,37 +191,39 @@ def main() -> int:
     embedder = Embedder(cache_dir=get_settings().cache_dir)
     embedder.encode(["warm up"])
 
-    result: dict[str, Any] = {"injection": injection(data, embedder)}
-    print("prompt injection, held-out test split:")
-    inj = result["injection"]
-    print(f"  {inj['test_attacks']} attacks, {inj['test_negatives']} negatives")
-    for fpr in (0.01, 0.03):
-        r = inj[f"fpr_{fpr}"]
+    result: dict[str, Any] = {}
+    if "injection" in parts:
+        result["injection"] = injection(data, embedder)
+        print("prompt injection, held-out test split:")
+        inj = result["injection"]
+        print(f"  {inj['test_attacks']} attacks, {inj['test_negatives']} negatives")
+        for fpr in (0.01, 0.03):
+            r = inj[f"fpr_{fpr}"]
+            print(
+                f"  at the {fpr:.0%} threshold ({r['threshold']}): recall {r['recall']:.3f}, "
+                f"FPR {r['fpr']:.4f}, FPR on ordinary questions {r['fpr_ordinary_questions']:.4f}"
+            )
+    if "pii" in parts:
+        result["pii"] = pii(data)
+        print("\nPII on presidio_synth_dev (type: precision recall F2, support):")
+        for kind, m in sorted(result["pii"].items(), key=lambda kv: -kv[1].get("support", 0)):
+            mark = "  core" if kind in CORE else ""
+            print(
+                f"  {kind:<18} {m['precision']:.3f} {m['recall']:.3f} {m['f2']:.3f}  "
+                f"({m.get('support', 0)}){mark}"
+            )
+    if "latency" in parts:
+        result["latency"] = validator_latency(embedder)
+        print("\nvalidator latency on a 2 KB text (through guardrails-ai):")
+        for name, t in result["latency"].items():
+            print(f"  {name:<15} p50 {t['p50_ms']:7.3f} ms   p99 {t['p99_ms']:7.3f} ms")
+    if "stack" in parts:
+        result["stack"] = stack(embedder)
+        s = result["stack"]
         print(
-            f"  at the {fpr:.0%} threshold ({r['threshold']}): recall {r['recall']:.3f}, "
-            f"FPR {r['fpr']:.4f}, FPR on ordinary questions {r['fpr_ordinary_questions']:.4f}"
+            f"\nwhole input + output stack per support-bot turn: p50 {s['p50_ms']} ms, "
+            f"p99 {s['p99_ms']} ms (target p50 <= 10)"
         )
-
-    result["pii"] = pii(data)
-    print("\nPII on presidio_synth_dev (type: precision recall F2, support):")
-    for kind, m in sorted(result["pii"].items(), key=lambda kv: -kv[1].get("support", 0)):
-        mark = "  core" if kind in CORE else ""
-        print(
-            f"  {kind:<18} {m['precision']:.3f} {m['recall']:.3f} {m['f2']:.3f}  "
-            f"({m.get('support', 0)}){mark}"
-        )
-
-    result["latency"] = validator_latency(embedder)
-    print("\nvalidator latency on a 2 KB text (through guardrails-ai):")
-    for name, t in result["latency"].items():
-        print(f"  {name:<15} p50 {t['p50_ms']:7.3f} ms   p99 {t['p99_ms']:7.3f} ms")
-
-    result["stack"] = stack(embedder)
-    s = result["stack"]
-    print(
-        f"\nwhole input + output stack per support-bot turn: p50 {s['p50_ms']} ms, "
-        f"p99 {s['p99_ms']} ms (target p50 <= 10)"
-    )
     (Path(__file__).parent / "results").mkdir(exist_ok=True)
     (Path(__file__).parent / "results" / "guards.json").write_text(json.dumps(result, indent=2))
     return 0
