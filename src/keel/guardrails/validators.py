@@ -235,8 +235,13 @@ class GroundingValidator(_KeelValidator):
         # A sentence quoted from the context is supported as it stands (the extractive model
         # answers this way): only the others need embeddings.
         haystack = _normalise(" ".join(passages))
+        quoted = {_normalise(s) for s in support_sentences}
         scores = np.ones(len(claims), dtype=np.float32)
-        todo = [i for i, c in enumerate(claims) if _normalise(_CITE.sub("", c)) not in haystack]
+        todo = [
+            i
+            for i, c in enumerate(claims)
+            if (claim := _normalise(_CITE.sub("", c))) not in quoted and claim not in haystack
+        ]
         if todo and support_sentences:
             embedder = metadata["keel_embedder"]
             claim_v = embedder.encode([_CITE.sub("", claims[i]) for i in todo])
