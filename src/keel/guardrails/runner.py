@@ -59,6 +59,9 @@ def quiet_guardrails() -> None:
     from guardrails.settings import settings
 
     settings.rc.enable_metrics = False
+    # Keel traces guard decisions itself (keel.guard spans); guardrails-ai's own span
+    # attributes only cost time (serialising every value on every validation).
+    settings.disable_tracing = True
 
 
 def new_guard() -> Guard:
