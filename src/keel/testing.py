@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 import time
 import uuid
@@ -34,14 +33,16 @@ from langchain_core.callbacks import (
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import tool_call, tool_call_chunk
+from langchain_core.messages.tool import tool_call
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, SkipValidation
+
+from keel.agents.streaming import stream_chunks
 
 ScriptEntry: TypeAlias = (
     AIMessage
@@ -194,31 +195,13 @@ class ScriptedChatModel(BaseChatModel):
 
     @staticmethod
     def _chunks(message: AIMessage) -> Iterator[ChatGenerationChunk]:
-        last: dict[str, Any] = {
-            "usage_metadata": message.usage_metadata,
-            "response_metadata": message.response_metadata,
-            "chunk_position": "last",
-        }
-        common: dict[str, Any] = {"id": message.id} if message.id else {}
-        content = message.content
-        pieces: list[Any] = [content]  # content blocks are not split
-        if isinstance(content, str):
-            pieces = re.findall(r"\s*\S+\s*", content) or ([content] if content else [])
-        calls = [
-            tool_call_chunk(name=tc["name"], args=json.dumps(tc["args"]), id=tc["id"], index=i)
-            for i, tc in enumerate(message.tool_calls)
-        ]
-        for piece in pieces:
-            yield ChatGenerationChunk(message=AIMessageChunk(content=piece, **common))
-        empty: str | list[Any] = "" if isinstance(content, str) else []
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content=empty,
-                tool_call_chunks=calls,
-                additional_kwargs=dict(message.additional_kwargs),
-                **common,
-                **last,
-            )
+        return stream_chunks(
+            message.content,
+            message.tool_calls,
+            usage=message.usage_metadata,
+            metadata=message.response_metadata,
+            message_id=message.id,
+            additional_kwargs=message.additional_kwargs,
         )
 
     def _generate(

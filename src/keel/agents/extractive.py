@@ -38,7 +38,6 @@ from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import (
     AIMessage,
-    AIMessageChunk,
     BaseMessage,
     HumanMessage,
     ToolCall,
@@ -46,7 +45,6 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import tool_call as make_tool_call
-from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import run_in_executor
@@ -55,6 +53,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from keel.agents.context import Passage, split_user_turn
+from keel.agents.streaming import stream_chunks
 from keel.rag.sentences import split_sentences
 from keel.tools.registry import EXAMPLES_KEY
 
@@ -334,15 +333,6 @@ def _text(message: BaseMessage) -> str:
     return str(message.text)
 
 
-def _words(text: str) -> list[str]:
-    """Chunks of a text for streaming: each word with the whitespace after it."""
-    pieces = re.findall(r"\S+\s*", text)
-    lead = text[: len(text) - len(text.lstrip())]
-    if lead:
-        pieces = [lead + pieces[0], *pieces[1:]] if pieces else [lead]
-    return pieces
-
-
 def _cut(text: str, limit: int) -> str:
     text = text.strip()
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
@@ -468,31 +458,8 @@ class ExtractiveChatModel(BaseChatModel):
 
     @staticmethod
     def _chunks(reply: _Reply) -> Iterator[ChatGenerationChunk]:
-        """Word by word; tool calls in one chunk; the last chunk carries usage and metadata."""
-        if reply.tool_calls:
-            calls = [
-                tool_call_chunk(name=tc["name"], args=json.dumps(tc["args"]), id=tc["id"], index=i)
-                for i, tc in enumerate(reply.tool_calls)
-            ]
-            yield ChatGenerationChunk(
-                message=AIMessageChunk(
-                    content=reply.content,
-                    tool_call_chunks=calls,
-                    usage_metadata=reply.usage,
-                    response_metadata=reply.metadata,
-                    chunk_position="last",
-                )
-            )
-            return
-        for piece in _words(reply.content):
-            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content="",
-                usage_metadata=reply.usage,
-                response_metadata=reply.metadata,
-                chunk_position="last",
-            )
+        return stream_chunks(
+            reply.content, reply.tool_calls, usage=reply.usage, metadata=reply.metadata
         )
 
     # -- deciding ----------------------------------------------------------------------------
