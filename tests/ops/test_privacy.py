@@ -45,7 +45,7 @@ BLOCKER = textwrap.dedent(
 )
 
 
-def test_cli_ingest_ask_serve_and_chat_make_no_outbound_connection(
+def test_cli_ingest_ask_eval_serve_and_chat_make_no_outbound_connection(
     tmp_path: Path, model_cache_dir: Path
 ) -> None:
     site = tmp_path / "site"
@@ -77,6 +77,10 @@ def test_cli_ingest_ask_serve_and_chat_make_no_outbound_connection(
     asked = run("--config", config, "ask", "which formats can I add?", "--json")
     assert asked.returncode == 0, asked.stderr
     assert json.loads(asked.stdout)["citations"]
+    suite = str(tmp_path / "app" / "evals" / "smoke.yaml")
+    evaluated = run("--config", config, "eval", suite, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["passed"] is True
 
     key = run("--config", config, "keys", "create", "--name", "t", "--scopes", "chat").stdout
     import socket

@@ -25,6 +25,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from keel.settings import offline_defaults
+
+# RAGAS_DO_NOT_TRACK (and the Hugging Face switches) before ragas is first imported.
+offline_defaults()
+
 if TYPE_CHECKING:
     from keel.evals.datasets import Case
     from keel.rag.embeddings import Embedder
