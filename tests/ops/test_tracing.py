@@ -224,3 +224,43 @@ def test_capture_off_keeps_inputs_out_of_spans(make_app: Callable[..., App]) -> 
     app.tracing.flush()
     blob = json.dumps(app.tracing.get(answer.trace_id))
     assert "my secret question" not in blob and "the answer" not in blob
+
+
+def test_a_version_1_trace_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, inspect, text
+
+    from keel.ops.tracing import StoreExporter, migrate
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as conn:  # the tables as schema version 1 made them
+        conn.execute(
+            text(
+                "CREATE TABLE keel_traces (trace_id VARCHAR(32) PRIMARY KEY, name VARCHAR(256)"
+                " NOT NULL, started_at DATETIME NOT NULL, duration_ms FLOAT NOT NULL, status"
+                " VARCHAR(16) NOT NULL, app VARCHAR(256), app_version VARCHAR(64),"
+                " index_version VARCHAR(64), model VARCHAR(256), thread_id VARCHAR(256),"
+                " key_id VARCHAR(64), guard_outcome VARCHAR(16), input_tokens INTEGER,"
+                " output_tokens INTEGER, cost_usd FLOAT, question TEXT, answer TEXT)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO keel_traces (trace_id, name, started_at, duration_ms, status)"
+                " VALUES ('t1', 'keel.turn', '2026-01-01 00:00:00', 1.0, 'ok')"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TABLE keel_schema_versions (component VARCHAR(64) PRIMARY KEY,"
+                " version INTEGER NOT NULL)"
+            )
+        )
+        conn.execute(text("INSERT INTO keel_schema_versions VALUES ('tracing', 1)"))
+
+    assert migrate(engine) == 2
+    columns = {c["name"] for c in inspect(engine).get_columns("keel_traces")}
+    assert {"release_id", "cache_hit"} <= columns
+    with engine.connect() as conn:  # nothing stored was lost
+        assert conn.execute(text("SELECT trace_id FROM keel_traces")).scalars().all() == ["t1"]
+    assert migrate(engine) == 2  # idempotent
+    StoreExporter(engine)  # and usable

@@ -110,6 +110,10 @@ class Gateway:
         request.state.key_id = key.id
         return key
 
+    def app_for(self, thread_id: str, key_id: str | None) -> App:
+        """The app that serves this thread of this key (the stable release or the canary)."""
+        return self.app
+
     @staticmethod
     def tool_scopes(key: ApiKey) -> list[str] | None:
         """The scopes handed to the tool policy: an admin key holds every scope."""

@@ -11,14 +11,15 @@ Span names: ``keel.turn`` (one turn: ask, stream or resume; the root unless the 
 ``http`` span is), ``keel.retrieve``, ``chat <model>`` (a model call, GenAI semantic
 conventions), ``execute_tool <tool>``, ``keel.guard <validator>``. Lineage rides on the turn
 span: ``keel.app.version``, ``keel.index.version``, ``keel.prompt.*``, ``gen_ai.request.model``,
-``keel.git.commit``.
+``keel.git.commit``, and ``keel.release.id`` when the gateway serves releases;
+``keel.cache.hit`` when the semantic cache is on.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -38,7 +41,9 @@ from sqlalchemy import (
     and_,
     delete,
     insert,
+    inspect,
     select,
+    text,
 )
 
 from keel.db import create_tables
@@ -84,6 +89,9 @@ traces_table = Table(
     Column("cost_usd", Float),
     Column("question", Text),
     Column("answer", Text),
+    # schema version 2
+    Column("release_id", String(32), index=True),
+    Column("cache_hit", Boolean),
 )
 
 # Versioned schema: each entry upgrades from the previous version; recorded per component.
@@ -94,7 +102,26 @@ schema_versions = Table(
     Column("version", Integer, nullable=False),
 )
 SCHEMA = "tracing"
-MIGRATIONS: list[tuple[int, Sequence[Table]]] = [(1, (spans_table, traces_table))]
+
+
+def _add_release_columns(conn: Connection) -> None:
+    """Version 2: the release that served a trace, and whether the semantic cache answered."""
+    existing = {c["name"] for c in inspect(conn).get_columns("keel_traces")}
+    if "release_id" not in existing:
+        conn.execute(text("ALTER TABLE keel_traces ADD COLUMN release_id VARCHAR(32)"))
+        conn.execute(
+            text("CREATE INDEX IF NOT EXISTS ix_keel_traces_release_id ON keel_traces (release_id)")
+        )
+    if "cache_hit" not in existing:
+        conn.execute(text("ALTER TABLE keel_traces ADD COLUMN cache_hit BOOLEAN"))
+
+
+# Each entry upgrades from the previous version: tables to create (new installs get the
+# current columns at once) and a step that brings an older install's tables up to date.
+MIGRATIONS: list[tuple[int, Sequence[Table], Callable[[Connection], None] | None]] = [
+    (1, (spans_table, traces_table), None),
+    (2, (), _add_release_columns),
+]
 
 
 def migrate(engine: Engine) -> int:
@@ -105,11 +132,13 @@ def migrate(engine: Engine) -> int:
             select(schema_versions.c.version).where(schema_versions.c.component == SCHEMA)
         ).scalar_one_or_none()
     current = current or 0
-    for version, tables in MIGRATIONS:
+    for version, tables, step in MIGRATIONS:
         if version <= current:
             continue
         create_tables(engine, metadata, list(tables))
         with engine.begin() as conn:
+            if step is not None:
+                step(conn)
             if current == 0:
                 conn.execute(insert(schema_versions).values(component=SCHEMA, version=version))
             else:
@@ -234,6 +263,8 @@ def _summary(row: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, Any]
         "cost_usd": num("keel.cost.usd"),
         "question": attrs.get("keel.input"),
         "answer": attrs.get("keel.output"),
+        "release_id": attrs.get("keel.release.id"),
+        "cache_hit": attrs.get("keel.cache.hit") if "keel.cache.hit" in attrs else None,
     }
 
 
@@ -301,6 +332,7 @@ class Tracing:
         min_latency_ms: float | None = None,
         guard_outcome: str | None = None,
         key_id: str | None = None,
+        release_id: str | None = None,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
         t = traces_table
@@ -321,6 +353,8 @@ class Tracing:
             conds.append(t.c.guard_outcome == guard_outcome)
         if key_id:
             conds.append(t.c.key_id == key_id)
+        if release_id:
+            conds.append(t.c.release_id == release_id)
         query = select(t).order_by(t.c.started_at.desc()).limit(limit)
         if conds:
             query = query.where(and_(*conds))

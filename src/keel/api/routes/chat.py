@@ -44,8 +44,8 @@ def chat(body: ChatRequest, request: Request) -> Any:
     gw = gateway(request)
     key = gw.authenticate(request, "chat")
     _check_length(request, body.message)
-    app = gw.app
     thread_id = body.thread_id or _new_thread_id()
+    app = gw.app_for(thread_id, key.id)
     scopes = gw.tool_scopes(key)
     if not body.stream:
         started = time.perf_counter()
@@ -95,11 +95,12 @@ def get_thread(thread_id: str, request: Request) -> Any:
     exists, _ = gw.app.threads.owner_of(thread_id)
     if not exists:
         raise Problem(404, f"no thread {thread_id!r}")
-    messages = gw.app.history(thread_id, owner=key.id)
+    app = gw.app_for(thread_id, key.id)
+    messages = app.history(thread_id, owner=key.id)
     return {
         "thread_id": thread_id,
         "messages": [_message(m) for m in messages],
-        "pending_approval": gw.app.pending_approval(thread_id, owner=key.id),
+        "pending_approval": app.pending_approval(thread_id, owner=key.id),
     }
 
 
@@ -139,7 +140,7 @@ def approve(thread_id: str, body: ApprovalRequest, request: Request) -> Any:
         raise Problem(404, f"no thread {thread_id!r}")
     started = time.perf_counter()
     with gw.thread_lock(thread_id):
-        answer = gw.app.resume(
+        answer = gw.app_for(thread_id, key.id).resume(
             thread_id,
             body.decision,
             gw.tool_scopes(key),

@@ -124,7 +124,9 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
 
     if not body.stream:
         with gw.thread_lock(thread_id):
-            answer = gw.app.ask(question, thread_id, scopes, owner=key.id, history=history)
+            answer = gw.app_for(thread_id, key.id).ask(
+                question, thread_id, scopes, owner=key.id, history=history
+            )
         data = answer.to_dict()
         gw.account(key, data, time.perf_counter() - started)
         return {
@@ -163,7 +165,9 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     def events() -> Iterator[str]:
         import json
 
-        stream = gw.app.stream(question, thread_id, scopes, owner=key.id, history=history)
+        stream = gw.app_for(thread_id, key.id).stream(
+            question, thread_id, scopes, owner=key.id, history=history
+        )
         cid = "chatcmpl-pending"
         first = True
         try:
