@@ -53,6 +53,8 @@ class App:
         self.settings = settings or get_settings()
         self.model = model
         self.hooks: Hooks | None = None  # set before the first ask to plug in guards
+        self.release_id: str | None = None  # set when the app serves a recorded release
+        self._borrowed: set[str] = set()  # resources shared with the app it was built from
         self._closers: list[Any] = []
         self._lock = threading.RLock()
         self._bm25: dict[str, BM25Index] = {}
@@ -64,6 +66,65 @@ class App:
     ) -> App:
         """Load ``keel.toml`` (or the keel.toml inside a folder)."""
         return cls(load_config(path), settings=settings, model=model)
+
+    @classmethod
+    def from_release(
+        cls, release_id: str, content: Mapping[str, Any], *, base: App, model: Any = None
+    ) -> App:
+        """The app a recorded release describes, served beside ``base`` (the app on disk).
+
+        Config, prompts and model ids come from the release; tools are code, so the tools the
+        deployed code provides must have the signatures the release recorded (otherwise a
+        :class:`UsageError` names the difference). The database, trace store, thread store
+        and, when the embedding settings match, the embedder and vector stores are shared
+        with ``base``: a thread keeps its history whichever release serves it.
+        """
+        from keel.agents.prompts import Example, Prompts
+        from keel.config import config_from_dict
+
+        raw = content.get("config")
+        if not isinstance(raw, dict):
+            raise UsageError(f"release {release_id} has no config")
+        config = config_from_dict(
+            json.loads(json.dumps(raw)), base_dir=base.config.base_dir, origin=release_id
+        )
+        app = cls(config, settings=base.settings, model=model)
+        app.release_id = release_id
+        stored = content.get("prompts") or {}
+        app.__dict__["prompts"] = Prompts(
+            system=str(stored.get("system", "")),
+            examples=tuple(
+                Example(question=str(e["question"]), answer=str(e["answer"]))
+                for e in stored.get("examples", [])
+            ),
+            system_source=f"release {release_id}",
+            examples_source=f"release {release_id}" if stored.get("examples") else None,
+        )
+        recorded = json.dumps(content.get("tools", []), sort_keys=True, default=str)
+        deployed = json.dumps(app.toolset.to_openai(), sort_keys=True, default=str)
+        if recorded != deployed:
+            names = sorted(
+                {t.get("function", {}).get("name", "?") for t in content.get("tools", [])}
+                ^ {t.get("function", {}).get("name", "?") for t in app.toolset.to_openai()}
+            )
+            detail = f" (tools only on one side: {', '.join(names)})" if names else ""
+            raise UsageError(
+                f"release {release_id} recorded other tool signatures than the deployed code "
+                f"provides{detail}: deploy the code it was made from"
+            )
+        definition = {k: content.get(k) for k in ("config", "prompts", "tools", "models")}
+        app.__dict__["_definition_digest"] = hashlib.sha256(
+            json.dumps(definition, sort_keys=True, default=str).encode()
+        ).hexdigest()
+        shared = ["engine", "tracing", "threads", "_checkpointer"]
+        if config.rag.embeddings == base.config.rag.embeddings:
+            shared.append("embedder")
+            app._stores = base._stores
+            app._bm25 = base._bm25
+        for name in shared:
+            app.__dict__[name] = getattr(base, name)
+            app._borrowed.add(name)
+        return app
 
     # -- places --------------------------------------------------------------------------------
     @property
@@ -269,7 +330,7 @@ class App:
         for closer in reversed(self._closers):
             closer()
         self._closers.clear()
-        if "engine" in self.__dict__:
+        if "engine" in self.__dict__ and "engine" not in self._borrowed:
             self.engine.dispose()
 
     # -- agent ---------------------------------------------------------------------------------
@@ -549,7 +610,11 @@ class App:
             "keel.prompt.system_version": p.system_version,
             "keel.thread.id": tid,
             "gen_ai.request.model": self.agent.chain.models[0][0],
+            # summarized even when the turn fails (its status is then "error")
+            "keel.summary": True,
         }
+        if self.release_id:
+            attrs["keel.release.id"] = self.release_id
         if p.examples_version:
             attrs["keel.prompt.examples_version"] = p.examples_version
         if owner:
@@ -679,6 +744,7 @@ class App:
             else None,
             events=list(values.get("events", [])),
             hits=list(values.get("hits", [])),
+            release_id=self.release_id,
         )
 
     def ask(

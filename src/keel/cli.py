@@ -538,7 +538,7 @@ def _release_dict(r: Any) -> dict[str, Any]:
         "app": r.app,
         "created_at": r.created_at.isoformat(),
         "deployable": r.deployable,
-        "gate": r.gate,
+        "gate": {k: v for k, v in r.gate.items() if k != "run"} if r.gate else None,
         "note": r.note,
         "index_version": r.content.get("index_version"),
         "models": r.content.get("models"),
@@ -553,6 +553,9 @@ def release_create(
         Path | None, typer.Option(help="An eval suite: deployable only if its gate passes.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the release id.")
+    ] = False,
 ) -> None:
     """Record the app as it is now (config, prompts, tools, models, index, commit) as an
     immutable, content-addressed release."""
@@ -564,17 +567,32 @@ def release_create(
 
             if not gate.is_file():
                 raise UsageError(f"no suite file {gate}")
-            result = evaluate(gate, app=app)
+            from keel.evals.runner import RunResult
+
+            # Against the stable release's own gate run when it has one (the suite's
+            # baseline file otherwise): a release must not be worse than what serves.
+            stable = store.get(store.state()["stable"] or "") if store.state()["stable"] else None
+            stable_run = (stable.gate or {}).get("run") if stable is not None else None
+            result = evaluate(
+                gate,
+                app=app,
+                baseline_run=RunResult.from_json(stable_run) if stable_run else None,
+            )
             gate_summary = {
                 "suite": result.suite.name,
                 "passed": result.result.passed,
                 "reasons": result.result.reasons,
                 "dataset_version": result.run.dataset_version,
+                "baseline": f"release {stable.id}" if stable_run and stable else "suite baseline",
+                "run": result.run.to_json(),
             }
         release = store.create(app.release_content(), note=note, gate=gate_summary)
         app.close()
     if as_json:
         _print_json(_release_dict(release))
+        return
+    if quiet:
+        out.print(release.id, markup=False)
         return
     state = "deployable" if release.deployable else "NOT deployable (gate failed)"
     out.print(f"{release.id}  {state}", markup=False)
@@ -681,6 +699,52 @@ def release_rollback(reason: Annotated[str, typer.Option(help="Why.")] = "manual
     err.print("canary rolled back")
 
 
+@release_cli.command("check")
+def release_check(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Judge only; never roll back.")
+    ] = False,
+) -> None:
+    """Judge the canary against stable now (what the gateway does every check_interval_s):
+    exit 1 when it is significantly worse (and, unless --dry-run, roll it back)."""
+    from keel.ops.canary import CanaryPolicy, canary_verdict
+
+    with _errors():
+        app, store = _releases()
+        d = app.config.deploy
+        verdict = canary_verdict(
+            store,
+            CanaryPolicy(min_sample=d.min_sample, alpha=d.alpha, margin=d.margin),
+            rollback=not dry_run,
+        )
+        app.close()
+        if verdict is None:
+            raise UsageError("no canary is deployed")
+    if as_json:
+        _print_json(verdict.to_dict())
+    else:
+        for rid in (verdict.stable, verdict.canary):
+            if rid is None:
+                continue
+            h = verdict.health[rid]
+            role = "canary" if rid == verdict.canary else "stable"
+            out.print(
+                f"{role:<7} {rid}  requests {h['requests']}  errors {h['error_rate']:.1%}  "
+                f"guard trips {h['guard_trip_rate']:.1%}  negative feedback "
+                f"{h['negative_feedback']}/{h['feedback']}",
+                markup=False,
+            )
+        for reason in verdict.reasons:
+            err.print(f"[red]worse:[/red] {reason}")
+        if verdict.rollback:
+            err.print("canary rolled back" if not dry_run else "canary would be rolled back")
+        else:
+            err.print("canary healthy (or not enough data yet)")
+    if verdict.rollback:
+        raise typer.Exit(1)
+
+
 monitor_cli = typer.Typer(help="Production monitoring.", no_args_is_help=True)
 cli.add_typer(monitor_cli, name="monitor")
 
@@ -688,33 +752,62 @@ cli.add_typer(monitor_cli, name="monitor")
 @monitor_cli.command("drift")
 def monitor_drift(
     reference: Annotated[
-        Path, typer.Option(help="The evaluated dataset (JSONL/YAML): train/serve skew.")
-    ],
-    window: Annotated[int, typer.Option(min=10, help="Most recent N traced questions.")] = 200,
+        Path | None,
+        typer.Option(help="An evaluated dataset (JSONL/YAML) as the reference: train/serve skew."),
+    ] = None,
+    reference_window: Annotated[
+        bool,
+        typer.Option(
+            "--reference-window",
+            help="Use the production window just before the current one as the reference.",
+        ),
+    ] = False,
+    window: Annotated[
+        str,
+        typer.Option(
+            help="The current sample: the last N traced questions, or a duration (30m, 24h, 7d)."
+        ),
+    ] = "200",
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Do recent production questions drift away from what was evaluated? Exit 1 on alert."""
+    """Do recent production questions drift away from what was evaluated (or from an earlier
+    window)? Exit 1 on alert. Each check is recorded; the gateway's /metrics shows the last."""
     from keel.evals.datasets import load_dataset
-    from keel.ops.drift import detect_drift
+    from keel.ops.monitor import Window, check_drift
 
     with _errors():
+        if (reference is None) == (not reference_window):
+            raise UsageError("give either --reference DATASET or --reference-window")
+        if reference is not None and not reference.is_file():
+            raise UsageError(f"no dataset file {reference}")
+        span = Window.parse(window)
         app = _app()
-        cases = load_dataset(reference).cases
-        rows = [r for r in app.tracing.list(limit=window) if r.get("question")]
-        if len(rows) < 10:
-            raise UsageError(
-                f"only {len(rows)} traced questions (need 10; is [tracing] capture off?)"
+        try:
+            questions = None
+            if reference is not None:
+                questions = [c.input for c in load_dataset(reference).cases]
+            report = check_drift(
+                app,
+                window=span,
+                reference_questions=questions,
+                reference_window=reference_window,
+                reference_label=str(reference) if reference is not None else "",
             )
-        ref = app.embedder.encode([c.input for c in cases])
-        cur = app.embedder.encode([r["question"] for r in rows])
-        report = detect_drift(ref, cur)
-        app.close()
+        finally:
+            app.close()
     if as_json:
         _print_json(report.to_dict())
     else:
-        out.print(
+        line = (
             f"mean shift {report.mean_shift:.4f}  MMD {report.mmd:.4f} (p={report.mmd_p_value:.3f})"
         )
+        if report.top_score_ks is not None:
+            line += f"  top-score KS {report.top_score_ks:.3f} (p={report.top_score_p_value:.3f})"
+        if report.ood_rate is not None:
+            line += f"  OOD {report.ood_rate:.0%}"
+        if report.refusal_rate_change is not None:
+            line += f"  refusals {report.refusal_rate_change:+.0%}"
+        out.print(line, markup=False)
         for reason in report.reasons:
             err.print(f"[red]drift:[/red] {reason}")
         err.print("ALERT" if report.alert else "no drift")

@@ -101,6 +101,29 @@ class TracingSection(_Strict):
     )
 
 
+class DeploySection(_Strict):
+    """How the gateway serves releases (``keel release deploy``) and watches a canary."""
+
+    refresh_s: float = Field(
+        default=2.0, ge=0, description="How often the gateway re-reads which release serves."
+    )
+    auto_rollback: bool = Field(
+        default=True, description="Roll a canary back when it is significantly worse."
+    )
+    min_sample: int = Field(
+        default=50, ge=1, description="Canary observations a rate needs before it is judged."
+    )
+    alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="Significance level (all rates together)."
+    )
+    margin: float = Field(
+        default=0.02, ge=0, lt=1, description="How much worse a rate must be, at least."
+    )
+    check_interval_s: float = Field(
+        default=30.0, ge=0, description="Seconds between the gateway's canary checks."
+    )
+
+
 class ThreadsSection(_Strict):
     retention_days: float | None = Field(
         default=None, gt=0, description="Threads idle longer than this are deleted by prune."
@@ -171,6 +194,7 @@ class KeelConfig(_Strict):
     limits: LimitsSection = Field(default_factory=LimitsSection)
     tracing: TracingSection = Field(default_factory=TracingSection)
     costs: CostsSection = Field(default_factory=CostsSection)
+    deploy: DeploySection = Field(default_factory=DeploySection)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     def resolve(self, relative: str | Path) -> Path:

@@ -112,6 +112,7 @@ def test_rows_become_cases_joined_to_their_turns(engine: Engine, unique: str) ->
         "provenance": {
             "source": "feedback",
             "feedback_id": f"a{unique}",
+            "trace_id": tr1,
             "created_at": "2031-01-10T12:00:00+00:00",
             "app_version": "v-abc",
             "index_version": "i-123",
@@ -127,6 +128,7 @@ def test_rows_become_cases_joined_to_their_turns(engine: Engine, unique: str) ->
     assert unknown["provenance"] == {
         "source": "feedback",
         "feedback_id": f"b{unique}",
+        "trace_id": unknown["trace_id"],
         "created_at": "2031-01-10T12:01:00+00:00",
     }
     assert cases[2]["contexts"] == first["contexts"]

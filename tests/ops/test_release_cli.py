@@ -62,6 +62,17 @@ def test_release_create_gate_deploy_diff_promote_rollback(bot: Path) -> None:
     bad = runner.invoke(cli, [*cfg, "release", "deploy", "rel-nope"])
     assert bad.exit_code == 2
 
+    # A worse release (retrieval off) is gated against the stable release's own gate run.
+    toml = bot / "keel.toml"
+    toml.write_text(toml.read_text() + "\n[agent]\nretrieve = false\n")
+    worse = runner.invoke(cli, [*cfg, "release", "create", "--gate", suite, "--json"])
+    assert worse.exit_code == 0, worse.output
+    r3 = json.loads(worse.stdout)
+    assert not r3["deployable"] and r3["gate"]["baseline"] == f"release {r1['id']}"
+    assert r3["gate"]["reasons"] and "run" not in r3["gate"]
+    refused = runner.invoke(cli, [*cfg, "release", "deploy", r3["id"], "--canary", "0.1"])
+    assert refused.exit_code == 2 and "not deployable" in refused.output
+
 
 def test_monitor_drift_quiet_on_evaluated_questions_alerts_on_others(bot: Path) -> None:
     runner = CliRunner()

@@ -29,6 +29,7 @@ class Answer:
     cost_usd: float | None = None  # None when the model's price is unknown (never guessed)
     events: list[dict[str, Any]] = field(default_factory=list)
     hits: list[dict[str, Any]] = field(default_factory=list)
+    release_id: str | None = None  # the release that served it (None: the app on disk)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

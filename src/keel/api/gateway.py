@@ -30,6 +30,15 @@ def _seconds_to_midnight() -> int:
     return max(1, int((midnight - now).total_seconds()))
 
 
+def _outcome(answer: dict[str, Any]) -> str:
+    stop = answer.get("stop_reason")
+    if stop == "error":
+        return "error"
+    if stop == "guardrail":
+        return "guard_tripped"
+    return "ok"
+
+
 @dataclass
 class Job:
     id: str
@@ -70,6 +79,16 @@ class Gateway:
         self._thread_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.jobs: dict[str, Job] = {}
+        from keel.ops.releases import ReleaseStore
+
+        self.releases = ReleaseStore(app.engine, app.name)
+        self._release_apps: dict[str, App] = {}
+        self._release_guard = threading.Lock()
+        self._deployment: dict[str, Any] = {"stable": None, "canary": None, "weight": 0.0}
+        self._deployment_read = -1e18
+        self._check_lock = threading.Lock()
+        self._last_check = time.monotonic()
+        self.last_verdict: dict[str, Any] | None = None
 
     # -- auth ----------------------------------------------------------------------------------
     def authenticate(self, request: Request, scope: str) -> ApiKey:
@@ -110,9 +129,92 @@ class Gateway:
         request.state.key_id = key.id
         return key
 
+    # -- releases -------------------------------------------------------------------------------
+    def deployment(self) -> dict[str, Any]:
+        """Which releases serve (``keel release deploy``), re-read every ``refresh_s``."""
+        now = time.monotonic()
+        if now - self._deployment_read >= self.app.config.deploy.refresh_s:
+            self._deployment = self.releases.state()
+            self._deployment_read = now
+            self.metrics.deployment(self._deployment)
+        return self._deployment
+
+    def release_app(self, release_id: str) -> App:
+        """The app of a recorded release, built once and kept while it serves."""
+        with self._release_guard:
+            found = self._release_apps.get(release_id)
+            if found is not None:
+                return found
+            release = self.releases.get(release_id)
+            if release is None:
+                raise Problem(503, f"the deployed release {release_id} is not recorded")
+            from keel.app import App as KeelApp
+
+            built = KeelApp.from_release(release.id, release.content, base=self.app)
+            built.hooks = self.app.hooks
+            self._release_apps[release_id] = built
+            return built
+
+    def release_of(self, trace_id: str) -> str | None:
+        """The release that served a traced turn (None: the app on disk, or unknown)."""
+        from sqlalchemy import select
+
+        from keel.ops.tracing import traces_table
+
+        self.app.tracing.flush()
+        query = select(traces_table.c.release_id).where(traces_table.c.trace_id == trace_id)
+        with self.app.engine.connect() as conn:
+            found = conn.execute(query).scalar_one_or_none()
+        return str(found) if found else None
+
     def app_for(self, thread_id: str, key_id: str | None) -> App:
-        """The app that serves this thread of this key (the stable release or the canary)."""
+        """The app that serves this thread of this key: the canary for a sticky share of
+        threads (``route``: the same thread and key always land on the same side), the stable
+        release otherwise, and the app on disk while no release is deployed."""
+        from keel.ops.releases import route
+
+        state = self.deployment()
+        canary, stable = state["canary"], state["stable"]
+        if canary and route(thread_id, key_id, state["weight"], salt=canary):
+            return self.release_app(canary)
+        if stable:
+            return self.release_app(stable)
         return self.app
+
+    def maybe_check_canary(self) -> None:
+        """Judge the canary every ``check_interval_s`` (one check at a time, never blocking a
+        request for another's check) and roll it back when it is significantly worse."""
+        deploy = self.app.config.deploy
+        if not deploy.auto_rollback:
+            return
+        if time.monotonic() - self._last_check < deploy.check_interval_s:
+            return
+        if not self._check_lock.acquire(blocking=False):
+            return
+        try:
+            self._last_check = time.monotonic()
+            self.check_canary()
+        finally:
+            self._check_lock.release()
+
+    def check_canary(self) -> dict[str, Any] | None:
+        """Judge the canary now; roll it back when it is worse. The verdict, or None."""
+        from keel.ops.canary import CanaryPolicy, canary_verdict
+
+        deploy = self.app.config.deploy
+        self.app.tracing.flush()  # the latest turns count
+        verdict = canary_verdict(
+            self.releases,
+            CanaryPolicy(min_sample=deploy.min_sample, alpha=deploy.alpha, margin=deploy.margin),
+            rollback=deploy.auto_rollback,
+        )
+        if verdict is None:
+            return None
+        self.last_verdict = verdict.to_dict()
+        if verdict.rollback:
+            self.metrics.rollback(verdict.canary)
+            self._deployment_read = -1e18  # serve the new state at once
+        return self.last_verdict
 
     @staticmethod
     def tool_scopes(key: ApiKey) -> list[str] | None:
@@ -138,6 +240,18 @@ class Gateway:
         self.limits.spend_tokens(key.id, int(usage.get("total_tokens", 0)))
         self.ledger.record(key.id, usage, answer.get("cost_usd"))
         self.metrics.answer(answer, seconds, retrieved=self.app.config.agent.retrieve)
+        self.metrics.release_request(answer.get("release_id"), _outcome(answer))
+        self.maybe_check_canary()
+
+    @contextmanager
+    def serving(self, app: App) -> Iterator[None]:
+        """Around a turn: a failure counts against the release that served it."""
+        try:
+            yield
+        except Exception:
+            self.metrics.release_request(app.release_id, "error")
+            self.maybe_check_canary()
+            raise
 
     def new_job(self, key_id: str) -> Job:
         job = Job(id=uuid.uuid4().hex, key_id=key_id)

@@ -41,6 +41,7 @@ class ChatResponse(BaseModel):
     model_seconds: float = 0.0
     cost_usd: float | None = None
     events: list[dict[str, Any]]
+    release_id: str | None = None
 
 
 class ApprovalRequest(BaseModel):

@@ -25,15 +25,19 @@ def evaluate(
     suite_path: str | Path,
     *,
     baseline: Path | None = None,
+    baseline_run: RunResult | None = None,
     model: Any = None,
     app: Any = None,
     progress: Progress | None = None,
 ) -> Evaluation:
-    """Run and gate a suite. ``baseline`` overrides the suite's own baseline file."""
+    """Run and gate a suite. ``baseline`` (a file) or ``baseline_run`` (a run in hand, e.g.
+    the stable release's gate run) overrides the suite's own baseline file."""
     suite = load_suite(suite_path)
     run = run_suite(suite, app=app, model=model, progress=progress)
     base_path = baseline or suite.baseline_path
-    base = RunResult.load(base_path) if base_path is not None and base_path.exists() else None
+    base = baseline_run
+    if base is None and base_path is not None and base_path.exists():
+        base = RunResult.load(base_path)
     result = gate(
         run,
         thresholds={m: suite.threshold(m) for m in suite.metrics},

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
-import re
 import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from keel.ops.refusal import is_refusal
 from keel.settings import offline_defaults
 
 # RAGAS_DO_NOT_TRACK (and the Hugging Face switches) before ragas is first imported.
@@ -324,19 +324,6 @@ def ndcg_at_k(doc_ids: list[str], reference: list[str], k: int) -> float:
             dcg += 1.0 / math.log2(i + 1)
     ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(len(refs), k) + 1))
     return dcg / ideal
-
-
-_REFUSAL = re.compile(
-    r"^\W*(i\s+(don'?t|do\s+not)\s+know|i'?m\s+not\s+sure|i\s+am\s+not\s+sure|"
-    r"i\s+(can'?t|cannot|could\s+not|couldn'?t)\s+(answer|find|help)|"
-    r"i\s+(have|had)\s+no\s+information|sorry,\s+i\s+(don'?t|do\s+not)\s+know)",
-    re.IGNORECASE,
-)
-
-
-def is_refusal(text: str) -> bool:
-    """An "I don't know" answer (keel's extractive model refuses this way)."""
-    return bool(_REFUSAL.match(text.replace("\u2019", "'")))
 
 
 def _args_match(expected: Mapping[str, Any], made: Mapping[str, Any]) -> bool:

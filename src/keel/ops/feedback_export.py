@@ -90,6 +90,7 @@ def _case(row: Mapping[str, Any], turn: Mapping[str, Any] | None) -> dict[str, A
     provenance: dict[str, Any] = {
         "source": "feedback",
         "feedback_id": row["id"],
+        "trace_id": row["trace_id"],
         "created_at": _utc(created).isoformat() if isinstance(created, datetime) else created,
     }
     provenance.update({k: turn[k] for k in _LINEAGE if turn.get(k) is not None})

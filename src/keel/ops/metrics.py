@@ -37,7 +37,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE", "LABEL_MAX_CHARS", "OVERFLOW_LABEL", "Metrics"]
@@ -162,6 +162,39 @@ class Metrics:
             buckets=TURN_LATENCY_BUCKETS,
             registry=r,
         )
+        self.release_requests = Counter(
+            "keel_release_requests_total",
+            "Turns by the release that served them and their outcome (ok, error, "
+            "guard_tripped); release 'disk' is the app on disk, served while none is deployed.",
+            ["release", "outcome"],
+            registry=r,
+        )
+        self.release_feedback = Counter(
+            "keel_release_feedback_total",
+            "Human feedback by release and rating (positive, negative).",
+            ["release", "rating"],
+            registry=r,
+        )
+        self.release_weight = Gauge(
+            "keel_release_traffic_weight",
+            "Share of threads each serving release gets (role: stable, canary).",
+            ["release", "role"],
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "keel_release_rollbacks_total",
+            "Canaries rolled back automatically.",
+            ["release"],
+            registry=r,
+        )
+        self.drift = Gauge(
+            "keel_drift",
+            "The last drift check (`keel monitor drift`): mean_shift, mmd, mmd_p_value, "
+            "top_score_ks, top_score_p_value, ood_rate, refusal_rate_change, alert (0/1), "
+            "age_seconds.",
+            ["measure"],
+            registry=r,
+        )
 
     # -- what other parts call ---------------------------------------------------------------
     def model_call(
@@ -249,6 +282,54 @@ class Metrics:
         if usd is not None:
             self.cost(model, usd)
         self.turn_latency.observe(max(0.0, seconds))
+
+    def release_request(self, release: str | None, outcome: str) -> None:
+        """One turn served by ``release`` (None: the app on disk) with its outcome."""
+        self.release_requests.labels(
+            release=self._label("release", release or "disk"),
+            outcome=self._label("outcome", outcome),
+        ).inc()
+
+    def feedback(self, release: str | None, score: float) -> None:
+        """One feedback score (0..1; below 0.5 is negative) on a turn of ``release``."""
+        rating = "negative" if score < 0.5 else "positive"
+        self.release_feedback.labels(
+            release=self._label("release", release or "disk"), rating=rating
+        ).inc()
+
+    def deployment(self, state: Mapping[str, Any]) -> None:
+        """Which releases serve, with their traffic shares."""
+        self.release_weight.clear()
+        weight = float(state.get("weight") or 0.0)
+        if state.get("stable"):
+            self.release_weight.labels(release=str(state["stable"]), role="stable").set(
+                1.0 - weight if state.get("canary") else 1.0
+            )
+        if state.get("canary"):
+            self.release_weight.labels(release=str(state["canary"]), role="canary").set(weight)
+
+    def rollback(self, release: str) -> None:
+        self.rollbacks.labels(release=self._label("release", release)).inc()
+
+    def drift_check(self, check: Mapping[str, Any] | None) -> None:
+        """The figures of the last stored drift check (nothing when there was none)."""
+        self.drift.clear()
+        if not check:
+            return
+        for measure in (
+            "mean_shift",
+            "mmd",
+            "mmd_p_value",
+            "top_score_ks",
+            "top_score_p_value",
+            "ood_rate",
+            "refusal_rate_change",
+            "age_seconds",
+        ):
+            value = _number(check.get(measure))
+            if value is not None:
+                self.drift.labels(measure=measure).set(value)
+        self.drift.labels(measure="alert").set(1.0 if check.get("alert") else 0.0)
 
     # -- exposition --------------------------------------------------------------------------
     def render(self) -> bytes:

@@ -49,7 +49,7 @@ def chat(body: ChatRequest, request: Request) -> Any:
     scopes = gw.tool_scopes(key)
     if not body.stream:
         started = time.perf_counter()
-        with gw.thread_lock(thread_id):
+        with gw.thread_lock(thread_id), gw.serving(app):
             answer = app.ask(body.message, thread_id, scopes, owner=key.id)
         data = answer.to_dict()
         gw.account(key, data, time.perf_counter() - started)
@@ -71,6 +71,7 @@ def chat(body: ChatRequest, request: Request) -> Any:
                 else:
                     yield sse(kind, event)
         except KeelError as exc:
+            gw.metrics.release_request(app.release_id, "error")
             yield sse("error", {"type": type(exc).__name__, "detail": str(exc)})
         finally:
             close_quietly(stream)  # a client that went away cancels the run here
@@ -139,8 +140,9 @@ def approve(thread_id: str, body: ApprovalRequest, request: Request) -> Any:
     if not exists:
         raise Problem(404, f"no thread {thread_id!r}")
     started = time.perf_counter()
-    with gw.thread_lock(thread_id):
-        answer = gw.app_for(thread_id, key.id).resume(
+    app = gw.app_for(thread_id, key.id)
+    with gw.thread_lock(thread_id), gw.serving(app):
+        answer = app.resume(
             thread_id,
             body.decision,
             gw.tool_scopes(key),

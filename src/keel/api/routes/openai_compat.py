@@ -122,11 +122,10 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     started = time.perf_counter()
     model = body.model
 
+    app = gw.app_for(thread_id, key.id)
     if not body.stream:
-        with gw.thread_lock(thread_id):
-            answer = gw.app_for(thread_id, key.id).ask(
-                question, thread_id, scopes, owner=key.id, history=history
-            )
+        with gw.thread_lock(thread_id), gw.serving(app):
+            answer = app.ask(question, thread_id, scopes, owner=key.id, history=history)
         data = answer.to_dict()
         gw.account(key, data, time.perf_counter() - started)
         return {
@@ -165,9 +164,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     def events() -> Iterator[str]:
         import json
 
-        stream = gw.app_for(thread_id, key.id).stream(
-            question, thread_id, scopes, owner=key.id, history=history
-        )
+        stream = app.stream(question, thread_id, scopes, owner=key.id, history=history)
         cid = "chatcmpl-pending"
         first = True
         try:
@@ -195,6 +192,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                         yield f"data: {json.dumps(usage)}\n\n"
             yield "data: [DONE]\n\n"
         except KeelError as exc:
+            gw.metrics.release_request(app.release_id, "error")
             err = {"error": {"message": str(exc), "type": type(exc).__name__}}
             yield f"data: {json.dumps(err)}\n\n"
         finally:

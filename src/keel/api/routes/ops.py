@@ -29,6 +29,8 @@ def feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
         thread_id=body.thread_id,
         key_id=key.id,
     )
+    gw.metrics.feedback(gw.release_of(body.trace_id), body.score)
+    gw.maybe_check_canary()
     return {"id": fid, "trace_id": body.trace_id}
 
 
@@ -57,6 +59,14 @@ def readyz(request: Request) -> dict[str, Any]:
         checks["models"] = "ok"
     except Exception as exc:
         checks["models"] = f"not loaded: {type(exc).__name__}"
+    state = gw.deployment()
+    for role in ("stable", "canary"):
+        if state[role]:
+            try:
+                gw.release_app(state[role]).agent  # noqa: B018 - builds it
+                checks[f"{role}_release"] = "ok"
+            except Exception as exc:
+                checks[f"{role}_release"] = f"not loaded: {exc}"
     if gw.limits.shared:
         checks["rate_limits"] = "ok" if gw.limits.check_storage() else "unreachable"
     if any(v != "ok" for v in checks.values()):
@@ -72,8 +82,38 @@ def readyz(request: Request) -> dict[str, Any]:
 def metrics(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+    from keel.ops.monitor import last_check
+
     gw = gateway(request)
+    gw.deployment()
+    gw.metrics.drift_check(last_check(gw.app.engine, gw.app.name))
     return Response(generate_latest(gw.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/deployment", summary="The serving releases, their health and the last checks")
+def deployment(request: Request) -> dict[str, Any]:
+    """Stable and canary (with the canary's traffic share), each release's health since the
+    canary was deployed, the last canary verdict of this gateway, the release switch history
+    and the last drift check. Needs the ``admin`` scope."""
+    from keel.ops.canary import release_health
+    from keel.ops.monitor import last_check
+
+    gw = gateway(request)
+    gw.authenticate(request, "admin")
+    state = gw.releases.state()
+    ids = [r for r in (state["stable"], state["canary"]) if r]
+    history = gw.releases.history()
+    since = next(
+        (e["at"] for e in history if e["action"] == "canary" and e["to"] == state["canary"]),
+        None,
+    )
+    return {
+        **state,
+        "health": release_health(gw.app.engine, gw.app.name, ids, since=since),
+        "last_verdict": gw.last_verdict,
+        "history": [{**e, "at": e["at"].isoformat()} for e in history[:50]],
+        "drift": last_check(gw.app.engine, gw.app.name),
+    }
 
 
 _ISO = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$"

@@ -1,0 +1,219 @@
+"""Releases through the gateway: stable and canary served side by side (sticky per thread
+and key), per-release metrics, promote, and automatic rollback of a canary made worse."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from keel.api import create_app
+from keel.app import App
+from keel.config import config_from_dict
+from keel.ops.canary import CanaryPolicy, judge_canary
+from keel.ops.releases import ReleaseStore
+from keel.settings import Settings
+
+# The embedded model with retrieval off answers at once (it says it does not know), so a
+# turn costs milliseconds and needs no knowledge base.
+BASE: dict[str, Any] = {
+    "app": {"name": "canary-bot"},
+    "agent": {"retrieve": False},
+    "limits": {"requests_per_minute": 10_000},
+    "deploy": {"refresh_s": 0, "check_interval_s": 0, "min_sample": 15, "alpha": 0.01},
+}
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens once the socket is closed
+
+
+@pytest.fixture
+def release_app(tmp_path: Path, model_cache_dir: Path) -> Iterator[Callable[[dict[str, Any]], App]]:
+    settings = Settings(
+        data_dir=tmp_path / ".keel",
+        cache_dir=model_cache_dir,
+        openai_base_url=f"http://127.0.0.1:{_closed_port()}/v1",
+        openai_api_key="sk-test",
+    )
+    made: list[App] = []
+
+    def build(overrides: dict[str, Any]) -> App:
+        raw = {**BASE, **overrides}
+        app = App(config_from_dict(raw, base_dir=tmp_path), settings=settings)
+        made.append(app)
+        return app
+
+    yield build
+    for app in made:
+        app.close()
+
+
+def _record(app: App, note: str) -> str:
+    return ReleaseStore(app.engine, app.name).create(app.release_content(), note=note).id
+
+
+def _ask(client: TestClient, key: str, thread: str) -> dict[str, Any]:
+    r = client.post(
+        "/v1/chat",
+        json={"message": "How long do refunds take?", "thread_id": thread},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    body = r.json() if r.headers.get("content-type", "").endswith("json") else {}
+    assert r.status_code == 200 or "detail" in body, r.text
+    return {"status": r.status_code, **body}
+
+
+def test_create_canary_promote_then_a_worse_canary_is_rolled_back(
+    release_app: Callable[[dict[str, Any]], App],
+) -> None:
+    disk = release_app({})
+    store = ReleaseStore(disk.engine, disk.name)
+    v1 = _record(disk, "v1")
+    v2 = _record(
+        release_app({"guards": {"message": "Sorry, v2 cannot help with that request."}}), "v2"
+    )
+    # v3 is worse: its model is a server that is down, so every turn fails.
+    v3 = _record(
+        release_app({"model": {"id": "openai:gpt-4o-mini", "max_retries": 0, "timeout_s": 2}}),
+        "v3",
+    )
+    store.set_stable(v1, "first release")
+
+    api = create_app(disk)
+    gw = api.state.gateway
+    client = TestClient(api, raise_server_exceptions=False)
+    key, _ = gw.keys.create("tester", ["chat", "feedback", "admin"])
+    try:
+        assert {_ask(client, key, f"t{i}")["release_id"] for i in range(5)} == {v1}
+
+        # canary: a sticky share of threads goes to v2
+        store.set_canary(v2, 0.5, "try v2")
+        served = {f"t{i}": _ask(client, key, f"t{i}")["release_id"] for i in range(40)}
+        assert set(served.values()) == {v1, v2}
+        assert 8 <= sum(r == v2 for r in served.values()) <= 32
+        again = {t: _ask(client, key, t)["release_id"] for t in list(served)[:10]}
+        assert again == {t: served[t] for t in again}  # the same thread stays on its release
+
+        metrics = client.get("/metrics").text
+        assert f'keel_release_requests_total{{outcome="ok",release="{v2}"}}' in metrics
+        assert f'keel_release_traffic_weight{{release="{v2}",role="canary"}} 0.5' in metrics
+        view = client.get("/v1/deployment", headers={"Authorization": f"Bearer {key}"}).json()
+        assert view["canary"] == v2 and view["health"][v2]["requests"] > 0
+
+        store.promote("v2 is as good")
+        promoted = [_ask(client, key, f"t{i}") for i in range(10)]
+        assert {a.get("release_id") for a in promoted} == {v2}, [
+            a for a in promoted if a["status"] != 200
+        ]
+
+        # a canary that fails every turn is rolled back by the gateway itself
+        store.set_canary(v3, 0.5, "try v3")
+        outcomes = [_ask(client, key, f"u{i}") for i in range(80)]
+        failed = [o for o in outcomes if o["status"] != 200]
+        assert failed, "some turns went to the broken canary"
+        state = store.state()
+        assert state == {"stable": v2, "canary": None, "weight": 0.0}
+        last = store.history()[0]
+        assert last["action"] == "rollback" and last["from"] == v3
+        assert last["reason"].startswith("automatic: error rate")
+        # once rolled back, everything is served by stable again
+        assert {_ask(client, key, f"u{i}")["release_id"] for i in range(10)} == {v2}
+        assert f'keel_release_rollbacks_total{{release="{v3}"}} 1.0' in client.get("/metrics").text
+    finally:
+        client.close()
+
+
+def test_a_canary_tripping_guards_is_rolled_back_with_the_reason(
+    release_app: Callable[[dict[str, Any]], App],
+) -> None:
+    disk = release_app({})
+    store = ReleaseStore(disk.engine, disk.name)
+    v1 = _record(disk, "v1")
+    strict = {"guards": {"input": {"length": {"on_fail": "exception", "max_chars": 5}}}}
+    v2 = _record(release_app(strict), "too strict")
+    store.set_stable(v1, "first")
+    store.set_canary(v2, 0.5, "try it")
+    api = create_app(disk)
+    client = TestClient(api, raise_server_exceptions=False)
+    key, _ = api.state.gateway.keys.create("tester", ["chat"])
+    try:
+        answers = [_ask(client, key, f"g{i}") for i in range(80)]
+        tripped = [a for a in answers if a.get("stop_reason") == "guardrail"]
+        assert tripped and all(a["release_id"] == v2 for a in tripped)
+        assert store.state()["canary"] is None
+        reason = store.history()[0]["reason"]
+        assert reason.startswith("automatic: guard trip rate") and "Fisher" in reason
+    finally:
+        client.close()
+
+
+def test_too_little_data_or_an_equal_canary_is_never_rolled_back() -> None:
+    def health(requests: int, errors: int) -> dict[str, Any]:
+        return {
+            "requests": requests,
+            "errors": errors,
+            "guard_trips": 0,
+            "feedback": 0,
+            "negative_feedback": 0,
+        }
+
+    policy = CanaryPolicy(min_sample=50, alpha=0.01, margin=0.02)
+    few = judge_canary("c", "s", {"c": health(10, 10), "s": health(500, 0)}, policy)
+    assert not few.rollback  # 100% errors, but only 10 requests
+    same = judge_canary("c", "s", {"c": health(200, 6), "s": health(800, 24)}, policy)
+    assert not same.rollback  # 3% vs 3%
+    worse = judge_canary("c", "s", {"c": health(200, 30), "s": health(800, 24)}, policy)
+    assert worse.rollback and "error rate 0.150 (30/200)" in worse.reasons[0]
+    small = judge_canary(
+        "c", "s", {"c": health(5000, 160), "s": health(5000, 100)}, CanaryPolicy(margin=0.05)
+    )
+    assert not small.rollback  # significant, but within the margin
+
+
+def test_negative_feedback_counts_against_the_release_that_answered(
+    release_app: Callable[[dict[str, Any]], App],
+) -> None:
+    disk = release_app({"deploy": {**BASE["deploy"], "auto_rollback": False}})
+    store = ReleaseStore(disk.engine, disk.name)
+    v1 = _record(disk, "v1")
+    v2 = _record(release_app({"guards": {"message": "v2"}}), "v2")
+    store.set_stable(v1, "first")
+    store.set_canary(v2, 0.5, "try")
+    api = create_app(disk)
+    client = TestClient(api, raise_server_exceptions=False)
+    key, _ = api.state.gateway.keys.create("tester", ["chat", "feedback", "admin"])
+    auth = {"Authorization": f"Bearer {key}"}
+    try:
+        for i in range(30):
+            a = _ask(client, key, f"f{i}")
+            score = 0.0 if a["release_id"] == v2 else 1.0
+            r = client.post(
+                "/v1/feedback", json={"trace_id": a["trace_id"], "score": score}, headers=auth
+            )
+            assert r.status_code == 201
+        view = client.get("/v1/deployment", headers=auth).json()
+        h1, h2 = view["health"][v1], view["health"][v2]
+        assert h2["negative_feedback"] == h2["feedback"] > 0 and h1["negative_feedback"] == 0
+        assert h1["requests"] + h2["requests"] == 30
+        text = client.get("/metrics").text
+        assert f'keel_release_feedback_total{{rating="negative",release="{v2}"}}' in text
+        assert store.state()["canary"] == v2  # auto_rollback is off
+    finally:
+        client.close()
+
+
+def test_a_release_whose_tools_the_code_lacks_is_refused(
+    release_app: Callable[[dict[str, Any]], App],
+) -> None:
+    disk = release_app({})
+    content = disk.release_content()
+    content["tools"] = [{"type": "function", "function": {"name": "gone", "parameters": {}}}]
+    with pytest.raises(Exception, match="tools only on one side: gone"):
+        App.from_release("rel-x", content, base=disk)
