@@ -3,6 +3,7 @@ and key), per-release metrics, promote, and automatic rollback of a canary made 
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -217,3 +218,53 @@ def test_a_release_whose_tools_the_code_lacks_is_refused(
     content["tools"] = [{"type": "function", "function": {"name": "gone", "parameters": {}}}]
     with pytest.raises(Exception, match="tools only on one side: gone"):
         App.from_release("rel-x", content, base=disk)
+
+
+def test_keel_release_check_judges_and_rolls_back(
+    release_app: Callable[[dict[str, Any]], App],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from keel.cli import cli
+    from keel.settings import get_settings
+
+    manual = {"deploy": {**BASE["deploy"], "auto_rollback": False}}
+    disk = release_app(manual)
+    store = ReleaseStore(disk.engine, disk.name)
+    v1 = _record(disk, "v1")
+    broken = {"model": {"id": "openai:gpt-4o-mini", "max_retries": 0, "timeout_s": 2}}
+    v2 = _record(release_app({**manual, **broken}), "v2")
+    store.set_stable(v1, "first")
+    store.set_canary(v2, 0.5, "try")
+    api = create_app(disk)
+    client = TestClient(api, raise_server_exceptions=False)
+    key, _ = api.state.gateway.keys.create("tester", ["chat"])
+    try:
+        for i in range(60):
+            _ask(client, key, f"c{i}")
+    finally:
+        client.close()
+    disk.tracing.flush()
+
+    (tmp_path / "keel.toml").write_text(
+        '[app]\nname = "canary-bot"\n[agent]\nretrieve = false\n'
+        "[deploy]\nmin_sample = 15\nauto_rollback = false\n"
+    )
+    monkeypatch.setenv("KEEL_DATA_DIR", str(tmp_path / ".keel"))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    cfg = ["--config", str(tmp_path / "keel.toml")]
+    try:
+        dry = runner.invoke(cli, [*cfg, "release", "check", "--dry-run", "--json"])
+        assert dry.exit_code == 1, dry.output
+        verdict = json.loads(dry.stdout)
+        assert verdict["rollback"] and verdict["canary"] == v2
+        assert store.state()["canary"] == v2  # a dry run changes nothing
+        real = runner.invoke(cli, [*cfg, "release", "check"])
+        assert real.exit_code == 1 and "rolled back" in real.output
+        assert store.state()["canary"] is None
+        assert runner.invoke(cli, [*cfg, "release", "check"]).exit_code == 2  # no canary
+    finally:
+        get_settings.cache_clear()

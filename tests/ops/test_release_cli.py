@@ -106,3 +106,31 @@ def test_monitor_drift_quiet_on_evaluated_questions_alerts_on_others(bot: Path) 
     )
     assert drifted.exit_code == 1, drifted.output
     assert json.loads(drifted.stdout)["alert"] is True
+    # the production window before the current one as the reference: the same shift
+    windows = runner.invoke(
+        cli, [*cfg, "monitor", "drift", "--reference-window", "--window", "12", "--json"]
+    )
+    assert windows.exit_code == 1, windows.output
+    report = json.loads(windows.stdout)
+    assert report["refusal_rate_change"] is not None and report["top_score_ks"] is not None
+    recent = runner.invoke(
+        cli, [*cfg, "monitor", "drift", "--reference", str(reference), "--window", "1h"]
+    )
+    assert recent.exit_code == 1  # the last hour holds both kinds of questions
+    for bad in (["--reference-window", "--window", "5"], ["--reference-window", "--window", "x"]):
+        refused = runner.invoke(cli, [*cfg, "monitor", "drift", *bad])
+        assert refused.exit_code == 2 and "--window" in refused.output, bad
+    assert runner.invoke(cli, [*cfg, "monitor", "drift"]).exit_code == 2  # no reference
+
+    # each check is recorded; the gateway shows the last one as gauges
+    from fastapi.testclient import TestClient
+
+    from keel.api import create_app
+    from keel.app import App
+
+    app = App.from_config(bot / "keel.toml")
+    with TestClient(create_app(app)) as client:
+        metrics = client.get("/metrics").text
+    app.close()
+    assert 'keel_drift{measure="alert"} 1.0' in metrics
+    assert 'keel_drift{measure="mmd_p_value"}' in metrics
