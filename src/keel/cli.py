@@ -460,7 +460,7 @@ def eval_suite(
         if baseline is not None and not baseline.is_file():
             raise UsageError(f"no baseline file {baseline}")
         with _progress("evaluating", quiet=as_json) as advance:
-            result = evaluate(suite, baseline=baseline, progress=advance)
+            result = evaluate(suite, baseline=baseline, progress=advance, record=True)
         if save_baseline is not None:
             result.run.save(save_baseline)
         if report is not None:
@@ -477,6 +477,8 @@ def eval_suite(
             err.print(f"skipped {name}: {why}")
         verdict = "[green]PASS[/green]" if result.result.passed else "[red]FAIL[/red]"
         err.print(f"{result.suite.name}: {verdict} ({len(result.run.cases)} case runs)")
+        if result.run_id:
+            err.print(f"recorded as {result.run_id} (the web console lists it under /ui/evals)")
     if not result.result.passed:
         raise typer.Exit(1)
 
@@ -564,7 +566,7 @@ def release_create(
 
             if not gate.is_file():
                 raise UsageError(f"no suite file {gate}")
-            result = evaluate(gate, app=app)
+            result = evaluate(gate, app=app, record=True)
             gate_summary = {
                 "suite": result.suite.name,
                 "passed": result.result.passed,
