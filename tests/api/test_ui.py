@@ -8,16 +8,12 @@ import html
 import json
 import re
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from keel.api.ui import STATIC, TEMPLATES
-from keel.evals.gate import gate
-from keel.evals.runner import CaseResult, RunResult
-from keel.evals.store import EvalRunStore
 from keel.ops.feedback import FeedbackStore
 from keel.testing import ScriptedChatModel
 
@@ -218,49 +214,9 @@ def test_releases_page_draws_charts(gateway: Callable[..., Any]) -> None:
     assert gw.client.get("/ui/releases", params={"window": "2y"}).status_code == 422
 
 
-def _case(cid: str, recall: float) -> CaseResult:
-    return CaseResult(
-        case_id=cid,
-        repeat=0,
-        input=f"<b>question</b> {cid}",
-        output="an answer",
-        contexts=[],
-        doc_ids=[],
-        tool_calls=[],
-        trace_id="0" * 32,
-        latency_ms=10.0,
-        cost_usd=None,
-        guard_events=[],
-        scores={"recall_at_k": recall},
-    )
-
-
-def _run(recalls: dict[str, float]) -> RunResult:
-    return RunResult(
-        suite="smoke",
-        dataset_version="ds1",
-        app_version="app1",
-        model="scripted",
-        started_at="2025-01-01T00:00:00+00:00",
-        cases=[_case(c, r) for c, r in recalls.items()],
-        aggregates={"recall_at_k": {"mean": sum(recalls.values()) / len(recalls)}},
-        skipped_metrics={},
-    )
-
-
-def record_runs(engine: Any) -> tuple[str, str]:
-    store = EvalRunStore(engine)
-    good = _run({"alpha": 1.0, "beta": 1.0, "gamma": 1.0})
-    verdict = gate(good, thresholds={"recall_at_k": 0.5}, higher_is_better={"recall_at_k": True})
-    a = store.record(good, suite="smoke", passed=True, app_version="app1", gate=asdict(verdict))
-    worse = _run({"alpha": 1.0, "beta": 0.0, "gamma": 0.5})
-    b = store.record(worse, suite="smoke", passed=False, app_version="app2", gate=None)
-    return a, b
-
-
-def test_eval_pages(gateway: Callable[..., Any]) -> None:
+def test_eval_pages(gateway: Callable[..., Any], record_eval_runs: Callable[..., Any]) -> None:
     gw = gateway([], **UI)
-    a, b = record_runs(gw.app.engine)
+    a, b = record_eval_runs(gw.app.engine)
     login(gw, gw.key("traces:read"))
     listing = gw.client.get("/ui/evals")
     assert listing.status_code == 200 and f"/ui/evals/{a}" in listing.text
@@ -297,3 +253,80 @@ def test_nothing_points_outside_the_gateway(folder: Path) -> None:
     for p in files:
         text = p.read_text(encoding="utf-8")
         assert "@import" not in text and "url(" not in text, p.name
+
+
+def test_serve_ui_flag_and_make_run_print_the_console(make_app: Callable[..., Any]) -> None:
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from keel.api import create_app
+    from keel.cli import cli
+
+    app = make_app({})  # [ui] enabled = false
+    with TestClient(create_app(app, ui=True)) as client:
+        assert client.get("/ui/login").status_code == 200
+    assert "--ui" in CliRunner().invoke(cli, ["serve", "--help"]).output
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text(encoding="utf-8")
+    assert "http://$(HOST):$(PORT)/ui" in makefile
+
+
+def test_chart_buckets_from_the_trace_store(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert
+
+    from keel.api.ui._charts import bar_chart, buckets, charts
+    from keel.db import make_engine
+    from keel.ops.tracing import migrate, traces_table
+
+    engine = make_engine(None, tmp_path)
+    migrate(engine)
+    now = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
+    rows = [  # (minutes ago, latency ms, guard outcome, cost, release)
+        (10, 100.0, "pass", 0.001, "rel-a"),
+        (20, 300.0, "tripped", 0.002, "rel-a"),
+        (25, 200.0, "flagged", None, "rel-b"),
+        (90, 50.0, None, 0.004, "rel-b"),
+        (60 * 30, 10.0, None, None, "rel-a"),  # outside the day
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            insert(traces_table),
+            [
+                {
+                    "trace_id": f"{i:032x}",
+                    "name": "keel.turn",
+                    "started_at": now - timedelta(minutes=ago),
+                    "duration_ms": ms,
+                    "status": "ok",
+                    "guard_outcome": guard,
+                    "cost_usd": cost,
+                    "release_id": release,
+                }
+                for i, (ago, ms, guard, cost, release) in enumerate(rows)
+            ],
+        )
+    day = buckets(engine, "24h", now=now)
+    assert len(day) == 24 and day[-1].start == datetime(2025, 3, 1, 12, tzinfo=UTC)
+    last, before = day[-1], day[-2]
+    assert (last.requests, last.guard_trips, last.p50_ms) == (3, 2, 200.0)
+    assert round(last.cost_usd, 6) == 0.003 and (before.requests, before.p50_ms) == (1, 50.0)
+    assert sum(b.requests for b in day) == 4
+    only_b = buckets(engine, "24h", release_id="rel-b", now=now)
+    assert sum(b.requests for b in only_b) == 2
+    drawn = charts(day, "24h")
+    assert [c["title"] for c in drawn] == ["Requests", "Latency p50", "Guard trips", "Cost"]
+    assert drawn[0]["total"] == "4" and drawn[1]["total"] == "150 ms"
+    svg = bar_chart("<x>", [("a<b", 1.0), ("c", None)])
+    assert "<x>" not in svg and "&lt;x&gt;" in svg and "a&lt;b: 1" in svg
+    assert "no traces" in bar_chart("empty", [("a", None), ("b", None)])
+    assert "no traces" not in bar_chart("zero", [("a", 0.0)])
+
+
+def test_api_responses_keep_their_strict_csp(gateway: Callable[..., Any]) -> None:
+    gw = gateway([], **UI)
+    assert gw.client.get("/healthz").headers["content-security-policy"] == (
+        "default-src 'none'; frame-ancestors 'none'"
+    )
+    ui = gw.client.get("/ui/login").headers["content-security-policy"]
+    assert "script-src 'self'" in ui and "'unsafe-inline'" not in ui

@@ -51,14 +51,17 @@ def buckets(
     """Traces of the last ``window``, counted per bucket: requests, errors, guard trips
     (guard outcome flagged or tripped), cost and the latencies (for the median)."""
     length, size, _ = WINDOWS[window]
-    end = now or datetime.now(UTC)
+    at = now or datetime.now(UTC)
+    step = size.total_seconds()
+    # buckets on round boundaries (whole hours, days in UTC); the last one holds now
+    end = datetime.fromtimestamp((at.timestamp() // step + 1) * step, UTC)
     start = end - length
     n = int(length / size)
     out = [Bucket(start + i * size) for i in range(n)]
     t = traces_table
     query = (
         select(t.c.started_at, t.c.duration_ms, t.c.status, t.c.guard_outcome, t.c.cost_usd)
-        .where(t.c.started_at >= start, t.c.started_at <= end)
+        .where(t.c.started_at >= start, t.c.started_at < end)
         .limit(MAX_ROWS)
     )
     if release_id:

@@ -161,8 +161,8 @@
 
   function feedbackWidget(answer) {
     const wrap = el("div", "feedback");
-    const up = el("button", "thumb up", "👍");
-    const down = el("button", "thumb down", "👎");
+    const up = el("button", "thumb up", "✓ Good");
+    const down = el("button", "thumb down", "✗ Bad");
     up.type = down.type = "button";
     up.title = "Good answer";
     down.title = "Bad answer";
@@ -185,7 +185,7 @@
     submit.addEventListener("click", async () => {
       if (score === null) {
         comment.focus();
-        submit.textContent = "Pick 👍 or 👎 first";
+        submit.textContent = "Pick Good or Bad first";
         return;
       }
       submit.disabled = true;
