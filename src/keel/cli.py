@@ -364,7 +364,7 @@ def serve(
         config = _config_path().resolve()
         app = _app()
         app.agent  # noqa: B018 - fail now, with exit 2, on a bad model or tool config
-        console = ui or app.config.ui.enabled
+        console = ui or app.config.ui.enabled or app.settings.ui
         err.print(f"Keel gateway for {app.name} on http://{host}:{port} (docs at /docs)")
         if console:
             err.print(f"Web console at http://{host}:{port}/ui (sign in with an API key)")
