@@ -146,6 +146,12 @@ def test_playground_chat_approval_feedback_and_trace(gateway: Callable[..., Any]
 
     body = {"message": QUESTION}
     assert gw.client.post("/ui/api/chat", json=body).status_code == 403  # no CSRF header
+    as_form = gw.client.post(
+        "/ui/api/chat",
+        content=json.dumps(body),
+        headers={"X-Keel-CSRF": csrf, "Content-Type": "text/plain"},
+    )
+    assert as_form.status_code == 415  # what a cross-site form could send
     wrong = gw.client.post("/ui/api/chat", json=body, headers={"X-Keel-CSRF": "nope"})
     assert wrong.status_code == 403 and wrong.json()["type"].endswith("/csrf")
     headers = {"X-Keel-CSRF": csrf}

@@ -35,6 +35,7 @@ def _missing() -> str | None:
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
 ]
 

@@ -27,7 +27,7 @@ _SECURITY_HEADERS = [
 # The web console: its own scripts, styles and images only (no inline script or style, no
 # other origin); fetches and form posts to itself; never framed.
 _UI_CSP = (
-    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     b"connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 _UI_SECURITY_HEADERS = [
@@ -135,7 +135,8 @@ class Guardrail:
                     await refuse(413, f"the request body is larger than {cap} bytes")
                     return
                 ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-                if path in _JSON_ONLY and ctype != "application/json":
+                json_only = path in _JSON_ONLY or path.startswith("/ui/api/")
+                if json_only and ctype != "application/json":
                     await refuse(415, "send the request body as application/json")
                     return
                 receive = _capped(receive, cap)
