@@ -35,6 +35,8 @@ run: install
 	echo "Or with the openai package:" && \
 	echo "  $(PY) -c \"from openai import OpenAI; c = OpenAI(base_url='http://$(HOST):$(PORT)/v1', api_key='$$KEY'); print(c.chat.completions.create(model='support-bot', messages=[{'role': 'user', 'content': 'How do I turn on two-factor authentication?'}]).choices[0].message.content)\"" && \
 	echo "" && \
+	echo "Web console (sign in with the key above): http://$(HOST):$(PORT)/ui" && \
+	echo "" && \
 	exec $(KEEL) --config $(EXAMPLE)/keel.toml serve --host $(HOST) --port $(PORT)
 
 test: install

@@ -350,8 +350,12 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    ui: Annotated[
+        bool, typer.Option("--ui", help="Serve the web console at /ui (as [ui] enabled).")
+    ] = False,
 ) -> None:
-    """Serve the app over HTTP: native and OpenAI-compatible chat, with API keys and limits."""
+    """Serve the app over HTTP: native and OpenAI-compatible chat, with API keys and limits,
+    and the web console at /ui when enabled."""
     import os
 
     import uvicorn
@@ -360,13 +364,18 @@ def serve(
         config = _config_path().resolve()
         app = _app()
         app.agent  # noqa: B018 - fail now, with exit 2, on a bad model or tool config
+        console = ui or app.config.ui.enabled or app.settings.ui
         err.print(f"Keel gateway for {app.name} on http://{host}:{port} (docs at /docs)")
+        if console:
+            err.print(f"Web console at http://{host}:{port}/ui (sign in with an API key)")
         if workers == 1:
             from keel.api.server import create_app
 
-            uvicorn.run(create_app(app), host=host, port=port, log_level="warning")
+            uvicorn.run(create_app(app, ui=console), host=host, port=port, log_level="warning")
         else:
             os.environ["KEEL_CONFIG"] = str(config)  # each worker builds the same app
+            if ui:
+                os.environ["KEEL_UI"] = "1"
             uvicorn.run(
                 "keel.api.server:from_env",
                 factory=True,
@@ -460,7 +469,7 @@ def eval_suite(
         if baseline is not None and not baseline.is_file():
             raise UsageError(f"no baseline file {baseline}")
         with _progress("evaluating", quiet=as_json) as advance:
-            result = evaluate(suite, baseline=baseline, progress=advance)
+            result = evaluate(suite, baseline=baseline, progress=advance, record=True)
         if save_baseline is not None:
             result.run.save(save_baseline)
         if report is not None:
@@ -477,6 +486,8 @@ def eval_suite(
             err.print(f"skipped {name}: {why}")
         verdict = "[green]PASS[/green]" if result.result.passed else "[red]FAIL[/red]"
         err.print(f"{result.suite.name}: {verdict} ({len(result.run.cases)} case runs)")
+        if result.run_id:
+            err.print(f"recorded as {result.run_id} (the web console lists it under /ui/evals)")
     if not result.result.passed:
         raise typer.Exit(1)
 
@@ -577,6 +588,7 @@ def release_create(
                 gate,
                 app=app,
                 baseline_run=RunResult.from_json(stable_run) if stable_run else None,
+                record=True,
             )
             gate_summary = {
                 "suite": result.suite.name,

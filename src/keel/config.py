@@ -124,6 +124,13 @@ class DeploySection(_Strict):
     )
 
 
+class UiSection(_Strict):
+    enabled: bool = Field(
+        default=False,
+        description="Serve the web console at /ui on the gateway (also `keel serve --ui`).",
+    )
+
+
 class ThreadsSection(_Strict):
     retention_days: float | None = Field(
         default=None, gt=0, description="Threads idle longer than this are deleted by prune."
@@ -194,7 +201,11 @@ class KeelConfig(_Strict):
     limits: LimitsSection = Field(default_factory=LimitsSection)
     tracing: TracingSection = Field(default_factory=TracingSection)
     costs: CostsSection = Field(default_factory=CostsSection)
-    deploy: DeploySection = Field(default_factory=DeploySection)
+    # How the app is served, not what it is: left out of model_dump, so of the app's version
+    # hash and of release content (turning the console on, or changing the rollback policy,
+    # changes no answer; the gateway reads both from the keel.toml it was started with).
+    deploy: DeploySection = Field(default_factory=DeploySection, exclude=True)
+    ui: UiSection = Field(default_factory=UiSection, exclude=True)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     def resolve(self, relative: str | Path) -> Path:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         default=None, description="API key for openai:* models (else the library's own lookup)."
     )
     otlp_endpoint: str | None = Field(default=None, description="OTLP endpoint for span export.")
+    ui: bool = Field(
+        default=False, description="Serve the web console at /ui (as `keel serve --ui`)."
+    )
     git_commit: str | None = Field(
         default=None, description="The commit the app runs from (else read with git)."
     )

@@ -4,6 +4,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ from fastapi.testclient import TestClient
 
 from keel.api import create_app
 from keel.app import App
+from keel.evals.gate import gate
+from keel.evals.runner import CaseResult, RunResult
+from keel.evals.store import EvalRunStore
 from keel.testing import ScriptedChatModel
 
 TOOLS = '''
@@ -102,3 +106,50 @@ def gateway(
     yield factory
     for gw in made:
         gw.client.close()
+
+
+def _case(cid: str, recall: float) -> CaseResult:
+    return CaseResult(
+        case_id=cid,
+        repeat=0,
+        input=f"<b>question</b> {cid}",
+        output="an answer",
+        contexts=[],
+        doc_ids=[],
+        tool_calls=[],
+        trace_id="0" * 32,
+        latency_ms=10.0,
+        cost_usd=None,
+        guard_events=[],
+        scores={"recall_at_k": recall},
+    )
+
+
+def _run(recalls: dict[str, float]) -> RunResult:
+    return RunResult(
+        suite="smoke",
+        dataset_version="ds1",
+        app_version="app1",
+        model="scripted",
+        started_at="2025-01-01T00:00:00+00:00",
+        cases=[_case(c, r) for c, r in recalls.items()],
+        aggregates={"recall_at_k": {"mean": sum(recalls.values()) / len(recalls)}},
+        skipped_metrics={},
+    )
+
+
+def _record_runs(engine: Any) -> tuple[str, str]:
+    store = EvalRunStore(engine)
+    good = _run({"alpha": 1.0, "beta": 1.0, "gamma": 1.0})
+    verdict = gate(good, thresholds={"recall_at_k": 0.5}, higher_is_better={"recall_at_k": True})
+    a = store.record(good, suite="smoke", passed=True, app_version="app1", gate=asdict(verdict))
+    worse = _run({"alpha": 1.0, "beta": 0.0, "gamma": 0.5})
+    b = store.record(worse, suite="smoke", passed=False, app_version="app2", gate=None)
+    return a, b
+
+
+@pytest.fixture
+def record_eval_runs() -> Callable[[Any], tuple[str, str]]:
+    """``record_eval_runs(engine)`` stores two runs of a suite ``smoke`` (the second worse on
+    cases beta and gamma) and returns their ids."""
+    return _record_runs

@@ -59,6 +59,18 @@ def test_keel_eval_passes_against_the_committed_baseline(bot: Path, tmp_path: Pa
 
     assert ET.parse(junit).getroot().get("failures") in ("0", None)
 
+    # the run is recorded in the app's database, for the web console
+    from keel.db import make_engine
+    from keel.evals.store import EvalRunStore
+
+    store = EvalRunStore(make_engine(None, bot / ".keel"))
+    runs = store.list(suite=data["run"]["suite"])
+    assert runs and runs[0]["passed"] is True and runs[0]["cases"] == len(data["run"]["cases"])
+    found = store.get(runs[0]["id"])
+    assert found is not None and found[0]["gate"]["passed"] is True
+    assert found[0]["baseline"] is not None  # gated against the committed baseline
+    assert [c.case_id for c in found[1].cases] == [c["case_id"] for c in data["run"]["cases"]]
+
 
 def test_a_worse_configuration_fails_the_gate_and_names_the_cases(bot: Path) -> None:
     worse = bot.parent / "worse_bot"

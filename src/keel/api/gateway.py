@@ -100,6 +100,11 @@ class Gateway:
                 "missing API key: send Authorization: Bearer <key>",
                 headers={"WWW-Authenticate": 'Bearer realm="keel"'},
             )
+        return self.admit(request, token, scope)
+
+    def admit(self, request: Request, token: str, scope: str) -> ApiKey:
+        """The key for a presented token, checked as every request is: valid, holding
+        ``scope``, within its cost budget and rate limit (the web console's cookie too)."""
         key = self.keys.verify(token)
         if key is None:
             raise Problem(

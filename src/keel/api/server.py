@@ -24,6 +24,16 @@ _SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
+# The web console: its own scripts, styles and images only (no inline script or style, no
+# other origin); fetches and form posts to itself; never framed.
+_UI_CSP = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    b"connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+_UI_SECURITY_HEADERS = [
+    (name, _UI_CSP) if name == b"content-security-policy" else (name, value)
+    for name, value in _SECURITY_HEADERS
+]
 _JSON_ONLY = {"/v1/chat", "/v1/chat/completions", "/v1/search", "/v1/feedback"}
 
 
@@ -58,6 +68,7 @@ class Guardrail:
         request_id = headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope["path"]
+        ui = path == "/ui" or path.startswith("/ui/")
         limits = self.gateway.app.config.limits
         cap = limits.max_upload_bytes if path == "/v1/ingest" else limits.max_body_bytes
         status_holder = {"status": 500}
@@ -65,7 +76,8 @@ class Guardrail:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
-                extra = [(b"x-request-id", request_id.encode()), *_SECURITY_HEADERS]
+                security = _UI_SECURITY_HEADERS if ui else _SECURITY_HEADERS
+                extra = [(b"x-request-id", request_id.encode()), *security]
                 message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
@@ -123,7 +135,8 @@ class Guardrail:
                     await refuse(413, f"the request body is larger than {cap} bytes")
                     return
                 ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-                if path in _JSON_ONLY and ctype != "application/json":
+                json_only = path in _JSON_ONLY or path.startswith("/ui/api/")
+                if json_only and ctype != "application/json":
                     await refuse(415, "send the request body as application/json")
                     return
                 receive = _capped(receive, cap)
@@ -151,10 +164,11 @@ def _capped(receive: Receive, cap: int) -> Receive:
     return wrapped
 
 
-def create_app(app: App, *, title: str | None = None) -> FastAPI:
+def create_app(app: App, *, title: str | None = None, ui: bool | None = None) -> FastAPI:
     """The gateway for one Keel app: native and OpenAI-compatible chat, threads, approvals,
     search, ingestion jobs, feedback, health and metrics; bearer API keys on everything but
-    ``/healthz``, ``/readyz`` and ``/metrics``."""
+    ``/healthz``, ``/readyz`` and ``/metrics``. ``ui``: serve the web console at ``/ui``
+    (default: ``[ui] enabled`` in keel.toml)."""
     from prometheus_client import CollectorRegistry
 
     from keel.api.routes import chat, knowledge, openai_compat, ops
@@ -171,6 +185,10 @@ def create_app(app: App, *, title: str | None = None) -> FastAPI:
     problems.install(api)
     for module in (chat, openai_compat, knowledge, ops):
         api.include_router(module.router)
+    if app.config.ui.enabled if ui is None else ui:
+        from keel.api.ui import install as install_ui
+
+        install_ui(api)
     lim = app.config.limits
     if lim.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -216,5 +234,9 @@ def from_env() -> FastAPI:
     from keel.app import App
     from keel.settings import get_settings
 
-    config = get_settings().config
-    return create_app(App.from_config(config if config is not None else "keel.toml"))
+    settings = get_settings()
+    config = settings.config
+    return create_app(
+        App.from_config(config if config is not None else "keel.toml"),
+        ui=True if settings.ui else None,
+    )

@@ -3,7 +3,7 @@ against its thresholds and baseline, write the reports."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ class Evaluation:
     run: RunResult
     result: GateResult
     baseline: RunResult | None
+    run_id: str | None = None
+    """The id the run was recorded under (``keel_eval_runs``), when it was recorded."""
 
 
 def evaluate(
@@ -29,20 +31,44 @@ def evaluate(
     model: Any = None,
     app: Any = None,
     progress: Progress | None = None,
+    record: bool = False,
 ) -> Evaluation:
     """Run and gate a suite. ``baseline`` (a file) or ``baseline_run`` (a run in hand, e.g.
-    the stable release's gate run) overrides the suite's own baseline file."""
+    the stable release's gate run) overrides the suite's own baseline file.
+    ``record``: keep the run and its verdict in the app's database (what ``keel eval`` does;
+    the web console lists them)."""
     suite = load_suite(suite_path)
-    run = run_suite(suite, app=app, model=model, progress=progress)
-    base_path = baseline or suite.baseline_path
-    base = baseline_run
-    if base is None and base_path is not None and base_path.exists():
-        base = RunResult.load(base_path)
-    result = gate(
-        run,
-        thresholds={m: suite.threshold(m) for m in suite.metrics},
-        higher_is_better={m: METRICS[m].higher_is_better for m in suite.metrics},
-        baseline=base,
-        margin=suite.margin,
-    )
-    return Evaluation(suite, run, result, base)
+    owned = app is None and record
+    if owned:
+        from keel.app import App
+
+        app = App.from_config(suite.app_path, model=model)
+    try:
+        run = run_suite(suite, app=app, model=model, progress=progress)
+        base_path = baseline or suite.baseline_path
+        base = baseline_run
+        if base is None and base_path is not None and base_path.exists():
+            base = RunResult.load(base_path)
+        result = gate(
+            run,
+            thresholds={m: suite.threshold(m) for m in suite.metrics},
+            higher_is_better={m: METRICS[m].higher_is_better for m in suite.metrics},
+            baseline=base,
+            margin=suite.margin,
+        )
+        evaluation = Evaluation(suite, run, result, base)
+        if record and app is not None:
+            from keel.evals.store import EvalRunStore
+
+            evaluation.run_id = EvalRunStore(app.engine).record(
+                run,
+                suite=suite.name,
+                passed=result.passed,
+                app_version=run.app_version or None,
+                gate=asdict(result),
+                baseline=base,
+            )
+        return evaluation
+    finally:
+        if owned and app is not None:
+            app.close()

@@ -157,7 +157,7 @@ def write_junit(run: RunResult, gate_result: GateResult, path: str | Path) -> Pa
 
 
 # -- HTML -------------------------------------------------------------------------------------
-_CSS = """
+REPORT_CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d2330}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 .meta{color:#5b6478;font-size:13px}.meta code{background:#f1f3f7;padding:1px 4px;border-radius:3px}
@@ -326,8 +326,9 @@ def _cases_section(run: RunResult, gate_result: GateResult, baseline: RunResult 
     return f"<h2>Cases</h2><table>{head}{''.join(rows)}</table>"
 
 
-def render_html(run: RunResult, gate_result: GateResult, baseline: RunResult | None = None) -> str:
-    """The report as one HTML string (inline CSS, no scripts, nothing fetched)."""
+def render_body(run: RunResult, gate_result: GateResult, baseline: RunResult | None = None) -> str:
+    """The report's content (what goes inside ``<body>``), styled by :data:`REPORT_CSS`: the
+    HTML report and the web console's run page show the same thing."""
     state = "PASS" if gate_result.passed else "FAIL"
     reasons = ""
     if gate_result.reasons:
@@ -355,14 +356,21 @@ def render_html(run: RunResult, gate_result: GateResult, baseline: RunResult | N
         f"started {_e(run.started_at)} · {len(run.cases)} case runs</div>"
     )
     return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>keel eval: {_e(run.suite)} ({state})</title><style>{_CSS}</style></head><body>"
         f"<h1>keel eval: {_e(run.suite)} {_badge(state)}</h1>{meta}{base_meta}{reasons}"
         + _metrics_section(run, gate_result)
         + _worse_section(gate_result)
         + skipped
         + _cases_section(run, gate_result, baseline)
-        + "</body></html>\n"
+    )
+
+
+def render_html(run: RunResult, gate_result: GateResult, baseline: RunResult | None = None) -> str:
+    """The report as one HTML string (inline CSS, no scripts, nothing fetched)."""
+    state = "PASS" if gate_result.passed else "FAIL"
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>keel eval: {_e(run.suite)} ({state})</title><style>{REPORT_CSS}</style></head>"
+        f"<body>{render_body(run, gate_result, baseline)}</body></html>\n"
     )
 
 
@@ -384,6 +392,8 @@ def write_json(run: RunResult, gate_result: GateResult, path: str | Path) -> Pat
 
 
 __all__ = [
+    "REPORT_CSS",
+    "render_body",
     "render_html",
     "terminal_table",
     "to_json",

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from keel.api.keys import ApiKey
 from keel.api.problems import COMMON, Problem, documented
 from keel.api.routes._common import close_quietly, gateway, sse
 from keel.api.schemas import ApprovalRequest, ChatRequest, ChatResponse, ThreadView
@@ -41,16 +42,24 @@ def chat(body: ChatRequest, request: Request) -> Any:
     """One turn in a thread. With ``stream: true`` the answer comes as server-sent events:
     ``token``, ``citation``, ``tool_call``, ``approval_required``, ``guardrail`` and ``done``
     (the whole answer, with usage and trace id)."""
+    key = gateway(request).authenticate(request, "chat")
+    return chat_turn(request, key, body.message, body.thread_id, stream=body.stream)
+
+
+def chat_turn(
+    request: Request, key: ApiKey, message: str, thread_id: str | None, *, stream: bool
+) -> Any:
+    """One turn for an authenticated key: the answer as a dict, or a streaming response of
+    server-sent events (``/v1/chat`` and the web console's playground)."""
     gw = gateway(request)
-    key = gw.authenticate(request, "chat")
-    _check_length(request, body.message)
-    thread_id = body.thread_id or _new_thread_id()
+    _check_length(request, message)
+    thread_id = thread_id or _new_thread_id()
     app = gw.app_for(thread_id, key.id)
     scopes = gw.tool_scopes(key)
-    if not body.stream:
+    if not stream:
         started = time.perf_counter()
         with gw.thread_lock(thread_id), gw.serving(app):
-            answer = app.ask(body.message, thread_id, scopes, owner=key.id)
+            answer = app.ask(message, thread_id, scopes, owner=key.id)
         data = answer.to_dict()
         gw.account(key, data, time.perf_counter() - started)
         return data
@@ -61,9 +70,9 @@ def chat(body: ChatRequest, request: Request) -> Any:
     started = time.perf_counter()
 
     def events() -> Iterator[str]:
-        stream = app.stream(body.message, thread_id, scopes, owner=key.id)
+        events_in = app.stream(message, thread_id, scopes, owner=key.id)
         try:
-            for event in stream:
+            for event in events_in:
                 kind = event.pop("type")
                 if kind == "done":
                     gw.account(key, event["answer"], time.perf_counter() - started)
@@ -74,7 +83,7 @@ def chat(body: ChatRequest, request: Request) -> Any:
             gw.metrics.release_request(app.release_id, "error")
             yield sse("error", {"type": type(exc).__name__, "detail": str(exc)})
         finally:
-            close_quietly(stream)  # a client that went away cancels the run here
+            close_quietly(events_in)  # a client that went away cancels the run here
             lock.__exit__(None, None, None)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=_NO_BUFFER)
@@ -134,8 +143,13 @@ def delete_thread(thread_id: str, request: Request) -> None:
     summary="Approve, reject or edit the calls a thread waits on",
 )
 def approve(thread_id: str, body: ApprovalRequest, request: Request) -> Any:
+    key = gateway(request).authenticate(request, "chat")
+    return resume_turn(request, key, thread_id, body.decision)
+
+
+def resume_turn(request: Request, key: ApiKey, thread_id: str, decision: Any) -> dict[str, Any]:
+    """Approve, reject or edit the calls a thread waits on, for an authenticated key."""
     gw = gateway(request)
-    key = gw.authenticate(request, "chat")
     exists, _ = gw.app.threads.owner_of(thread_id)
     if not exists:
         raise Problem(404, f"no thread {thread_id!r}")
@@ -144,7 +158,7 @@ def approve(thread_id: str, body: ApprovalRequest, request: Request) -> Any:
     with gw.thread_lock(thread_id), gw.serving(app):
         answer = app.resume(
             thread_id,
-            body.decision,
+            decision,
             gw.tool_scopes(key),
             owner=key.id,
         )

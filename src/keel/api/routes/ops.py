@@ -8,6 +8,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import text
 
+from keel.api.keys import ApiKey
 from keel.api.problems import COMMON, Problem, documented
 from keel.api.routes._common import gateway
 from keel.api.schemas import FeedbackRequest
@@ -17,10 +18,15 @@ router = APIRouter(tags=["operations"], responses=documented(*COMMON))
 
 @router.post("/v1/feedback", status_code=201, summary="Feedback on an answer, by trace id")
 def feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
+    key = gateway(request).authenticate(request, "feedback")
+    return store_feedback(request, key, body)
+
+
+def store_feedback(request: Request, key: ApiKey, body: FeedbackRequest) -> dict[str, Any]:
+    """Keep feedback from an authenticated key (``/v1/feedback`` and the web console)."""
     from keel.ops.feedback import FeedbackStore
 
     gw = gateway(request)
-    key = gw.authenticate(request, "feedback")
     fid = FeedbackStore(gw.app.engine).add(
         body.trace_id,
         body.score,
