@@ -336,3 +336,29 @@ def test_api_responses_keep_their_strict_csp(gateway: Callable[..., Any]) -> Non
     )
     ui = gw.client.get("/ui/login").headers["content-security-policy"]
     assert "script-src 'self'" in ui and "'unsafe-inline'" not in ui
+
+
+def test_releases_page_shows_serving_releases_health_and_the_last_drift_check(
+    gateway: Callable[..., Any],
+) -> None:
+    import numpy as np
+
+    from keel.ops.drift import detect_drift
+    from keel.ops.monitor import record_check
+    from keel.ops.releases import ReleaseStore
+
+    gw = gateway([], **UI)
+    store = ReleaseStore(gw.app.engine, gw.app.name)
+    v1 = store.create(gw.app.release_content(), note="v1").id
+    v2 = store.create({**gw.app.release_content(), "git_commit": "next"}, note="v2").id
+    store.set_stable(v1, "first")
+    store.set_canary(v2, 0.25, "try")
+    rng = np.random.default_rng(0)
+    report = detect_drift(rng.normal(size=(20, 4)), rng.normal(2.0, 1.0, size=(20, 4)))
+    record_check(gw.app.engine, gw.app.name, report, reference="cases.jsonl", window="200")
+    login(gw, gw.key("traces:read"))
+    page = gw.client.get("/ui/releases")
+    assert page.status_code == 200
+    assert v1 in page.text and v2 in page.text and "25%" in page.text and "75%" in page.text
+    assert "not available" not in page.text and "no health data" not in page.text
+    assert "alert" in page.text and "mmd_p_value" in page.text and "cases.jsonl" in page.text
