@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -49,6 +50,15 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
         show_progress=False,
     )
     return [list(t) for t in tokens]
+
+
+_SWAP_LOCKS: dict[str, threading.Lock] = {}
+_SWAP_GUARD = threading.Lock()
+
+
+def _swap_lock(directory: Path) -> threading.Lock:
+    with _SWAP_GUARD:
+        return _SWAP_LOCKS.setdefault(str(directory.resolve()), threading.Lock())
 
 
 class BM25Index:
@@ -95,10 +105,13 @@ class BM25Index:
                 json.dumps({"ids": ids, "meta": meta, "texts": raw}), "utf-8"
             )
             (tmp / _VERSION_FILE).write_text(version, encoding="utf-8")
-            old = self.directory.with_name(f".{self.directory.name}-old-{os.getpid()}")
-            if self.directory.exists():
-                os.replace(self.directory, old)
-            os.replace(tmp, self.directory)
+            # A unique name for the index being replaced, and one swap at a time per folder in
+            # this process: two ingest jobs finishing together must not trip over each other.
+            old = self.directory.with_name(f".{self.directory.name}-old-{uuid.uuid4().hex}")
+            with _swap_lock(self.directory):
+                if self.directory.exists():
+                    os.replace(self.directory, old)
+                os.replace(tmp, self.directory)
             shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
