@@ -108,7 +108,7 @@ class CacheSection(_Strict):
         default=False, description="Reuse answers to questions that mean the same."
     )
     threshold: float = Field(
-        default=0.95,
+        default=0.93,
         gt=0,
         le=1,
         description="Cosine similarity of the question embeddings at or above which a cached "

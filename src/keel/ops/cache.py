@@ -170,12 +170,15 @@ class SemanticCache:
                 .where(t.c.partition == partition)
                 .order_by(t.c.id)
             ).all()
-        if rows:
+        stamp = (len(rows), max((r.id for r in rows), default=0))
+        if rows:  # one embedding model per partition; anything else is ignored
+            size = len(rows[-1].embedding)
+            rows = [r for r in rows if len(r.embedding) == size]
             vectors = np.stack([np.frombuffer(r.embedding, dtype=np.float32) for r in rows])
         else:
             vectors = np.zeros((0, 0), dtype=np.float32)
         loaded = _Loaded(
-            stamp=(len(rows), max((r.id for r in rows), default=0)),
+            stamp=stamp,
             ids=np.asarray([r.id for r in rows], dtype=np.int64),
             vectors=vectors,
             created=np.asarray([_epoch(r.created_at) for r in rows], dtype=np.float64),
