@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Generator, Iterator, Mapping, Sequence
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from keel.config import KeelConfig, load_config
 from keel.errors import UsageError
 from keel.settings import Settings, get_settings
+
+_log = logging.getLogger("keel.cache")
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -570,11 +573,21 @@ class App:
         part = config.get("configurable", {}).get("keel_cache")
         if part is None:
             return None
-        found = self.cache.nearest(part["key"], self.embedder.embed_query(question))
-        if found is None:
+        try:
+            found = self.cache.nearest(part["key"], self.embedder.embed_query(question))
+            entry_id, similarity = found if found is not None else (None, None)
+            entry = (
+                self.cache.entry(entry_id)
+                if entry_id is not None
+                and similarity is not None
+                and similarity >= self.cache.threshold
+                else None
+            )
+        except Exception:  # the cache is an optimisation: a broken one is a miss
+            _log.warning("semantic cache lookup failed", exc_info=True)
             return {"hit": False, "similarity": None, "entry_id": None}
-        entry_id, similarity = found
-        entry = self.cache.entry(entry_id) if similarity >= self.cache.threshold else None
+        if similarity is None:
+            return {"hit": False, "similarity": None, "entry_id": None}
         if entry is None:
             return {"hit": False, "similarity": round(similarity, 6), "entry_id": None}
         return {
@@ -617,12 +630,15 @@ class App:
             return  # history before this turn, tool calls, or an answer changed on the way
         question = str(values.get("question", ""))
         payload = {"text": answer.text, "hits": answer.hits, "model": answer.model}
-        self.cache.store(
-            Partition(part["key"], part["release"], part["index_version"], part["key_id"]),
-            question,
-            self.embedder.embed_query(question),
-            payload,
-        )
+        try:
+            self.cache.store(
+                Partition(part["key"], part["release"], part["index_version"], part["key_id"]),
+                question,
+                self.embedder.embed_query(question),
+                payload,
+            )
+        except Exception:  # never fail a turn that was answered
+            _log.warning("semantic cache store failed", exc_info=True)
 
     def _turn_attributes(self, tid: str, owner: str | None) -> dict[str, Any]:
         p = self.prompts

@@ -332,3 +332,17 @@ def test_a_streamed_hit(cached_app: Callable[..., tuple[App, ScriptedChatModel]]
     assert events[0]["text"] == "answer 0"
     assert events[-1]["answer"]["cache_hit"] is True
     assert events[-1]["answer"]["text"] == "answer 0"
+
+
+def test_a_broken_cache_is_a_miss_never_a_failed_turn(
+    cached_app: Callable[..., tuple[App, ScriptedChatModel]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, _ = cached_app()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("database down")
+
+    monkeypatch.setattr(app.cache, "nearest", broken)
+    monkeypatch.setattr(app.cache, "store", broken)
+    answer = app.ask(Q)
+    assert answer.text == "answer 0" and answer.cache_hit is False
