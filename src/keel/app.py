@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Generator, Iterator, Mapping, Sequence
@@ -20,6 +21,8 @@ from keel.config import KeelConfig, load_config
 from keel.errors import UsageError
 from keel.settings import Settings, get_settings
 
+_log = logging.getLogger("keel.cache")
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from keel.agents.hooks import Hooks
     from keel.agents.prompts import Prompts
     from keel.guardrails.runner import GuardRunner
+    from keel.ops.cache import SemanticCache
     from keel.ops.cost import PriceTable
     from keel.ops.tracing import Tracing
     from keel.rag.bm25 import BM25Index
@@ -438,6 +442,7 @@ class App:
             tracer=self.tracing.tracer if self.config.tracing.enabled else None,
             capture=self._capture,
             capture_prompts=self.config.tracing.capture == "full",
+            cache=self._cache_lookup if self.config.cache.enabled else None,
             config=AgentConfig(
                 max_steps=a.max_steps,
                 max_tool_calls=a.max_tool_calls,
@@ -600,6 +605,101 @@ class App:
                 last = span.end
         return Redactor().redact(text, kept) if kept else text
 
+    # -- semantic cache ------------------------------------------------------------------------
+    @cached_property
+    def cache(self) -> SemanticCache:
+        """The semantic cache (``[cache]``); consulted by turns only when enabled."""
+        from keel.ops.cache import SemanticCache
+
+        c = self.config.cache
+        return SemanticCache(
+            self.engine,
+            self.name,
+            threshold=c.threshold,
+            ttl_s=c.ttl_s,
+            max_entries=c.max_entries,
+        )
+
+    def _cache_partition(self, owner: str | None, scopes: Sequence[str] | None) -> dict[str, Any]:
+        from keel.ops.cache import partition_key
+
+        index_version = self.index_version()
+        release = self.release_id or self.version_for(index_version)
+        key = partition_key(self.name, release, index_version, owner, scopes)
+        return {"key": key, "release": release, "index_version": index_version, "key_id": owner}
+
+    def _cache_lookup(self, question: str, config: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The graph's ``cache`` step: the nearest entry of this turn's partition."""
+        part = config.get("configurable", {}).get("keel_cache")
+        if part is None:
+            return None
+        try:
+            found = self.cache.nearest(part["key"], self.embedder.embed_query(question))
+            entry_id, similarity = found if found is not None else (None, None)
+            entry = (
+                self.cache.entry(entry_id)
+                if entry_id is not None
+                and similarity is not None
+                and similarity >= self.cache.threshold
+                else None
+            )
+        except Exception:  # the cache is an optimisation: a broken one is a miss
+            _log.warning("semantic cache lookup failed", exc_info=True)
+            return {"hit": False, "similarity": None, "entry_id": None}
+        if similarity is None:
+            return {"hit": False, "similarity": None, "entry_id": None}
+        if entry is None:
+            return {"hit": False, "similarity": round(similarity, 6), "entry_id": None}
+        return {
+            "hit": True,
+            "similarity": round(similarity, 6),
+            "entry_id": entry_id,
+            "payload": entry[1],
+        }
+
+    def _cache_store(self, config: dict[str, Any], answer: Answer) -> None:
+        """Keep a turn's answer when it may be reused: the first turn of a thread, answered by
+        the model without tools, approvals or any guard failing or changing anything, and not
+        a refusal ("I don't know" for one question says little about a look-alike)."""
+        from langchain_core.messages import AIMessage, HumanMessage
+
+        from keel.agents.graph import REFUSAL_TEXT
+        from keel.ops.cache import Partition
+
+        part = config["configurable"].get("keel_cache")
+        if (
+            part is None
+            or answer.cache_hit
+            or answer.stop_reason != "done"
+            or answer.tool_calls
+            or answer.pending_approval
+            or not answer.text.strip()
+            or answer.text.strip().startswith((REFUSAL_TEXT, "I don't know"))
+            or any(e.get("outcome") != "pass" for e in answer.events)
+        ):
+            return
+        values = self.graph.get_state(config).values
+        messages = values.get("messages", [])
+        if not (
+            len(messages) == 2
+            and isinstance(messages[0], HumanMessage)
+            and isinstance(messages[1], AIMessage)
+            and not messages[1].tool_calls
+            and messages[1].text == answer.text
+        ):
+            return  # history before this turn, tool calls, or an answer changed on the way
+        question = str(values.get("question", ""))
+        payload = {"text": answer.text, "hits": answer.hits, "model": answer.model}
+        try:
+            self.cache.store(
+                Partition(part["key"], part["release"], part["index_version"], part["key_id"]),
+                question,
+                self.embedder.embed_query(question),
+                payload,
+            )
+        except Exception:  # never fail a turn that was answered
+            _log.warning("semantic cache store failed", exc_info=True)
+
     def _turn_attributes(self, tid: str, owner: str | None) -> dict[str, Any]:
         p = self.prompts
         index_version = self.index_version()
@@ -658,6 +758,12 @@ class App:
         }.items():
             if value is not None:
                 span.set_attribute(key, value)
+        cache = info.get("cache")
+        if cache:  # the semantic cache was consulted
+            span.set_attribute("keel.cache.hit", bool(cache.get("hit")))
+            for key in ("similarity", "entry_id"):
+                if cache.get(key) is not None:
+                    span.set_attribute(f"keel.cache.{key}", cache[key])
         if info.get("stop_reason") in ("error",):
             from opentelemetry.trace import Status, StatusCode
 
@@ -714,7 +820,10 @@ class App:
         if not tid or len(tid) > 200:
             raise UsageError("a thread id needs 1-200 characters")
         self.threads.touch(tid, owner)
-        return tid, self._run_config(tid, scopes)
+        config = self._run_config(tid, scopes)
+        if self.config.cache.enabled:
+            config["configurable"]["keel_cache"] = self._cache_partition(owner, scopes)
+        return tid, config
 
     def _answer(self, thread_id: str, config: dict[str, Any], trace_id: str = "") -> Answer:
         from keel.agents.answer import Answer
@@ -745,6 +854,8 @@ class App:
             events=list(values.get("events", [])),
             hits=list(values.get("hits", [])),
             release_id=self.release_id,
+            cache_hit=bool(values.get("cache", {}).get("hit")),
+            cache=dict(values["cache"]) if values.get("cache") else None,
         )
 
     def ask(
@@ -775,6 +886,7 @@ class App:
             )
             answer = self._answer(tid, config, trace_id)
             self._finish_span(span, answer)
+        self._cache_store(config, answer)
         return answer
 
     def _seed(
@@ -893,6 +1005,9 @@ class App:
                 continue
             if payload.get("retrieve"):
                 ctx.hits = [hit_from_dict(h) for h in payload["retrieve"].get("hits", [])]
+            cached = payload.get("cache")
+            if cached and cached.get("cache", {}).get("hit"):  # the cached answer, at once
+                yield {"type": "token", "text": cached["answer"]}
             tools = payload.get("tools")
             if tools:
                 new = len(tools.get("messages", []))
@@ -917,6 +1032,8 @@ class App:
             yield {"type": "approval_required", "thread_id": tid, "calls": answer.pending_approval}
         for citation in answer.citations:
             yield {"type": "citation", **citation}
+        if window is None or window.tripped is None:  # the user saw the answer unchanged
+            self._cache_store(config, answer)
         yield {"type": "done", "answer": answer.to_dict()}
 
     def resume(

@@ -131,6 +131,25 @@ class UiSection(_Strict):
     )
 
 
+class CacheSection(_Strict):
+    """The semantic cache (:mod:`keel.ops.cache`): off unless enabled."""
+
+    enabled: bool = Field(
+        default=False, description="Reuse answers to questions that mean the same."
+    )
+    threshold: float = Field(
+        default=0.93,
+        gt=0,
+        le=1,
+        description="Cosine similarity of the question embeddings at or above which a cached "
+        "answer is served (measured by benchmarks/lifecycle.py).",
+    )
+    ttl_s: float = Field(default=86_400.0, gt=0, description="Seconds an entry is served.")
+    max_entries: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="Entries per partition (oldest go)."
+    )
+
+
 class ThreadsSection(_Strict):
     retention_days: float | None = Field(
         default=None, gt=0, description="Threads idle longer than this are deleted by prune."
@@ -200,6 +219,7 @@ class KeelConfig(_Strict):
     guards: GuardsSection = Field(default_factory=GuardsSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     tracing: TracingSection = Field(default_factory=TracingSection)
+    cache: CacheSection = Field(default_factory=CacheSection)
     costs: CostsSection = Field(default_factory=CostsSection)
     # How the app is served, not what it is: left out of model_dump, so of the app's version
     # hash and of release content (turning the console on, or changing the rollback policy,

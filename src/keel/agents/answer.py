@@ -14,6 +14,10 @@ class Answer:
     waiting for a person: resume with :meth:`keel.App.resume`); ``step_limit`` /
     ``tool_errors`` (a limit ended the turn, ``text`` says so); ``guardrail`` (a guard ended
     it, ``text`` is its message).
+
+    ``cache_hit``: the semantic cache answered (no model call: usage and cost are zero);
+    ``cache``: its lookup (``hit``, ``similarity`` of the nearest entry, ``entry_id``), None
+    when the cache was not consulted (off, a follow-up turn, a guard that did not pass).
     """
 
     text: str
@@ -30,6 +34,8 @@ class Answer:
     events: list[dict[str, Any]] = field(default_factory=list)
     hits: list[dict[str, Any]] = field(default_factory=list)
     release_id: str | None = None  # the release that served it (None: the app on disk)
+    cache_hit: bool = False
+    cache: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

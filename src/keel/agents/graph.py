@@ -3,6 +3,10 @@
     START → start → retrieve → model ⇄ (approve → tools) → finalize → END
 
 - ``start`` runs the ``input`` hooks on the user's message.
+- ``cache`` (only with the semantic cache on) looks the checked question up: on a hit the
+  cached answer is the turn's answer and the turn ends there. Only the first turn of a thread
+  is looked up (a follow-up's meaning depends on what came before), and only when every input
+  guard passed.
 - ``retrieve`` (when the app has knowledge) searches, runs the ``context`` hooks, and keeps the
   hits; they enter the prompt as delimited, untrusted data (:mod:`keel.agents.context`).
 - ``model`` sends the system prompt, few-shot examples, the thread's history and the current
@@ -75,6 +79,7 @@ class AgentState(TypedDict, total=False):
     reask_note: str  # why an output guard sent the answer back (only for the next model call)
     reasks: int
     guard_memory: dict[str, Any]  # hooks' memory across turns (e.g. PII placeholders)
+    cache: dict[str, Any]  # the semantic cache's lookup: hit, similarity, entry_id ({}: none)
 
 
 def args_hash(name: str, args: dict[str, Any]) -> str:
@@ -107,6 +112,7 @@ def turn_input(question: str, history: list[AnyMessage] | None = None) -> dict[s
         "model_seconds": 0.0,
         "reask_note": "",
         "reasks": 0,
+        "cache": {},
     }
 
 
@@ -166,6 +172,9 @@ class Agent:
     tracer: Any = None  # an OpenTelemetry Tracer; None: no spans
     capture: Callable[[str], str | None] = _no_capture  # what of a text goes on a span
     capture_prompts: bool = False  # whole prompts on model spans (tracing.capture = "full")
+    # The semantic cache's lookup: (checked question, run config) -> None (not looked up) or
+    # {"hit": bool, "similarity": float | None, "entry_id": int | None, "payload": {...}}.
+    cache: Callable[[str, RunnableConfig], dict[str, Any] | None] | None = None
 
     @contextmanager
     def _span(self, name: str, **attributes: Any) -> Iterator[Any]:
@@ -250,6 +259,42 @@ class Agent:
             update["messages"] = [HumanMessage(checked, id=last.id)]
             update["question"] = checked
         return update
+
+    def cache_lookup(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        """The semantic cache: a hit ends the turn with the cached answer."""
+        first_turn = len(state["messages"]) == 1
+        guards_passed = all(e.get("outcome") == "pass" for e in state.get("events", []))
+        if self.cache is None or not first_turn or not guards_passed:
+            return {}
+        with self._span("keel.cache") as span:
+            found = self.cache(state["question"], config)
+            if found is None:
+                return {}
+            mark = {
+                "hit": bool(found.get("hit")),
+                "similarity": found.get("similarity"),
+                "entry_id": found.get("entry_id"),
+            }
+            _set(
+                span,
+                {
+                    "keel.cache.hit": mark["hit"],
+                    "keel.cache.similarity": mark["similarity"],
+                    "keel.cache.entry_id": mark["entry_id"],
+                },
+            )
+        if not mark["hit"]:
+            return {"cache": mark}
+        payload = found["payload"]
+        text = str(payload.get("text", ""))
+        return {
+            "messages": [AIMessage(text)],
+            "answer": text,
+            "hits": list(payload.get("hits", [])),
+            "model_id": str(payload.get("model", "")),
+            "stop_reason": "done",
+            "cache": mark,
+        }
 
     def retrieve(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         assert self.search is not None
@@ -527,7 +572,15 @@ class Agent:
     def after_start(self, state: AgentState) -> str:
         if self._stopped(state):
             return "finalize"
+        if self.cache is not None:
+            return "cache"
+        return self._first_step()
+
+    def _first_step(self) -> str:
         return "retrieve" if self.search is not None and self.config.retrieve else "model"
+
+    def after_cache(self, state: AgentState) -> str:
+        return END if state.get("cache", {}).get("hit") else self._first_step()
 
     def after_retrieve(self, state: AgentState) -> str:
         return "finalize" if self._stopped(state) else "model"
@@ -551,13 +604,19 @@ class Agent:
     def build(self, checkpointer: Any = None) -> Any:
         graph = StateGraph(AgentState)
         graph.add_node("start", self.start)
+        if self.cache is not None:
+            graph.add_node("cache", self.cache_lookup)
         graph.add_node("retrieve", self.retrieve)
         graph.add_node("model", self.model)
         graph.add_node("approve", self.approve)
         graph.add_node("tools", self.tools)
         graph.add_node("finalize", self.finalize)
         graph.add_edge(START, "start")
-        graph.add_conditional_edges("start", self.after_start, ["retrieve", "model", "finalize"])
+        after_start = ["retrieve", "model", "finalize"]
+        if self.cache is not None:
+            after_start.append("cache")
+            graph.add_conditional_edges("cache", self.after_cache, ["retrieve", "model", END])
+        graph.add_conditional_edges("start", self.after_start, after_start)
         graph.add_conditional_edges("retrieve", self.after_retrieve, ["model", "finalize"])
         graph.add_conditional_edges("model", self.after_model, ["approve", "finalize"])
         graph.add_edge("approve", "tools")

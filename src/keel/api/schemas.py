@@ -42,6 +42,12 @@ class ChatResponse(BaseModel):
     cost_usd: float | None = None
     events: list[dict[str, Any]]
     release_id: str | None = None
+    cache_hit: bool = Field(default=False, description="The semantic cache answered.")
+    cache: dict[str, Any] | None = Field(
+        default=None,
+        description="The semantic cache's lookup (hit, similarity, entry_id); null when the "
+        "cache was not consulted.",
+    )
 
 
 class ApprovalRequest(BaseModel):

@@ -18,7 +18,21 @@ name                                type       labels                       what
 ``keel_retrieval_top_score``        histogram                               best hit's score
 ``keel_cost_usd_total``             counter    ``model``                    USD spent
 ``keel_turn_latency_seconds``       histogram                               one whole turn
+``keel_cache_requests_total``       counter    ``result``                   semantic cache
+                                                                            lookups, ``result``
+                                                                            is ``hit``/``miss``
+``keel_release_requests_total``     counter    ``release``, ``outcome``     turns per release:
+                                                                            ``ok``, ``error``,
+                                                                            ``guard_tripped``
+``keel_release_feedback_total``     counter    ``release``, ``rating``      feedback per release
+``keel_release_traffic_weight``     gauge      ``release``, ``role``        serving share
+``keel_release_rollbacks_total``    counter    ``release``                  automatic rollbacks
+``keel_drift``                      gauge      ``measure``                  the last drift check
 ==================================  =========  ===========================  =====================
+
+The cache hit rate is ``keel_cache_requests_total{result="hit"}`` over the sum of both
+results; turns the cache does not consult (cache off, follow-up turns) count in neither. A
+cache hit records no model latency and no retrieval (neither ran).
 
 The empty-result rate is ``keel_retrieval_empty_total / keel_retrieval_requests_total``. The
 top-score buckets resolve both RRF scores (hybrid mode: about 0.016 for a first rank in one
@@ -195,6 +209,12 @@ class Metrics:
             ["measure"],
             registry=r,
         )
+        self.cache_requests = Counter(
+            "keel_cache_requests_total",
+            "Semantic cache lookups by result (hit or miss).",
+            ["result"],
+            registry=r,
+        )
 
     # -- what other parts call ---------------------------------------------------------------
     def model_call(
@@ -248,11 +268,17 @@ class Metrics:
         tool call (``name``, ``status``, ``seconds``); each guard event (``name``, ``point``,
         ``outcome``); the retrieval (``len(hits)``, best hit score) unless ``retrieved`` is
         false (an app with retrieval off); ``cost_usd`` when present; and the turn latency.
+        A semantic cache lookup (``cache``) counts as a hit or a miss; a hit (``cache_hit``)
+        records no model latency and no retrieval.
         """
         model = str(answer.get("model") or UNKNOWN_LABEL)
         usage = answer.get("usage") or {}
+        cache = answer.get("cache")
+        hit = answer.get("cache_hit") is True
+        if isinstance(cache, Mapping):
+            self.cache_requests.labels(result="hit" if hit else "miss").inc()
         model_seconds = _number(answer.get("model_seconds"))
-        if model_seconds is not None:
+        if model_seconds is not None and not hit:
             self.model_latency.labels(model=self._label("model", model)).observe(
                 max(0.0, model_seconds)
             )
@@ -274,7 +300,7 @@ class Metrics:
                     str(event["point"]),
                     str(event["outcome"]),
                 )
-        if retrieved:
+        if retrieved and not hit:
             hits = list(_dicts(answer.get("hits")))
             scores = [s for s in (_number(h.get("score")) for h in hits) if s is not None]
             self.retrieval(len(hits), max(scores) if scores else None)

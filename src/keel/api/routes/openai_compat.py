@@ -66,6 +66,7 @@ def _keel_extra(answer: dict[str, Any]) -> dict[str, Any]:
         "tool_calls": answer["tool_calls"],
         "pending_approval": answer["pending_approval"],
         "stop_reason": answer["stop_reason"],
+        "cache_hit": bool(answer.get("cache_hit")),
     }
 
 
