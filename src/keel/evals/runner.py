@@ -5,7 +5,10 @@ Cases run concurrently, at most ``suite.concurrency`` at once (an ``asyncio.Sema
 thread pool of that size: ``App.ask`` is synchronous), each with a timeout
 (``asyncio.wait_for``) and ``suite.retries`` retries. A case that still fails is recorded with
 its ``error`` and ``None`` scores, and the run goes on. Every case runs in its own thread of
-conversation and keeps the trace id of its turn. A metric that cannot score a case (no judge
+conversation and keeps the trace id of its turn: an ephemeral turn (``App.ask(...,
+ephemeral=True)``), traced but not checkpointed nor recorded in the thread index, since a case
+is never continued (durable SQLite checkpoints, serialised across the runner's threads, cost
+more than the turn). A metric that cannot score a case (no judge
 configured, no reference on the case) is left out of that case and the reason is recorded in
 ``RunResult.skipped_metrics``: nothing is scored silently.
 
@@ -272,7 +275,7 @@ async def _run(
 
             history = list(convert_to_messages(case.history))
         t0 = time.perf_counter()
-        answer = app.ask(case.input, thread_id=thread_id, history=history)
+        answer = app.ask(case.input, thread_id=thread_id, history=history, ephemeral=True)
         return answer, (time.perf_counter() - t0) * 1000.0
 
     async def one(case: Case, repeat: int) -> CaseResult:
