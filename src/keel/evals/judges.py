@@ -553,6 +553,8 @@ def _ragas_judge_class() -> type[RagasJudge]:
     class KeelRagasLLM(RagasJudge, InstructorBaseRagasLLM):
         """:class:`RagasJudge` registered as RAGAS's LLM base class."""
 
+        is_async = True  # RAGAS's prompts then call agenerate
+
     return KeelRagasLLM
 
 
