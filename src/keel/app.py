@@ -826,11 +826,19 @@ class App:
         return tid, config
 
     def _answer(self, thread_id: str, config: dict[str, Any], trace_id: str = "") -> Answer:
+        values = self.graph.get_state(config).values
+        return self._answer_from(thread_id, values, self._pending(thread_id, config), trace_id)
+
+    def _answer_from(
+        self,
+        thread_id: str,
+        values: Mapping[str, Any],
+        pending: list[dict[str, Any]] | None,
+        trace_id: str = "",
+    ) -> Answer:
         from keel.agents.answer import Answer
         from keel.agents.graph import citations_for
 
-        values = self.graph.get_state(config).values
-        pending = self._pending(thread_id, config)
         text = values.get("answer", "") if pending is None else ""
         citations = citations_for(text, values.get("hits", []))
         if citations:  # lineage: each citation leads to its chunk, document and content hash
@@ -866,16 +874,20 @@ class App:
         *,
         owner: str | None = None,
         history: list[Any] | None = None,
+        ephemeral: bool = False,
     ) -> Answer:
         """One turn of the conversation in ``thread_id`` (a new thread when None).
 
         ``scopes``: what the caller holds (None: everything, for trusted local use); tools
         needing other scopes are hidden from the model and refused if called.
+        ``ephemeral``: a one-off turn that is traced but not kept (see :meth:`_ask_ephemeral`).
         """
         from keel.agents.graph import turn_input
 
         if not isinstance(question, str) or not question.strip():
             raise UsageError("the question is empty")
+        if ephemeral:
+            return self._ask_ephemeral(question, thread_id, scopes, history)
         tid, config = self._prepare_turn(thread_id, owner, scopes)
         self._ready_for_turn(tid, config)
         with self._turn_span(tid, owner, question) as (span, trace_id):
@@ -1092,6 +1104,46 @@ class App:
             self._checkpointer.delete_thread(tid)
             self.threads.forget(tid)
         return gone
+
+    # -- ephemeral turns (evaluation) --------------------------------------------------------------
+    @cached_property
+    def _ephemeral_graph(self) -> Any:
+        """The agent graph without a checkpointer, for turns that are not kept."""
+        return self.agent.build(checkpointer=None)
+
+    def _ask_ephemeral(
+        self,
+        question: str,
+        thread_id: str | None,
+        scopes: Sequence[str] | None,
+        history: list[Any] | None,
+    ) -> Answer:
+        """A turn in a thread of its own that is not kept: traced like any turn, but nothing
+        is written to the thread index or the checkpointer, so it cannot be continued or
+        resumed (a call waiting for approval is reported in ``pending_approval`` and the turn
+        ends there). Evaluation runs use it: each case is a fresh one-off conversation, and a
+        durable checkpoint per case cost more than the turn itself (SQLite writes serialised
+        across the runner's threads)."""
+        import uuid
+
+        from keel.agents.graph import turn_input
+
+        tid = thread_id or f"ephemeral-{uuid.uuid4().hex}"
+        if len(tid) > 200:
+            raise UsageError("a thread id needs 1-200 characters")
+        config = self._run_config(tid, scopes)
+        with self._turn_span(tid, None, question) as (span, trace_id):
+            values = self._ephemeral_graph.invoke(
+                turn_input(question, list(history) if history else None), config
+            )
+            pending: list[dict[str, Any]] | None = None
+            for intr in values.get("__interrupt__", ()):
+                value = intr.value
+                if isinstance(value, dict) and value.get("type") == "approval_required":
+                    pending = list(value["calls"])
+            answer = self._answer_from(tid, values, pending, trace_id)
+            self._finish_span(span, answer)
+        return answer
 
 
 def resolve_decisions(decision: Any, pending: list[dict[str, Any]]) -> dict[str, Any]:

@@ -871,6 +871,41 @@ def evals_from_traces(
     err.print(f"{len(cases)} case(s) appended to {output}")
 
 
+@evals_cli.command("generate")
+def evals_generate(
+    out: Annotated[Path, typer.Option(help="Dataset file to append the cases to (JSONL).")],
+    size: Annotated[int, typer.Option(min=1, max=10_000, help="How many cases.")] = 20,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same cases.")] = 0,
+    llm: Annotated[
+        str | None,
+        typer.Option(
+            help="Generate with RAGAS and this model (e.g. openai:gpt-4o-mini); without it, "
+            "offline retrieval self-tests."
+        ),
+    ] = None,
+) -> None:
+    """Cases made from the app's own index, seeded: with --llm, RAGAS test-set generation
+    (questions and reference answers from the chunks; the LLM's answers are cached, so a
+    rerun with the same seed writes the same cases); without it, retrieval self-tests (a
+    sentence of a chunk as the query, its document expected), offline."""
+    from keel.evals.datasets import retrieval_selftests, save_dataset
+
+    with _errors():
+        app = _app()
+        try:
+            if llm is None:
+                cases = retrieval_selftests(app, size, seed)
+            else:
+                from keel.evals.generate import ragas_testset
+
+                cases = ragas_testset(app, llm, size=size, seed=seed)
+            if cases:
+                save_dataset(cases, out)
+        finally:
+            app.close()
+    err.print(f"{len(cases)} case(s) appended to {out}")
+
+
 @evals_cli.command("from-feedback")
 def evals_from_feedback(
     output: Annotated[Path, typer.Option(help="Dataset file to append the cases to (JSONL).")],

@@ -34,7 +34,14 @@ def make_engine(url: str | None, data_dir: Path) -> Engine:
         url = f"sqlite:///{data_dir / 'keel.db'}"
     url = normalise_url(url)
     try:
-        engine = create_engine(url, pool_pre_ping=True)
+        if url.startswith("sqlite"):
+            # A local file: no connection goes stale, so no ping before each use; and enough
+            # pooled connections for a gateway's or an evaluation run's threads, so none
+            # waits for a free one or opens and closes overflow connections (each open runs
+            # the pragmas below).
+            engine = create_engine(url, pool_size=32, max_overflow=32)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
     except Exception as exc:  # bad URL, missing driver
         raise ConfigError(f"cannot use database URL {url!r}: {exc}") from exc
     if engine.dialect.name == "sqlite":

@@ -279,3 +279,33 @@ def test_empty_question_is_a_usage_error(make_app: Callable[..., App]) -> None:
     app = make_app(model=ScriptedChatModel(script=[]))
     with pytest.raises(UsageError):
         app.ask("  ")
+
+
+def test_an_ephemeral_turn_is_traced_but_not_kept(
+    make_app: Callable[..., App], tools_dir: Path
+) -> None:
+    app = tool_app(
+        make_app,
+        tools_dir,
+        [
+            call("lookup_order", {"order_id": "ORD-7"}),
+            "Shipped.",
+            call("refund_order", {"order_id": "A", "amount": 5.0}),
+        ],
+    )
+    answer = app.ask("where is ORD-7?", thread_id="eval-1", ephemeral=True)
+    assert answer.text == "Shipped." and answer.thread_id == "eval-1"
+    assert [t["status"] for t in answer.tool_calls] == ["ok"]
+    assert answer.trace_id and app.turn_record(answer.trace_id) is not None
+    assert app.threads.all() == [] and app.history("eval-1") == []  # nothing kept
+    history = [HumanMessage("I ordered A"), AIMessage("Noted.")]
+    paused = app.ask("refund A", ephemeral=True, history=history)
+    assert paused.stop_reason == "approval_required" and paused.text == ""
+    assert [c["name"] for c in paused.pending_approval or []] == ["refund_order"]
+    assert calls_made(app) == [("lookup_order", "ORD-7")]  # the refund never ran
+    sent = app.agent.chain.models[0][1].calls[-1]
+    assert [m.text for m in sent if isinstance(m, HumanMessage | AIMessage)][-3:] == [
+        "I ordered A",
+        "Noted.",
+        "refund A",
+    ]

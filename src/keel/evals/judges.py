@@ -4,10 +4,15 @@ Every judge call is cached in the keel database (table ``keel_judge_cache``) und
 sha256 of the judge model id, the prompt and the inputs, so rerunning an evaluation replays the
 judge's answers at no cost. The prompts are plain module-level strings: what the judge is asked
 is what you read here.
+
+:func:`ragas_llm` makes a judge model (a model id such as a suite's ``judge:``, or a LangChain
+chat model) into what RAGAS's judge metrics call, with the same cache: RAGAS's own prompts,
+each sent as it is, each reply read as JSON into the structure RAGAS asked for.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -16,15 +21,19 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, Text, select
 from sqlalchemy.exc import IntegrityError
 
 from keel.db import create_tables
 from keel.errors import KeelError, ModelError, UsageError
+
+if TYPE_CHECKING:
+    from keel.settings import Settings
 
 T = TypeVar("T")
 
@@ -197,6 +206,11 @@ class _Judge:
     ) -> tuple[T, bool]:
         """(parsed reply, whether it came from the cache)."""
         key, messages = self._start(system, inputs)
+        return self._ask_messages(key, messages, parse)
+
+    def _ask_messages(
+        self, key: str, messages: list[BaseMessage], parse: Callable[[str], T]
+    ) -> tuple[T, bool]:
         hit = self._lookup(key, parse)
         if hit is not None:
             return hit
@@ -219,6 +233,11 @@ class _Judge:
     ) -> tuple[T, bool]:
         """:meth:`_ask` with ``ainvoke``."""
         key, messages = self._start(system, inputs)
+        return await self._aask_messages(key, messages, parse)
+
+    async def _aask_messages(
+        self, key: str, messages: list[BaseMessage], parse: Callable[[str], T]
+    ) -> tuple[T, bool]:
         hit = self._lookup(key, parse)
         if hit is not None:
             return hit
@@ -481,15 +500,124 @@ def cohen_kappa(a: Sequence[Any], b: Sequence[Any]) -> float:
     return (observed - expected) / (1.0 - expected)
 
 
+# -- RAGAS -----------------------------------------------------------------------------------
+M = TypeVar("M", bound=BaseModel)
+
+
+class RagasJudge(_Judge):
+    """A keel judge in the shape RAGAS's judge metrics call: ``generate(prompt,
+    response_model)`` / ``agenerate``. RAGAS's prompt (its instruction, the JSON schema of the
+    reply, examples and the input) goes to the model as one user message, unchanged; the reply
+    is read as JSON into ``response_model`` (a reply that does not fit is answered with a
+    corrective turn, as for keel's own judges) and cached under the judge model id and the
+    prompt. Made by :func:`ragas_llm`, which also makes it a RAGAS ``InstructorBaseRagasLLM``.
+    """
+
+    def _key_and_messages(
+        self, prompt: str, response_model: type[BaseModel]
+    ) -> tuple[str, list[BaseMessage]]:
+        reply = response_model.__name__
+        key = cache_key(self.model_id, "ragas", {"prompt": prompt, "reply": reply})
+        return key, [HumanMessage(content=prompt)]
+
+    @staticmethod
+    def _reader(response_model: type[M]) -> Callable[[str], M]:
+        def read(text: str) -> M:
+            try:
+                return response_model.model_validate(parse_json_object(text))
+            except ValidationError as exc:
+                errors = exc.errors()
+                if not errors:
+                    raise ValueError("the reply does not fit the structure asked for") from None
+                where = ".".join(str(x) for x in errors[0]["loc"]) or "reply"
+                raise ValueError(f"{where}: {errors[0]['msg']}") from None
+
+        return read
+
+    def generate(self, prompt: str, response_model: type[M]) -> M:
+        key, messages = self._key_and_messages(prompt, response_model)
+        return self._ask_messages(key, messages, self._reader(response_model))[0]
+
+    async def agenerate(self, prompt: str, response_model: type[M]) -> M:
+        key, messages = self._key_and_messages(prompt, response_model)
+        return (await self._aask_messages(key, messages, self._reader(response_model)))[0]
+
+
+@functools.cache
+def _ragas_judge_class() -> type[RagasJudge]:
+    from keel.evals.metrics import _quiet
+
+    with _quiet():
+        from ragas.llms.base import InstructorBaseRagasLLM
+
+    class KeelRagasLLM(RagasJudge, InstructorBaseRagasLLM):
+        """:class:`RagasJudge` registered as RAGAS's LLM base class."""
+
+        is_async = True  # RAGAS's prompts then call agenerate
+
+    return KeelRagasLLM
+
+
+def judge_model(model: str | BaseChatModel, settings: Settings | None = None) -> BaseChatModel:
+    """The chat model for a judge: a model id (``openai:gpt-4o-mini``, anything
+    :func:`keel.agents.models.build_model` resolves) or a LangChain chat model, as is."""
+    if isinstance(model, BaseChatModel):
+        return model
+    if not isinstance(model, str) or not model.strip():
+        raise UsageError(f"a judge is a model id or a chat model, not {model!r}")
+    from keel.agents.models import EXTRACTIVE, build_model
+
+    if model == EXTRACTIVE:
+        raise UsageError(
+            f"{EXTRACTIVE} cannot judge: it answers with sentences of the context, it does "
+            "not follow instructions (use a language model, e.g. openai:gpt-4o-mini)"
+        )
+
+    def no_embedder() -> Any:  # only the embedded model needs one
+        raise UsageError(f"judge {model!r} needs no embedding model")
+
+    from keel.settings import get_settings
+
+    return build_model(model, embedder=no_embedder, settings=settings or get_settings())
+
+
+def ragas_llm(
+    model: str | BaseChatModel,
+    *,
+    cache: JudgeCache | None = None,
+    model_id: str | None = None,
+    settings: Settings | None = None,
+    max_parse_retries: int = 2,
+) -> Any:
+    """A judge model as RAGAS 0.4's judge metrics need it (``Faithfulness``,
+    ``AnswerRelevancy``, ``ContextPrecision``, ``FactualCorrectness`` ... take ``llm=``).
+
+    ``model``: a model id (a suite's ``judge:``) or a LangChain chat model (in tests a
+    :class:`~keel.testing.ScriptedChatModel`). ``cache``: a :class:`JudgeCache`; every call is
+    then cached under the judge model id and RAGAS's prompt, so a rerun replays at no cost.
+    ``model_id`` names the judge in the cache key (default: the id given, or the model's name).
+    Returns a :class:`RagasJudge` that is also a ``ragas.llms.base.InstructorBaseRagasLLM``.
+    """
+    from keel.agents.models import model_name
+
+    chat = judge_model(model, settings)
+    name = model_id or (model if isinstance(model, str) else model_name(chat))
+    cls = _ragas_judge_class()
+    return cls(chat, model_id=name, cache=cache, max_parse_retries=max_parse_retries)
+
+
 __all__ = [
     "JudgeCache",
     "JudgeScore",
     "PairwiseJudge",
     "PairwiseVerdict",
+    "RagasJudge",
     "RubricJudge",
     "cache_key",
     "cohen_kappa",
+    "judge_model",
     "parse_json_object",
+    "ragas_llm",
     "wilson_interval",
     "win_rate",
 ]

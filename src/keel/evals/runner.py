@@ -5,7 +5,10 @@ Cases run concurrently, at most ``suite.concurrency`` at once (an ``asyncio.Sema
 thread pool of that size: ``App.ask`` is synchronous), each with a timeout
 (``asyncio.wait_for``) and ``suite.retries`` retries. A case that still fails is recorded with
 its ``error`` and ``None`` scores, and the run goes on. Every case runs in its own thread of
-conversation and keeps the trace id of its turn. A metric that cannot score a case (no judge
+conversation and keeps the trace id of its turn: an ephemeral turn (``App.ask(...,
+ephemeral=True)``), traced but not checkpointed nor recorded in the thread index, since a case
+is never continued (durable SQLite checkpoints, serialised across the runner's threads, cost
+more than the turn). A metric that cannot score a case (no judge
 configured, no reference on the case) is left out of that case and the reason is recorded in
 ``RunResult.skipped_metrics``: nothing is scored silently.
 
@@ -199,21 +202,22 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _judge_for(suite: Suite, judge: Any) -> tuple[Any, str | None]:
-    """The judge object for RAGAS judge metrics, or why there is none."""
-    if judge is not None:
+def _judge_for(suite: Suite, judge: Any, app: App) -> tuple[Any, str | None]:
+    """The judge for RAGAS judge metrics (built by :func:`keel.evals.judges.ragas_llm`, its
+    calls cached in the app's database), or why there is none."""
+    from keel.evals.judges import JudgeCache, ragas_llm
+    from keel.evals.metrics import _is_ragas_llm
+
+    if judge is not None and _is_ragas_llm(judge):
         return judge, None
-    if suite.judge is None:
+    target = judge if judge is not None else suite.judge
+    if target is None:
         return None, NO_JUDGE
     try:
-        from keel.evals import judges
-
-        make = getattr(judges, "ragas_llm", None)
-        if make is None:
-            return None, f"judge {suite.judge!r} cannot be used by RAGAS metrics in this version"
-        return make(suite.judge), None
+        return ragas_llm(target, cache=JudgeCache(app.engine), settings=app.settings), None
     except Exception as exc:  # any failure to build the judge is reported, not raised
-        return None, f"judge {suite.judge!r} could not be built: {_describe(exc)}"
+        name = target if isinstance(target, str) else type(target).__name__
+        return None, f"judge {name!r} could not be built: {_describe(exc)}"
 
 
 async def arun_suite(
@@ -228,8 +232,10 @@ async def arun_suite(
 
     ``app``: run against this app instead of building one from ``suite.app_path`` (with
     ``model``, a chat model object such as a ``ScriptedChatModel``, when given). ``progress``
-    is called with ``(done, total)`` as cases finish. ``judge``: a RAGAS InstructorLLM for
-    judge metrics (default: built from ``suite.judge`` when keel.evals.judges can).
+    is called with ``(done, total)`` as cases finish. ``judge``: the judge model for RAGAS judge
+    metrics, a chat model (or a RAGAS LLM, used as it is); default: ``suite.judge`` (a model
+    id). Either way it goes through :func:`keel.evals.judges.ragas_llm`, its calls cached in
+    the app's database, so a rerun replays the judge at no cost.
     """
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
@@ -272,7 +278,7 @@ async def _run(
 
             history = list(convert_to_messages(case.history))
         t0 = time.perf_counter()
-        answer = app.ask(case.input, thread_id=thread_id, history=history)
+        answer = app.ask(case.input, thread_id=thread_id, history=history, ephemeral=True)
         return answer, (time.perf_counter() - t0) * 1000.0
 
     async def one(case: Case, repeat: int) -> CaseResult:
@@ -315,7 +321,7 @@ async def _run(
     )
     embedder = app.embedder if needs_embedder else None
     needs_judge = any(METRICS[m].needs == "judge" for m in names)
-    judge_obj, judge_reason = _judge_for(suite, judge) if needs_judge else (None, None)
+    judge_obj, judge_reason = _judge_for(suite, judge, app) if needs_judge else (None, None)
 
     by_id = {c.id: c for c in cases}
     skipped: dict[str, dict[str, int]] = {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from keel.db import create_tables
@@ -21,6 +21,15 @@ from keel.errors import StoreError
 from keel.rag._tables import documents, ingest_runs, metadata
 
 EMPTY_INDEX_VERSION = "empty"
+
+# Built once: every turn reads the index version, and building the statement cost more than
+# running it.
+_CURRENT_VERSION = (
+    select(ingest_runs.c.index_version)
+    .where(ingest_runs.c.collection == bindparam("collection"), ingest_runs.c.state == "done")
+    .order_by(ingest_runs.c.id.desc())
+    .limit(1)
+)
 
 
 @dataclass(frozen=True)
@@ -177,10 +186,7 @@ class Manifest:
         """The index version recorded by the last finished run (cheap: one row)."""
         with self.engine.connect() as conn:
             version = conn.execute(
-                select(ingest_runs.c.index_version)
-                .where(ingest_runs.c.collection == self.collection, ingest_runs.c.state == "done")
-                .order_by(ingest_runs.c.id.desc())
-                .limit(1)
+                _CURRENT_VERSION, {"collection": self.collection}
             ).scalar_one_or_none()
         return version or EMPTY_INDEX_VERSION
 
