@@ -106,6 +106,7 @@ def deployment(request: Request) -> dict[str, Any]:
 
     gw = gateway(request)
     gw.authenticate(request, "admin")
+    gw.app.tracing.flush()  # the latest turns count
     state = gw.releases.state()
     ids = [r for r in (state["stable"], state["canary"]) if r]
     history = gw.releases.history()
