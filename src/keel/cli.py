@@ -1055,6 +1055,7 @@ def traces_list(
         str | None, typer.Option(help="Guard outcome: none, pass, flagged, tripped.")
     ] = None,
     app_version: Annotated[str | None, typer.Option(help="Only this app version.")] = None,
+    release: Annotated[str | None, typer.Option(help="Only turns this release served.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Recent traces, newest first."""
@@ -1067,6 +1068,7 @@ def traces_list(
             min_latency_ms=min_latency_ms,
             guard_outcome=guard,
             app_version=app_version,
+            release_id=release,
         )
         app.close()
     if as_json:

@@ -90,7 +90,7 @@ def test_create_canary_promote_then_a_worse_canary_is_rolled_back(
     api = create_app(disk)
     gw = api.state.gateway
     client = TestClient(api, raise_server_exceptions=False)
-    key, _ = gw.keys.create("tester", ["chat", "feedback", "admin"])
+    key, _ = gw.keys.create("tester", ["admin"])
     try:
         assert {_ask(client, key, f"t{i}")["release_id"] for i in range(5)} == {v1}
 
@@ -107,6 +107,13 @@ def test_create_canary_promote_then_a_worse_canary_is_rolled_back(
         assert f'keel_release_traffic_weight{{release="{v2}",role="canary"}} 0.5' in metrics
         view = client.get("/v1/deployment", headers={"Authorization": f"Bearer {key}"}).json()
         assert view["canary"] == v2 and view["health"][v2]["requests"] > 0
+        on_v2 = client.get(
+            "/v1/traces",
+            params={"release_id": v2, "limit": 1000},
+            headers={"Authorization": f"Bearer {key}"},
+        ).json()["traces"]
+        assert len(on_v2) == view["health"][v2]["requests"]
+        assert {t["release_id"] for t in on_v2} == {v2}
 
         store.promote("v2 is as good")
         promoted = [_ask(client, key, f"t{i}") for i in range(10)]

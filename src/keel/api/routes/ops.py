@@ -148,6 +148,7 @@ def traces(
     thread_id: str | None = None,
     min_latency_ms: float | None = Query(default=None, ge=0),
     guard_outcome: Literal["none", "pass", "flagged", "tripped"] | None = None,
+    release_id: str | None = Query(default=None, max_length=32),
     limit: int = Query(default=50, ge=1, le=1000),
 ) -> dict[str, Any]:
     gw = gateway(request)
@@ -161,6 +162,7 @@ def traces(
         thread_id=thread_id,
         min_latency_ms=min_latency_ms,
         guard_outcome=guard_outcome,
+        release_id=release_id,
         limit=limit,
     )
     return {"traces": rows}
