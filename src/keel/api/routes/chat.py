@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from keel.api.keys import ApiKey
 from keel.api.problems import COMMON, Problem, documented
-from keel.api.routes._common import close_quietly, gateway, sse
+from keel.api.routes._common import close_quietly, closing_stream, gateway, sse
 from keel.api.schemas import ApprovalRequest, ChatRequest, ChatResponse, ThreadView
 from keel.errors import KeelError
 
@@ -86,7 +86,9 @@ def chat_turn(
             close_quietly(events_in)  # a client that went away cancels the run here
             lock.__exit__(None, None, None)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=_NO_BUFFER)
+    return StreamingResponse(
+        closing_stream(events()), media_type="text/event-stream", headers=_NO_BUFFER
+    )
 
 
 _NO_BUFFER = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from keel.api.problems import COMMON, Problem, documented
-from keel.api.routes._common import close_quietly, gateway
+from keel.api.routes._common import close_quietly, closing_stream, gateway
 from keel.api.schemas import ChatCompletionRequest
 from keel.errors import KeelError
 
@@ -201,5 +201,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
             lock.__exit__(None, None, None)
 
     return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        closing_stream(events()),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store"},
     )
