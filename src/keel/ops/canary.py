@@ -197,6 +197,15 @@ def judge_canary(
     return verdict
 
 
+def canary_since(history: Sequence[dict[str, Any]], canary: str | None) -> datetime | None:
+    """When ``canary`` was last deployed as the canary (``history``: newest first, as
+    :meth:`ReleaseStore.history` gives it); None when no canary serves. Health is measured over
+    that period, for both releases, so they are compared over the same time."""
+    if canary is None:
+        return None
+    return next((e["at"] for e in history if e["action"] == "canary" and e["to"] == canary), None)
+
+
 def canary_verdict(
     store: ReleaseStore, policy: CanaryPolicy, *, rollback: bool = True
 ) -> Verdict | None:
@@ -207,10 +216,7 @@ def canary_verdict(
     canary, stable = state["canary"], state["stable"]
     if canary is None:
         return None
-    since = next(
-        (e["at"] for e in store.history() if e["action"] == "canary" and e["to"] == canary),
-        None,
-    )
+    since = canary_since(store.history(), canary)
     ids = [canary] + ([stable] if stable else [])
     health = release_health(store.engine, store.app, ids, since=since)
     verdict = judge_canary(canary, stable, health, policy)

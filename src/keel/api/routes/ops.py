@@ -101,7 +101,7 @@ def deployment(request: Request) -> dict[str, Any]:
     """Stable and canary (with the canary's traffic share), each release's health since the
     canary was deployed, the last canary verdict of this gateway, the release switch history
     and the last drift check. Needs the ``admin`` scope."""
-    from keel.ops.canary import release_health
+    from keel.ops.canary import canary_since, release_health
     from keel.ops.monitor import last_check
 
     gw = gateway(request)
@@ -110,10 +110,7 @@ def deployment(request: Request) -> dict[str, Any]:
     state = gw.releases.state()
     ids = [r for r in (state["stable"], state["canary"]) if r]
     history = gw.releases.history()
-    since = next(
-        (e["at"] for e in history if e["action"] == "canary" and e["to"] == state["canary"]),
-        None,
-    )
+    since = canary_since(history, state["canary"])
     return {
         **state,
         "health": release_health(gw.app.engine, gw.app.name, ids, since=since),

@@ -618,17 +618,14 @@ def releases_page(
     releases = store.list()
     live = [r for r in (state["stable"], state["canary"]) if r]
 
-    from keel.ops.canary import release_health
+    from keel.ops.canary import canary_since, release_health
     from keel.ops.monitor import last_check
 
     gw.app.tracing.flush()
     history = store.history()
     # health over the canary's life (both sides over the same period), as the rollback
     # check judges it; over all time while no canary serves
-    since = next(
-        (e["at"] for e in history if e["action"] == "canary" and e["to"] == state["canary"]),
-        None,
-    )
+    since = canary_since(history, state["canary"])
     health: dict[str, Any] | None = None
     health_error = None
     if live:
