@@ -148,3 +148,45 @@ def test_other_embedding_model_on_existing_collection_is_a_config_error(
     with pytest.raises(ConfigError, match="built with model"):
         other.search("refunds")
     other.close()
+
+
+def test_concurrent_ingests_into_one_collection_keep_every_document(
+    make_app: Callable[..., App],
+) -> None:
+    """The gateway runs uploads as concurrent jobs: neither run may take the other's
+    unfinished work for an interrupted run and reconcile it away."""
+    import threading
+
+    from keel.rag.types import Document
+
+    app = make_app({})
+    batches = [
+        [
+            Document(id=f"a-{i}", text=f"Gift cards never expire, note {i}.", source="api")
+            for i in range(20)
+        ],
+        [
+            Document(id=f"b-{i}", text=f"We open at {i} on weekdays.", source="api")
+            for i in range(20)
+        ],
+    ]
+    errors: list[BaseException] = []
+
+    def ingest(docs: list[Document]) -> None:
+        try:
+            app.ingest_documents(docs)
+        except BaseException as exc:  # pragma: no cover - shown by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ingest, args=(b,)) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    ids = {e.doc_id for e in app.manifest().entries().values()}
+    assert ids == {d.id for b in batches for d in b}
+    assert app.store().count() == 40
+    assert app.bm25().version == app.index_version() and len(app.bm25()) == 40
+    assert app.search("gift card expiry", 1)[0].doc_id.startswith("a-")
+    assert app.search("when do you open on weekdays", 1)[0].doc_id.startswith("b-")

@@ -63,6 +63,7 @@ class App:
         self._lock = threading.RLock()
         self._bm25: dict[str, BM25Index] = {}
         self._stores: dict[str, VectorStore] = {}
+        self._ingest_locks: dict[str, threading.Lock] = {}
 
     @classmethod
     def from_config(
@@ -259,11 +260,12 @@ class App:
             max_bytes=int(rag.max_file_mb * 1024 * 1024),
         )
         scopes = [_relative_scope(root, t) for t in targets]
-        return self._ingestor(collection).run(
-            items,
-            prune=(lambda source: any(_within(source, s) for s in scopes)) if prune else None,
-            progress=progress,
-        )
+        with self._ingest_lock(collection):
+            return self._ingestor(collection).run(
+                items,
+                prune=(lambda source: any(_within(source, s) for s in scopes)) if prune else None,
+                progress=progress,
+            )
 
     def ingest_documents(
         self,
@@ -273,7 +275,16 @@ class App:
         progress: Progress | None = None,
     ) -> IngestReport:
         """Ingest documents made in code (or uploaded), with the same manifest and chunking."""
-        return self._ingestor(collection).run(documents, progress=progress)
+        with self._ingest_lock(collection):
+            return self._ingestor(collection).run(documents, progress=progress)
+
+    def _ingest_lock(self, collection: str | None) -> threading.Lock:
+        """One ingest run at a time per collection in this process: a run that starts while
+        another is under way would take it for an interrupted one and reconcile it away (the
+        gateway runs uploads as concurrent background jobs)."""
+        name = self._collection(collection)
+        with self._lock:
+            return self._ingest_locks.setdefault(name, threading.Lock())
 
     def _ingestor(self, collection: str | None) -> Ingestor:
         from keel.rag.chunking import Chunker
