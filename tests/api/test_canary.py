@@ -134,6 +134,7 @@ def test_create_canary_promote_then_a_worse_canary_is_rolled_back(
         # once rolled back, everything is served by stable again
         assert {_ask(client, key, f"u{i}")["release_id"] for i in range(10)} == {v2}
         assert f'keel_release_rollbacks_total{{release="{v3}"}} 1.0' in client.get("/metrics").text
+        assert set(gw._release_apps) == {v2}  # the rolled-back release is let go
     finally:
         client.close()
 

@@ -142,6 +142,12 @@ class Gateway:
             self._deployment = self.releases.state()
             self._deployment_read = now
             self.metrics.deployment(self._deployment)
+            serving = {self._deployment["stable"], self._deployment["canary"]}
+            # A release no longer served is let go (its database, stores and threads are the
+            # disk app's, so there is nothing to close).
+            with self._release_guard:
+                for rid in [r for r in self._release_apps if r not in serving]:
+                    del self._release_apps[rid]
         return self._deployment
 
     def release_app(self, release_id: str) -> App:
