@@ -1,20 +1,25 @@
 """The eval runner's concurrency: 200 cases against a model that takes 50 ms per call.
 
-    python benchmarks/eval_runner.py [--cases 200] [--concurrency 16] [--delay 0.05]
+    python benchmarks/eval_runner.py [--cases 200] [--concurrency 16] [--delay 0.05] [--runs 3]
 
 One warm-up run first (the metric libraries' imports, the app's stores): a one-time cost
 of the process, not of running cases. The app has retrieval off (``agent.retrieve =
 false``) and a scripted model whose every call sleeps 50 ms and returns a fixed answer, so
-the ideal wall time is cases × delay / concurrency. Prints the wall time, the ideal and
-their ratio (target <= 1.25), and the process CPU time of the run: the Python work of a case
-holds the GIL, so the run cannot be faster than cases × CPU per case, whatever the
-concurrency (and a machine busy with other work stretches the wall time, not the CPU time).
+the ideal wall time is cases × delay / concurrency. Then ``--runs`` timed runs of the suite,
+side by side in this process; each prints its wall time, ratio to the ideal and process CPU
+time, and the verdict (target <= 1.25) is on their median, since a busy machine stretches
+a run's wall time (not its CPU time).
+
+What bounds the ratio: the Python work of a case holds the GIL, so the run cannot be faster
+than cases × CPU per case, whatever the concurrency; and 200 cases on 16 workers is 13 calls
+in a row for half of them, so even with no work at all the ratio is 13 / 12.5 = 1.04.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +42,7 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--delay", type=float, default=0.05)
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     offline_defaults()
 
@@ -59,7 +65,7 @@ def main() -> int:
         return "A fixed answer."
 
     warm = 2 * args.concurrency
-    model = ScriptedChatModel(script=[reply] * (args.cases + warm))
+    model = ScriptedChatModel(script=[reply] * (args.cases * args.runs + warm))
     config = config_from_dict(
         {
             "app": {"name": "bench-evals"},
@@ -83,24 +89,29 @@ def main() -> int:
             encoding="utf-8",
         )
         run_suite(suite.model_copy(update={"dataset_path": warm_cases}), app=app)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        run = run_suite(suite, app=app)
-        wall = time.perf_counter() - start
-        cpu = time.process_time() - cpu_start
+        timed = []
+        for _ in range(args.runs):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            run = run_suite(suite, app=app)
+            timed.append(
+                (time.perf_counter() - start, time.process_time() - cpu_start, len(run.errors))
+            )
     finally:
         app.close()
 
-    errors = len(run.errors)
     ideal = args.cases * args.delay / args.concurrency
-    ratio = wall / ideal
     print(
         f"cases: {args.cases}  concurrency: {args.concurrency}  delay: {args.delay * 1000:.0f} ms"
     )
-    print(f"errors: {errors}")
-    print(f"wall time: {wall:.3f} s")
-    print(f"ideal:     {ideal:.3f} s")
-    print(f"cpu:       {cpu:.3f} s ({cpu / args.cases * 1000:.1f} ms per case, all threads)")
-    print(f"ratio:     {ratio:.3f} (target <= {TARGET})")
+    print(f"ideal: {ideal:.3f} s")
+    for n, (wall, cpu, errors) in enumerate(timed, 1):
+        print(
+            f"run {n}: wall {wall:.3f} s  ratio {wall / ideal:.3f}  errors {errors}  "
+            f"cpu {cpu:.3f} s ({cpu / args.cases * 1000:.1f} ms per case, all threads)"
+        )
+    ratio = statistics.median(wall / ideal for wall, _, _ in timed)
+    errors = sum(e for _, _, e in timed)
+    print(f"ratio: {ratio:.3f} (median of {args.runs}; target <= {TARGET})")
     return 0 if ratio <= TARGET and errors == 0 else 1
 
 

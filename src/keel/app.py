@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -605,16 +605,9 @@ class App:
             return None
         if mode == "full":
             return text
-        from keel.guardrails.pii import Redactor, detect_pii
-        from keel.guardrails.secrets import detect_secrets
-
-        spans = sorted(detect_pii(text) + detect_secrets(text), key=lambda s: s.start)
-        kept, last = [], -1
-        for span in spans:
-            if span.start >= last:
-                kept.append(span)
-                last = span.end
-        return Redactor().redact(text, kept) if kept else text
+        if len(text) <= _REDACTED_CACHE_CHARS:
+            return _redacted_cached(text)
+        return _redacted(text)
 
     # -- semantic cache ------------------------------------------------------------------------
     @cached_property
@@ -747,7 +740,12 @@ class App:
 
     def _finish_span(self, span: Any, answer: Answer | None, data: Any = None) -> None:
         """Summary attributes of a turn (what ``keel traces list`` shows)."""
-        info = data if data is not None else answer.to_dict() if answer else {}
+        if data is not None:
+            info = data
+        elif answer is not None:  # the fields read below, without copying the hits
+            info = {k: getattr(answer, k) for k in _SUMMARY_FIELDS}
+        else:
+            info = {}
         usage = info.get("usage", {})
         events = info.get("events", [])
         outcomes = {e.get("outcome") for e in events if "point" in e}
@@ -1155,6 +1153,38 @@ class App:
             answer = self._answer_from(tid, values, pending, trace_id)
             self._finish_span(span, answer)
         return answer
+
+
+_SUMMARY_FIELDS = (
+    "usage",
+    "events",
+    "stop_reason",
+    "text",
+    "model",
+    "cost_usd",
+    "citations",
+    "cache",
+)
+_REDACTED_CACHE_CHARS = 4096
+
+
+def _redacted(text: str) -> str:
+    """``text`` with its PII and secrets redacted (what ``capture = "redacted"`` keeps)."""
+    from keel.guardrails.pii import Redactor, detect_pii
+    from keel.guardrails.secrets import detect_secrets
+
+    spans = sorted(detect_pii(text) + detect_secrets(text), key=lambda s: s.start)
+    kept, last = [], -1
+    for span in spans:
+        if span.start >= last:
+            kept.append(span)
+            last = span.end
+    return Redactor().redact(text, kept) if kept else text
+
+
+# A turn captures its answer twice (the model span and the turn), and an app answers the same
+# words often (refusals, canned replies): short texts are redacted once.
+_redacted_cached = lru_cache(maxsize=1024)(_redacted)
 
 
 def resolve_decisions(decision: Any, pending: list[dict[str, Any]]) -> dict[str, Any]:

@@ -309,3 +309,21 @@ def test_an_ephemeral_turn_is_traced_but_not_kept(
         "Noted.",
         "refund A",
     ]
+
+
+def test_the_start_step_is_in_the_graph_only_when_it_has_work(
+    make_app: Callable[..., App],
+) -> None:
+    plain = make_app(model=ScriptedChatModel(script=["plain answer"]))
+    assert "start" not in plain.graph.nodes  # no input hooks, no cache: one step less
+    assert plain.ask("hello?").text == "plain answer"
+
+    seen: list[str] = []
+    hooked = make_app(model=ScriptedChatModel(script=["hooked answer"]))
+    hooked.hooks = Hooks(input=[lambda text, ctx: seen.append(text) or text])  # type: ignore[func-returns-value]
+    assert "start" in hooked.graph.nodes
+    assert hooked.ask("hello?").text == "hooked answer" and seen == ["hello?"]
+
+    guards = {"guards": {"input": {"pii": {"on_fail": "fix"}}}}
+    guarded = make_app(guards, model=ScriptedChatModel(script=["ok"]))
+    assert "start" in guarded.graph.nodes

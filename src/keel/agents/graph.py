@@ -1,8 +1,9 @@
 """The agent graph, on LangGraph's StateGraph.
 
-    START → start → retrieve → model ⇄ (approve → tools) → finalize → END
+    START → [start] → retrieve → model ⇄ (approve → tools) → finalize → END
 
-- ``start`` runs the ``input`` hooks on the user's message.
+- ``start`` runs the ``input`` hooks on the user's message (it is left out of the graph when
+  there are none and no cache: START then leads straight to the first step).
 - ``cache`` (only with the semantic cache on) looks the checked question up: on a hit the
   cached answer is the turn's answer and the turn ends there. Only the first turn of a thread
   is looked up (a follow-up's meaning depends on what came before), and only when every input
@@ -603,7 +604,10 @@ class Agent:
 
     def build(self, checkpointer: Any = None) -> Any:
         graph = StateGraph(AgentState)
-        graph.add_node("start", self.start)
+        # ``start`` only where it has work: a step costs LangGraph about 0.15 ms
+        checks_input = bool(self.hooks.input) or self.cache is not None
+        if checks_input:
+            graph.add_node("start", self.start)
         if self.cache is not None:
             graph.add_node("cache", self.cache_lookup)
         graph.add_node("retrieve", self.retrieve)
@@ -611,12 +615,16 @@ class Agent:
         graph.add_node("approve", self.approve)
         graph.add_node("tools", self.tools)
         graph.add_node("finalize", self.finalize)
-        graph.add_edge(START, "start")
-        after_start = ["retrieve", "model", "finalize"]
+        if checks_input:
+            graph.add_edge(START, "start")
+            after_start = ["retrieve", "model", "finalize"]
+            if self.cache is not None:
+                after_start.append("cache")
+            graph.add_conditional_edges("start", self.after_start, after_start)
+        else:
+            graph.add_edge(START, self._first_step())
         if self.cache is not None:
-            after_start.append("cache")
             graph.add_conditional_edges("cache", self.after_cache, ["retrieve", "model", END])
-        graph.add_conditional_edges("start", self.after_start, after_start)
         graph.add_conditional_edges("retrieve", self.after_retrieve, ["model", "finalize"])
         graph.add_conditional_edges("model", self.after_model, ["approve", "finalize"])
         graph.add_edge("approve", "tools")

@@ -1,36 +1,40 @@
 """Running a suite: every case (× repeats) through the app, then every metric, then the
 aggregates (mean and a 95% bootstrap confidence interval over cases).
 
-Cases run concurrently, at most ``suite.concurrency`` at once (an ``asyncio.Semaphore`` and a
-thread pool of that size: ``App.ask`` is synchronous), each with a timeout
-(``asyncio.wait_for``) and ``suite.retries`` retries. A case that still fails is recorded with
-its ``error`` and ``None`` scores, and the run goes on. Every case runs in its own thread of
-conversation and keeps the trace id of its turn: an ephemeral turn (``App.ask(...,
-ephemeral=True)``), traced but not checkpointed nor recorded in the thread index, since a case
-is never continued (durable SQLite checkpoints, serialised across the runner's threads, cost
-more than the turn). A metric that cannot score a case (no judge
+Cases run concurrently, at most ``suite.concurrency`` at once, in worker threads that each
+take the next case as soon as they finish one (:mod:`keel.evals._pool`; ``App.ask`` is
+synchronous), each attempt with a timeout and ``suite.retries`` retries. A case that still
+fails is recorded with its ``error`` and ``None`` scores, and the run goes on. Every case
+runs in its own thread of conversation and keeps the trace id of its turn: an ephemeral turn
+(``App.ask(..., ephemeral=True)``), traced but not checkpointed nor recorded in the thread
+index, since a case is never continued (durable SQLite checkpoints, serialised across the
+runner's threads, cost more than the turn). A metric that cannot score a case (no judge
 configured, no reference on the case) is left out of that case and the reason is recorded in
 ``RunResult.skipped_metrics``: nothing is scored silently.
 
-A timed-out ``App.ask`` cannot be interrupted: its worker thread finishes in the background
-while the case is retried or recorded as failed.
+A timed-out ``App.ask`` cannot be interrupted: its worker thread finishes in the background,
+its answer dropped, while a fresh worker takes its place and the case is retried or recorded
+as failed. While the cases run, the garbage collector leaves alone what existed before the
+run (:func:`_young_collections`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from keel.evals._pool import run_jobs
 from keel.evals.datasets import Case, load_dataset
 from keel.evals.metrics import METRICS, NO_JUDGE, ascore_case, skip_reason
 from keel.evals.suites import Suite, load_suite
@@ -266,54 +270,39 @@ async def _run(
     # the concurrent turns: first use from several threads at once would race to create them.
     app_version = await asyncio.to_thread(_warm_up, app)
     jobs = [(case, repeat) for case in cases for repeat in range(suite.repeats)]
-    total, done = len(jobs), 0
-    semaphore = asyncio.Semaphore(suite.concurrency)
-    loop = asyncio.get_running_loop()
-    executor = ThreadPoolExecutor(max_workers=suite.concurrency, thread_name_prefix="keel-eval")
 
-    def ask(case: Case, thread_id: str) -> tuple[Answer, float]:
+    def ask(job: int) -> tuple[Answer, float]:
+        case, repeat = jobs[job]
         history = None
         if case.conversation:
             from langchain_core.messages import convert_to_messages
 
             history = list(convert_to_messages(case.history))
+        tid = f"eval-{case.id}-{repeat}-{uuid.uuid4().hex[:8]}"
         t0 = time.perf_counter()
-        answer = app.ask(case.input, thread_id=thread_id, history=history, ephemeral=True)
+        answer = app.ask(case.input, thread_id=tid, history=history, ephemeral=True)
         return answer, (time.perf_counter() - t0) * 1000.0
 
-    async def one(case: Case, repeat: int) -> CaseResult:
-        nonlocal done
-        async with semaphore:
-            error, latency, attempts = "", 0.0, 0
-            for attempt in range(suite.retries + 1):
-                attempts = attempt + 1
-                tid = f"eval-{case.id}-{repeat}-{uuid.uuid4().hex[:8]}"
-                t0 = time.perf_counter()
-                try:
-                    answer, latency = await asyncio.wait_for(
-                        loop.run_in_executor(executor, ask, case, tid), suite.timeout_s
-                    )
-                except TimeoutError:
-                    latency = (time.perf_counter() - t0) * 1000.0
-                    error = f"timed out after {suite.timeout_s:g} s"
-                except Exception as exc:  # a failing case is recorded; the run goes on
-                    latency = (time.perf_counter() - t0) * 1000.0
-                    error = _describe(exc)
-                else:
-                    result = _result_from_answer(case, repeat, answer, latency)
-                    result.attempts = attempts
-                    break
-            else:
-                result = _failed(case, repeat, error, latency, attempts)
-        done += 1
-        if progress is not None:
-            progress(done, total)
-        return result
-
-    try:
-        results = list(await asyncio.gather(*(one(c, r) for c, r in jobs)))
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+    with _young_collections():
+        outcomes = await run_jobs(
+            ask,
+            len(jobs),
+            concurrency=suite.concurrency,
+            timeout_s=suite.timeout_s,
+            retries=suite.retries,
+            describe=_describe,
+            progress=progress,
+        )
+    results: list[CaseResult] = []
+    for (case, repeat), outcome in zip(jobs, outcomes, strict=True):
+        if outcome.value is None:
+            error = outcome.error or "no answer"
+            results.append(_failed(case, repeat, error, outcome.latency_ms, outcome.attempts))
+            continue
+        answer, latency = outcome.value
+        result = _result_from_answer(case, repeat, answer, latency)
+        result.attempts = outcome.attempts
+        results.append(result)
 
     names = list(suite.metrics)
     needs_embedder = any(
@@ -375,6 +364,27 @@ async def _run(
     run.aggregates = aggregate(run, names)
     run.wall_seconds = time.perf_counter() - t_start
     return run
+
+
+@contextmanager
+def _young_collections() -> Iterator[None]:
+    """While the cases run, the garbage collector leaves alone what existed before the run.
+
+    A process that has imported LangChain, LangGraph, RAGAS and torch tracks some 300,000
+    objects, and a full collection walks them all: about 0.18 s here, with every case of the
+    run stopped (they share the GIL). Frozen (``gc.freeze``), they are left out of the
+    run's collections; the run's own garbage is collected as usual, and they are handed back
+    (``gc.unfreeze``) when the run ends. A process that freezes objects itself is left as it
+    is.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _warm_up(app: App) -> str:
