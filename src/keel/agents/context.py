@@ -14,12 +14,14 @@ The user turn that the model sees is rendered by :func:`render_user_turn`::
 
 Every model, the embedded ``keel:extractive`` one included, reads the same text;
 :func:`split_user_turn` is the inverse, used by the extractive model and by tests. Passage
-text is escaped so a document cannot close the passage or the context block early.
+text is given as it is (a model copies what it reads: HTML entities would end up in its
+answers), except that the delimiters themselves are defused: ``<passage``,
+``</passage``, ``<retrieved_context`` and ``</retrieved_context`` inside a document get a
+fullwidth ``＜`` (U+FF1C), so a document cannot close its passage or the context block early.
 """
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,8 +48,17 @@ class Passage:
     text: str
 
 
-def _escape(text: str) -> str:
-    return html.escape(text, quote=False)
+_DELIMITER = re.compile(r"<(?=/?\s*(?:passage|retrieved_context)\b)", re.I)
+LOOKALIKE = "\uff1c"
+
+
+def _defuse(text: str) -> str:
+    """``text`` with the context's own delimiters made inert (see the module docstring)."""
+    return _DELIMITER.sub(LOOKALIKE, text)
+
+
+def _attribute(text: str) -> str:
+    return _defuse(text).replace('"', "'").replace("\n", " ")
 
 
 def render_user_turn(question: str, hits: Sequence[Hit]) -> str:
@@ -58,8 +69,8 @@ def render_user_turn(question: str, hits: Sequence[Hit]) -> str:
     for n, hit in enumerate(hits, start=1):
         section = " > ".join(hit.headings) if hit.headings else hit.title
         parts.append(
-            f'<passage id="{n}" source="{html.escape(hit.source)}" '
-            f'section="{html.escape(section)}">\n{_escape(hit.text)}\n</passage>'
+            f'<passage id="{n}" source="{_attribute(hit.source)}" '
+            f'section="{_attribute(section)}">\n{_defuse(hit.text)}\n</passage>'
         )
     parts.append(CLOSE)
     return "\n".join(parts) + f"\n\n{QUESTION}{question}"
@@ -73,8 +84,5 @@ def split_user_turn(text: str) -> tuple[str, list[Passage]]:
     question = rest.strip()
     if question.startswith(QUESTION):
         question = question[len(QUESTION) :]
-    passages = [
-        Passage(int(n), html.unescape(src), html.unescape(sec), html.unescape(body))
-        for n, src, sec, body in _PASSAGE.findall(block)
-    ]
+    passages = [Passage(int(n), src, sec, body) for n, src, sec, body in _PASSAGE.findall(block)]
     return question, passages

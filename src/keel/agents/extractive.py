@@ -323,10 +323,13 @@ class _Reply:
     tool_calls: list[ToolCall] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     usage: UsageMetadata | None = None
+    truncated: bool = False
 
     @property
     def finish_reason(self) -> str:
-        return "tool_calls" if self.tool_calls else "stop"
+        if self.tool_calls:
+            return "tool_calls"
+        return "length" if self.truncated else "stop"
 
 
 def _text(message: BaseMessage) -> str:
@@ -422,7 +425,7 @@ class ExtractiveChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        reply = self._reply(messages, stop)
+        reply = self._reply(messages, stop, kwargs.get("max_tokens"))
         message = AIMessage(
             content=reply.content,
             tool_calls=reply.tool_calls,
@@ -438,7 +441,7 @@ class ExtractiveChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        for chunk in self._chunks(self._reply(messages, stop)):
+        for chunk in self._chunks(self._reply(messages, stop, kwargs.get("max_tokens"))):
             if run_manager is not None:
                 run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
             yield chunk
@@ -450,7 +453,7 @@ class ExtractiveChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        reply = await run_in_executor(None, self._reply, messages, stop)
+        reply = await run_in_executor(None, self._reply, messages, stop, kwargs.get("max_tokens"))
         for chunk in self._chunks(reply):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
@@ -463,12 +466,22 @@ class ExtractiveChatModel(BaseChatModel):
         )
 
     # -- deciding ----------------------------------------------------------------------------
-    def _reply(self, messages: Sequence[BaseMessage], stop: list[str] | None = None) -> _Reply:
+    def _reply(
+        self,
+        messages: Sequence[BaseMessage],
+        stop: list[str] | None = None,
+        max_tokens: int | None = None,
+    ) -> _Reply:
+        """The reply; ``stop`` cuts it before the first stop sequence and ``max_tokens`` after
+        that many tokens (``finish_reason`` "length"). It does not sample: temperature,
+        top_p and seed change nothing."""
         reply = self._decide(messages)
         if stop and reply.content and not reply.tool_calls:
             cut = min((i for s in stop if s and (i := reply.content.find(s)) >= 0), default=-1)
             if cut >= 0:
                 reply.content = reply.content[:cut]
+        if max_tokens is not None and reply.content and not reply.tool_calls:
+            reply.content, reply.truncated = self._truncate(reply.content, max_tokens)
         if reply.tool_calls:
             output = " ".join(f"{tc['name']} {json.dumps(tc['args'])}" for tc in reply.tool_calls)
         else:
@@ -683,6 +696,20 @@ class ExtractiveChatModel(BaseChatModel):
         return chosen
 
     # -- tokens ------------------------------------------------------------------------------
+    def _truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
+        """``text`` cut to at most ``max_tokens`` tokens (whole words), and whether it was."""
+        if self._count(text) <= max_tokens:
+            return text, False
+        words = text.split(" ")
+        lo, hi = 0, len(words)
+        while lo < hi:  # the most words that fit
+            mid = (lo + hi + 1) // 2
+            if self._count(" ".join(words[:mid])) <= max_tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        return " ".join(words[:lo]), True
+
     def _count(self, text: str) -> int:
         if not text:
             return 0

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,6 +49,7 @@ from langgraph.types import interrupt
 from keel.agents.context import render_user_turn
 from keel.agents.hooks import Hooks, RunContext
 from keel.agents.models import ModelChain
+from keel.agents.params import ModelParams
 from keel.agents.prompts import Prompts
 from keel.errors import GuardTripped
 from keel.rag.types import Hit
@@ -58,7 +58,6 @@ from keel.tools.registry import Toolset
 
 StopReason = Literal["done", "step_limit", "tool_errors", "guardrail", "approval_required", "error"]
 _ERROR_STATUSES = {"invalid", "error", "timeout"}
-_CITATION = re.compile(r"\[(\d{1,3})\]")
 
 
 class AgentState(TypedDict, total=False):
@@ -75,6 +74,8 @@ class AgentState(TypedDict, total=False):
     stop_reason: str
     guard_message: str
     usage: dict[str, int]
+    usage_unknown: bool  # a model call of this turn reported no usage
+    finish_reason: str  # the last model call's ("stop", "length", "tool_calls", ...)
     model_id: str
     model_seconds: float
     reask_note: str  # why an output guard sent the answer back (only for the next model call)
@@ -109,6 +110,8 @@ def turn_input(question: str, history: list[AnyMessage] | None = None) -> dict[s
         "stop_reason": "",
         "guard_message": "",
         "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+        "usage_unknown": False,
+        "finish_reason": "",
         "model_id": "",
         "model_seconds": 0.0,
         "reask_note": "",
@@ -131,16 +134,6 @@ def hit_from_dict(d: dict[str, Any]) -> Hit:
         page=d.get("page", 0),
         metadata=d.get("metadata", {}),
     )
-
-
-def citations_for(text: str, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The passages an answer cites as [n], in order of first citation."""
-    seen: list[int] = []
-    for match in _CITATION.finditer(text):
-        n = int(match.group(1))
-        if 1 <= n <= len(hits) and n not in seen:
-            seen.append(n)
-    return [{"n": n, **hit_from_dict(hits[n - 1]).citation} for n in seen]
 
 
 REFUSAL_TEXT = "I don't know: the documents I have do not answer this."
@@ -338,23 +331,35 @@ class Agent:
     def model(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         tools = self.policy(config).visible().to_openai()
         prompt = self.prompt(state)
+        conf = config.get("configurable", {})
+        requested: ModelParams | None = conf.get("keel_params")
+        params = requested.over(self.chain.params) if requested is not None else None
+        # a requested tool_choice holds for the turn's first model call only (then "auto"),
+        # so a forced call cannot loop
+        choice = conf.get("keel_tool_choice") if state.get("steps", 0) == 0 else None
+        chain = self.chain.bind(tools, params=params, tool_choice=choice)
         primary = self.chain.models[0][0] if self.chain.models else "unknown"
         with self._span(
             f"chat {primary}",
             **{"gen_ai.operation.name": "chat", "gen_ai.request.model": primary},
         ) as span:
             started = time.perf_counter()
-            model_id, response = self.chain.bind(tools).invoke(prompt, config)
+            model_id, response = chain.invoke(prompt, config)
             elapsed = time.perf_counter() - started
-            meta = getattr(response, "usage_metadata", None) or {}
-            calls = getattr(response, "tool_calls", None) or []
+            response = unique_call_ids(response, state["messages"])
+            meta = getattr(response, "usage_metadata", None)
+            calls = [*response.tool_calls, *response.invalid_tool_calls]
+            finish = str(
+                response.response_metadata.get("finish_reason")
+                or ("tool_calls" if calls else "stop")
+            )
             _set(
                 span,
                 {
                     "gen_ai.response.model": model_id,
-                    "gen_ai.usage.input_tokens": int(meta.get("input_tokens", 0) or 0),
-                    "gen_ai.usage.output_tokens": int(meta.get("output_tokens", 0) or 0),
-                    "gen_ai.response.finish_reasons": ["tool_calls" if calls else "stop"],
+                    "gen_ai.usage.input_tokens": int(meta["input_tokens"]) if meta else None,
+                    "gen_ai.usage.output_tokens": int(meta["output_tokens"]) if meta else None,
+                    "gen_ai.response.finish_reasons": [finish],
                     "keel.tools.offered": [t["function"]["name"] for t in tools],
                     "gen_ai.input.messages": _messages_json(prompt)
                     if self.capture_prompts
@@ -364,11 +369,13 @@ class Agent:
             )
         usage = dict(state.get("usage", {}))
         for key in ("input_tokens", "output_tokens", "total_tokens"):
-            usage[key] = usage.get(key, 0) + int(meta.get(key, 0) or 0)
+            usage[key] = usage.get(key, 0) + int((meta or {}).get(key, 0) or 0)
         return {
             "messages": [response],
             "steps": state.get("steps", 0) + 1,
             "usage": usage,
+            "usage_unknown": state.get("usage_unknown", False) or meta is None,
+            "finish_reason": finish,
             "model_id": model_id,
             "model_seconds": state.get("model_seconds", 0.0) + elapsed,
             "reask_note": "",
@@ -381,9 +388,8 @@ class Agent:
         policy, budget = self.policy(config), self._budget(state)
         decided = state.get("decisions", {})
         pending: list[dict[str, Any]] = []
-        for tc in last.tool_calls:
-            call = ToolCall(tc["id"] or "", tc["name"], dict(tc["args"]))
-            if call.id in decided or not policy.requires_approval(call):
+        for call, invalid in requested_calls(last):
+            if invalid is not None or call.id in decided or not policy.requires_approval(call):
                 continue
             if policy.check(call, budget) is not None:
                 continue  # it will be refused anyway: nobody needs to approve it
@@ -420,10 +426,12 @@ class Agent:
         messages: list[ToolMessage] = []
         outcomes = list(state.get("outcomes", []))
         errors = state.get("tool_errors", 0)
-        for tc in last.tool_calls:
-            call = ToolCall(tc["id"] or "", tc["name"], dict(tc["args"]))
-            outcome: ToolOutcome | None = None
-            if policy.requires_approval(call) and policy.check(call, budget) is None:
+        for call, outcome in requested_calls(last):
+            if (
+                outcome is None
+                and policy.requires_approval(call)
+                and (policy.check(call, budget) is None)
+            ):
                 decision = decisions.get(call.id, {"action": "reject"})
                 action = decision.get("action")
                 if action == "edit" and isinstance(decision.get("args"), dict):
@@ -481,7 +489,7 @@ class Agent:
             messages.append(
                 ToolMessage(
                     outcome.content,
-                    tool_call_id=tc["id"] or "",
+                    tool_call_id=call.id,
                     name=call.name,
                     status="success" if outcome.ok else "error",
                 )
@@ -502,10 +510,10 @@ class Agent:
         new: list[AnyMessage] = []
         if reason == "guardrail":
             text = state.get("guard_message") or "I can't help with that request."
-            if isinstance(last, AIMessage) and last.tool_calls:
+            if isinstance(last, AIMessage) and _has_calls(last):
                 new += _close_calls(last, "not run: a guard stopped the turn")
             new.append(AIMessage(text))
-        elif isinstance(last, AIMessage) and last.tool_calls:
+        elif isinstance(last, AIMessage) and _has_calls(last):
             if state.get("tool_errors", 0) >= self.config.max_tool_errors:
                 reason = "tool_errors"
                 text = (
@@ -588,7 +596,7 @@ class Agent:
 
     def after_model(self, state: AgentState) -> str:
         last = state["messages"][-1]
-        if not (isinstance(last, AIMessage) and last.tool_calls):
+        if not (isinstance(last, AIMessage) and _has_calls(last)):
             return "finalize"
         if state.get("steps", 0) >= self.config.max_steps:
             return "finalize"
@@ -652,14 +660,15 @@ def close_cut_turn(messages: list[AnyMessage]) -> dict[str, Any] | None:
         new += [
             ToolMessage(
                 "the turn was interrupted: no result was recorded for this call",
-                tool_call_id=tc["id"] or "",
-                name=tc["name"],
+                tool_call_id=call.id,
+                name=call.name,
                 status="error",
             )
-            for tc in ai.tool_calls
-            if tc["id"] not in answered
+            for call, _ in requested_calls(ai)
+            if call.id not in answered
         ]
-    closed = messages and isinstance(messages[-1], AIMessage) and not messages[-1].tool_calls
+    last = messages[-1] if messages else None
+    closed = isinstance(last, AIMessage) and not _has_calls(last)
     if closed and not new:
         return None
     new.append(AIMessage(CUT_OFF))
@@ -681,6 +690,68 @@ def _messages_json(messages: list[BaseMessage]) -> str:
 def _close_calls(message: AIMessage, why: str) -> list[AnyMessage]:
     """Tool messages for calls that will never run, so the history stays well-formed."""
     return [
-        ToolMessage(why, tool_call_id=tc["id"] or "", name=tc["name"], status="error")
-        for tc in message.tool_calls
+        ToolMessage(why, tool_call_id=call.id, name=call.name, status="error")
+        for call, _ in requested_calls(message)
     ]
+
+
+def _has_calls(message: AIMessage) -> bool:
+    return bool(message.tool_calls or message.invalid_tool_calls)
+
+
+def requested_calls(message: AIMessage) -> list[tuple[ToolCall, ToolOutcome | None]]:
+    """Every call a model message asks for, in order: the well-formed ones (no outcome yet)
+    and those whose arguments could not be read (already answered with a clear error for
+    the model: they never run and never need an approval)."""
+    calls: list[tuple[ToolCall, ToolOutcome | None]] = [
+        (ToolCall(tc["id"] or "", tc["name"], dict(tc["args"])), None) for tc in message.tool_calls
+    ]
+    for bad in message.invalid_tool_calls:
+        call = ToolCall(bad.get("id") or "", bad.get("name") or "", {})
+        why = f"the arguments are not valid JSON: {bad.get('error') or bad.get('args')!s}"[:300]
+        content = (
+            f"Error: the call to {call.name!r} was not run: its arguments are not valid JSON. "
+            "Call it again with a JSON object of arguments."
+        )
+        calls.append((call, ToolOutcome(call=call, status="invalid", content=content, error=why)))
+    return calls
+
+
+def unique_call_ids(message: Any, history: list[AnyMessage]) -> Any:
+    """``message`` with every tool call's id unique in the thread: a call with no id, or with
+    an id used before (in this message or earlier), gets a new one. Approvals and tool results
+    are bound to ids, so two calls sharing one could be approved (or answered) as one. The new
+    ids are derived from the call's position, so they are the same however often the step is
+    replayed from its checkpoint."""
+    if not isinstance(message, AIMessage) or not (message.tool_calls or message.invalid_tool_calls):
+        return message
+    seen = {
+        tc["id"]
+        for m in history
+        if isinstance(m, AIMessage)
+        for tc in [*m.tool_calls, *m.invalid_tool_calls]
+        if tc.get("id")
+    }
+    step = sum(1 for m in history if isinstance(m, AIMessage))
+    changed = False
+
+    def fresh(old: str | None, index: int) -> str:
+        nonlocal changed
+        new = old or ""
+        if not new or new in seen:
+            changed = True
+            new = f"call_keel_{step}_{index}"
+            while new in seen:
+                new += "_"
+        seen.add(new)
+        return new
+
+    calls = [{**tc, "id": fresh(tc["id"], i)} for i, tc in enumerate(message.tool_calls)]
+    offset = len(calls)
+    invalid = [
+        {**tc, "id": fresh(tc.get("id"), offset + i)}
+        for i, tc in enumerate(message.invalid_tool_calls)
+    ]
+    if not changed:
+        return message
+    return message.model_copy(update={"tool_calls": calls, "invalid_tool_calls": invalid})

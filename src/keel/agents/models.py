@@ -17,9 +17,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from keel.agents.params import ModelParams
 from keel.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
@@ -37,10 +38,16 @@ def build_model(
     *,
     embedder: Callable[[], Embedder],
     settings: Settings,
-    timeout_s: float = 60.0,
+    timeout_s: float = 600.0,
     temperature: float | None = None,
+    connect_timeout_s: float = 10.0,
+    first_token_timeout_s: float = 120.0,
 ) -> BaseChatModel:
-    """The chat model for an id string; :class:`ConfigError` when it cannot be built."""
+    """The chat model for an id string; :class:`ConfigError` when it cannot be built.
+
+    ``timeout_s`` bounds a whole reply, ``connect_timeout_s`` reaching the server and
+    ``first_token_timeout_s`` the wait for a streamed reply's first token (openai:* models;
+    other providers get ``timeout_s``)."""
     if model_id == EXTRACTIVE:
         from keel.agents.extractive import ExtractiveChatModel
 
@@ -52,20 +59,33 @@ def build_model(
         kwargs["temperature"] = temperature
     if model_id.startswith("openai:"):
         try:
-            from langchain_openai import ChatOpenAI
+            from keel.agents.openai_model import KeelChatOpenAI, http_timeout
         except ImportError as exc:
             raise ConfigError("openai:* models need the langchain-openai package") from exc
         name = model_id.split(":", 1)[1]
         if not name:
             raise ConfigError("openai: needs a model name, e.g. openai:gpt-4o-mini")
-        if settings.openai_base_url:
-            kwargs["base_url"] = settings.openai_base_url
+        base_url = settings.openai_base_url
+        if base_url:
+            kwargs["base_url"] = base_url
         if settings.openai_api_key:
             kwargs["api_key"] = settings.openai_api_key
-        elif settings.openai_base_url:
+        elif base_url:
             kwargs["api_key"] = "not-needed"  # local OpenAI-compatible servers ignore it
+        compatible = bool(base_url) and "api.openai.com" not in str(base_url)
+        kwargs["timeout"] = http_timeout(connect_timeout_s, timeout_s)
         try:
-            return ChatOpenAI(model=name, **kwargs)
+            return KeelChatOpenAI(
+                model=name,
+                compatible=compatible,
+                # usage on streamed replies where the server sends it (else it is unknown)
+                stream_usage=True,
+                structured_output=settings.openai_structured_output,
+                connect_timeout_s=connect_timeout_s,
+                first_token_timeout_s=first_token_timeout_s,
+                total_timeout_s=timeout_s,
+                **kwargs,
+            )
         except Exception as exc:  # pydantic validation, missing key
             raise ConfigError(f"cannot configure {model_id}: {exc}".splitlines()[0]) from exc
     try:
@@ -103,25 +123,46 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(status, int) and (status == 429 or 500 <= status < 600)
 
 
+ToolChoice = str | dict[str, Any]
+
+
 @dataclass
 class ModelChain:
-    """A primary model and its fallbacks, each bound to the same tools."""
+    """A primary model and its fallbacks, each bound to the same tools.
+
+    Tools are bound through the provider's native tool calling with ``tool_choice`` sent
+    explicitly ("auto" unless a caller asks for another): llama.cpp's server reads a missing
+    ``tool_choice`` as "none". ``params`` are the per-call generation parameters."""
 
     models: Sequence[tuple[str, Any]]  # (id, chat model), primary first
     max_retries: int = 2
     backoff_s: float = 0.5
     sleep: Callable[[float], None] = time.sleep
     tools: list[dict[str, Any]] = field(default_factory=list)
+    params: ModelParams | None = None
+    tool_choice: ToolChoice = "auto"
 
-    def bind(self, tools: list[dict[str, Any]]) -> ModelChain:
-        return ModelChain(self.models, self.max_retries, self.backoff_s, self.sleep, list(tools))
+    def bind(
+        self,
+        tools: list[dict[str, Any]],
+        params: ModelParams | None = None,
+        tool_choice: ToolChoice | None = None,
+    ) -> ModelChain:
+        return replace(
+            self,
+            tools=list(tools),
+            params=params if params is not None else self.params,
+            tool_choice=tool_choice or self.tool_choice,
+        )
 
     def _bound(self, model: Any) -> Any:
         if not self.tools:
             return model
         if getattr(model, "_llm_type", None) == "keel-extractive":
-            return model.bind_tools(self.tools)
-        return model.bind_tools([_without_examples(t) for t in self.tools])
+            return model.bind_tools(self.tools, tool_choice=self.tool_choice)
+        compatible = bool(getattr(model, "compatible", False))
+        tools = [_for_provider(t, compatible) for t in self.tools]
+        return model.bind_tools(tools, tool_choice=self.tool_choice)
 
     def _wait(self, attempt: int) -> None:
         self.sleep(self.backoff_s * (2**attempt) * (0.5 + random.random() / 2))
@@ -133,11 +174,12 @@ class ModelChain:
         through the callbacks in ``config``.
         """
         failures: list[tuple[str, str]] = []
+        kwargs = self.params.kwargs() if self.params else {}
         for model_id, model in self.models:
             bound = self._bound(model)
             for attempt in range(self.max_retries + 1):
                 try:
-                    return model_id, bound.invoke(messages, config=config)
+                    return model_id, bound.invoke(messages, config=config, **kwargs)
                 except Exception as exc:
                     failures.append((model_id, f"{type(exc).__name__}: {exc}"[:300]))
                     if attempt < self.max_retries and is_retryable(exc):
@@ -147,12 +189,30 @@ class ModelChain:
         raise ModelError(_summary(failures), failures)
 
 
-def _without_examples(tool: dict[str, Any]) -> dict[str, Any]:
-    """Providers reject unknown keys: keep Keel's routing examples to the embedded model."""
+def _for_provider(tool: dict[str, Any], compatible: bool) -> dict[str, Any]:
+    """A tool as a provider is sent it. Providers reject unknown keys, so Keel's routing
+    examples stay with the embedded model. For OpenAI-compatible servers, regex ``pattern``s
+    are left out of the schema: llama.cpp compiles the schema into a grammar and its compiler
+    crashes on some (``\\w``); the tool policy still validates the arguments against the full
+    schema before any call runs."""
     from keel.tools.registry import EXAMPLES_KEY
 
     function = {k: v for k, v in tool.get("function", {}).items() if k != EXAMPLES_KEY}
+    if compatible and "parameters" in function:
+        function["parameters"] = _without_patterns(function["parameters"])
     return {**tool, "function": function}
+
+
+def _without_patterns(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {
+            k: _without_patterns(v)
+            for k, v in schema.items()
+            if not (k == "pattern" and isinstance(v, str))
+        }
+    if isinstance(schema, list):
+        return [_without_patterns(v) for v in schema]
+    return schema
 
 
 def _summary(failures: list[tuple[str, str]]) -> str:

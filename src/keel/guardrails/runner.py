@@ -38,6 +38,7 @@ POINTS = ("input", "context", "tool_args", "tool_result", "output")
 class RunContext(Protocol):
     """What the guards read of the agent's run context (keel.agents.hooks.RunContext)."""
 
+    question: str
     hits: list[Hit]
     events: list[dict[str, Any]]
     memory: dict[str, Any]
@@ -188,7 +189,9 @@ class GuardRunner:
         return any(self.rules.values())
 
     # -- one validation ----------------------------------------------------------------------
-    def _metadata(self, rule: Rule, memory: dict[str, Any], passages: list[str]) -> dict[str, Any]:
+    def _metadata(
+        self, rule: Rule, memory: dict[str, Any], passages: list[str], question: str = ""
+    ) -> dict[str, Any]:
         from keel.guardrails.validators import NEEDS_EMBEDDER
 
         meta: dict[str, Any] = {"keel_report": {}, "keel_memory": memory}
@@ -198,6 +201,7 @@ class GuardRunner:
             meta["keel_injection"] = self.services.injection()
         if rule.validator == "grounding":
             meta["keel_passages"] = passages
+            meta["keel_question"] = question
         if rule.validator == "prompt_leak":
             meta["keel_system_prompt"] = self.services.system_prompt()
             meta["keel_canary"] = self.services.canary
@@ -210,11 +214,12 @@ class GuardRunner:
         *,
         memory: dict[str, Any] | None = None,
         passages: list[str] | None = None,
+        question: str = "",
     ) -> tuple[str | None, Decision]:
         """``(text to go on with or None when dropped/stopped, decision)``."""
         from guardrails.errors import ValidationError
 
-        meta = self._metadata(rule, memory if memory is not None else {}, passages or [])
+        meta = self._metadata(rule, memory if memory is not None else {}, passages or [], question)
         started = time.perf_counter()
         reason = ""
         try:
@@ -256,13 +261,16 @@ class GuardRunner:
         memory: dict[str, Any] | None = None,
         passages: list[str] | None = None,
         rules: Iterable[Rule] | None = None,
+        question: str = "",
     ) -> tuple[str | None, list[Decision]]:
         """Run every rule of ``point`` on ``text`` in order; stops at the first that drops."""
         decisions: list[Decision] = []
         current: str | None = text
         for rule in rules if rules is not None else self.rules[point]:
             assert current is not None
-            current, decision = self.run(rule, current, memory=memory, passages=passages)
+            current, decision = self.run(
+                rule, current, memory=memory, passages=passages, question=question
+            )
             decisions.append(decision)
             if current is None:
                 break
@@ -275,7 +283,9 @@ class GuardRunner:
     def _stop_or_text(
         self, point: str, text: str, ctx: RunContext, passages: list[str] | None = None
     ) -> str:
-        result, decisions = self.check(point, text, memory=ctx.memory, passages=passages)
+        result, decisions = self.check(
+            point, text, memory=ctx.memory, passages=passages, question=ctx.question
+        )
         for d in decisions:
             ctx.events.append(d.event())
         if result is None:
@@ -376,7 +386,11 @@ class StreamGuard:
         text = self.buffer[:end]
         passages = [h.text for h in self.ctx.hits]
         result, decisions = self.runner.check(
-            "output", text, memory=dict(self.ctx.memory), passages=passages
+            "output",
+            text,
+            memory=dict(self.ctx.memory),
+            passages=passages,
+            question=self.ctx.question,
         )
         if result != text:
             failed = next(d for d in decisions if d.outcome == "fail")

@@ -194,69 +194,52 @@ class GroundingOptions(_Options):
     refusal: str = "I don't know: the documents I have do not answer this."
 
 
-_CITE = re.compile(r"\s*(\[\d{1,3}\])+")
-_MARKUP = re.compile(r"[*`]+")
-_SPACE = re.compile(r"\s+")
-
-
-def _normalise(text: str) -> str:
-    return _SPACE.sub(" ", _MARKUP.sub("", text)).strip().lower()
-
-
 _REFUSAL = re.compile(r"\b(i don't know|i do not know|i couldn't find|i could not find)\b", re.I)
 
 
 @register_validator(name="keel/grounding", data_type="string")
 class GroundingValidator(_KeelValidator):
-    """Every answer sentence must be supported by the retrieved context: its embedding must
-    be close enough to some sentence of the passages. The fix drops unsupported sentences;
-    when none is left, the answer becomes the refusal."""
+    """Every answer sentence must be supported by the retrieved context: quoted from it, or
+    with an embedding close enough to one of its sentences (:mod:`keel.rag.support`). A
+    sentence that only restates the question is no answer, however close it is to the
+    passages the question retrieved, and counts as unsupported. The fix drops unsupported
+    sentences; when none is left, the answer becomes the refusal."""
 
     options_model = GroundingOptions
     keel_name = "grounding"
 
     def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
-        import numpy as np
-
         from keel.rag.sentences import split_sentences
+        from keel.rag.support import restates, support_scores
 
         opts: GroundingOptions = self.options  # type: ignore[assignment]
         text = str(value)
+        question = str(metadata.get("keel_question", ""))
         claims = [
             s
             for s in split_sentences(text)
-            if len(s.split()) >= opts.min_words and not _REFUSAL.search(s)
+            if (len(s.split()) >= opts.min_words or restates(s, question))
+            and not _REFUSAL.search(s)
         ]
         if not claims:
             _report(metadata, self.keel_name, supported=[], unsupported=[])
             return PassResult()
         passages = [p for p in metadata.get("keel_passages", []) if p.strip()]
-        support_sentences = [s for p in passages for s in split_sentences(p)] or passages
-        # A sentence quoted from the context is supported as it stands (the extractive model
-        # answers this way): only the others need embeddings.
-        haystack = _normalise(" ".join(passages))
-        quoted = {_normalise(s) for s in support_sentences}
-        scores = np.ones(len(claims), dtype=np.float32)
-        todo = [
-            i
-            for i, c in enumerate(claims)
-            if (claim := _normalise(_CITE.sub("", c))) not in quoted and claim not in haystack
-        ]
-        if todo and support_sentences:
-            embedder = metadata["keel_embedder"]
-            claim_v = embedder.encode([_CITE.sub("", claims[i]) for i in todo])
-            # Passage sentences recur across turns (popular chunks): the embedding cache
-            # serves them after the first time.
-            support_v = embedder.embed_documents(support_sentences)
-            scores[todo] = (claim_v @ support_v.T).max(axis=1)
-        elif todo:
-            scores[todo] = 0.0
+        echoes = [restates(c, question) for c in claims]
+        others = [c for c, echo in zip(claims, echoes, strict=True) if not echo]
+        scored = iter(
+            support_scores(others, passages, metadata["keel_embedder"]).max(axis=1, initial=0.0)
+            if passages
+            else [0.0] * len(others)
+        )
+        scores = [0.0 if echo else float(next(scored)) for echo in echoes]
         unsupported = [c for c, sc in zip(claims, scores, strict=True) if sc < opts.threshold]
         _report(
             metadata,
             self.keel_name,
-            scores=[round(float(x), 3) for x in scores],
+            scores=[round(x, 3) for x in scores],
             unsupported=unsupported,
+            restated=[c for c, echo in zip(claims, echoes, strict=True) if echo],
         )
         if not unsupported:
             return PassResult()
@@ -264,7 +247,11 @@ class GroundingValidator(_KeelValidator):
         for sentence in unsupported:
             kept = kept.replace(sentence, "")
         kept = re.sub(r"[ \t]{2,}", " ", kept).strip()
-        if not kept or not [s for s in split_sentences(kept) if len(s.split()) >= opts.min_words]:
+        if not kept or not [
+            s
+            for s in split_sentences(kept)
+            if len(s.split()) >= opts.min_words and not restates(s, question)
+        ]:
             kept = opts.refusal
         return FailResult(
             error_message=f"{len(unsupported)} of {len(claims)} sentences are not supported "

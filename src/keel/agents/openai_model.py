@@ -1,0 +1,111 @@
+"""``openai:*`` models: langchain-openai's ``ChatOpenAI`` made to work with the
+OpenAI-compatible servers people run locally (llama.cpp, vLLM, Ollama, LM Studio) as well as
+with OpenAI.
+
+What it changes, and why (each was seen against a real server):
+
+* An assistant message that carries ``tool_calls`` is sent with ``content: ""``, not ``null``:
+  the OpenAI API allows ``null``, llama.cpp's server rejects it (500, a validation error on the
+  message's role), and clients commonly send ``""``.
+* ``max_tokens`` is sent as ``max_tokens`` to compatible servers; langchain-openai renames it to
+  ``max_completion_tokens``, which llama.cpp ignores (one runaway answer then holds a
+  single-threaded server).
+* Timeouts for slow local models: ``connect_timeout_s`` to reach the server,
+  ``first_token_timeout_s`` for the first streamed token (and any gap between two), and
+  ``timeout_s`` for the whole reply (a streamed reply is stopped between tokens when it runs
+  over; a whole reply must arrive within it).
+* Structured output in the dialect the server speaks (:meth:`structured_kwargs`):
+  ``json_schema`` (OpenAI, vLLM, Ollama, llama.cpp's ``llama-server``),
+  ``json_object_schema`` (``llama-cpp-python``'s server: ``{"type": "json_object", "schema":
+  ...}``, enforced by a grammar) or ``none``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
+
+from langchain_core.outputs import ChatGenerationChunk
+from langchain_openai import ChatOpenAI
+
+StructuredDialect = Literal["json_schema", "json_object_schema", "none"]
+
+
+class ModelTimeout(TimeoutError):
+    """A reply that did not finish within the model's ``timeout_s``."""
+
+
+class KeelChatOpenAI(ChatOpenAI):
+    """``ChatOpenAI`` with the fixes above. ``compatible``: the server is not OpenAI's own."""
+
+    compatible: bool = False
+    structured_output: StructuredDialect = "json_schema"
+    connect_timeout_s: float = 10.0
+    first_token_timeout_s: float = 120.0
+    total_timeout_s: float = 600.0
+
+    @property
+    def _llm_type(self) -> str:
+        return "keel-openai"
+
+    def _get_request_payload(
+        self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = super()._get_request_payload(input_, stop=stop, **kwargs)
+        for message in payload.get("messages", ()):
+            if message.get("role") == "assistant" and message.get("content") is None:
+                message["content"] = ""
+        if self.compatible and "max_completion_tokens" in payload:
+            payload["max_tokens"] = payload.pop("max_completion_tokens")
+        return payload
+
+    def _stream_timeout(self) -> Any:
+        import httpx
+
+        return httpx.Timeout(
+            self.first_token_timeout_s,
+            connect=self.connect_timeout_s,
+            pool=self.connect_timeout_s,
+        )
+
+    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        kwargs.setdefault("timeout", self._stream_timeout())
+        deadline = time.monotonic() + self.total_timeout_s
+        for chunk in super()._stream(*args, **kwargs):
+            yield chunk
+            if time.monotonic() > deadline:
+                raise ModelTimeout(
+                    f"the reply took longer than {self.total_timeout_s:g} s (timeout_s)"
+                )
+
+    async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        kwargs.setdefault("timeout", self._stream_timeout())
+        deadline = time.monotonic() + self.total_timeout_s
+        async for chunk in super()._astream(*args, **kwargs):
+            yield chunk
+            if time.monotonic() > deadline:
+                raise ModelTimeout(
+                    f"the reply took longer than {self.total_timeout_s:g} s (timeout_s)"
+                )
+
+    def structured_kwargs(self, schema: dict[str, Any], name: str) -> dict[str, Any]:
+        """Per-call keyword arguments that make the server answer with JSON that fits
+        ``schema`` (empty when the server has no structured output)."""
+        if self.structured_output == "json_schema":
+            return {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": name, "schema": schema},
+                }
+            }
+        if self.structured_output == "json_object_schema":
+            return {"response_format": {"type": "json_object", "schema": schema}}
+        return {}
+
+
+def http_timeout(connect_s: float, total_s: float) -> Any:
+    """The client's timeout for whole (not streamed) replies."""
+    import httpx
+
+    return httpx.Timeout(total_s, connect=connect_s, pool=connect_s)

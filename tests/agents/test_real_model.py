@@ -1,0 +1,227 @@
+"""Keel's generative paths against a real model behind a real OpenAI-compatible server:
+llama.cpp's server with SmolLM2-135M-Instruct (the `llm_server` fixture). The model is weak, so
+these tests assert Keel's mechanics (requests the server accepts, replies parsed, citations
+attached, tool calls dispatched under the policy, usage read, guards run on generated text),
+not the model's skill; where a test needs structure it forces it (tool_choice)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keel.agents.citations import cited_numbers
+from keel.agents.graph import hit_from_dict
+from keel.agents.params import ModelParams
+from keel.app import App
+from keel.config import load_config
+from keel.rag.sentences import split_sentences
+from keel.rag.support import support_scores
+from keel.settings import Settings
+
+pytestmark = pytest.mark.llm
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_bot"
+
+NOTES_TOOL = '''
+from pathlib import Path
+
+from keel.tools import tool
+
+NOTES = Path(__file__).resolve().parent / "notes.txt"
+
+
+@tool(side_effects="write", requires_approval=True)
+def save_note(text: str) -> str:
+    """Save a note for the support team.
+
+    Args:
+        text: The note.
+    """
+    with NOTES.open("a", encoding="utf-8") as f:
+        f.write(text + "\\n")
+    return "saved"
+'''
+
+
+@pytest.fixture(scope="module")
+def bot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the support bot (its tools write beside keel.toml) with one more tool."""
+    root = tmp_path_factory.mktemp("bot") / "support_bot"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".keel"))
+    (root / "notes_tool.py").write_text(NOTES_TOOL, encoding="utf-8")
+    return root
+
+
+def _bot(bot_dir: Path, settings: Settings, llm_model: dict[str, Any], **changes: Any) -> App:
+    config = load_config(bot_dir / "keel.toml")
+    raw = config.model_dump()
+    raw["model"] = llm_model
+    raw["costs"] = {"prices": {"openai:smollm2": {"input_per_million": 0, "output_per_million": 0}}}
+    for key, value in changes.items():
+        raw[key] = value
+    return App(type(config).model_validate({**raw, "base_dir": bot_dir}), settings=settings)
+
+
+@pytest.fixture
+def bot(bot_dir: Path, llm_settings: Settings, llm_model: dict[str, Any]) -> Any:
+    """The support bot on the real model, answering from its docs. No tools: with
+    tool_choice "auto" this small model calls a tool for nearly every question (the tool
+    tests below bind them)."""
+    app = _bot(bot_dir, llm_settings, llm_model, tools={"enabled": []})
+    app.ingest()
+    yield app
+    app.close()
+
+
+def test_a_generated_answer_has_citations_usage_and_cost(bot: App) -> None:
+    answer = bot.ask("How long do I have to ask for a refund on an annual plan?")
+    assert answer.stop_reason == "done" and answer.text.strip(), answer.tool_calls
+    assert answer.model == "openai:smollm2"
+    # the server's own token counts, and cost 0 for a model priced as local
+    assert answer.usage["input_tokens"] > 100 and answer.usage["output_tokens"] > 0
+    assert answer.cost_usd == 0.0
+    assert answer.finish_reason in ("stop", "length")
+    # cited by the model or, when it did not, attributed by Keel: never empty when the
+    # passages support the answer, and every citation is a passage the model was given
+    hits = [hit_from_dict(h) for h in answer.hits]
+    support = support_scores(split_sentences(answer.text), [h.text for h in hits], bot.embedder)
+    assert support.max() >= 0.55  # this answer is supported (else the test would prove nothing)
+    given = {h.chunk_id for h in hits}
+    assert answer.citations, answer.text
+    assert all(c["chunk_id"] in given for c in answer.citations)
+    if not cited_numbers(answer.text):
+        assert all(c["attributed"] for c in answer.citations)
+
+
+def test_max_tokens_cuts_a_reply_and_says_length(bot: App) -> None:
+    answer = bot.ask(
+        "Explain everything about workspaces and sharing.", params=ModelParams(max_tokens=5)
+    )
+    assert answer.finish_reason == "length"
+    assert answer.usage["output_tokens"] <= 5
+
+
+def test_a_streamed_answer_matches_the_final_answer(bot: App) -> None:
+    events = list(bot.stream("How do I turn on two-factor authentication?"))
+    tokens = "".join(e["text"] for e in events if e["type"] == "token")
+    done = events[-1]
+    assert done["type"] == "done"
+    answer = done["answer"]
+    assert tokens.strip() and tokens == answer["text"]
+    assert len([e for e in events if e["type"] == "token"]) > 1  # really streamed
+    # llama-cpp-python sends no usage on streams: unknown, never zeros, and no cost
+    assert answer["usage"] == {} or answer["usage"]["total_tokens"] > 0
+    if answer["usage"] == {}:
+        assert answer["cost_usd"] is None
+    streamed = [{k: v for k, v in e.items() if k != "type"} for e in events[:-1]]
+    assert [c for c, e in zip(streamed, events, strict=False) if e["type"] == "citation"] == (
+        answer["citations"]
+    )
+    assert answer["citations"]  # attributed when the model wrote no [n]
+
+
+def test_a_real_tool_call_waits_for_approval_and_runs_once_approved(
+    bot_dir: Path, llm_settings: Settings, llm_model: dict[str, Any]
+) -> None:
+    app = _bot(
+        bot_dir,
+        llm_settings,
+        llm_model,
+        tools={"enabled": ["notes_tool:save_note"]},
+        agent={"retrieve": False, "max_steps": 3},
+    )
+    try:
+        forced = {"type": "function", "function": {"name": "save_note"}}
+        question = "Please save a note that the customer wants a call back."
+        paused = app.ask(question, tool_choice=forced)
+        assert paused.stop_reason == "approval_required"
+        (call,) = paused.pending_approval or []
+        assert call["name"] == "save_note" and isinstance(call["args"]["text"], str)
+        assert not (bot_dir / "notes.txt").exists()
+        approval = {"action": "approve", "args_hash": call["args_hash"]}
+        done = app.resume(paused.thread_id, {call["id"]: approval})
+        ran = [t for t in done.tool_calls if t["name"] == "save_note"]
+        assert ran and ran[0]["id"] == call["id"] and ran[0]["status"] == "ok"
+        # the small model may ask to save again: that is a new call, waiting for its own
+        # approval; rejecting it runs nothing
+        if done.stop_reason == "approval_required":
+            again = done.pending_approval or []
+            assert again and all(c["id"] != call["id"] for c in again)
+            done = app.resume(paused.thread_id, "reject")
+        assert done.stop_reason in ("done", "step_limit")
+        assert len((bot_dir / "notes.txt").read_text().splitlines()) == 1
+        # the history the server accepted: an assistant message with tool_calls and "" content
+        history = app.history(paused.thread_id)
+        assert any(getattr(m, "tool_calls", None) for m in history)
+    finally:
+        app.close()
+
+
+def test_a_schema_the_server_grammar_cannot_compile_degrades_to_keels_validation(
+    bot_dir: Path, llm_settings: Settings, llm_model: dict[str, Any]
+) -> None:
+    """open_ticket's email has a regex pattern (\\w) that crashed llama.cpp's grammar
+    compiler: the pattern is left out of what the server gets, and Keel validates it."""
+    app = _bot(bot_dir, llm_settings, llm_model, agent={"retrieve": False, "max_steps": 2})
+    try:
+        forced = {"type": "function", "function": {"name": "open_ticket"}}
+        question = "Open a ticket: sync is broken. My email is bob@example.com"
+        answer = app.ask(question, tool_choice=forced)
+        if answer.stop_reason == "approval_required":  # the arguments fit the pattern
+            (call,) = answer.pending_approval or []
+            assert call["name"] == "open_ticket"
+        else:  # they did not: refused by Keel's validation, told to the model, no crash
+            (outcome, *_) = answer.tool_calls
+            assert outcome["name"] == "open_ticket" and outcome["status"] == "invalid"
+            assert "email" in (outcome["error"] or "")
+    finally:
+        app.close()
+
+
+def test_output_guards_run_on_a_real_generated_stream(
+    bot_dir: Path, llm_settings: Settings, llm_model: dict[str, Any]
+) -> None:
+    guards = {
+        "output": {
+            "grounding": {"on_fail": "fix"},
+            "pii": {"on_fail": "fix"},
+            "secrets": {"on_fail": "exception"},
+            "prompt_leak": {"on_fail": "exception"},
+        }
+    }
+    app = _bot(bot_dir, llm_settings, llm_model, guards=guards, tools={"enabled": []})
+    try:
+        app.ingest()
+        events = list(app.stream("How do I export my notes?"))
+        answer = events[-1]["answer"]
+        ran = {(e["point"], e["name"]) for e in answer["events"] if "point" in e}
+        assert {("output", "grounding"), ("output", "secrets")} <= ran
+        shown = "".join(e["text"] for e in events if e["type"] == "token")
+        # what was shown passed the guards sentence by sentence; the final text is the
+        # guarded one (a fix after a sentence was shown stops the stream there)
+        assert answer["text"].startswith(shown.strip()[:20]) or any(
+            e["type"] == "guardrail" for e in events
+        )
+    finally:
+        app.close()
+
+
+def test_the_server_is_sent_max_tokens_and_an_explicit_tool_choice(
+    bot_dir: Path, llm_settings: Settings, llm_model: dict[str, Any]
+) -> None:
+    """What goes over the wire, read from the request the client builds."""
+    app = _bot(bot_dir, llm_settings, llm_model)
+    model = app.agent.chain.models[0][1]
+    tools = app.agent.policy({"configurable": {}}).visible().to_openai()
+    bound = app.agent.chain.bind(tools)._bound(model)
+    payload = model._get_request_payload(
+        [("user", "hi")], **{**bound.kwargs, "max_tokens": 7, "temperature": 0}
+    )
+    assert payload["max_tokens"] == 7 and "max_completion_tokens" not in payload
+    assert payload["tool_choice"] == "auto"
+    email = next(t for t in payload["tools"] if t["function"]["name"] == "open_ticket")
+    assert "pattern" not in json.dumps(email)
