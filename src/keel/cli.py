@@ -502,34 +502,18 @@ def compare_models(
     the Pareto frontier marked (choosing a model is the first step of the lifecycle)."""
     from dataclasses import asdict
 
-    from keel.app import App
-    from keel.config import load_config
-    from keel.evals.compare import compare_runs, compare_table
-    from keel.evals.metrics import METRICS
-    from keel.evals.runner import run_suite
+    from keel.evals.compare import compare_models, compare_table
     from keel.evals.suites import load_suite
 
     with _errors():
         if len(model) < 2:
             raise UsageError("give at least two --model options")
         parsed = load_suite(suite)
-        runs = {}
-        for model_id in model:
-            config = load_config(parsed.app_path)
-            config = config.model_copy(
-                update={"model": config.model.model_copy(update={"id": model_id, "fallbacks": []})}
-            )
-            app = App(config)
-            runs[model_id] = run_suite(parsed, app=app)
-            app.close()
-        quality = next(iter(parsed.metrics))
-        rows = compare_runs(
-            runs, quality_metric=quality, higher_is_better=METRICS[quality].higher_is_better
-        )
+        rows = compare_models(parsed, model)
     if as_json:
         _print_json([asdict(r) for r in rows])
         return
-    out.print(compare_table(rows, quality_metric=quality))
+    out.print(compare_table(rows, quality_metric=next(iter(parsed.metrics))))
 
 
 release_cli = typer.Typer(help="Versioned releases of the app.", no_args_is_help=True)

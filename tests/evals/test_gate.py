@@ -225,3 +225,31 @@ def test_bootstrap_ci_covers_the_mean():
     low, high = paired_bootstrap_ci(d, seed=0, resamples=4000)
     assert low < d.mean() < high
     assert high - low == pytest.approx(2 * 1.96 * d.std() / np.sqrt(200), rel=0.2)
+
+
+def test_a_run_whose_cases_errored_fails_the_gate() -> None:
+    run = make_run({"recall": {"a": [1.0], "b": [1.0], "c": [1.0]}})
+    run.cases[1].error = "ModelError: every model failed (openai:local); connection refused"
+    result = gate(run, thresholds={"recall": None}, higher_is_better={"recall": True})
+    assert not result.passed
+    assert result.reasons[0].startswith("1 of 3 cases errored (max_error_rate 0)")
+    assert "connection refused" in result.reasons[0]
+    tolerant = gate(
+        run, thresholds={"recall": None}, higher_is_better={"recall": True}, max_error_rate=0.5
+    )
+    assert tolerant.passed
+
+
+def test_a_metric_that_could_not_be_computed_fails_unless_allowed() -> None:
+    run = make_run({"recall": {"a": [1.0], "b": [1.0]}, "faithfulness": {"a": [0.8]}})
+    run.cases[1].score_errors["faithfulness"] = "scoring failed: judge gave no readable verdict"
+    thresholds = {"recall": None, "faithfulness": None}
+    hib = {"recall": True, "faithfulness": True}
+    result = gate(run, thresholds=thresholds, higher_is_better=hib)
+    assert not result.passed
+    (reason,) = result.reasons
+    assert reason.startswith("faithfulness: could not be computed for 1 of 2 cases (judged: 1)")
+    verdict = result.verdict("faithfulness")
+    assert (verdict.n_scored, verdict.n_unscored) == (1, 1)
+    allowed = gate(run, thresholds=thresholds, higher_is_better=hib, allow_skipped=["faithfulness"])
+    assert allowed.passed

@@ -55,6 +55,8 @@ def evaluate(
             higher_is_better={m: METRICS[m].higher_is_better for m in suite.metrics},
             baseline=base,
             margin=suite.margin,
+            max_error_rate=suite.max_error_rate,
+            allow_skipped=suite.allow_skipped,
         )
         evaluation = Evaluation(suite, run, result, base)
         if record and app is not None:

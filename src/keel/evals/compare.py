@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +19,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from keel.evals.runner import RunResult
+    from keel.evals.suites import Suite
 
 
 @dataclass
@@ -31,6 +32,8 @@ class ModelRow:
     pareto: bool
     n: int = 0
     errors: int = 0
+    metrics: dict[str, float | None] = field(default_factory=dict)  # every suite metric
+    tokens_per_request: float | None = None  # mean total tokens (None: the server said none)
 
 
 def _quality(run: RunResult, metric: str) -> float | None:
@@ -59,11 +62,17 @@ def _dominates(x: ModelRow, y: ModelRow, higher_is_better: bool) -> bool:
 
 
 def compare_runs(
-    runs: Mapping[str, RunResult], *, quality_metric: str, higher_is_better: bool = True
+    runs: Mapping[str, RunResult],
+    *,
+    quality_metric: str,
+    higher_is_better: bool = True,
+    metrics: Sequence[str] = (),
 ) -> list[ModelRow]:
-    """One row per model (in the order given), the Pareto frontier marked."""
+    """One row per model (in the order given), the Pareto frontier marked. ``metrics``: every
+    metric to report (the frontier is judged on ``quality_metric``)."""
     rows: list[ModelRow] = []
     for model, run in runs.items():
+        tokens = [c.usage.get("total_tokens", 0) for c in run.cases if c.usage]
         latencies = np.array([c.latency_ms for c in run.cases], dtype=np.float64)
         if latencies.size:
             p50, p95 = (float(v) for v in np.percentile(latencies, [50, 95]))
@@ -80,6 +89,8 @@ def compare_runs(
                 pareto=False,
                 n=len(run.cases),
                 errors=sum(1 for c in run.cases if c.error is not None),
+                metrics={m: _quality(run, m) for m in (metrics or [quality_metric])},
+                tokens_per_request=float(np.mean(tokens)) if tokens else None,
             )
         )
     for row in rows:
@@ -96,21 +107,27 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def compare_table(rows: Sequence[ModelRow], *, quality_metric: str = "quality") -> Table:
-    """A rich table: quality, p50 / p95 latency, cost per 1,000 requests, Pareto frontier."""
-    table = Table(title="Model comparison (★ = Pareto frontier)")
+    """A rich table, one row per model: every metric (the frontier's first), p50 / p95
+    latency, tokens per request, cost per 1,000 requests, the Pareto frontier."""
+    names = list(rows[0].metrics) if rows and rows[0].metrics else [quality_metric]
+    table = Table(title=f"Model comparison (★ = Pareto frontier on {quality_metric})")
     table.add_column("Model")
-    table.add_column(quality_metric, justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
     table.add_column("p50 ms", justify="right")
     table.add_column("p95 ms", justify="right")
+    table.add_column("tokens / req", justify="right")
     table.add_column("$ / 1000 req", justify="right")
     table.add_column("Errors", justify="right")
     table.add_column("Pareto", justify="center")
     for row in rows:
+        values = row.metrics or {quality_metric: row.quality}
         table.add_row(
             row.model,
-            _num(row.quality, ".3f"),
+            *(_num(values.get(name), ".3f") for name in names),
             _num(row.p50_ms, ".0f"),
             _num(row.p95_ms, ".0f"),
+            "unknown" if row.tokens_per_request is None else _num(row.tokens_per_request, ".0f"),
             "unknown" if row.cost_per_1000 is None else _num(row.cost_per_1000, ".4f"),
             f"{row.errors}/{row.n}",
             "★" if row.pareto else "",
@@ -120,3 +137,34 @@ def compare_table(rows: Sequence[ModelRow], *, quality_metric: str = "quality") 
 
 
 __all__ = ["ModelRow", "compare_runs", "compare_table"]
+
+
+def compare_models(suite: Suite, models: Sequence[str]) -> list[ModelRow]:
+    """Run ``suite`` once per model id on the suite's app (the app's own model and fallbacks
+    replaced by that one model) and compare the runs (what ``keel compare`` prints)."""
+    from keel.app import App
+    from keel.config import load_config
+    from keel.errors import UsageError
+    from keel.evals.metrics import METRICS
+    from keel.evals.runner import run_suite
+
+    if len(models) < 2:
+        raise UsageError("give at least two models to compare")
+    runs: dict[str, RunResult] = {}
+    for model_id in models:
+        config = load_config(suite.app_path)
+        config = config.model_copy(
+            update={"model": config.model.model_copy(update={"id": model_id, "fallbacks": []})}
+        )
+        app = App(config)
+        try:
+            runs[model_id] = run_suite(suite, app=app)
+        finally:
+            app.close()
+    quality = next(iter(suite.metrics))
+    return compare_runs(
+        runs,
+        quality_metric=quality,
+        higher_is_better=METRICS[quality].higher_is_better,
+        metrics=list(suite.metrics),
+    )

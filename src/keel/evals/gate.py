@@ -18,7 +18,7 @@ the confidence interval below zero, so they never fail the gate on their own.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,8 @@ class MetricVerdict:
     only_current: int = 0
     only_baseline: int = 0
     note: str | None = None
+    n_scored: int = 0  # cases with a score
+    n_unscored: int = 0  # answered cases it could not be computed for (see CaseResult)
 
 
 @dataclass
@@ -119,18 +121,34 @@ def gate(
     seed: int = 0,
     resamples: int = 2000,
     max_named_cases: int = 5,
+    max_error_rate: float = 0.0,
+    allow_skipped: Collection[str] = (),
 ) -> GateResult:
     """Judge ``run`` on ``thresholds`` (metric -> threshold or None) and against ``baseline``.
 
     The metrics judged are the keys of ``thresholds``. ``margins`` overrides ``margin`` per
-    metric (latency in ms needs a different margin than a 0..1 score). A metric the run skipped
-    (``run.skipped_metrics``) never fails the gate; its verdict carries the reason in ``note``.
-    A metric with a threshold but no score at all fails it.
+    metric (latency in ms needs a different margin than a 0..1 score).
+
+    A run that did not run fails: more errored cases than ``max_error_rate`` (a share, 0 by
+    default), or a metric that could not be computed for an answered case (no judge, a judge
+    that gave no readable verdict, no embedding model) unless it is in ``allow_skipped``.
+    A metric that does not apply to some cases (they have no reference for it) is skipped
+    there without failing; its verdict carries the reason in ``note``. A metric with a
+    threshold but no score at all fails it.
     """
     verdicts: list[MetricVerdict] = []
     worse: list[dict[str, Any]] = []
     reasons: list[str] = []
     margins = margins or {}
+    run_failed = False
+    errored = run.errors
+    if run.cases and len(errored) / len(run.cases) > max_error_rate:
+        run_failed = True
+        first = errored[0]
+        reasons.append(
+            f"{len(errored)} of {len(run.cases)} cases errored (max_error_rate "
+            f"{_fmt(max_error_rate)}); first: {first.case_id}: {first.error}"
+        )
 
     for metric, threshold in thresholds.items():
         hib = higher_is_better.get(metric, True)
@@ -145,6 +163,16 @@ def gate(
             margin=m_margin,
         )
         verdicts.append(verdict)
+        verdict.n_scored = len(_per_case(run, metric))
+        unscored = [c for c in run.cases if metric in c.score_errors]
+        verdict.n_unscored = len({c.case_id for c in unscored})
+        if unscored and metric not in allow_skipped:
+            verdict.passes_threshold = False
+            reasons.append(
+                f"{metric}: could not be computed for {verdict.n_unscored} of "
+                f"{verdict.n_unscored + verdict.n_scored} cases (judged: {verdict.n_scored}); "
+                f"first: {unscored[0].case_id}: {unscored[0].score_errors[metric]}"
+            )
         skipped = run.skipped_metrics.get(metric)
         if skipped is not None and mean is None:
             verdict.note = f"skipped: {skipped}"
@@ -214,7 +242,7 @@ def gate(
     regressed = {v.metric for v in verdicts if v.regression}
     order = {v.metric: i for i, v in enumerate(verdicts)}
     worse.sort(key=lambda r: (r["metric"] not in regressed, order[r["metric"]]))
-    passed = all(v.passes_threshold and not v.regression for v in verdicts)
+    passed = not run_failed and all(v.passes_threshold and not v.regression for v in verdicts)
     return GateResult(passed=passed, verdicts=verdicts, worse_cases=worse, reasons=reasons)
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from keel.settings import Settings
 
 T = TypeVar("T")
+JUDGE_MAX_TOKENS = 512  # a verdict is short; a bound keeps a runaway reply from holding a server
 
 metadata = MetaData()
 judge_cache = Table(
@@ -201,23 +202,41 @@ class _Judge:
         ]
         return cache_key(self.model_id, system, inputs), messages
 
+    def _call_kwargs(self, schema: dict[str, Any] | None) -> dict[str, Any]:
+        """Per-call arguments: the reply's JSON schema as the server's structured output
+        (llama.cpp enforces it with a grammar, so a weak model's verdict still parses),
+        temperature 0 and a bounded length, for models that take them (openai:*)."""
+        structured = getattr(self.model, "structured_kwargs", None)
+        if structured is None or schema is None:
+            return {}
+        return {**structured(schema, "verdict"), "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS}
+
     def _ask(
-        self, system: str, inputs: dict[str, Any], parse: Callable[[str], T]
+        self,
+        system: str,
+        inputs: dict[str, Any],
+        parse: Callable[[str], T],
+        schema: dict[str, Any] | None = None,
     ) -> tuple[T, bool]:
         """(parsed reply, whether it came from the cache)."""
         key, messages = self._start(system, inputs)
-        return self._ask_messages(key, messages, parse)
+        return self._ask_messages(key, messages, parse, schema)
 
     def _ask_messages(
-        self, key: str, messages: list[BaseMessage], parse: Callable[[str], T]
+        self,
+        key: str,
+        messages: list[BaseMessage],
+        parse: Callable[[str], T],
+        schema: dict[str, Any] | None = None,
     ) -> tuple[T, bool]:
         hit = self._lookup(key, parse)
         if hit is not None:
             return hit
         errors: list[str] = []
+        kwargs = self._call_kwargs(schema)
         for _attempt in range(self.max_parse_retries + 1):
             try:
-                reply = self.model.invoke(messages)
+                reply = self.model.invoke(messages, **kwargs)
             except KeelError:
                 raise
             except Exception as exc:
@@ -229,22 +248,31 @@ class _Judge:
         raise self._exhausted(errors)
 
     async def _aask(
-        self, system: str, inputs: dict[str, Any], parse: Callable[[str], T]
+        self,
+        system: str,
+        inputs: dict[str, Any],
+        parse: Callable[[str], T],
+        schema: dict[str, Any] | None = None,
     ) -> tuple[T, bool]:
         """:meth:`_ask` with ``ainvoke``."""
         key, messages = self._start(system, inputs)
-        return await self._aask_messages(key, messages, parse)
+        return await self._aask_messages(key, messages, parse, schema)
 
     async def _aask_messages(
-        self, key: str, messages: list[BaseMessage], parse: Callable[[str], T]
+        self,
+        key: str,
+        messages: list[BaseMessage],
+        parse: Callable[[str], T],
+        schema: dict[str, Any] | None = None,
     ) -> tuple[T, bool]:
         hit = self._lookup(key, parse)
         if hit is not None:
             return hit
         errors: list[str] = []
+        kwargs = self._call_kwargs(schema)
         for _attempt in range(self.max_parse_retries + 1):
             try:
-                reply = await self.model.ainvoke(messages)
+                reply = await self.model.ainvoke(messages, **kwargs)
             except KeelError:
                 raise
             except Exception as exc:
@@ -284,6 +312,14 @@ class RubricJudge(_Judge):
         self.rubric = rubric
         self.scale = scale
         self.prompt = RUBRIC_SYSTEM.format(rubric=rubric, low=scale[0], high=scale[1])
+        self.schema: dict[str, Any] = {
+            "type": "object",
+            "properties": {
+                "score": {"type": "integer", "minimum": scale[0], "maximum": scale[1]},
+                "reason": {"type": "string", "maxLength": 400},
+            },
+            "required": ["score", "reason"],
+        }
 
     def _parse(self, text: str) -> tuple[int, str]:
         data = parse_json_object(text)
@@ -308,7 +344,7 @@ class RubricJudge(_Judge):
         contexts: list[str] | None = None,
     ) -> JudgeScore:
         inputs = self._inputs(question, answer, reference, contexts)
-        return self._result(*self._ask(self.prompt, inputs, self._parse))
+        return self._result(*self._ask(self.prompt, inputs, self._parse, self.schema))
 
     async def ascore(
         self,
@@ -320,7 +356,7 @@ class RubricJudge(_Judge):
     ) -> JudgeScore:
         """:meth:`score` on the model's async path."""
         inputs = self._inputs(question, answer, reference, contexts)
-        return self._result(*await self._aask(self.prompt, inputs, self._parse))
+        return self._result(*await self._aask(self.prompt, inputs, self._parse, self.schema))
 
     @staticmethod
     def _inputs(
@@ -357,6 +393,16 @@ class PairwiseVerdict:
 
 _AS_SHOWN: dict[str, Winner] = {"first": "a", "second": "b"}
 _SWAPPED: dict[str, Winner] = {"first": "b", "second": "a"}
+
+
+PAIRWISE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "winner": {"type": "string", "enum": ["A", "B", "tie"]},
+        "reason": {"type": "string", "maxLength": 400},
+    },
+    "required": ["winner", "reason"],
+}
 
 
 def _parse_pairwise(text: str) -> tuple[str, str]:
@@ -406,10 +452,16 @@ class PairwiseJudge(_Judge):
     ) -> PairwiseVerdict:
         """Judge a against b, once in each order; an order-dependent verdict is a tie."""
         one = self._ask(
-            self.prompt, self._inputs(question, answer_a, answer_b, reference), _parse_pairwise
+            self.prompt,
+            self._inputs(question, answer_a, answer_b, reference),
+            _parse_pairwise,
+            PAIRWISE_SCHEMA,
         )
         two = self._ask(
-            self.prompt, self._inputs(question, answer_b, answer_a, reference), _parse_pairwise
+            self.prompt,
+            self._inputs(question, answer_b, answer_a, reference),
+            _parse_pairwise,
+            PAIRWISE_SCHEMA,
         )
         return _verdict(one, two)
 
@@ -423,10 +475,16 @@ class PairwiseJudge(_Judge):
     ) -> PairwiseVerdict:
         """:meth:`compare` on the model's async path."""
         one = await self._aask(
-            self.prompt, self._inputs(question, answer_a, answer_b, reference), _parse_pairwise
+            self.prompt,
+            self._inputs(question, answer_a, answer_b, reference),
+            _parse_pairwise,
+            PAIRWISE_SCHEMA,
         )
         two = await self._aask(
-            self.prompt, self._inputs(question, answer_b, answer_a, reference), _parse_pairwise
+            self.prompt,
+            self._inputs(question, answer_b, answer_a, reference),
+            _parse_pairwise,
+            PAIRWISE_SCHEMA,
         )
         return _verdict(one, two)
 
@@ -536,11 +594,14 @@ class RagasJudge(_Judge):
 
     def generate(self, prompt: str, response_model: type[M]) -> M:
         key, messages = self._key_and_messages(prompt, response_model)
-        return self._ask_messages(key, messages, self._reader(response_model))[0]
+        schema = response_model.model_json_schema()
+        return self._ask_messages(key, messages, self._reader(response_model), schema)[0]
 
     async def agenerate(self, prompt: str, response_model: type[M]) -> M:
         key, messages = self._key_and_messages(prompt, response_model)
-        return (await self._aask_messages(key, messages, self._reader(response_model)))[0]
+        schema = response_model.model_json_schema()
+        reader = self._reader(response_model)
+        return (await self._aask_messages(key, messages, reader, schema))[0]
 
 
 @functools.cache

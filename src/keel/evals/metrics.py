@@ -248,6 +248,13 @@ def _case_field(case: Case, name: str) -> Any:
     return getattr(case, name)
 
 
+def not_applicable(reason: str) -> bool:
+    """Whether a :func:`skip_reason` says the metric does not apply to the case (it has no
+    reference for it, or the case itself failed), rather than that it could not be computed
+    (no judge, a judge that is not usable, no embedding model, an unknown price)."""
+    return reason == "the case failed" or reason.startswith("the case has no ")
+
+
 def skip_reason(
     name: str, case: Case, result: Any, *, embedder: Any = None, judge: Any = None
 ) -> str | None:

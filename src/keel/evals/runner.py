@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from keel.evals._pool import run_jobs
 from keel.evals.datasets import Case, load_dataset
-from keel.evals.metrics import METRICS, NO_JUDGE, ascore_case, skip_reason
+from keel.evals.metrics import METRICS, NO_JUDGE, ascore_case, not_applicable, skip_reason
 from keel.evals.suites import Suite, load_suite
 
 if TYPE_CHECKING:
@@ -70,6 +70,10 @@ class CaseResult:
     thread_id: str = ""
     attempts: int = 1
     model: str = ""
+    usage: dict[str, int] = field(default_factory=dict)  # the model's tokens ({}: unknown)
+    score_errors: dict[str, str] = field(default_factory=dict)
+    """Metric -> why it could not be computed for this case (a judge that failed or is
+    missing): counted against the gate unless the suite allows it (``allow_skipped``)."""
 
 
 @dataclass
@@ -179,6 +183,7 @@ def _result_from_answer(case: Case, repeat: int, answer: Answer, latency_ms: flo
         stop_reason=answer.stop_reason,
         thread_id=answer.thread_id,
         model=answer.model,
+        usage=dict(answer.usage),
     )
 
 
@@ -327,6 +332,8 @@ async def _run(
                     reason = judge_reason
                 counts = skipped.setdefault(metric, {})
                 counts[reason] = counts.get(reason, 0) + 1
+                if not not_applicable(reason):
+                    r.score_errors[metric] = reason
                 continue
             try:
                 r.scores[metric] = await ascore_case(
@@ -341,6 +348,7 @@ async def _run(
                 reason = f"scoring failed: {_describe(exc)}"
                 counts = skipped.setdefault(metric, {})
                 counts[reason] = counts.get(reason, 0) + 1
+                r.score_errors[metric] = reason[:500]
 
     skipped_metrics = {
         metric: "; ".join(

@@ -14,6 +14,8 @@ thresholds, repeats, concurrency, the judge model and the baseline file::
     judge: null                # a model id for judge metrics
     baseline: baseline.json    # optional; relative to the suite file
     margin: 0.02               # a regression must be worse than this to fail the gate
+    max_error_rate: 0          # share of cases that may error before the gate fails
+    allow_skipped: []          # metrics that may go uncomputed (no judge...) without failing
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from keel.errors import ConfigError
 from keel.evals.metrics import METRICS
@@ -43,6 +52,14 @@ class Suite(BaseModel):
     judge: str | None = None
     baseline: str | None = None
     margin: float = Field(default=0.02, ge=0)
+    max_error_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of cases that may error; more fails."
+    )
+    allow_skipped: list[str] = Field(
+        default_factory=list,
+        description="Metrics that may go uncomputed (no judge, a judge with no readable "
+        "verdict) without failing the gate; every other such metric fails it.",
+    )
 
     path: Path | None = Field(default=None, exclude=True)
     app_path: Path = Field(default=Path("keel.toml"), exclude=True)
@@ -79,6 +96,15 @@ class Suite(BaseModel):
                 raise ValueError(f"{name}: k must be a positive integer")
             out[str(name)] = dict(opts)
         return out
+
+    @model_validator(mode="after")
+    def _allowed_are_metrics(self) -> Suite:
+        unknown = sorted(set(self.allow_skipped) - set(self.metrics))
+        if unknown:
+            raise ValueError(
+                f"allow_skipped names metrics the suite does not have: {', '.join(unknown)}"
+            )
+        return self
 
     def threshold(self, metric: str) -> float | None:
         value = self.metrics.get(metric, {}).get("threshold")
