@@ -186,3 +186,48 @@ def test_langchain_system_message_and_errors(limited: tuple[Any, str]) -> None:
         llm.bind(logprobs=True).invoke("hi")
     with pytest.raises(openai.NotFoundError):
         ChatOpenAI(model="gpt-4", base_url=srv.base_url, api_key=key, max_retries=0).invoke("x")  # type: ignore[arg-type]
+
+
+def test_openai_responses_api(server: tuple[Any, str]) -> None:
+    import openai
+
+    srv, key = server
+    client = openai.OpenAI(base_url=srv.base_url, api_key=key, max_retries=0)
+    first = client.responses.create(model="bot", input="hello there", instructions="Be kind.")
+    assert first.output_text == "Heard 1: hello there"
+    assert first.status == "completed" and first.id.startswith("resp_")
+    assert first.usage is not None and first.usage.total_tokens > 0
+    # previous_response_id continues the keel thread
+    second = client.responses.create(model="bot", input="again", previous_response_id=first.id)
+    assert second.output_text == "Heard 2: again"
+    assert second.id[:37] == first.id[:37] and second.id != first.id
+    # a whole conversation as input items, streamed
+    items: Any = [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "Heard 1: one"},
+        {"role": "user", "content": [{"type": "input_text", "text": "two"}]},
+    ]
+    with client.responses.stream(model="bot", input=items) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == final.output_text == "Heard 2: two"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.create(
+            model="bot", input="x", tools=[{"type": "function", "name": "f", "parameters": {}}]
+        )
+    assert bad.value.param == "tools"
+    with pytest.raises(openai.BadRequestError) as unknown:
+        client.responses.create(model="bot", input="x", previous_response_id="resp_nope")
+    assert unknown.value.param == "previous_response_id"
+    other, _ = srv.api.state.gateway.keys.create("other", ["chat"])
+    stranger = openai.OpenAI(base_url=srv.base_url, api_key=other, max_retries=0)
+    with pytest.raises(openai.NotFoundError):  # another key's thread
+        stranger.responses.create(model="bot", input="x", previous_response_id=first.id)
+
+    async def run_async() -> str:
+        aclient = openai.AsyncOpenAI(base_url=srv.base_url, api_key=key, max_retries=0)
+        reply = await aclient.responses.create(model="bot", input="async hi")
+        await aclient.close()
+        return reply.output_text
+
+    assert asyncio.run(run_async()) == "Heard 1: async hi"

@@ -157,3 +157,40 @@ class ChatCompletionRequest(BaseModel):
     parallel_tool_calls: StrictBool | None = None
     response_format: dict[str, Any] | None = None
     store: StrictBool | None = None
+
+
+class ResponseInputMessage(BaseModel):
+    """An input item of the Responses API: a message (text parts only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[dict[str, Any]]
+    id: str | None = None
+    status: str | None = None
+
+
+class ResponsesRequest(BaseModel):
+    """What ``POST /v1/responses`` takes (text in, text out); the README lists each field."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    input: str | list[ResponseInputMessage] = Field(min_length=1)
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    stream: StrictBool = False
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    user: str | None = Field(default=None, max_length=256)
+    safety_identifier: str | None = Field(default=None, max_length=256)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    store: StrictBool | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    include: list[str] | None = None
+    truncation: Literal["disabled"] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)

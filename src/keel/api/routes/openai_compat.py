@@ -94,8 +94,11 @@ def _finish(answer: dict[str, Any]) -> str:
     return "stop"
 
 
-def _usage(answer: dict[str, Any]) -> dict[str, int]:
-    u = answer.get("usage", {})
+def _usage(answer: dict[str, Any]) -> dict[str, int] | None:
+    """Token counts; None when the model server reported none (unknown, never zeros)."""
+    u = answer.get("usage") or {}
+    if not u:
+        return None
     return {
         "prompt_tokens": int(u.get("input_tokens", 0)),
         "completion_tokens": int(u.get("output_tokens", 0)),
