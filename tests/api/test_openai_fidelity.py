@@ -249,3 +249,19 @@ def test_user_is_the_end_user_not_a_thread(gateway: Callable[..., Any]) -> None:
     trace = gw.client.get(f"/v1/traces/{first['keel']['trace_id']}", headers=gw.headers(reader))
     assert trace.status_code == 200, trace.text
     assert '"enduser.id": "alice"' in json.dumps(trace.json())
+
+
+def test_stream_carries_the_approval_notice_as_the_answer_does(
+    gateway: Callable[..., Any],
+) -> None:
+    call = ScriptedChatModel.tool_call("refund_order", {"order_id": "A1"})
+    gw = gateway([call, call], agent={"retrieve": False})
+    key = gw.key("chat", "orders:write")
+    plain = completions(gw, body("refund A1"), key).json()
+    notice = plain["choices"][0]["message"]["content"]
+    assert notice.startswith("Waiting for approval of: refund_order")
+    events = sse(completions(gw, body("refund A1", stream=True), key))
+    chunks = events[:-1]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == notice
+    assert chunks[-1]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+    assert chunks[-1]["keel"]["pending_approval"][0]["name"] == "refund_order"

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 _PREFIXES = ("/v1/chat/completions", "/v1/models", "/v1/responses")
 
@@ -28,6 +29,33 @@ _TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorDocument(BaseModel):
+    """OpenAI's error document: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: OpenAIError
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses of an OpenAI-compatible route."""
+    return {
+        status: {
+            "description": error_type(status),
+            "model": OpenAIErrorDocument,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/OpenAIErrorDocument"}}
+            },
+        }
+        for status in statuses
+    }
 
 
 def is_openai_path(path: str) -> bool:

@@ -21,9 +21,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from keel.api.openai_errors import error_body
+from keel.api.openai_errors import documented, error_body
 from keel.api.openai_turn import chat_turn, thread_of
-from keel.api.problems import COMMON, Problem, documented
+from keel.api.problems import COMMON, Problem
 from keel.api.routes._common import close_quietly, closing_stream, gateway
 from keel.api.schemas import ChatCompletionRequest
 from keel.errors import GuardTripped, ModelError, StoreError, UsageError

@@ -20,8 +20,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from keel.api.openai_errors import documented
 from keel.api.openai_turn import refuse
-from keel.api.problems import COMMON, Problem, documented
+from keel.api.problems import COMMON, Problem
 from keel.api.routes._common import close_quietly, closing_stream, gateway
 from keel.api.routes.openai_compat import (
     _completion_id,
