@@ -787,6 +787,7 @@ class App:
         scopes: Sequence[str] | None,
         params: ModelParams | None = None,
         tool_choice: ToolChoice | None = None,
+        instructions: str | None = None,
     ) -> dict[str, Any]:
         return {
             "configurable": {
@@ -794,6 +795,7 @@ class App:
                 "keel_scopes": list(scopes) if scopes is not None else None,
                 "keel_params": params or None,
                 "keel_tool_choice": tool_choice,
+                "keel_instructions": instructions or None,
             },
             "recursion_limit": 4 * self.config.agent.max_steps + 10,
         }
@@ -838,6 +840,7 @@ class App:
         scopes: Sequence[str] | None,
         params: ModelParams | None = None,
         tool_choice: ToolChoice | None = None,
+        instructions: str | None = None,
     ) -> tuple[str, dict[str, Any]]:
         import uuid
 
@@ -845,10 +848,12 @@ class App:
         if not tid or len(tid) > 200:
             raise UsageError("a thread id needs 1-200 characters")
         self.threads.touch(tid, owner)
-        config = self._run_config(tid, scopes, params, tool_choice)
+        config = self._run_config(tid, scopes, params, tool_choice, instructions)
         # a reply shaped by a request's own parameters (length, stop, sampling, a forced
-        # tool) is not everybody's answer: such turns neither read nor fill the cache
-        if self.config.cache.enabled and not params and tool_choice is None:
+        # tool, client instructions) is not everybody's answer: such turns neither read nor
+        # fill the cache
+        personal = bool(params) or tool_choice is not None or bool(instructions)
+        if self.config.cache.enabled and not personal:
             config["configurable"]["keel_cache"] = self._cache_partition(owner, scopes)
         return tid, config
 
@@ -917,6 +922,7 @@ class App:
         ephemeral: bool = False,
         params: ModelParams | None = None,
         tool_choice: ToolChoice | None = None,
+        instructions: str | None = None,
     ) -> Answer:
         """One turn of the conversation in ``thread_id`` (a new thread when None).
 
@@ -927,14 +933,20 @@ class App:
         ``tool_choice``: "auto" (the default), "none", "required" or ``{"type": "function",
         "function": {"name": ...}}`` for the turn's first model call; later calls of the turn
         are "auto", so a forced call cannot loop.
+        ``instructions``: a client's own instructions for this turn, sent to the model after
+        the app's system prompt, delimited as the client's (the app's prompt stays in charge).
         """
         from keel.agents.graph import turn_input
 
         if not isinstance(question, str) or not question.strip():
             raise UsageError("the question is empty")
         if ephemeral:
+            if instructions:
+                raise UsageError("an ephemeral turn takes no client instructions")
             return self._ask_ephemeral(question, thread_id, scopes, history, params, tool_choice)
-        tid, config = self._prepare_turn(thread_id, owner, scopes, params, tool_choice)
+        tid, config = self._prepare_turn(
+            thread_id, owner, scopes, params, tool_choice, instructions
+        )
         self._ready_for_turn(tid, config)
         with self._turn_span(tid, owner, question) as (span, trace_id):
             self.graph.invoke(
@@ -967,6 +979,7 @@ class App:
         history: list[Any] | None = None,
         params: ModelParams | None = None,
         tool_choice: ToolChoice | None = None,
+        instructions: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """One turn, as events: ``token``, ``tool_call``, ``guardrail``, ``approval_required``,
         ``citation`` and finally ``done`` (the whole :class:`Answer`)."""
@@ -974,7 +987,9 @@ class App:
 
         if not isinstance(question, str) or not question.strip():
             raise UsageError("the question is empty")
-        tid, config = self._prepare_turn(thread_id, owner, scopes, params, tool_choice)
+        tid, config = self._prepare_turn(
+            thread_id, owner, scopes, params, tool_choice, instructions
+        )
         self._ready_for_turn(tid, config)
         yield from self._traced_stream(
             turn_input(question, self._seed(tid, config, history)), tid, config, owner, question

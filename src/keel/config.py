@@ -192,6 +192,16 @@ class CacheSection(_Strict):
     )
 
 
+class GatewaySection(_Strict):
+    """The OpenAI-compatible routes: what a client may add to a turn."""
+
+    client_instructions: bool = Field(
+        default=True,
+        description="Client system/developer messages are added after the app's system "
+        "prompt as delimited client instructions; false: refused with 400.",
+    )
+
+
 class ThreadsSection(_Strict):
     retention_days: float | None = Field(
         default=None, gt=0, description="Threads idle longer than this are deleted by prune."
@@ -268,6 +278,7 @@ class KeelConfig(_Strict):
     # changes no answer; the gateway reads both from the keel.toml it was started with).
     deploy: DeploySection = Field(default_factory=DeploySection, exclude=True)
     ui: UiSection = Field(default_factory=UiSection, exclude=True)
+    gateway: GatewaySection = Field(default_factory=GatewaySection, exclude=True)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     def resolve(self, relative: str | Path) -> Path:

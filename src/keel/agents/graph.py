@@ -139,6 +139,17 @@ def hit_from_dict(d: dict[str, Any]) -> Hit:
 REFUSAL_TEXT = "I don't know: the documents I have do not answer this."
 
 
+def client_instructions(text: str) -> str:
+    """A client's instructions, delimited so the model tells them from the app's own."""
+    return (
+        "The client calling this app added the instructions below. Follow them where they "
+        "do not conflict with the instructions above, which take precedence.\n"
+        "<client_instructions>\n"
+        f"{text.replace('</client_instructions>', '')}\n"
+        "</client_instructions>"
+    )
+
+
 @dataclass
 class AgentConfig:
     max_reasks: int = 1
@@ -312,13 +323,22 @@ class Agent:
             return self._tripped(state, ctx, trip)
         return {"hits": [h.to_dict() for h in hits], **self._recorded(state, ctx)}
 
-    def prompt(self, state: AgentState) -> list[BaseMessage]:
-        """Exactly what the model is sent ("show me the prompt")."""
+    def prompt(self, state: AgentState, instructions: str | None = None) -> list[BaseMessage]:
+        """Exactly what the model is sent ("show me the prompt"). ``instructions``: a
+        client's own (the OpenAI-compatible route's system/developer messages), after the
+        app's system prompt and few-shot examples, delimited as the client's."""
         messages = list(state["messages"])
         current = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
         hits = [hit_from_dict(h) for h in state.get("hits", [])]
         turn = HumanMessage(render_user_turn(state["question"], hits))
-        prompt = [*self.prompts.messages(), *messages[:current], turn, *messages[current + 1 :]]
+        client = [SystemMessage(client_instructions(instructions))] if instructions else []
+        prompt = [
+            *self.prompts.messages(),
+            *client,
+            *messages[:current],
+            turn,
+            *messages[current + 1 :],
+        ]
         if state.get("reask_note"):
             prompt.append(
                 SystemMessage(
@@ -330,8 +350,8 @@ class Agent:
 
     def model(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         tools = self.policy(config).visible().to_openai()
-        prompt = self.prompt(state)
         conf = config.get("configurable", {})
+        prompt = self.prompt(state, conf.get("keel_instructions"))
         requested: ModelParams | None = conf.get("keel_params")
         params = requested.over(self.chain.params) if requested is not None else None
         # a requested tool_choice holds for the turn's first model call only (then "auto"),

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from keel.api.openai_errors import error_response, is_openai_path
 from keel.errors import ConfigError, GuardTripped, KeelError, ModelError, StoreError, UsageError
 
 MEDIA_TYPE = "application/problem+json"
@@ -107,6 +108,15 @@ def problem_response(
     request: Request | None = None,
     **extra: Any,
 ) -> JSONResponse:
+    if request is not None and is_openai_path(request.url.path):
+        param = extra.get("param")
+        return error_response(
+            status,
+            detail,
+            param=str(param) if param is not None else None,
+            code=(type or TYPES.get(status, "error")).replace("-", "_"),
+            headers=headers,
+        )
     body: dict[str, Any] = {
         "type": BASE + (type or TYPES.get(status, "error")),
         "title": TITLES.get(status, "Error"),
@@ -140,9 +150,17 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors: list[dict[str, Any]] = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "kind": str(e.get("type", "")),
+            }
             for e in exc.errors()
         ][:20]
+        if is_openai_path(request.url.path):
+            return _openai_invalid(errors)
+        for e in errors:
+            del e["kind"]
         if errors:
             first = errors[0]
             detail = f"{'.'.join(first['loc'])}: {first['msg']}"
@@ -160,6 +178,25 @@ def install(app: FastAPI) -> None:
 
         logging.getLogger("keel.api").exception("unhandled error on %s", request.url.path)
         return problem_response(500, "the server failed to handle this request", request=request)
+
+
+def _openai_invalid(errors: list[dict[str, Any]]) -> JSONResponse:
+    """A request body OpenAI's way: 400 ``invalid_request_error`` naming the field."""
+    if not errors:
+        return error_response(400, "invalid request", code="invalid_request")
+    first = errors[0]
+    loc = [p for p in first["loc"] if p != "body"]
+    param = ".".join(loc) or None
+    if first["kind"] == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: {param}"
+        code = "unknown_parameter"
+    elif first["kind"] == "json_invalid":
+        message = f"the body is not valid JSON: {first['msg']}"
+        code = "invalid_json"
+    else:
+        message = f"{param}: {first['msg']}" if param else first["msg"]
+        code = "invalid_value"
+    return error_response(400, message, param=param, code=code)
 
 
 def _allowed_methods(request: Request) -> str:

@@ -101,9 +101,15 @@ class FeedbackRequest(BaseModel):
 
 
 class OpenAIMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """A chat message. ``name`` is tolerated (not used); anything else unknown is refused."""
+
+    model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    refusal: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -116,14 +122,75 @@ class OpenAIMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
     include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # temperature, top_p, ... are accepted and ignored
+    """What ``POST /v1/chat/completions`` takes: every field is honoured, refused with 400
+    naming it, or tolerated as listed in the README (an unknown field is a 400)."""
+
+    model_config = ConfigDict(extra="forbid")
     model: str
     messages: list[OpenAIMessage] = Field(min_length=1)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    user: str | None = Field(default=None, max_length=200)
+    # the end user (recorded on the trace; it does not select a thread)
+    user: str | None = Field(default=None, max_length=256)
+    # generation parameters for this call (keel.agents.params.ModelParams)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    # metadata.thread_id continues a thread; other keys are tolerated
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    # checked by the route: refused unless they ask for what keel does anyway
+    n: int | None = Field(default=None, ge=1)
+    logprobs: StrictBool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    response_format: dict[str, Any] | None = None
+    store: StrictBool | None = None
+
+
+class ResponseInputMessage(BaseModel):
+    """An input item of the Responses API: a message (text parts only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[dict[str, Any]]
+    id: str | None = None
+    status: str | None = None
+
+
+class ResponsesRequest(BaseModel):
+    """What ``POST /v1/responses`` takes (text in, text out); the README lists each field."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    input: str | list[ResponseInputMessage] = Field(min_length=1)
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    stream: StrictBool = False
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    user: str | None = Field(default=None, max_length=256)
+    safety_identifier: str | None = Field(default=None, max_length=256)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    store: StrictBool | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    include: list[str] | None = None
+    truncation: Literal["disabled"] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)

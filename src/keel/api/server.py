@@ -34,7 +34,13 @@ _UI_SECURITY_HEADERS = [
     (name, _UI_CSP) if name == b"content-security-policy" else (name, value)
     for name, value in _SECURITY_HEADERS
 ]
-_JSON_ONLY = {"/v1/chat", "/v1/chat/completions", "/v1/search", "/v1/feedback"}
+_JSON_ONLY = {
+    "/v1/chat",
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/search",
+    "/v1/feedback",
+}
 
 
 class Guardrail:
@@ -171,7 +177,7 @@ def create_app(app: App, *, title: str | None = None, ui: bool | None = None) ->
     (default: ``[ui] enabled`` in keel.toml)."""
     from prometheus_client import CollectorRegistry
 
-    from keel.api.routes import chat, knowledge, openai_compat, ops
+    from keel.api.routes import chat, knowledge, openai_compat, ops, responses
 
     registry = CollectorRegistry(auto_describe=True)
     gateway = Gateway(app, registry)
@@ -183,7 +189,7 @@ def create_app(app: App, *, title: str | None = None, ui: bool | None = None) ->
     )
     api.state.gateway = gateway
     problems.install(api)
-    for module in (chat, openai_compat, knowledge, ops):
+    for module in (chat, openai_compat, responses, knowledge, ops):
         api.include_router(module.router)
     if app.config.ui.enabled if ui is None else ui:
         from keel.api.ui import install as install_ui

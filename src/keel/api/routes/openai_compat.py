@@ -1,27 +1,35 @@
 """OpenAI-compatible chat completions and models, so existing clients work unchanged.
 
-``model`` is the app's name (or its version id). A conversation continues through the
-``X-Keel-Thread`` header or the ``user`` field; without either, each request is a new thread
-seeded with the earlier messages it carries. The app's own system prompt applies: system
-messages sent by the client are not used. Keel's extras (thread, citations, trace id,
-pending approvals) ride along in a ``keel`` field.
+``model`` is the app's name (or its version id). Every request field is honoured or refused
+with a 400 naming it (:mod:`keel.api.openai_turn`); errors are OpenAI-shaped
+(:mod:`keel.api.openai_errors`). A conversation continues through the ``X-Keel-Thread``
+header or ``metadata.thread_id``; without either, each request is a new thread seeded with
+the earlier messages it carries. ``user`` is the end user, recorded on the trace. Client
+system/developer messages follow the app's system prompt as delimited client instructions.
+Keel's extras (thread, citations, trace id, pending approvals) ride along in a ``keel`` field.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from keel.api.problems import COMMON, Problem, documented
+from keel.api.openai_errors import documented, error_body
+from keel.api.openai_turn import chat_turn, thread_of
+from keel.api.problems import COMMON, Problem
 from keel.api.routes._common import close_quietly, closing_stream, gateway
 from keel.api.schemas import ChatCompletionRequest
-from keel.errors import KeelError
+from keel.errors import GuardTripped, ModelError, StoreError, UsageError
 
 router = APIRouter(tags=["openai"], responses=documented(*COMMON))
+_log = logging.getLogger("keel.api")
 
 
 def _models(request: Request) -> list[str]:
@@ -29,33 +37,33 @@ def _models(request: Request) -> list[str]:
     return [app.name, app.version]
 
 
+def _model(mid: str, created: int) -> dict[str, Any]:
+    return {"id": mid, "object": "model", "created": created, "owned_by": "keel"}
+
+
 @router.get("/v1/models", summary="Models (OpenAI-compatible)")
 def models(request: Request) -> dict[str, Any]:
     gw = gateway(request)
     gw.authenticate(request, "chat")
     now = int(time.time())
-    return {
-        "object": "list",
-        "data": [
-            {"id": m, "object": "model", "created": now, "owned_by": "keel"}
-            for m in _models(request)
-        ],
-    }
+    return {"object": "list", "data": [_model(m, now) for m in _models(request)]}
 
 
-def _history(body: ChatCompletionRequest) -> tuple[str, list[Any]]:
-    from langchain_core.messages import AIMessage, HumanMessage
+@router.get("/v1/models/{model_id}", summary="One model (OpenAI-compatible)")
+def model(model_id: str, request: Request) -> dict[str, Any]:
+    gateway(request).authenticate(request, "chat")
+    if model_id not in _models(request):
+        raise _not_served(model_id, request)
+    return _model(model_id, int(time.time()))
 
-    turns = [m for m in body.messages if m.role in ("user", "assistant")]
-    if not turns or turns[-1].role != "user":
-        raise Problem(422, "the last message must come from the user")
-    history = [
-        HumanMessage(m.text()) if m.role == "user" else AIMessage(m.text()) for m in turns[:-1]
-    ]
-    question = turns[-1].text()
-    if not question.strip():
-        raise Problem(422, "the last user message is empty")
-    return question, history
+
+def _not_served(mid: str, request: Request) -> Problem:
+    return Problem(
+        404,
+        f"model {mid!r} is not served here (models: {', '.join(_models(request))})",
+        type="model-not-found",
+        param="model",
+    )
 
 
 def _keel_extra(answer: dict[str, Any]) -> dict[str, Any]:
@@ -77,13 +85,57 @@ def _content(answer: dict[str, Any]) -> str:
     return str(answer["text"])
 
 
-def _usage(answer: dict[str, Any]) -> dict[str, int]:
-    u = answer.get("usage", {})
+def _finish(answer: dict[str, Any]) -> str:
+    """OpenAI's finish_reason: a guard stopped it, the length limit cut it, or it ended."""
+    if answer["stop_reason"] == "guardrail":
+        return "content_filter"
+    if answer.get("finish_reason") == "length" and not answer["pending_approval"]:
+        return "length"
+    return "stop"
+
+
+def _usage(answer: dict[str, Any]) -> dict[str, int] | None:
+    """Token counts; None when the model server reported none (unknown, never zeros)."""
+    u = answer.get("usage") or {}
+    if not u:
+        return None
     return {
         "prompt_tokens": int(u.get("input_tokens", 0)),
         "completion_tokens": int(u.get("output_tokens", 0)),
         "total_tokens": int(u.get("total_tokens", 0)),
     }
+
+
+def _completion_id() -> str:
+    """``chatcmpl-<trace id>``: the request's trace, which the turn's span joins (a random
+    id when tracing records nothing)."""
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    return f"chatcmpl-{format(ctx.trace_id, '032x') if ctx.is_valid else uuid.uuid4().hex}"
+
+
+def _record_end_user(user: str | None) -> None:
+    """OpenAI's ``user`` (an end-user id) on the request's span: ``enduser.id``."""
+    if user:
+        from opentelemetry import trace
+
+        trace.get_current_span().set_attribute("enduser.id", user)
+
+
+def _stream_error(exc: Exception) -> dict[str, Any]:
+    """A failure inside a stream, as its final ``data: {"error": ...}`` chunk."""
+    if isinstance(exc, UsageError):
+        status = 404 if str(exc).startswith("no thread") else 400
+        return error_body(status, str(exc), code="not_found" if status == 404 else "bad_request")
+    if isinstance(exc, GuardTripped):
+        return error_body(400, exc.message, code="guardrail")
+    if isinstance(exc, ModelError):
+        return error_body(502, str(exc), code="model_provider_failed")
+    if isinstance(exc, StoreError):
+        return error_body(503, str(exc), code="store_unavailable")
+    _log.error("a chat completion stream failed", exc_info=exc)
+    return error_body(500, "the server failed to handle this request", code="internal")
 
 
 @router.post(
@@ -103,34 +155,40 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     gw = gateway(request)
     key = gw.authenticate(request, "chat")
     if body.model not in _models(request):
-        raise Problem(
-            404,
-            f"model {body.model!r} is not served here (models: {', '.join(_models(request))})",
-            type="model-not-found",
-        )
-    question, history = _history(body)
+        raise _not_served(body.model, request)
+    turn = chat_turn(body, client_instructions=gw.app.config.gateway.client_instructions)
     limit = gw.app.config.limits.max_message_chars
-    if len(question) > limit:
-        raise Problem(413, f"the message has {len(question)} characters (limit {limit})")
-    thread_id = request.headers.get("x-keel-thread") or body.user
-    import uuid
-
-    thread_id = thread_id or uuid.uuid4().hex
-    if len(thread_id) > 200:
-        raise Problem(422, "a thread id has at most 200 characters")
+    if len(turn.question) > limit:
+        raise Problem(
+            413,
+            f"the message has {len(turn.question)} characters (limit {limit})",
+            param="messages",
+        )
+    thread_id = thread_of(request.headers.get("x-keel-thread"), body) or uuid.uuid4().hex
+    _record_end_user(body.user)
     scopes = gw.tool_scopes(key)
     created = int(time.time())
     started = time.perf_counter()
     model = body.model
+    cid = _completion_id()
 
     app = gw.app_for(thread_id, key.id)
     if not body.stream:
         with gw.thread_lock(thread_id), gw.serving(app):
-            answer = app.ask(question, thread_id, scopes, owner=key.id, history=history)
+            answer = app.ask(
+                turn.question,
+                thread_id,
+                scopes,
+                owner=key.id,
+                history=turn.history,
+                params=turn.params,
+                tool_choice=turn.tool_choice,
+                instructions=turn.instructions,
+            )
         data = answer.to_dict()
         gw.account(key, data, time.perf_counter() - started)
         return {
-            "id": f"chatcmpl-{answer.trace_id}",
+            "id": cid,
             "object": "chat.completion",
             "created": created,
             "model": model,
@@ -138,7 +196,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": _content(data)},
-                    "finish_reason": "stop",
+                    "finish_reason": _finish(data),
                 }
             ],
             "usage": _usage(data),
@@ -149,9 +207,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     lock = gw.thread_lock(thread_id)
     lock.__enter__()
 
-    def chunk(cid: str, delta: dict[str, Any], finish: str | None, **extra: Any) -> str:
-        import json
-
+    def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> str:
         payload = {
             "id": cid,
             "object": "chat.completion.chunk",
@@ -163,24 +219,38 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         return f"data: {json.dumps(payload, ensure_ascii=False, default=str)}\n\n"
 
     def events() -> Iterator[str]:
-        import json
-
-        stream = app.stream(question, thread_id, scopes, owner=key.id, history=history)
-        cid = "chatcmpl-pending"
+        stream = app.stream(
+            turn.question,
+            thread_id,
+            scopes,
+            owner=key.id,
+            history=turn.history,
+            params=turn.params,
+            tool_choice=turn.tool_choice,
+            instructions=turn.instructions,
+        )
         first = True
+        shown = ""  # the content sent so far
         try:
             for event in stream:
                 if first:
                     first = False
-                    yield chunk(cid, {"role": "assistant", "content": ""}, None)
+                    yield chunk({"role": "assistant", "content": ""}, None)
                 if event["type"] == "token":
-                    yield chunk(cid, {"content": event["text"]}, None)
+                    shown += event["text"]
+                    yield chunk({"content": event["text"]}, None)
                 elif event["type"] == "done":
                     answer = event["answer"]
                     gw.account(key, answer, time.perf_counter() - started)
-                    if answer["pending_approval"]:
-                        yield chunk(cid, {"content": _content(answer)}, None)
-                    yield chunk(cid, {}, "stop", keel=_keel_extra(answer))
+                    # what the non-streamed answer says and was not streamed: a refusal, a
+                    # guard's or the step limit's message, an approval notice
+                    content = _content(answer)
+                    if content != shown:
+                        rest = content[len(shown) :] if content.startswith(shown) else content
+                        if shown and not content.startswith(shown):
+                            rest = "\n\n" + rest
+                        yield chunk({"content": rest}, None)
+                    yield chunk({}, _finish(answer), keel=_keel_extra(answer))
                     if include_usage:
                         usage = {
                             "id": cid,
@@ -192,10 +262,9 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                         }
                         yield f"data: {json.dumps(usage)}\n\n"
             yield "data: [DONE]\n\n"
-        except KeelError as exc:
+        except Exception as exc:  # the stream has begun: its last chunk says why
             gw.metrics.release_request(app.release_id, "error")
-            err = {"error": {"message": str(exc), "type": type(exc).__name__}}
-            yield f"data: {json.dumps(err)}\n\n"
+            yield f"data: {json.dumps(_stream_error(exc))}\n\n"
         finally:
             close_quietly(stream)
             lock.__exit__(None, None, None)
