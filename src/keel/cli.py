@@ -876,18 +876,22 @@ def evals_generate(
 
     with _errors():
         app = _app()
+        failures: list[str] = []
         try:
             if llm is None:
                 cases = retrieval_selftests(app, size, seed)
             else:
-                from keel.evals.generate import ragas_testset
+                from keel.evals.generate import generate_testset
 
-                cases = ragas_testset(app, llm, size=size, seed=seed)
+                generated = generate_testset(app, llm, size=size, seed=seed)
+                cases, failures = generated.cases, generated.failures
             if cases:
                 save_dataset(cases, out)
         finally:
             app.close()
-    err.print(f"{len(cases)} case(s) appended to {out}")
+    for reason in failures:
+        err.print(f"failed: {reason}", markup=False)
+    err.print(f"{len(cases)} case(s) appended to {out}; {len(failures)} step(s) failed")
 
 
 @evals_cli.command("from-feedback")

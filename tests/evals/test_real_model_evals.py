@@ -129,3 +129,45 @@ def test_keel_compare_runs_the_embedded_and_the_real_model_side_by_side(llm_bot:
     assert "Pareto frontier on recall_at_k" in table.output
     for column in ("recall_at_k", "refusal", "latency_ms", "tokens / req", "$ / 1000 req"):
         assert column in table.output
+
+
+def test_generate_with_the_real_model_keeps_what_succeeded_and_says_what_failed(
+    tmp_path: Path, llm_env: dict[str, str], llm_model: dict[str, Any], model_cache_dir: Path
+) -> None:
+    """`keel evals generate --llm` on a small app: RAGAS's extractors and synthesizers run on
+    the real model; whatever it produced is written as cases, every failed step is reported
+    with its reason, and the run never dies for one bad reply."""
+    docs = tmp_path / "app" / "docs"
+    docs.mkdir(parents=True)
+    (docs / "refunds.md").write_text(
+        "# Refunds\n\nAnnual plans can be refunded in full within 30 days of purchase. "
+        "Monthly plans can be refunded within 7 days of the charge. The Owner requests a "
+        "refund from Settings > Billing > Invoices.\n"
+    )
+    (docs / "security.md").write_text(
+        "# Two-factor authentication\n\nTurn on two-factor authentication in Settings > "
+        "Security. You need an authenticator app. Recovery codes let you sign in when you "
+        "lose your phone.\n"
+    )
+    model = "\n".join(f"{k} = {json.dumps(v)}" for k, v in llm_model.items())
+    (tmp_path / "app" / "keel.toml").write_text(f'[app]\nname = "gen"\n\n[model]\n{model}\n')
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KEEL_CACHE_DIR", str(model_cache_dir))
+    mp.setenv("KEEL_DATA_DIR", str(tmp_path / "app" / ".keel"))
+    get_settings.cache_clear()
+    try:
+        config = ["--config", str(tmp_path / "app" / "keel.toml")]
+        assert CliRunner().invoke(cli, [*config, "ingest"]).exit_code == 0
+        out = tmp_path / "gen.jsonl"
+        args = [*config, "evals", "generate", "--out", str(out), "--size", "2", "--seed", "0"]
+        result = CliRunner().invoke(cli, [*args, "--llm", "openai:smollm2"])
+        assert result.exit_code == 0, result.output
+        assert "case(s) appended" in result.output and "step(s) failed" in result.output
+        kept = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+        for case in kept:
+            assert case["input"].strip() and case["provenance"]["llm"] == "openai:smollm2"
+        failed = [line for line in result.output.splitlines() if line.startswith("failed: ")]
+        assert kept or failed  # something was produced, or it says why not
+    finally:
+        mp.undo()
+        get_settings.cache_clear()
