@@ -178,3 +178,26 @@ def test_reask_sends_the_answer_back_to_the_model_once(make_app: Callable[..., A
 def test_reask_is_only_for_the_output_point() -> None:
     with pytest.raises(ConfigError, match="reask"):
         runner(input={"length": {"on_fail": "reask"}})
+
+
+def test_warm_loads_what_the_configured_guards_need_before_any_request() -> None:
+    loaded: list[str] = []
+
+    class Probe:
+        def embed_query(self, text: str) -> Any:
+            raise AssertionError("warm must not embed anything")
+
+    def embedder() -> Any:
+        loaded.append("embedder")
+        return Probe()
+
+    runner = GuardRunner(
+        GuardsSection(input={"secrets": {"on_fail": "exception"}}), Services(embedder=embedder)
+    )
+    runner.warm()
+    assert loaded == []  # secrets needs no model
+    guarded = GuardRunner(
+        GuardsSection(output={"grounding": {"on_fail": "fix"}}), Services(embedder=embedder)
+    )
+    guarded.warm()
+    assert loaded == ["embedder"]

@@ -26,6 +26,11 @@ class Citation(BaseModel):
     start: int = 0
     end: int = 0
     page: int | None = None
+    attributed: bool = Field(
+        default=False,
+        description="True when Keel attributed the passage to the answer (the model cited none "
+        "it was given); False when the model cited it as [n].",
+    )
 
 
 class ChatResponse(BaseModel):

@@ -242,7 +242,6 @@ def from_env() -> FastAPI:
 
     settings = get_settings()
     config = settings.config
-    return create_app(
-        App.from_config(config if config is not None else "keel.toml"),
-        ui=True if settings.ui else None,
-    )
+    app = App.from_config(config if config is not None else "keel.toml")
+    app.guards.warm()  # the guards' models load before the worker takes requests
+    return create_app(app, ui=True if settings.ui else None)

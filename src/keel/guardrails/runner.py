@@ -188,6 +188,18 @@ class GuardRunner:
     def __bool__(self) -> bool:
         return any(self.rules.values())
 
+    def warm(self) -> None:
+        """Load what the configured validators need (the embedding model, the injection
+        detector) now, so a server's first guarded request does not wait for it (it took
+        16.7 s inside a request)."""
+        from keel.guardrails.validators import NEEDS_EMBEDDER
+
+        names = {rule.validator for rules in self.rules.values() for rule in rules}
+        if names & NEEDS_EMBEDDER:
+            self.services.embedder()
+        if "injection" in names:
+            self.services.injection()
+
     # -- one validation ----------------------------------------------------------------------
     def _metadata(
         self, rule: Rule, memory: dict[str, Any], passages: list[str], question: str = ""
