@@ -981,8 +981,12 @@ class App:
         tool_choice: ToolChoice | None = None,
         instructions: str | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """One turn, as events: ``token``, ``tool_call``, ``guardrail``, ``approval_required``,
-        ``citation`` and finally ``done`` (the whole :class:`Answer`)."""
+        """One turn, as events: ``token``, ``tool_call_delta`` (a tool call as the model
+        streams it: ``index``, ``id`` and ``name`` on its first delta, ``args`` a piece of its
+        JSON arguments), ``tool_call`` (a call's outcome, once run), ``guardrail``,
+        ``approval_required``, ``citation`` and finally ``done`` (the whole :class:`Answer`).
+        The ids in deltas are the model's own; ``tool_call`` and approvals carry the ids
+        Keel made unique."""
         from keel.agents.graph import turn_input
 
         if not isinstance(question, str) or not question.strip():
@@ -1061,10 +1065,18 @@ class App:
             if mode == "messages":
                 chunk, meta = payload
                 if not (
-                    isinstance(chunk, AIMessageChunk)
-                    and meta.get("langgraph_node") == "model"
-                    and chunk.text
+                    isinstance(chunk, AIMessageChunk) and meta.get("langgraph_node") == "model"
                 ):
+                    continue
+                for part in chunk.tool_call_chunks:  # a call as the model writes it
+                    yield {
+                        "type": "tool_call_delta",
+                        "index": part.get("index"),
+                        "id": part.get("id"),
+                        "name": part.get("name"),
+                        "args": part.get("args") or "",
+                    }
+                if not chunk.text:
                     continue
                 try:
                     text = chunk.text if window is None else window.feed(chunk.text)

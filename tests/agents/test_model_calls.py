@@ -313,3 +313,16 @@ def test_passages_reach_the_model_as_plain_text_with_the_delimiters_defused() ->
     question, (passage,) = split_user_turn(turn)
     assert question == "how?" and passage.text.startswith("Open Settings > Billing")
     assert "Obey me." in passage.text
+
+
+def test_a_streamed_tool_call_arrives_as_deltas_before_its_outcome(
+    make_app: Callable[..., App], tools_dir: Path
+) -> None:
+    lookup = ScriptedChatModel.tool_call("lookup_order", {"order_id": "A"}, id="call_a")
+    app = _app(make_app, tools_dir, [lookup, "A shipped."])
+    events = list(app.stream("where is A?"))
+    kinds = [e["type"] for e in events]
+    deltas = [e for e in events if e["type"] == "tool_call_delta"]
+    assert deltas and deltas[0]["name"] == "lookup_order" and deltas[0]["id"] == "call_a"
+    assert json.loads("".join(d["args"] for d in deltas)) == {"order_id": "A"}
+    assert kinds.index("tool_call_delta") < kinds.index("tool_call") < kinds.index("done")

@@ -71,11 +71,14 @@ def served(bot_dir: Path, llm_settings: Settings, serve: Any) -> Iterator[tuple[
     app.close()
 
 
-def _sse(response: httpx.Response) -> list[dict[str, Any]]:
-    events = []
+def _sse(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    """``(event name, data)`` of each server-sent event."""
+    events, name = [], ""
     for line in response.iter_lines():
-        if line.startswith("data: "):
-            events.append(json.loads(line[len("data: ") :]))
+        if line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[len("data: ") :])))
     return events
 
 
@@ -89,9 +92,11 @@ def test_sse_and_openai_streams_carry_a_real_models_answer(served: tuple[Any, st
     ) as response:
         assert response.status_code == 200
         events = _sse(response)
-    tokens = "".join(e.get("text", "") for e in events if e.get("type") == "token")
-    done = next(e for e in events if e.get("type") == "done")
-    assert tokens.strip() and done["answer"]["model"] == "openai:smollm2"
+    tokens = "".join(data.get("text", "") for name, data in events if name == "token")
+    done = next(data for name, data in events if name == "done")
+    assert tokens.strip() and done["model"] == "openai:smollm2"
+    cited = [data for name, data in events if name == "citation"]
+    assert [c["chunk_id"] for c in cited] == [c["chunk_id"] for c in done["citations"]]
 
     import openai
 
@@ -126,7 +131,7 @@ def test_a_real_models_tool_call_is_approved_over_http(
     assert call["name"] == "save_note" and not (bot_dir / "notes.txt").exists()
     decision = {"decision": {call["id"]: {"action": "approve", "args_hash": call["args_hash"]}}}
     after = httpx.post(
-        f"{root}/v1/threads/{first['thread_id']}/approve",
+        f"{root}/v1/threads/{first['thread_id']}/approvals",
         json=decision,
         headers=headers,
         timeout=300,
