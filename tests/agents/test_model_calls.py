@@ -326,3 +326,51 @@ def test_a_streamed_tool_call_arrives_as_deltas_before_its_outcome(
     assert deltas and deltas[0]["name"] == "lookup_order" and deltas[0]["id"] == "call_a"
     assert json.loads("".join(d["args"] for d in deltas)) == {"order_id": "A"}
     assert kinds.index("tool_call_delta") < kinds.index("tool_call") < kinds.index("done")
+
+
+class _NoStream(http.server.BaseHTTPRequestHandler):
+    """A server that cannot stream (its stream ends before any chunk, as llama-cpp-python's
+    does for tools with tool_choice "auto") but answers the same request whole."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        if body.get("stream"):
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            return
+        reply = {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Whole reply here."},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+        }
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_an_empty_stream_is_asked_again_whole_and_still_streams() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoStream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        model = _streaming(f"http://127.0.0.1:{server.server_address[1]}/v1")
+        chunks = list(model.stream("hi"))
+        assert "".join(c.text for c in chunks) == "Whole reply here."
+        assert len(chunks) > 1
+    finally:
+        server.shutdown()

@@ -93,7 +93,8 @@ def test_sse_and_openai_streams_carry_a_real_models_answer(served: tuple[Any, st
         assert response.status_code == 200
         events = _sse(response)
     tokens = "".join(data.get("text", "") for name, data in events if name == "token")
-    done = next(data for name, data in events if name == "done")
+    done = next((data for name, data in events if name == "done"), None)
+    assert done is not None, [(name, data) for name, data in events if name != "token"]
     assert tokens.strip() and done["model"] == "openai:smollm2"
     cited = [data for name, data in events if name == "citation"]
     assert [c["chunk_id"] for c in cited] == [c["chunk_id"] for c in done["citations"]]

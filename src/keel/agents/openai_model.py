@@ -14,6 +14,9 @@ What it changes, and why (each was seen against a real server):
   ``first_token_timeout_s`` for the first streamed token (and any gap between two), and
   ``timeout_s`` for the whole reply (a streamed reply is stopped between tokens when it runs
   over; a whole reply must arrive within it).
+* A stream that yields nothing (llama-cpp-python cannot stream a request with tools and
+  ``tool_choice: "auto"`` and fails inside the stream) is asked again whole, and the reply is
+  handed on as chunks: the turn still answers, and still streams.
 * Structured output in the dialect the server speaks (:meth:`structured_kwargs`):
   ``json_schema`` (OpenAI, vLLM, Ollama, llama.cpp's ``llama-server``),
   ``json_object_schema`` (``llama-cpp-python``'s server: ``{"type": "json_object", "schema":
@@ -26,8 +29,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 from langchain_openai import ChatOpenAI
+
+from keel.agents.streaming import stream_chunks
 
 StructuredDialect = Literal["json_schema", "json_object_schema", "none"]
 
@@ -69,15 +76,38 @@ class KeelChatOpenAI(ChatOpenAI):
             pool=self.connect_timeout_s,
         )
 
-    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        kwargs.setdefault("timeout", self._stream_timeout())
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        timeout = kwargs.pop("timeout", None) or self._stream_timeout()
         deadline = time.monotonic() + self.total_timeout_s
-        for chunk in super()._stream(*args, **kwargs):
+        produced = False
+        for chunk in super()._stream(messages, stop, run_manager, timeout=timeout, **kwargs):
+            produced = True
             yield chunk
             if time.monotonic() > deadline:
                 raise ModelTimeout(
                     f"the reply took longer than {self.total_timeout_s:g} s (timeout_s)"
                 )
+        if not produced:
+            # An empty stream: some servers cannot stream some requests (llama-cpp-python
+            # fails a streamed tool_choice "auto" inside the stream). Ask for the reply whole
+            # and hand it on as one chunk, so the turn still streams its answer.
+            whole = self._generate(messages, stop, None, **kwargs).generations[0].message
+            for chunk in stream_chunks(
+                whole.content if isinstance(whole.content, str) else whole.text,
+                getattr(whole, "tool_calls", ()),
+                usage=getattr(whole, "usage_metadata", None),
+                metadata=whole.response_metadata,
+                message_id=whole.id,
+            ):
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
 
     async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         kwargs.setdefault("timeout", self._stream_timeout())
