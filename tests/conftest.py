@@ -300,3 +300,31 @@ LLM_MODEL = {
 @pytest.fixture
 def llm_model() -> dict[str, Any]:
     return dict(LLM_MODEL)
+
+
+SAVE_NOTE_TOOL = '''
+from pathlib import Path
+
+from keel.tools import tool
+
+NOTES = Path(__file__).resolve().parent / "notes.txt"
+
+
+@tool(side_effects="write", requires_approval=True)
+def save_note(text: str) -> str:
+    """Save a note for the support team.
+
+    Args:
+        text: The note.
+    """
+    with NOTES.open("a", encoding="utf-8") as f:
+        f.write(text + "\\n")
+    return "saved"
+'''
+
+
+@pytest.fixture(scope="session")
+def save_note_tool() -> str:
+    """The source of a tools module (write it as notes_tool.py beside a keel.toml): one tool,
+    ``save_note``, that writes notes.txt beside it and needs a person's approval."""
+    return SAVE_NOTE_TOOL

@@ -26,33 +26,13 @@ pytestmark = pytest.mark.llm
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_bot"
 
-NOTES_TOOL = '''
-from pathlib import Path
-
-from keel.tools import tool
-
-NOTES = Path(__file__).resolve().parent / "notes.txt"
-
-
-@tool(side_effects="write", requires_approval=True)
-def save_note(text: str) -> str:
-    """Save a note for the support team.
-
-    Args:
-        text: The note.
-    """
-    with NOTES.open("a", encoding="utf-8") as f:
-        f.write(text + "\\n")
-    return "saved"
-'''
-
 
 @pytest.fixture(scope="module")
-def bot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bot_dir(tmp_path_factory: pytest.TempPathFactory, save_note_tool: str) -> Path:
     """A copy of the support bot (its tools write beside keel.toml) with one more tool."""
     root = tmp_path_factory.mktemp("bot") / "support_bot"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".keel"))
-    (root / "notes_tool.py").write_text(NOTES_TOOL, encoding="utf-8")
+    (root / "notes_tool.py").write_text(save_note_tool, encoding="utf-8")
     return root
 
 

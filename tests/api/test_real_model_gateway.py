@@ -24,33 +24,13 @@ pytestmark = pytest.mark.llm
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_bot"
 
-NOTES_TOOL = '''
-from pathlib import Path
-
-from keel.tools import tool
-
-NOTES = Path(__file__).resolve().parent / "notes.txt"
-
-
-@tool(side_effects="write", requires_approval=True)
-def save_note(text: str) -> str:
-    """Save a note for the support team.
-
-    Args:
-        text: The note.
-    """
-    with NOTES.open("a", encoding="utf-8") as f:
-        f.write(text + "\\n")
-    return "saved"
-'''
-
 
 @pytest.fixture
-def bot_dir(tmp_path: Path, llm_model: dict[str, Any]) -> Path:
+def bot_dir(tmp_path: Path, llm_model: dict[str, Any], save_note_tool: str) -> Path:
     """The support bot on the real model, with one tool that needs approval."""
     root = tmp_path / "support_bot"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".keel", "__pycache__"))
-    (root / "notes_tool.py").write_text(NOTES_TOOL, encoding="utf-8")
+    (root / "notes_tool.py").write_text(save_note_tool, encoding="utf-8")
     toml = (root / "keel.toml").read_text()
     model = "\n".join(f"{k} = {json.dumps(v)}" for k, v in llm_model.items())
     toml = toml.replace('id = "keel:extractive"', model).replace(

@@ -85,19 +85,29 @@ class KeelChatOpenAI(ChatOpenAI):
     ) -> Iterator[ChatGenerationChunk]:
         timeout = kwargs.pop("timeout", None) or self._stream_timeout()
         deadline = time.monotonic() + self.total_timeout_s
+        import httpx
+        import openai
+
         produced = False
-        for chunk in super()._stream(messages, stop, run_manager, timeout=timeout, **kwargs):
-            produced = True
-            yield chunk
-            if time.monotonic() > deadline:
-                raise ModelTimeout(
-                    f"the reply took longer than {self.total_timeout_s:g} s (timeout_s)"
-                )
+        try:
+            for chunk in super()._stream(messages, stop, run_manager, timeout=timeout, **kwargs):
+                produced = True
+                yield chunk
+                if time.monotonic() > deadline:
+                    raise ModelTimeout(
+                        f"the reply took longer than {self.total_timeout_s:g} s (timeout_s)"
+                    )
+        except (openai.APIConnectionError, httpx.RemoteProtocolError) as exc:
+            # cut off part-way, or a timeout: not something to paper over
+            if produced or isinstance(exc, openai.APITimeoutError):
+                raise
         if not produced:
-            # An empty stream: some servers cannot stream some requests (llama-cpp-python
-            # fails a streamed tool_choice "auto" inside the stream). Ask for the reply whole
-            # and hand it on as one chunk, so the turn still streams its answer.
-            whole = self._generate(messages, stop, None, **kwargs).generations[0].message
+            # An empty stream, or one the server broke off before its first chunk: some
+            # servers cannot stream some requests (llama-cpp-python fails a streamed
+            # tool_choice "auto" inside the stream). Ask for the reply whole and hand it on
+            # as chunks, so the turn still streams its answer. A server that is down fails
+            # this call too, with its own error.
+            whole = self._whole(messages, stop, **kwargs)
             for chunk in stream_chunks(
                 whole.content if isinstance(whole.content, str) else whole.text,
                 getattr(whole, "tool_calls", ()),
@@ -108,6 +118,21 @@ class KeelChatOpenAI(ChatOpenAI):
                 if run_manager is not None:
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
+
+    def _whole(self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any) -> Any:
+        """The reply asked for whole, after a stream that broke off before its first chunk.
+        The server may still be failing that stream when the request arrives (llama-cpp-python
+        then drops the connection): a connection error is tried again, twice, after a pause."""
+        import openai
+
+        for attempt in range(3):
+            try:
+                return self._generate(messages, stop, None, **kwargs).generations[0].message
+            except openai.APIConnectionError as exc:
+                if attempt == 2 or isinstance(exc, openai.APITimeoutError):
+                    raise
+                time.sleep(0.25 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         kwargs.setdefault("timeout", self._stream_timeout())
