@@ -948,7 +948,54 @@ def train(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     _parity_check(out_path, embedder, examples, test, test_scores)
+    result["context_calibration"] = write_context_threshold(out_path, embedder)
     return result
+
+
+CONTEXT_FPR = 0.0  # on the calibration documentation (the target elsewhere is <= 1 %)
+
+
+def calibrate_context(weights_path: Path, embedder: Any) -> dict[str, Any]:
+    """The ``context`` threshold: the lowest that flags at most ``CONTEXT_FPR`` (none) of the
+    chunks of ordinary documentation never trained on (the standard library's docstrings,
+    chunked as ``keel ingest`` chunks; :func:`keel.guardrails.calibration.stdlib_doc_chunks`).
+    The classifier reads requests; on documents only the top of its range is trusted, and
+    orders addressed to the AI are caught by ``injection.DOCUMENT_HEURISTICS``."""
+    from keel.guardrails.calibration import stdlib_doc_chunks, threshold_at
+
+    chunks = stdlib_doc_chunks()
+    detector = det.InjectionDetector(embedder, weights=weights_path)
+    scores = [r.score for r in detector.score_many(chunks)]
+    threshold = threshold_at(scores, CONTEXT_FPR, ROUND)
+    flagged = sum(s >= threshold for s in scores)
+    print(
+        f"context threshold {threshold} on {len(chunks)} standard-library docstring chunks "
+        f"({flagged} flagged)"
+    )
+    return {
+        "threshold": threshold,
+        "documents": "standard-library module/class/function docstrings (ast), "
+        f"chunked {1000}/{150}",
+        "python": sys.version.split()[0],
+        "chunks": len(chunks),
+        "target_fpr": CONTEXT_FPR,
+        "flagged": int(flagged),
+        "chunks_sha256": hashlib.sha256("\x00".join(chunks).encode()).hexdigest(),
+    }
+
+
+def write_context_threshold(out_path: Path, embedder: Any) -> dict[str, Any]:
+    """Add (or refresh) the ``context`` threshold and its calibration record in a weights file."""
+    data = json.loads(out_path.read_text(encoding="utf-8"))
+    data["thresholds"].pop("context", None)
+    out_path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    det._load.cache_clear()
+    record = calibrate_context(out_path, embedder)
+    data["thresholds"]["context"] = record["threshold"]
+    data["context_calibration"] = record
+    out_path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    det._load.cache_clear()
+    return record
 
 
 def _report(
@@ -1028,9 +1075,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--embedding-cache", default=None, help="folder to keep window vectors in between runs"
     )
+    parser.add_argument(
+        "--context-only",
+        action="store_true",
+        help="only (re)calibrate the context threshold of the existing weights file",
+    )
     args = parser.parse_args(argv)
     resolve = lambda p: Path(p) if Path(p).is_absolute() else REPO / p  # noqa: E731
     cache = resolve(args.embedding_cache) if args.embedding_cache else None
+    if args.context_only:
+        from keel.rag.embeddings import Embedder
+
+        write_context_threshold(resolve(args.out), Embedder(backend="torch"))
+        return
     result = train(
         resolve(args.data), resolve(args.scifact), resolve(args.pii), resolve(args.out), cache
     )
