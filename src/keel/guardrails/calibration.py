@@ -104,7 +104,7 @@ def threshold_at(negative_scores: Sequence[float], fpr: float, decimals: int = 6
     k = math.floor(fpr * len(ordered))
     if k >= len(ordered):
         return 0.0
-    return (math.floor(ordered[k] * 10**decimals) + 1) / 10**decimals
+    return float((math.floor(ordered[k] * 10**decimals) + 1) / 10**decimals)
 
 
 # Indirect injections: orders addressed to the AI that reads a retrieved document. Written for

@@ -22,7 +22,8 @@ positive rate; 3 % is the default for requests (user input). Retrieved chunks an
 are documents, not requests, and use the ``context`` threshold, chosen on ordinary documentation
 the detector never trained on (:mod:`keel.guardrails.calibration`); in a document, an order
 addressed to the AI (:data:`DOCUMENT_HEURISTICS`) flags it by itself.
-``InjectionDetector.metadata`` carries the held-out metrics, the thresholds and the sha256 of every training input.
+``InjectionDetector.metadata`` carries the held-out metrics, the thresholds and the sha256 of
+every training input.
 """
 
 from __future__ import annotations
