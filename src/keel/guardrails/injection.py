@@ -280,7 +280,9 @@ HEURISTICS: tuple[Heuristic, ...] = (
             + r"|what's)\b[^.!?\n]{0,40}?\b(?:your|the\s+system'?s?|the\s+(?:admin"
             r"|administrator|root|server|database|developer|production)'?s?|internal|stored"
             r"|all(?:\s+the)?|its)\s+(?:[\w-]+\s+){0,2}?" + _SECRET + r"\b"
-            r"|\b" + _SECRET + r"\b[^.!?\n]{0,30}?\b(?:you\s+(?:use|have|store|keep|were\s+given"
+            r"|\b"
+            + _SECRET
+            + r"\s+(?:that\s+|which\s+)?(?:you\s+(?:use|have|store|keep|were\s+given"
             r"|run\s+with|can\s+access)|(?:stored|kept|saved|configured)\s+in\s+your)\b"
             r"|\b(?:read|cat|open|print|show|dump)\b[^.!?\n]{0,30}?(?<![\w.])\.env\b",
             _I,
@@ -512,6 +514,12 @@ def text_scores(
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
     out: npt.NDArray[np.float64] = np.maximum.reduceat(probs, starts)
     return out
+
+
+def flags_document(result: InjectionResult, threshold: float) -> bool:
+    """The decision for a document (retrieved chunk, tool result): the score is at or over
+    ``threshold``, or an order addressed to the AI (:data:`DOCUMENT_HEURISTICS`) matched."""
+    return result.score >= threshold or not DOCUMENT_HEURISTICS.isdisjoint(result.reasons)
 
 
 @functools.lru_cache(maxsize=8)

@@ -38,7 +38,7 @@ from guardrails.validators import (  # noqa: E402
 )
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
-from keel.guardrails.injection import DOCUMENT_HEURISTICS  # noqa: E402
+from keel.guardrails.injection import flags_document  # noqa: E402
 from keel.guardrails.spans import Span  # noqa: E402
 
 # guardrails-ai ships no type information: its results are typed as Any here.
@@ -108,8 +108,7 @@ class InjectionValidator(_KeelValidator):
             else detector.threshold_for(opts.fpr, documents=documents)
         )
         # In a document, an order addressed to the AI flags the text by itself.
-        orders = sorted(DOCUMENT_HEURISTICS.intersection(result.reasons)) if documents else []
-        flagged = result.score >= threshold or bool(orders)
+        flagged = flags_document(result, threshold) if documents else result.score >= threshold
         _report(
             metadata,
             self.keel_name,
