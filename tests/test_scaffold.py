@@ -107,7 +107,10 @@ def test_keel_toml_sets_every_config_key_to_its_default(tmp_path: Path) -> None:
     init_app(tmp_path / "app")
     raw = tomllib.loads((tmp_path / "app" / "keel.toml").read_text(encoding="utf-8"))
     optional = {"prompts.system", "prompts.examples"}  # default None, set by the scaffold
-    assert _toml_keys(raw) - optional == _keys(KeelConfig)
+    # The guard policy: free-form [guards.<point>.<validator>] tables, not config keys.
+    policy = {k for k in _toml_keys(raw) if k.count(".") == 3 and k.startswith("guards.")}
+    assert policy
+    assert _toml_keys(raw) - optional - policy == _keys(KeelConfig)
     defaults = KeelConfig().model_dump()
     for section in ("model", "rag", "tools", "agent"):
         for key, value in raw[section].items():
@@ -258,3 +261,62 @@ def test_template_tools_module_works(tmp_path: Path) -> None:
     assert convert(12, "in", "ft") == 1.0
     with pytest.raises(ValueError, match="unknown unit"):
         convert(1, "parsec", "m")
+
+
+# The policy a security reviewer signs (issue 17): point -> validator -> (on_fail, extra).
+DEFAULT_POLICY = {
+    "input": {"injection": "exception", "pii": "fix", "secrets": "fix"},
+    "context": {"injection": "filter"},
+    "tool_args": {"pii": "exception"},
+    "tool_result": {"injection": "filter"},
+    "output": {"secrets": "fix", "prompt_leak": "exception"},
+}
+
+
+def _policy(config: KeelConfig) -> dict[str, dict[str, str]]:
+    return {
+        point: {name: str(rule["on_fail"]) for name, rule in getattr(config.guards, point).items()}
+        for point in DEFAULT_POLICY
+    }
+
+
+def test_new_apps_are_guarded_by_default(tmp_path: Path) -> None:
+    init_app(tmp_path / "app")
+    config = load_config(tmp_path / "app" / "keel.toml")
+    policy = _policy(config)
+    for point, rules in DEFAULT_POLICY.items():
+        for name, action in rules.items():
+            assert policy[point].get(name) == action, f"guards.{point}.{name}"
+    assert config.guards.tool_args["pii"]["tools"] == "external"
+    # extractive model: the grounding rule is written, commented, with its reason
+    text = (tmp_path / "app" / "keel.toml").read_text(encoding="utf-8")
+    assert "# [guards.output.grounding]" in text
+    assert "grounding" not in config.guards.output
+
+
+def test_example_support_bot_has_the_same_policy() -> None:
+    root = Path(__file__).resolve().parents[1]
+    example = load_config(root / "examples" / "support_bot" / "keel.toml")
+    assert _policy(example) == {p: dict(r) for p, r in DEFAULT_POLICY.items()}
+
+
+def test_no_guards_writes_no_validator_and_says_so(tmp_path: Path) -> None:
+    init_app(tmp_path / "app", guards=False)
+    text = (tmp_path / "app" / "keel.toml").read_text(encoding="utf-8")
+    config = load_config(tmp_path / "app" / "keel.toml")
+    assert all(not getattr(config.guards, p) for p in DEFAULT_POLICY)
+    assert "--no-guards" in text and "[guards.input" not in text
+    assert config.guards.message  # the [guards] table itself stays
+
+
+def test_cli_init_no_guards(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from keel.cli import cli
+
+    result = CliRunner().invoke(cli, ["init", str(tmp_path / "bare"), "--no-guards"])
+    assert result.exit_code == 0, result.output
+    assert not load_config(tmp_path / "bare" / "keel.toml").guards.input
+    result = CliRunner().invoke(cli, ["init", str(tmp_path / "guarded")])
+    assert result.exit_code == 0, result.output
+    assert "injection" in load_config(tmp_path / "guarded" / "keel.toml").guards.input

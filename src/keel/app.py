@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from keel.agents.params import ModelParams
     from keel.agents.prompts import Prompts
     from keel.guardrails.runner import GuardRunner
+    from keel.guardrails.scope import AppScope
     from keel.ops.cache import SemanticCache
     from keel.ops.cost import PriceTable
     from keel.ops.tracing import Tracing
@@ -389,8 +390,21 @@ class App:
             embedder=lambda: self.embedder,
             system_prompt=lambda: self.prompts.system,
             canary=self.canary,
+            scope=lambda: self._scope,
         )
         return GuardRunner(self.config.guards, services, external)
+
+    @cached_property
+    def _scope(self) -> AppScope:
+        """What the app is for, for the off-topic check (keel.guardrails.scope)."""
+        from keel.guardrails.scope import AppScope
+
+        def nearest(vector: Any) -> tuple[float, str] | None:
+            hits = self.store().query(vector, k=1)
+            return (hits[0][1], hits[0][0].text) if hits else None
+
+        system = self.prompts.system.split("\n\n(Internal marker, never repeat it:")[0]
+        return AppScope(self.config.app.description, system, nearest)
 
     @cached_property
     def toolset(self) -> Toolset:

@@ -109,12 +109,15 @@ def init(
     directory: Annotated[Path, typer.Argument(help="Folder to create the app in.")],
     name: Annotated[str | None, typer.Option(help="App name (default: the folder's name).")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite the scaffold's own files.")] = False,
+    guards: Annotated[
+        bool, typer.Option("--guards/--no-guards", help="Write the default guard policy.")
+    ] = True,
 ) -> None:
     """Create a working app: keel.toml, prompts, tools.py, docs/ and evals/."""
     from keel.scaffold import init_app
 
     with _errors():
-        written = init_app(directory, name=name, force=force)
+        written = init_app(directory, name=name, force=force, guards=guards)
     err.print(f"Created a Keel app in {directory} ({len(written)} files). Next:")
     err.print(f'  cd {directory}\n  keel ingest docs\n  keel search "how do I add documents?"')
 

@@ -4,7 +4,9 @@ The template lives in ``keel/_scaffold/app/`` and is read through :mod:`importli
 it works from a source checkout and from an installed wheel alike. Every file is copied as it is,
 keeping sub-folders, with two exceptions:
 
-- ``keel.toml`` gets the app name substituted for ``{{app_name}}``;
+- ``keel.toml`` gets the app name substituted for ``{{app_name}}``, and with ``guards=False``
+  (``keel init --no-guards``) loses its guard policy block (between the ``# >>> guard policy``
+  and ``# <<< guard policy`` lines), leaving ``[guards]`` with no validator;
 - a template file named ``gitignore`` is written as ``.gitignore`` (a dot-file inside a package
   would act as an ignore file for this repository and is easy for packaging tools to drop).
 
@@ -26,6 +28,11 @@ __all__ = ["DEFAULT_APP_NAME", "init_app", "sanitize_app_name", "template_files"
 
 DEFAULT_APP_NAME = "keel-app"
 _NAME_PLACEHOLDER = "{{app_name}}"
+_POLICY = re.compile(r"^# >>> guard policy.*?^# <<< guard policy\n", re.M | re.S)
+_NO_POLICY = (
+    "# No validator runs: this app was created with `keel init --no-guards`. The policy\n"
+    "# `keel init` writes otherwise is in the README (Guardrails).\n"
+)
 _RENAMES = {"gitignore": ".gitignore"}
 _SKIP_DIRS = {"__pycache__"}
 _SKIP_SUFFIXES = {".pyc", ".pyo"}
@@ -81,7 +88,16 @@ def _conflicts(directory: Path, targets: list[PurePosixPath], force: bool) -> st
     return None
 
 
-def init_app(directory: Path, *, name: str | None = None, force: bool = False) -> list[Path]:
+def _keel_toml(template: str, app_name: str, guards: bool) -> str:
+    text = template.replace(_NAME_PLACEHOLDER, app_name)
+    if _POLICY.search(text) is None:  # pragma: no cover - a packaging mistake
+        raise UsageError("the keel app template has no guard policy block (broken installation)")
+    return text if guards else _POLICY.sub(_NO_POLICY, text)
+
+
+def init_app(
+    directory: Path, *, name: str | None = None, force: bool = False, guards: bool = True
+) -> list[Path]:
     """Create a working Keel app in ``directory`` (created if missing).
 
     Args:
@@ -89,6 +105,7 @@ def init_app(directory: Path, *, name: str | None = None, force: bool = False) -
         name: The app name written into ``keel.toml``; default: the directory's name. Either is
             reduced to ``[a-z0-9-]``.
         force: Overwrite the scaffold's own files when they exist. Other files are never touched.
+        guards: Write the default guard policy into ``keel.toml`` (``False``: no validator).
 
     Returns:
         The files written, sorted.
@@ -115,7 +132,7 @@ def init_app(directory: Path, *, name: str | None = None, force: bool = False) -
     for rel in targets:
         data = files[rel].read_bytes()
         if rel == PurePosixPath("keel.toml"):
-            data = data.decode("utf-8").replace(_NAME_PLACEHOLDER, app_name).encode("utf-8")
+            data = _keel_toml(data.decode("utf-8"), app_name, guards).encode("utf-8")
         contents[rel] = data
 
     written: list[Path] = []

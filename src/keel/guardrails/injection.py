@@ -18,8 +18,12 @@ How a text is scored:
   ``_data/injection.json``; it is scored here with numpy alone.
 
 The thresholds in the weights file were chosen on a validation split for a 1 % and a 3 % false
-positive rate; 3 % is the default. ``InjectionDetector.metadata`` carries the held-out metrics,
-the thresholds and the sha256 of every training input.
+positive rate; 3 % is the default for requests (user input). Retrieved chunks and tool results
+are documents, not requests, and use the ``context`` threshold, chosen on ordinary documentation
+the detector never trained on (:mod:`keel.guardrails.calibration`); in a document, an order
+addressed to the AI (:data:`DOCUMENT_HEURISTICS`) flags it by itself.
+``InjectionDetector.metadata`` carries the held-out metrics, the thresholds and the sha256 of
+every training input.
 """
 
 from __future__ import annotations
@@ -276,8 +280,10 @@ HEURISTICS: tuple[Heuristic, ...] = (
             + r"|what's)\b[^.!?\n]{0,40}?\b(?:your|the\s+system'?s?|the\s+(?:admin"
             r"|administrator|root|server|database|developer|production)'?s?|internal|stored"
             r"|all(?:\s+the)?|its)\s+(?:[\w-]+\s+){0,2}?" + _SECRET + r"\b"
-            r"|\b" + _SECRET + r"\b[^.!?\n]{0,30}?\b(?:you\s+(?:use|have|store|keep|were\s+given"
-            r"|know|run\s+with|can\s+access)|(?:stored|kept|saved|configured)\s+in\s+your)\b"
+            r"|\b"
+            + _SECRET
+            + r"\s+(?:that\s+|which\s+)?(?:you\s+(?:use|have|store|keep|were\s+given"
+            r"|run\s+with|can\s+access)|(?:stored|kept|saved|configured)\s+in\s+your)\b"
             r"|\b(?:read|cat|open|print|show|dump)\b[^.!?\n]{0,30}?(?<![\w.])\.env\b",
             _I,
         ),
@@ -306,7 +312,8 @@ HEURISTICS: tuple[Heuristic, ...] = (
             r"|the\s+(?:message|e-?mail|document|page|text))\b"
             r"|\bwhen\s+you\s+(?:read|process|summari[sz]e|see|parse|analy[sz]e)\s+this\b"
             r"|\[(?:assistant|ai|system|model)\s+(?:directive|instruction|note|override|message)s?\]"
-            r"|(?:^|[.!?]\s+|,\s*)(?:dear\s+)?(?:ai|assistant|chatbot|llm|gpt)\s*[,:]\s+(?:please\s+)?"
+            r"|(?:^|[.!?]\s+|,\s*)(?:dear\s+)?(?:ai\s+)?(?:ai|assistant|chatbot|llm|gpt)\s*[,:]\s+"
+            r"(?:please\s+)?"
             r"(?:ignore|disregard|forget|reply\s+only|respond\s+only|output|reveal|call|send|forward"
             r"|append|include|recommend|state\s+that|do\s+not|don'?t|stop|from\s+now\s+on"
             r"|new\s+instructions)\b",
@@ -361,6 +368,26 @@ HEURISTICS: tuple[Heuristic, ...] = (
 )
 
 HEURISTIC_NAMES: tuple[str, ...] = tuple(h.name for h in HEURISTICS)
+
+# In a document (a retrieved chunk, a tool result) these patterns are orders addressed to the
+# AI that reads it, and flag the text whatever the classifier says. The others (personas, "no
+# restrictions", secrets, base64 runs...) also occur in ordinary documents and only count
+# through the classifier there.
+DOCUMENT_HEURISTICS: frozenset[str] = frozenset(
+    {
+        "ignore_previous_instructions",
+        "forget_everything",
+        "reveal_system_prompt",
+        "fake_delimiter",
+        "new_instructions",
+        "indirect_address",
+        "tell_the_user",
+        "authority_override",
+        "skip_approval",
+        "exfiltration",
+        "developer_mode",
+    }
+)
 
 
 def normalise(text: str) -> str:
@@ -489,6 +516,12 @@ def text_scores(
     return out
 
 
+def flags_document(result: InjectionResult, threshold: float) -> bool:
+    """The decision for a document (retrieved chunk, tool result): the score is at or over
+    ``threshold``, or an order addressed to the AI (:data:`DOCUMENT_HEURISTICS`) matched."""
+    return result.score >= threshold or not DOCUMENT_HEURISTICS.isdisjoint(result.reasons)
+
+
 @functools.lru_cache(maxsize=8)
 def _load(path: str) -> dict[str, Any]:
     try:
@@ -554,10 +587,32 @@ class InjectionDetector:
             raise ConfigError(f"injection threshold must be between 0 and 1, not {threshold}")
         self.embedder = embedder
         self.threshold = float(threshold)
+        self.thresholds = {k: float(v) for k, v in thresholds.items()}
         self._data = data
         self._weights = np.asarray(data["model"]["weights"], dtype=np.float64)
         self._bias = float(data["model"]["bias"])
         self._dimension = int(data["features"]["embedding"])
+
+    def threshold_for(self, fpr: float | None = None, *, documents: bool = False) -> float:
+        """The shipped operating point: for documents (retrieved chunks, tool results) the
+        ``context`` threshold, else the one for ``fpr`` (default: this detector's)."""
+        if documents and fpr is None:
+            if "context" not in self.thresholds:
+                raise ConfigError(
+                    "the injection detector's weights have no context threshold; retrain with "
+                    "scripts/train_injection_detector.py or set threshold= on the rule"
+                )
+            return self.thresholds["context"]
+        if fpr is None:
+            return self.threshold
+        key = _fpr_key(fpr)
+        if key not in self.thresholds:
+            raise ConfigError(
+                f"no injection threshold for fpr={fpr}; choose one of "
+                f"{', '.join(sorted(k for k in self.thresholds if k != 'context'))} "
+                "or set threshold="
+            )
+        return self.thresholds[key]
 
     @property
     def metadata(self) -> dict[str, Any]:

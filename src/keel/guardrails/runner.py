@@ -28,6 +28,7 @@ from keel.errors import ConfigError, GuardTripped
 if TYPE_CHECKING:
     from guardrails import Guard
 
+    from keel.guardrails.scope import AppScope
     from keel.rag.embeddings import Embedder
     from keel.rag.types import Hit
     from keel.tools.policy import ToolCall, ToolOutcome
@@ -120,6 +121,8 @@ class Services:
     embedder: Callable[[], Embedder]
     system_prompt: Callable[[], str] = lambda: ""
     canary: str = ""
+    # What the app is for (off-topic check): description, system prompt, knowledge lookup.
+    scope: Callable[[], AppScope] | None = None
     _injection: Any = None
 
     def injection(self) -> Any:
@@ -206,7 +209,11 @@ class GuardRunner:
     ) -> dict[str, Any]:
         from keel.guardrails.validators import NEEDS_EMBEDDER
 
-        meta: dict[str, Any] = {"keel_report": {}, "keel_memory": memory}
+        meta: dict[str, Any] = {
+            "keel_report": {},
+            "keel_memory": memory,
+            "keel_point": rule.point,
+        }
         if rule.validator in NEEDS_EMBEDDER:
             meta["keel_embedder"] = self.services.embedder()
         if rule.validator == "injection":
@@ -214,6 +221,14 @@ class GuardRunner:
         if rule.validator == "grounding":
             meta["keel_passages"] = passages
             meta["keel_question"] = question
+        if rule.validator == "off_topic":
+            scope = self.services.scope() if self.services.scope is not None else None
+            if not scope:
+                raise ConfigError(
+                    f"guards.{rule.point}.off_topic: the app has no description, system prompt "
+                    "or knowledge to tell what is on topic"
+                )
+            meta["keel_scope"] = scope
         if rule.validator == "prompt_leak":
             meta["keel_system_prompt"] = self.services.system_prompt()
             meta["keel_canary"] = self.services.canary

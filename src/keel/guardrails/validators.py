@@ -10,6 +10,8 @@ passes to every validator (guardrails-ai's own mechanism for per-call context):
 ``keel_passages``     retrieved passage texts (grounding)
 ``keel_system_prompt`` / ``keel_canary``   the system prompt and its canary token (leakage)
 ``keel_memory``       per-conversation memory (PII placeholders stay consistent)
+``keel_scope``        the app's :class:`~keel.guardrails.scope.AppScope` (off-topic check)
+``keel_point``        the hook point the rule runs at
 ``keel_report``       a dict validators write their score and details into, for the record
 
 Each validator's options are a pydantic model (:data:`OPTIONS`): unknown options are a
@@ -36,6 +38,7 @@ from guardrails.validators import (  # noqa: E402
 )
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
+from keel.guardrails.injection import flags_document  # noqa: E402
 from keel.guardrails.spans import Span  # noqa: E402
 
 # guardrails-ai ships no type information: its results are typed as Any here.
@@ -77,9 +80,14 @@ class _KeelValidator(Validator):
 # -- prompt injection ----------------------------------------------------------------------
 
 
+DOCUMENT_POINTS = frozenset({"context", "tool_result"})  # texts that are data, not requests
+
+
 class InjectionOptions(_Options):
+    # Unset: requests (input, tool arguments) use the 3 % FPR threshold; documents (context,
+    # tool results) the ``context`` threshold calibrated on ordinary documentation.
     threshold: float | None = Field(default=None, ge=0, le=1)
-    fpr: float = Field(default=0.03, gt=0, lt=1)
+    fpr: float | None = Field(default=None, gt=0, lt=1)
 
 
 @register_validator(name="keel/injection", data_type="string")
@@ -93,8 +101,14 @@ class InjectionValidator(_KeelValidator):
         detector = metadata["keel_injection"]
         opts: InjectionOptions = self.options  # type: ignore[assignment]
         result = detector.score(str(value))
-        threshold = opts.threshold if opts.threshold is not None else result.threshold
-        flagged = result.score >= threshold
+        documents = metadata.get("keel_point") in DOCUMENT_POINTS
+        threshold = (
+            opts.threshold
+            if opts.threshold is not None
+            else detector.threshold_for(opts.fpr, documents=documents)
+        )
+        # In a document, an order addressed to the AI flags the text by itself.
+        flagged = flags_document(result, threshold) if documents else result.score >= threshold
         _report(
             metadata,
             self.keel_name,
@@ -337,6 +351,45 @@ class TopicDenylistValidator(_KeelValidator):
         return PassResult()
 
 
+class OffTopicOptions(_Options):
+    # Cosine similarity to the closest of the app's description, system prompt paragraphs and
+    # knowledge chunks under which a request is off topic (benchmarks/guards.py measures it).
+    threshold: float = Field(default=0.25, ge=-1, le=1)
+    # Shorter messages ("thanks", "hi there") are never flagged: too short to tell.
+    min_words: int = Field(default=3, ge=1)
+
+
+@register_validator(name="keel/off_topic", data_type="string")
+class OffTopicValidator(_KeelValidator):
+    """Task drift: a request far from what the app is for (its description, system prompt and
+    knowledge; :mod:`keel.guardrails.scope`). Flagged apart from injection, so a policy can
+    refuse drift, only record it, or let it through."""
+
+    options_model = OffTopicOptions
+    keel_name = "off_topic"
+
+    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+        opts: OffTopicOptions = self.options  # type: ignore[assignment]
+        text = str(value)
+        if len(text.split()) < opts.min_words:
+            _report(metadata, self.keel_name, skipped="too short")
+            return PassResult()
+        match = metadata["keel_scope"].match(text, metadata["keel_embedder"])
+        _report(
+            metadata,
+            self.keel_name,
+            score=round(match.score, 4),
+            threshold=opts.threshold,
+            closest=match.source,
+        )
+        if match.score >= opts.threshold:
+            return PassResult()
+        return FailResult(
+            error_message=f"off topic for this app (similarity {match.score:.2f} to the "
+            f"closest {match.source}, under {opts.threshold:.2f})"
+        )
+
+
 class LengthOptions(_Options):
     min_chars: int = Field(default=0, ge=0)
     max_chars: int = Field(default=8000, ge=1)
@@ -405,8 +458,9 @@ VALIDATORS: dict[str, type[_KeelValidator]] = {
         GroundingValidator,
         PromptLeakValidator,
         TopicDenylistValidator,
+        OffTopicValidator,
         LengthValidator,
         JsonSchemaValidator,
     )
 }
-NEEDS_EMBEDDER = frozenset({"injection", "grounding", "topic_denylist"})
+NEEDS_EMBEDDER = frozenset({"injection", "grounding", "topic_denylist", "off_topic"})
