@@ -41,6 +41,9 @@ def _bot(bot_dir: Path, settings: Settings, llm_model: dict[str, Any], **changes
     raw = config.model_dump()
     raw["model"] = llm_model
     raw["costs"] = {"prices": {"openai:smollm2": {"input_per_million": 0, "output_per_million": 0}}}
+    # Guards are what a test gives: these tests are about the model's mechanics (the example's
+    # default policy is tested with the real model in test_output_guards_... below)
+    raw["guards"] = {}
     for key, value in changes.items():
         raw[key] = value
     return App(type(config).model_validate({**raw, "base_dir": bot_dir}), settings=settings)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +38,43 @@ def bot_dir(tmp_path: Path, llm_model: dict[str, Any], save_note_tool: str) -> P
         'enabled = ["tools:plan_price", "tools:open_ticket", "keel:calculator"]',
         'enabled = ["notes_tool:save_note"]',
     )
+    # no guard policy: these tests are about the model's mechanics over HTTP and the CLI, and
+    # the default input guards flag some ordinary requests to save a note (issue 17 measures
+    # the detector); the default policy meets the real model in tests/agents/test_real_model.py
+    toml = toml[: toml.index("[guards]")] + toml[toml.index("[ui]") :]
     (root / "keel.toml").write_text(toml)
     return root
 
 
+@contextmanager
+def _serving(bot_dir: Path, settings: Settings, serve: Any, **changes: Any) -> Iterator[Any]:
+    config = load_config(bot_dir / "keel.toml")
+    app = App(config.model_copy(update=changes), settings=settings)
+    app.ingest()
+    try:
+        with serve(app) as srv:
+            key, _ = srv.api.state.gateway.keys.create("client", ["chat"])
+            yield srv, key
+    finally:
+        app.close()
+
+
 @pytest.fixture
 def served(bot_dir: Path, llm_settings: Settings, serve: Any) -> Iterator[tuple[Any, str]]:
-    app = App(load_config(bot_dir / "keel.toml"), settings=llm_settings)
-    app.ingest()
-    with serve(app) as srv:
-        key, _ = srv.api.state.gateway.keys.create("client", ["chat"])
-        yield srv, key
-    app.close()
+    """The bot with its note tool (this small model calls a tool for nearly every question
+    under tool_choice "auto")."""
+    with _serving(bot_dir, llm_settings, serve) as pair:
+        yield pair
+
+
+@pytest.fixture
+def served_without_tools(
+    bot_dir: Path, llm_settings: Settings, serve: Any
+) -> Iterator[tuple[Any, str]]:
+    config = load_config(bot_dir / "keel.toml")
+    tools = config.tools.model_copy(update={"enabled": []})
+    with _serving(bot_dir, llm_settings, serve, tools=tools) as pair:
+        yield pair
 
 
 def _sse(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
@@ -62,8 +88,10 @@ def _sse(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-def test_sse_and_openai_streams_carry_a_real_models_answer(served: tuple[Any, str]) -> None:
-    srv, key = served
+def test_sse_and_openai_streams_carry_a_real_models_answer(
+    served_without_tools: tuple[Any, str],
+) -> None:
+    srv, key = served_without_tools
     root = srv.base_url.removesuffix("/v1")
     headers = {"Authorization": f"Bearer {key}"}
     body = {"message": "How do I export my notes?", "stream": True}
