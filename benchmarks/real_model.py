@@ -48,7 +48,7 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
     cmd = [str(LLM_VENV / "bin" / "python"), "-m", "llama_cpp.server"]
     cmd += ["--model", str(ggufs[0]), "--model_alias", "smollm2"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--seed", "0"]
-    cmd += ["--chat_format", "chatml-function-calling"]
+    cmd += ["--n_threads", "2", "--chat_format", "chatml-function-calling"]
     env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
