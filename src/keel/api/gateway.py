@@ -233,6 +233,11 @@ class Gateway:
         return None if key.is_admin else sorted(key.scopes)
 
     # -- threads -------------------------------------------------------------------------------
+    def stored_thread(self, key: ApiKey, thread_id: str) -> str:
+        """The stored id of the thread ``key`` names ``thread_id``: thread ids are scoped to
+        the key (:func:`keel.agents.checkpoints.scoped_thread_id`)."""
+        return self.app.threads.resolve(thread_id, key.id)
+
     @contextmanager
     def thread_lock(self, thread_id: str) -> Iterator[None]:
         """One request at a time per thread; a second concurrent one gets 409."""
