@@ -89,6 +89,9 @@ class Gateway:
         self._check_lock = threading.Lock()
         self._last_check = time.monotonic()
         self.last_verdict: dict[str, Any] | None = None
+        from keel.api.storage import StorageCheck
+
+        self.storage = StorageCheck(app)
 
     # -- auth ----------------------------------------------------------------------------------
     def authenticate(self, request: Request, scope: str) -> ApiKey:
@@ -105,6 +108,9 @@ class Gateway:
     def admit(self, request: Request, token: str, scope: str) -> ApiKey:
         """The key for a presented token, checked as every request is: valid, holding
         ``scope``, within its cost budget and rate limit (the web console's cookie too)."""
+        gone = self.storage.data_dir_problem()
+        if gone is not None:
+            raise Problem(503, gone, type="store-unavailable")
         key = self.keys.verify(token)
         if key is None:
             raise Problem(

@@ -83,16 +83,23 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Models loaded and stores reachable (no auth)")
+@router.get(
+    "/readyz",
+    summary="Models loaded, stores reachable, the database writable, the data directory the "
+    "one the app started with (no auth)",
+)
 def readyz(request: Request) -> dict[str, Any]:
     gw = gateway(request)
     checks: dict[str, str] = {}
     try:
         with gw.app.engine.connect() as conn:
             conn.execute(text("select 1"))
-        checks["database"] = "ok"
+        checks["database"] = gw.storage.database_problem() or "ok"
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}"
+    moved = gw.storage.data_dir_problem()
+    if moved is not None or gw.storage.data_dir.exists():
+        checks["data_dir"] = moved or "ok"
     try:
         gw.app.store().count()
         checks["vector_store"] = "ok"
