@@ -75,10 +75,14 @@ def site(tmp_path: Path, model_cache_dir: Path) -> Iterator[Callable[..., Site]]
             (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / rel).write_text(text)
         raw = {"app": {"name": "secbot"}, **(raw or {})}
+        raw.setdefault("limits", {}).setdefault("requests_per_minute", 10_000)
         app = App(
             config_from_dict(raw, base_dir=tmp_path),
             settings=Settings(data_dir=tmp_path / ".keel", cache_dir=model_cache_dir),
-            model=model or ScriptedChatModel(script=script or ["ok"] * 50),
+            # model="config": the model keel.toml names (keel:extractive by default)
+            model=None
+            if model == "config"
+            else model or ScriptedChatModel(script=script or ["ok"] * 50),
         )
         api = create_app(app)
         port = _free_port()
