@@ -141,15 +141,23 @@ def test_upload_file_names_are_checked(site: Any, problem: Problem, temp_dir: Pa
 def test_an_upload_rejected_part_way_leaves_no_files(
     site: Any, problem: Problem, temp_dir: Path
 ) -> None:
-    s = site({"agent": {"retrieve": False}, "limits": {"max_upload_bytes": 4096}})
+    s = site({"agent": {"retrieve": False}, "limits": {"max_upload_bytes": 8192}})
     ing = s.key("ingest")
-    files = [
-        ("files", ("one.md", b"# One\n\n" + b"a" * 3000, "text/markdown")),
-        ("files", ("two.md", b"# Two\n\n" + b"b" * 1000, "text/markdown")),  # over the cap
-    ]
-    problem(s.post("/v1/ingest", ing, files=files), 413)
+    one = ("files", ("one.md", b"# One\n\n" + b"a" * 3000, "text/markdown"))
+    bad_name = ("files", ("t" * 300 + ".md", b"# Two\n\nb\n", "text/markdown"))
+    problem(s.post("/v1/ingest", ing, files=[one, bad_name]), 422)
     assert not list(temp_dir.glob("keel-upload-*"))
-    ok = s.post("/v1/ingest", ing, files=[files[1]])
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the cap is met while parsing
+        yield b'--XyZ\r\nContent-Disposition: form-data; name="files"; filename="big.md"\r\n\r\n'
+        for _ in range(20):
+            yield b"x" * 1024
+        yield b"\r\n--XyZ--\r\n"
+
+    ctype = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+    problem(s.post("/v1/ingest", ing, content=chunked(), headers=ctype), 413)
+    assert not list(temp_dir.glob("keel-upload-*"))
+    ok = s.post("/v1/ingest", ing, files=[one])
     assert _wait_job(s, ing, ok)["state"] == "done"
     assert not list(temp_dir.glob("keel-upload-*"))  # the job removed its folder too
 
@@ -185,7 +193,7 @@ def test_a_lone_surrogate_is_refused_on_every_route(site: Any, problem: Problem)
 
 
 def test_a_chunked_body_over_the_cap_is_413(site: Any, problem: Problem) -> None:
-    s = site({"agent": {"retrieve": False}})
+    s = site({"agent": {"retrieve": False}, "limits": {"max_body_bytes": 100_000}})
     key = s.key("chat")
 
     def body() -> Iterator[bytes]:  # no Content-Length: sent chunked
