@@ -177,7 +177,9 @@ def test_a_lone_surrogate_is_refused_on_every_route(site: Any, problem: Problem)
     for path, body in native.items():
         problem(s.http.post(path, content=(body % bad).encode(), headers=headers), 422)
     openai = {
-        "/v1/chat/completions": '{"model": "secbot", "messages": [{"role": "user", "content": %s}]}',
+        "/v1/chat/completions": (
+            '{"model": "secbot", "messages": [{"role": "user", "content": %s}]}'
+        ),
         "/v1/responses": '{"model": "secbot", "input": %s}',
     }
     for path, body in openai.items():  # OpenAI's shape: its validation errors are 400
