@@ -261,6 +261,7 @@ class App:
             include=rag.include,
             exclude=rag.exclude,
             max_bytes=int(rag.max_file_mb * 1024 * 1024),
+            pdf=rag.pdf_budget(),
         )
         scopes = [_relative_scope(root, t) for t in targets]
         with self._ingest_lock(collection):
@@ -276,10 +277,14 @@ class App:
         *,
         collection: str | None = None,
         progress: Progress | None = None,
+        created_by: str | None = None,
     ) -> IngestReport:
-        """Ingest documents made in code (or uploaded), with the same manifest and chunking."""
+        """Ingest documents made in code (or uploaded), with the same manifest and chunking.
+        ``created_by``: the API key ingesting, recorded on the documents it creates."""
         with self._ingest_lock(collection):
-            return self._ingestor(collection).run(documents, progress=progress)
+            ingestor = self._ingestor(collection)
+            ingestor.created_by = created_by
+            return ingestor.run(documents, progress=progress)
 
     def _ingest_lock(self, collection: str | None) -> threading.Lock:
         """One ingest run at a time per collection in this process: a run that starts while

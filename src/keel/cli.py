@@ -51,6 +51,28 @@ def _errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
+    except Exception as exc:
+        reason = _storage_failure(exc)
+        if reason is None:
+            raise
+        err.print(f"[red]error:[/red] {reason}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _storage_failure(exc: Exception) -> str | None:
+    """A data directory or database the command cannot use (unwritable, missing, not a
+    database), as one line; None for any other failure."""
+    import sqlite3
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError | sqlite3.Error):
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
+        return f"the keel database cannot be used: {detail}"
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"the data directory cannot be used{where}: {exc.strerror or exc}"
+    return None
 
 
 def _config_path() -> Path:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from keel.agents.params import ModelParams
 from keel.errors import ConfigError
 from keel.ops.cost import CostsSection
+
+if TYPE_CHECKING:
+    from keel.rag.pdf_budget import PdfBudget
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
@@ -243,8 +246,18 @@ class RagSection(_Strict):
     ingest_batch: int = Field(
         default=512, ge=1, le=100_000, description="Chunks embedded and committed per batch."
     )
+    pdf_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Seconds one PDF may take to parse."
+    )
+    pdf_max_pages: int = Field(default=2000, ge=1, description="Pages one PDF may have.")
     embeddings: EmbeddingsSection = Field(default_factory=EmbeddingsSection)
     retrieval: RetrievalSection = Field(default_factory=RetrievalSection)
+
+    def pdf_budget(self) -> PdfBudget:
+        """The per-document budget PDFs are parsed under (in a child process)."""
+        from keel.rag.pdf_budget import PdfBudget
+
+        return PdfBudget(timeout_s=self.pdf_timeout_s, max_pages=self.pdf_max_pages)
 
     @field_validator("collection")
     @classmethod

@@ -276,3 +276,40 @@ def test_keel_release_check_judges_and_rolls_back(
         assert runner.invoke(cli, [*cfg, "release", "check"]).exit_code == 2  # no canary
     finally:
         get_settings.cache_clear()
+
+
+def test_one_key_rating_many_turns_counts_once_and_cannot_force_a_rollback(
+    release_app: Callable[[dict[str, Any]], App],
+) -> None:
+    """The review's attack: one chat+feedback key rated the canary's turns negative again and
+    again until the gateway rolled it back. Feedback now counts distinct raters."""
+    disk = release_app({"deploy": {**BASE["deploy"], "auto_rollback": True}})
+    store = ReleaseStore(disk.engine, disk.name)
+    v1 = _record(disk, "v1")
+    v2 = _record(release_app({"guards": {"message": "v2"}}), "v2")
+    store.set_stable(v1, "first")
+    store.set_canary(v2, 0.5, "try")
+    api = create_app(disk)
+    client = TestClient(api, raise_server_exceptions=False)
+    key, _ = api.state.gateway.keys.create("mallory", ["chat", "feedback"])
+    admin, _ = api.state.gateway.keys.create("ops", ["admin"])
+    auth = {"Authorization": f"Bearer {key}"}
+    try:
+        rated = {v1: 0, v2: 0}
+        for i in range(60):
+            a = _ask(client, key, f"m{i}")
+            score = 0.0 if a["release_id"] == v2 else 1.0
+            for _ in range(2):  # rating again replaces the rating
+                r = client.post(
+                    "/v1/feedback", json={"trace_id": a["trace_id"], "score": score}, headers=auth
+                )
+                assert r.status_code == 201, r.text
+            rated[a["release_id"]] += 1
+        assert rated[v2] >= 15  # enough ratings that counting them would roll back
+        view = client.get("/v1/deployment", headers={"Authorization": f"Bearer {admin}"}).json()
+        h1, h2 = view["health"][v1], view["health"][v2]
+        assert h2["feedback"] == h2["negative_feedback"] == 1  # one rater
+        assert h1["feedback"] == 1 and h1["negative_feedback"] == 0
+        assert store.state()["canary"] == v2  # not rolled back
+    finally:
+        client.close()

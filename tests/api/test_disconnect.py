@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from keel.agents.checkpoints import scoped_thread_id
 from keel.app import App
 from keel.testing import ScriptedChatModel
 
@@ -80,4 +81,5 @@ def test_http_client_disconnect_releases_the_thread(
                 break
             time.sleep(0.1)
         assert second.status_code == 200, second.text
-        assert well_formed(app.history("d"))
+        key_id = key.split("_")[1]  # threads a key names are stored under its id
+        assert well_formed(app.history(scoped_thread_id("d", key_id)))

@@ -100,7 +100,8 @@ def test_one_http_chat_is_one_trace_with_every_component(traced: App) -> None:
     assert spans["execute_tool lookup_order"]["attributes"]["keel.tool.status"] == "ok"
     turn = spans["keel.turn"]["attributes"]
     assert turn["keel.prompt.system_version"] == traced.prompts.system_version
-    assert turn["keel.thread.id"] == answer["thread_id"]
+    # the thread as stored: its id scoped to the key that named it (keel.key.id)
+    assert turn["keel.thread.id"] == f"{turn['keel.key.id']}:{answer['thread_id']}"
     assert spans["keel.retrieve"]["attributes"]["keel.retrieve.doc_ids"] == ["docs/orders.md"]
     # the retrieved phone number is redacted on the span too
     assert "415 555" not in json.dumps(tree)

@@ -80,6 +80,29 @@ def open_checkpointer(
     return saver_pg, pool.close
 
 
+def scoped_thread_id(thread_id: str, owner: str | None) -> str:
+    """The stored id of the thread a key names ``thread_id``: ``<key id>:<thread id>``, so
+    two keys choosing the same id never share (or squat) a thread, and whether another key
+    uses an id is never revealed. Ids too long for that form are hashed after the prefix.
+    ``owner=None`` (the trusted local caller) names threads as they are stored."""
+    if owner is None:
+        return thread_id
+    stored = f"{owner}:{thread_id}"
+    if len(stored) <= 200:
+        return stored
+    import hashlib
+
+    return f"{owner}:#{hashlib.sha256(thread_id.encode()).hexdigest()}"
+
+
+def client_thread_id(stored: str, owner: str | None) -> str:
+    """The id a key knows a stored thread by (the inverse of :func:`scoped_thread_id` for
+    ids that fit; a hashed long id stays hashed, which only the key's own traces show)."""
+    if owner is not None and stored.startswith(f"{owner}:"):
+        return stored[len(owner) + 1 :]
+    return stored
+
+
 class ThreadIndex:
     """Which threads exist, who owns them and when they were last used."""
 
@@ -87,6 +110,24 @@ class ThreadIndex:
         self.engine = engine
         self.app = app
         create_tables(engine, metadata, [threads])
+
+    def resolve(self, thread_id: str, owner: str | None) -> str:
+        """The stored id of the thread ``owner`` names ``thread_id`` (see
+        :func:`scoped_thread_id`). A thread the same key created before ids were scoped
+        keeps its unscoped id; nobody else's unscoped thread is ever resolved."""
+        stored = scoped_thread_id(thread_id, owner)
+        if stored == thread_id:
+            return stored
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(threads.c.thread_id, threads.c.owner).where(
+                    threads.c.thread_id.in_([stored, thread_id])
+                )
+            ).all()
+        owners = {row[0]: row[1] for row in found}
+        if stored not in owners and owners.get(thread_id) == owner:
+            return thread_id
+        return stored
 
     def touch(self, thread_id: str, owner: str | None) -> None:
         """Record activity; a new thread belongs to ``owner``; another owner is refused."""

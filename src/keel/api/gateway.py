@@ -89,6 +89,9 @@ class Gateway:
         self._check_lock = threading.Lock()
         self._last_check = time.monotonic()
         self.last_verdict: dict[str, Any] | None = None
+        from keel.api.storage import StorageCheck
+
+        self.storage = StorageCheck(app)
 
     # -- auth ----------------------------------------------------------------------------------
     def authenticate(self, request: Request, scope: str) -> ApiKey:
@@ -105,6 +108,9 @@ class Gateway:
     def admit(self, request: Request, token: str, scope: str) -> ApiKey:
         """The key for a presented token, checked as every request is: valid, holding
         ``scope``, within its cost budget and rate limit (the web console's cookie too)."""
+        gone = self.storage.data_dir_problem()
+        if gone is not None:
+            raise Problem(503, gone, type="store-unavailable")
         key = self.keys.verify(token)
         if key is None:
             raise Problem(
@@ -233,6 +239,11 @@ class Gateway:
         return None if key.is_admin else sorted(key.scopes)
 
     # -- threads -------------------------------------------------------------------------------
+    def stored_thread(self, key: ApiKey, thread_id: str) -> str:
+        """The stored id of the thread ``key`` names ``thread_id``: thread ids are scoped to
+        the key (:func:`keel.agents.checkpoints.scoped_thread_id`)."""
+        return self.app.threads.resolve(thread_id, key.id)
+
     @contextmanager
     def thread_lock(self, thread_id: str) -> Iterator[None]:
         """One request at a time per thread; a second concurrent one gets 409."""

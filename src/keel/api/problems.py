@@ -172,9 +172,28 @@ def install(app: FastAPI) -> None:
     async def _keel(request: Request, exc: KeelError) -> JSONResponse:
         return keel_problem(exc, request)
 
+    async def _store(request: Request, exc: Exception) -> JSONResponse:
+        import logging
+
+        failed = store_failure(exc) or StoreError("the database failed")
+        logging.getLogger("keel.api").warning("storage failed on %s: %s", request.url.path, exc)
+        return keel_problem(failed, request)
+
+    import sqlite3
+
+    from sqlalchemy.exc import DBAPIError
+
+    app.add_exception_handler(DBAPIError, _store)
+    app.add_exception_handler(sqlite3.Error, _store)
+
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         import logging
+
+        failed = store_failure(exc)
+        if failed is not None:
+            logging.getLogger("keel.api").warning("storage failed on %s: %s", request.url.path, exc)
+            return keel_problem(failed, request)
 
         logging.getLogger("keel.api").exception("unhandled error on %s", request.url.path)
         return problem_response(500, "the server failed to handle this request", request=request)
@@ -210,6 +229,43 @@ def _allowed_methods(request: Request) -> str:
         if match != Match.NONE and route_methods:
             methods |= set(route_methods)
     return ", ".join(sorted(methods))
+
+
+def store_failure(exc: BaseException) -> StoreError | None:
+    """A database failure (read-only, locked, gone, unreachable) as the :class:`StoreError` it
+    is, so it answers 503 ``store-unavailable`` rather than a generic 500; None for any other
+    exception."""
+    import sqlite3
+
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, DBAPIError | sqlite3.Error):
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+        return StoreError(f"the database cannot be written or read: {reason}")
+    return None
+
+
+def stream_error(exc: BaseException) -> dict[str, Any]:
+    """The ``error`` event that ends a native server-sent event stream: the exception's
+    ``type``, the HTTP ``status`` it would have had and a ``detail`` safe to show."""
+    failed = store_failure(exc)
+    if failed is not None:
+        return {"type": "StoreError", "status": 503, "detail": str(failed)}
+    if isinstance(exc, KeelError):
+        status = 400 if isinstance(exc, UsageError | GuardTripped) else 500
+        status = 502 if isinstance(exc, ModelError) else status
+        if isinstance(exc, UsageError) and str(exc).startswith("no thread"):
+            status = 404
+        detail = exc.message if isinstance(exc, GuardTripped) else str(exc)
+        if isinstance(exc, ConfigError):
+            detail = "the app is misconfigured"
+        return {"type": type(exc).__name__, "status": status, "detail": detail}
+    import logging
+
+    logging.getLogger("keel.api").error("a stream failed", exc_info=exc)
+    return {"type": "InternalError", "status": 500, "detail": "the server failed the request"}
 
 
 def keel_problem(exc: KeelError, request: Request | None = None) -> JSONResponse:

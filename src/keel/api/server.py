@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel import __version__
@@ -146,16 +148,21 @@ class Guardrail:
                     await refuse(415, "send the request body as application/json")
                     return
                 receive = _capped(receive, cap)
+                if ctype == "application/json":
+                    receive = _unicode_checked(receive)
             await self.app(scope, receive, send_with_headers)
-        except _TooLarge:
-            await refuse(413, f"the request body is larger than {cap} bytes")
+        except _BodyRefused as exc:  # raised while reading the body, outside any route
+            await refuse(exc.status_code, str(exc.detail))
 
 
-class _TooLarge(Exception):
-    pass
+class _BodyRefused(HTTPException):
+    """A request body refused while it is read. An ``HTTPException``, so FastAPI's body
+    parsing passes it on (any other exception there becomes a 400) and it answers with its
+    own status, in the route's error shape."""
 
 
 def _capped(receive: Receive, cap: int) -> Receive:
+    """Count the body as it arrives (a chunked body has no Content-Length): 413 past ``cap``."""
     seen = 0
 
     async def wrapped() -> Message:
@@ -164,7 +171,46 @@ def _capped(receive: Receive, cap: int) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > cap:
-                raise _TooLarge
+                raise _BodyRefused(413, f"the request body is larger than {cap} bytes")
+        return message
+
+    return wrapped
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate(body: bytes) -> bool:
+    """Whether a JSON body holds a lone surrogate escape (``\\ud800`` without its pair):
+    Python's JSON parser lets one through as a string no encoder can write."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return False  # the common case: no surrogate escape at all
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return False  # not JSON: the route says so
+    try:
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _unicode_checked(receive: Receive) -> Receive:
+    """422 for a JSON body holding a lone surrogate, on every JSON route."""
+    chunks: list[bytes] = []
+
+    async def wrapped() -> Message:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                body = b"".join(chunks)
+                chunks.clear()
+                if _lone_surrogate(body):
+                    raise _BodyRefused(
+                        422, "the body holds a lone surrogate (\\ud800-\\udfff): not valid text"
+                    )
         return message
 
     return wrapped

@@ -3,7 +3,9 @@
 Both releases are measured over the same period (since the canary was deployed) from the
 trace store: each traced turn carries the release that served it (``release_id``), its
 status (``error`` when the turn failed) and its guard outcome (``tripped`` when a guard
-stopped it); human feedback links to traces, and a score below 0.5 is negative.
+stopped it); human feedback links to traces, and a score below 0.5 is negative. Feedback
+counts distinct raters (one observation per key and release, its mean score), so one key
+posting many ratings weighs as one.
 
 For each rate the canary's count is compared with stable's by a one-sided Fisher exact test
 (is the canary's rate higher?). A rate condemns the canary only when the canary has at least
@@ -105,14 +107,21 @@ def release_health(
         func.sum(case((t.c.guard_outcome == "tripped", 1), else_=0)).label("trips"),
     ).where(where)
     f = feedback_table
-    fb = (
-        select(
-            t.c.release_id,
-            func.count().label("feedback"),
-            func.sum(case((f.c.score < NEGATIVE_BELOW, 1), else_=0)).label("negative"),
-        )
+    # Feedback counts distinct raters: each key (feedback without a key: each rating) is one
+    # observation per release, negative when its mean score is, so one key posting many
+    # ratings cannot outweigh the others (nor force a rollback).
+    rater = func.coalesce(f.c.key_id, f.c.id)
+    per_rater = (
+        select(t.c.release_id, rater.label("rater"), func.avg(f.c.score).label("mean"))
         .select_from(f.join(t, f.c.trace_id == t.c.trace_id))
         .where(where)
+        .group_by(t.c.release_id, rater)
+        .subquery()
+    )
+    fb = select(
+        per_rater.c.release_id,
+        func.count().label("feedback"),
+        func.sum(case((per_rater.c.mean < NEGATIVE_BELOW, 1), else_=0)).label("negative"),
     )
     create_tables(engine, feedback_metadata, [feedback_table])
     with engine.connect() as conn:
@@ -121,7 +130,7 @@ def release_health(
             h["requests"] = int(row.requests)
             h["errors"] = int(row.errors or 0)
             h["guard_trips"] = int(row.trips or 0)
-        for row in conn.execute(fb.group_by(t.c.release_id)):
+        for row in conn.execute(fb.group_by(per_rater.c.release_id)):
             h = out[row.release_id]
             h["feedback"] = int(row.feedback)
             h["negative_feedback"] = int(row.negative or 0)

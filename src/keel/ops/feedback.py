@@ -1,4 +1,8 @@
-"""Human feedback on answers, linked to trace ids, in the keel database."""
+"""Human feedback on answers, linked to trace ids, in the keel database.
+
+One rating per key per trace: a key that rates a trace again replaces its earlier rating
+(feedback without a key, from the Python API or the CLI, is kept as given).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Engine, Float, MetaData, String, Table, Text, select
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    select,
+    update,
+)
 
 from keel.db import create_tables
 
@@ -40,8 +56,29 @@ class FeedbackStore:
         thread_id: str | None = None,
         key_id: str | None = None,
     ) -> str:
-        fid = uuid.uuid4().hex
+        """Keep a rating; the id of its row. A key's earlier rating of the trace is replaced
+        (the row keeps its id)."""
+        now = datetime.now(UTC)
         with self.engine.begin() as conn:
+            if key_id is not None:
+                mine = and_(feedback.c.trace_id == trace_id, feedback.c.key_id == key_id)
+                earlier = conn.execute(select(feedback.c.id).where(mine)).scalars().all()
+                if earlier:
+                    conn.execute(
+                        update(feedback)
+                        .where(feedback.c.id == earlier[0])
+                        .values(
+                            thread_id=thread_id,
+                            score=score,
+                            comment=comment,
+                            correction=correction,
+                            created_at=now,
+                        )
+                    )
+                    if len(earlier) > 1:  # from before ratings were one per key
+                        conn.execute(feedback.delete().where(feedback.c.id.in_(earlier[1:])))
+                    return str(earlier[0])
+            fid = uuid.uuid4().hex
             conn.execute(
                 feedback.insert().values(
                     id=fid,
@@ -51,7 +88,7 @@ class FeedbackStore:
                     score=score,
                     comment=comment,
                     correction=correction,
-                    created_at=datetime.now(UTC),
+                    created_at=now,
                 )
             )
         return fid

@@ -25,6 +25,8 @@ documents = Table(
     Column("content_hash", String(64), nullable=False),
     Column("chunk_ids", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # the API key that created the document (None: the app's own files, the CLI, Python)
+    Column("created_by", String(64)),
 )
 
 # One row per ingestion; a row left in state "running" means the run was interrupted.

@@ -52,6 +52,7 @@ class Ingestor:
     chunker: Chunker
     bm25: BM25Index
     batch_chunks: int = 512
+    created_by: str | None = None  # the API key ingesting, recorded on new documents
     _pending: list[_Pending] = field(default_factory=list)
     _writer: ThreadPoolExecutor | None = None
     _in_flight: Future[None] | None = None
@@ -178,7 +179,13 @@ class Ingestor:
             self.store.delete(stale)
         self.manifest.write(
             [
-                Entry(p.doc.id, p.doc.source, p.doc.hash, tuple(c.id for c in p.chunks))
+                Entry(
+                    p.doc.id,
+                    p.doc.source,
+                    p.doc.hash,
+                    tuple(c.id for c in p.chunks),
+                    created_by=self.created_by,
+                )
                 for p in pending
             ]
         )

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from bs4 import BeautifulSoup
     from bs4.element import Tag
 
+    from keel.rag.pdf_budget import PdfBudget
+
 __all__ = ["SUPPORTED_SUFFIXES", "iter_documents"]
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(
@@ -55,6 +57,7 @@ def iter_documents(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     max_bytes: int = _DEFAULT_MAX_BYTES,
+    pdf: PdfBudget | None = None,
 ) -> Iterator[Document | Skipped]:
     """Load every supported file under ``paths`` (files or directories inside ``root``).
 
@@ -64,12 +67,14 @@ def iter_documents(
     ``include`` filters walked files (files named in ``paths`` are not filtered by it);
     ``exclude`` applies to everything. Files larger than ``max_bytes`` are skipped; JSONL files
     are streamed, so for them the limit applies to each line instead of the whole file.
+    ``pdf``: parse each PDF in a child process under this time and page budget (a PDF over
+    it is skipped, with the reason); None parses PDFs here, without a budget.
     """
     root = Path(root).resolve()
     if max_bytes <= 0:
         raise UsageError(f"max_bytes must be positive, got {max_bytes}")
     targets = [_validate(p, root) for p in paths]
-    return _iter(targets, root, tuple(include), tuple(exclude), max_bytes)
+    return _iter(targets, root, tuple(include), tuple(exclude), max_bytes, pdf)
 
 
 def _validate(path: str | Path, root: Path) -> tuple[Path, Path, PurePosixPath]:
@@ -97,9 +102,10 @@ def _iter(
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     max_bytes: int,
+    pdf: PdfBudget | None = None,
 ) -> Iterator[Document | Skipped]:
     seen: set[str] = set()
-    walker = _Walker(root, include, exclude, max_bytes, seen)
+    walker = _Walker(root, include, exclude, max_bytes, seen, pdf)
     for lexical, resolved, rel in targets:
         if _excluded(rel, exclude, with_parents=True):
             continue
@@ -119,12 +125,14 @@ class _Walker:
         exclude: tuple[str, ...],
         max_bytes: int,
         seen: set[str],
+        pdf: PdfBudget | None = None,
     ) -> None:
         self.root = root
         self.include = include
         self.exclude = exclude
         self.max_bytes = max_bytes
         self.seen = seen
+        self.pdf = pdf
 
     def file(self, path: Path, rel: PurePosixPath) -> Iterator[Document | Skipped]:
         """Load one file once per run (overlapping arguments do not load it twice)."""
@@ -132,7 +140,7 @@ class _Walker:
         if source in self.seen:
             return
         self.seen.add(source)
-        yield from _load_file(path, source, self.max_bytes)
+        yield from _load_file(path, source, self.max_bytes, self.pdf)
 
     def walk(
         self, directory: Path, real: Path, rel: PurePosixPath, stack: frozenset[Path]
@@ -270,7 +278,9 @@ def _segment_regex(seg: str) -> str:
 # --------------------------------------------------------------------------- files
 
 
-def _load_file(path: Path, source: str, max_bytes: int) -> Iterator[Document | Skipped]:
+def _load_file(
+    path: Path, source: str, max_bytes: int, pdf: PdfBudget | None = None
+) -> Iterator[Document | Skipped]:
     """Load one file by its suffix; every failure becomes a ``Skipped``."""
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -296,6 +306,10 @@ def _load_file(path: Path, source: str, max_bytes: int) -> Iterator[Document | S
         yield Skipped(source, f"file is larger than {_size(max_bytes)}")
         return
     loader = _LOADERS[suffix]
+    if suffix == ".pdf" and pdf is not None:
+        from keel.rag.pdf_budget import load_pdf_within
+
+        loader = lambda d, p, s: load_pdf_within(d, p, s, pdf)  # noqa: E731
     try:
         result = loader(data, path, source)
     except Exception as exc:  # a loader failure must never stop the walk
@@ -619,6 +633,14 @@ def _inline(text: str) -> str:
 
 
 def _load_pdf(data: bytes, path: Path, source: str) -> Document | Skipped:
+    return load_pdf(data, path, source)
+
+
+def load_pdf(
+    data: bytes, path: Path, source: str, *, max_pages: int | None = None
+) -> Document | Skipped:
+    """One PDF's text (in this process: :mod:`keel.rag.pdf_budget` runs it under a time
+    limit). A PDF of more than ``max_pages`` pages is skipped before any page is read."""
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
@@ -628,6 +650,10 @@ def _load_pdf(data: bytes, path: Path, source: str) -> Document | Skipped:
             reader = PdfReader(io.BytesIO(data))
             if reader.is_encrypted and not reader.decrypt(""):
                 return Skipped(source, "encrypted PDF (needs a password)")
+            pages = len(reader.pages)
+            if max_pages is not None and pages > max_pages:
+                limit = f"the limit of {max_pages} ([rag] pdf_max_pages)"
+                return Skipped(source, f"PDF has {pages} pages, over {limit}")
             texts = [_newlines(page.extract_text() or "").strip() for page in reader.pages]
             info = reader.metadata
             raw_title = info.title if info is not None else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from keel.errors import StoreError
 from keel.rag._tables import documents, ingest_runs, metadata
 
 EMPTY_INDEX_VERSION = "empty"
+_upgrade_lock = threading.Lock()
 
 # Built once: every turn reads the index version, and building the statement cost more than
 # running it.
@@ -38,6 +40,28 @@ class Entry:
     source: str
     content_hash: str
     chunk_ids: tuple[str, ...]
+    created_by: str | None = None  # the API key that created it; kept when it is replaced
+
+
+def _add_created_by(engine: Engine) -> None:
+    """Databases made before documents recorded their creator get the column (idempotent,
+    once per engine and process)."""
+    if engine.__dict__.get("_keel_documents_created_by"):
+        return
+    from sqlalchemy import inspect, text
+
+    with _upgrade_lock, engine.begin() as conn:
+        existing = {c["name"] for c in inspect(conn).get_columns("keel_documents")}
+        if "created_by" not in existing:
+            guard = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
+            try:
+                conn.execute(
+                    text(f"ALTER TABLE keel_documents ADD COLUMN {guard}created_by VARCHAR(64)")
+                )
+            except SQLAlchemyError as exc:  # another process added it meanwhile (SQLite)
+                if "duplicate column" not in str(exc):
+                    raise
+    engine.__dict__["_keel_documents_created_by"] = True
 
 
 def _now() -> datetime:
@@ -52,6 +76,7 @@ class Manifest:
         self.collection = collection
         try:
             create_tables(engine, metadata, [documents, ingest_runs])
+            _add_created_by(engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open the keel database: {exc}".splitlines()[0]) from exc
 
@@ -83,6 +108,22 @@ class Manifest:
             )
             return {r.doc_id: r.content_hash for r in rows}
 
+    def creators(self, doc_ids: Iterable[str]) -> dict[str, str | None]:
+        """For each of these documents that exists: the API key that created it (None: the
+        app's own files, the CLI or Python)."""
+        ids = sorted(set(doc_ids))
+        found: dict[str, str | None] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                rows = conn.execute(
+                    select(documents.c.doc_id, documents.c.created_by).where(
+                        documents.c.collection == self.collection,
+                        documents.c.doc_id.in_(ids[i : i + 500]),
+                    )
+                )
+                found.update({r.doc_id: r.created_by for r in rows})
+        return found
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(
@@ -96,7 +137,16 @@ class Manifest:
         if not entries:
             return
         now = _now()
+        ids = [e.doc_id for e in entries]
         with self.engine.begin() as conn:
+            creators = {
+                r.doc_id: r.created_by
+                for r in conn.execute(
+                    select(documents.c.doc_id, documents.c.created_by).where(
+                        documents.c.collection == self.collection, documents.c.doc_id.in_(ids)
+                    )
+                )
+            }
             conn.execute(
                 delete(documents).where(
                     and_(
@@ -115,6 +165,8 @@ class Manifest:
                         "content_hash": e.content_hash,
                         "chunk_ids": json.dumps(list(e.chunk_ids)),
                         "updated_at": now,
+                        # a replaced document keeps its creator
+                        "created_by": creators.get(e.doc_id, e.created_by),
                     }
                     for e in entries
                 ],

@@ -10,10 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from keel.api.keys import ApiKey
-from keel.api.problems import COMMON, Problem, documented
+from keel.api.problems import COMMON, Problem, documented, stream_error
 from keel.api.routes._common import close_quietly, closing_stream, gateway, sse
 from keel.api.schemas import ApprovalRequest, ChatRequest, ChatResponse, ThreadView
-from keel.errors import KeelError
 
 router = APIRouter(tags=["chat"], responses=documented(*COMMON))
 
@@ -53,35 +52,40 @@ def chat_turn(
     server-sent events (``/v1/chat`` and the web console's playground)."""
     gw = gateway(request)
     _check_length(request, message)
-    thread_id = thread_id or _new_thread_id()
-    app = gw.app_for(thread_id, key.id)
+    client_tid = thread_id or _new_thread_id()
+    tid = gw.stored_thread(key, client_tid)
+    app = gw.app_for(tid, key.id)
     scopes = gw.tool_scopes(key)
     if not stream:
         started = time.perf_counter()
-        with gw.thread_lock(thread_id), gw.serving(app):
-            answer = app.ask(message, thread_id, scopes, owner=key.id)
+        with gw.thread_lock(tid), gw.serving(app):
+            answer = app.ask(message, tid, scopes, owner=key.id)
         data = answer.to_dict()
+        data["thread_id"] = client_tid
         gw.account(key, data, time.perf_counter() - started)
         return data
 
-    lock = gw.thread_lock(thread_id)
+    lock = gw.thread_lock(tid)
     lock.__enter__()  # held for the stream's whole life; released when it ends or is cut
 
     started = time.perf_counter()
 
     def events() -> Iterator[str]:
-        events_in = app.stream(message, thread_id, scopes, owner=key.id)
+        events_in = app.stream(message, tid, scopes, owner=key.id)
         try:
             for event in events_in:
                 kind = event.pop("type")
+                if "thread_id" in event:
+                    event["thread_id"] = client_tid
                 if kind == "done":
+                    event["answer"]["thread_id"] = client_tid
                     gw.account(key, event["answer"], time.perf_counter() - started)
                     yield sse("done", event["answer"])
                 else:
                     yield sse(kind, event)
-        except KeelError as exc:
+        except Exception as exc:  # the stream has begun: its last event says why
             gw.metrics.release_request(app.release_id, "error")
-            yield sse("error", {"type": type(exc).__name__, "detail": str(exc)})
+            yield sse("error", stream_error(exc))
         finally:
             close_quietly(events_in)  # a client that went away cancels the run here
             lock.__exit__(None, None, None)
@@ -104,16 +108,24 @@ def _new_thread_id() -> str:
 def get_thread(thread_id: str, request: Request) -> Any:
     gw = gateway(request)
     key = gw.authenticate(request, "chat")
-    exists, _ = gw.app.threads.owner_of(thread_id)
-    if not exists:
-        raise Problem(404, f"no thread {thread_id!r}")
-    app = gw.app_for(thread_id, key.id)
-    messages = app.history(thread_id, owner=key.id)
+    tid = _existing_thread(gw, key, thread_id)
+    app = gw.app_for(tid, key.id)
+    messages = app.history(tid, owner=key.id)
     return {
         "thread_id": thread_id,
         "messages": [_message(m) for m in messages],
-        "pending_approval": app.pending_approval(thread_id, owner=key.id),
+        "pending_approval": app.pending_approval(tid, owner=key.id),
     }
+
+
+def _existing_thread(gw: Any, key: ApiKey, thread_id: str) -> str:
+    """The stored id of a thread of this key; 404 when the key has none by that id (another
+    key's thread by the same id is a different thread: it is never found, nor revealed)."""
+    tid: str = gw.stored_thread(key, thread_id)
+    exists, owner = gw.app.threads.owner_of(tid)
+    if not exists or owner != key.id:
+        raise Problem(404, f"no thread {thread_id!r}")
+    return tid
 
 
 def _message(m: Any) -> dict[str, Any]:
@@ -132,11 +144,9 @@ def _message(m: Any) -> dict[str, Any]:
 def delete_thread(thread_id: str, request: Request) -> None:
     gw = gateway(request)
     key = gw.authenticate(request, "chat")
-    exists, _ = gw.app.threads.owner_of(thread_id)
-    if not exists:
-        raise Problem(404, f"no thread {thread_id!r}")
-    with gw.thread_lock(thread_id):
-        gw.app.delete_thread(thread_id, owner=key.id)
+    tid = _existing_thread(gw, key, thread_id)
+    with gw.thread_lock(tid):
+        gw.app.delete_thread(tid, owner=key.id)
 
 
 @router.post(
@@ -152,18 +162,17 @@ def approve(thread_id: str, body: ApprovalRequest, request: Request) -> Any:
 def resume_turn(request: Request, key: ApiKey, thread_id: str, decision: Any) -> dict[str, Any]:
     """Approve, reject or edit the calls a thread waits on, for an authenticated key."""
     gw = gateway(request)
-    exists, _ = gw.app.threads.owner_of(thread_id)
-    if not exists:
-        raise Problem(404, f"no thread {thread_id!r}")
+    tid = _existing_thread(gw, key, thread_id)
     started = time.perf_counter()
-    app = gw.app_for(thread_id, key.id)
-    with gw.thread_lock(thread_id), gw.serving(app):
+    app = gw.app_for(tid, key.id)
+    with gw.thread_lock(tid), gw.serving(app):
         answer = app.resume(
-            thread_id,
+            tid,
             decision,
             gw.tool_scopes(key),
             owner=key.id,
         )
     data = answer.to_dict()
+    data["thread_id"] = thread_id
     gw.account(key, data, time.perf_counter() - started)
     return data

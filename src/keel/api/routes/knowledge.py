@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from keel.api.gateway import Gateway, Job
+from keel.api.keys import ApiKey
 from keel.api.problems import COMMON, Problem, documented
 from keel.api.routes._common import gateway
 from keel.api.schemas import IngestJson, SearchRequest
@@ -28,7 +31,7 @@ def search(body: SearchRequest, request: Request) -> dict[str, Any]:
 def _run(gw: Gateway, job: Job, make_items: Any, cleanup: Any = None) -> None:
     job.state = "running"
     try:
-        report = gw.app.ingest_documents(make_items())
+        report = gw.app.ingest_documents(make_items(), created_by=job.key_id)
         job.report = report.to_dict()
         job.state = "done"
     except Exception as exc:  # recorded on the job; the gateway stays up
@@ -43,11 +46,12 @@ def _run(gw: Gateway, job: Job, make_items: Any, cleanup: Any = None) -> None:
 async def ingest(request: Request) -> dict[str, Any]:
     """``multipart/form-data`` with one or more ``files`` (document ids are
     ``uploads/<file name>``), or JSON ``{"documents": [{"id", "text", ...}]}``. Answers 202
-    with a job; poll ``GET /v1/ingest/{job}``."""
+    with a job; poll ``GET /v1/ingest/{job}``. A key without ``admin`` writes only under
+    ``uploads/`` (its JSON document ids are prefixed so) and never replaces a document
+    another key, or the app itself, created (409)."""
     gw = gateway(request)
     key = gw.authenticate(request, "ingest")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    job = gw.new_job(key.id)
     if ctype == "application/json":
         from pydantic import ValidationError
 
@@ -61,57 +65,127 @@ async def ingest(request: Request) -> dict[str, Any]:
 
         docs = [
             Document(
-                id=d.id,
+                id=_namespaced(d.id, key),
                 text=d.text,
-                source=f"api/{d.id}",
+                source=f"api/{_namespaced(d.id, key)}",
                 title=d.title,
                 format="markdown" if d.format == "markdown" else "text",
                 metadata=dict(d.metadata),
             )
             for d in body.documents
         ]
-        threading.Thread(target=_run, args=(gw, job, lambda: docs), daemon=True).start()
+        _check_creators(gw, key, [d.id for d in docs])
+        job = gw.new_job(key.id)
+        threading.Thread(
+            target=_run, args=(gw, job, _owned(gw, key, lambda: docs)), daemon=True
+        ).start()
         return job.to_dict()
     if ctype != "multipart/form-data":
         raise Problem(415, "send multipart/form-data files or application/json documents")
     form = await request.form(max_files=100)
+    try:
+        return await _ingest_files(gw, key, form)
+    finally:
+        await form.close()  # the parser's spooled temporary files
+
+
+async def _ingest_files(gw: Gateway, key: ApiKey, form: Any) -> dict[str, Any]:
     from starlette.datastructures import UploadFile
 
     uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
     if not uploads:
         raise Problem(422, "no files: send them in the 'files' field")
-    tmp = Path(tempfile.mkdtemp(prefix="keel-upload-"))
+    names = [_file_name(upload.filename) for upload in uploads]
+    _check_creators(gw, key, [f"uploads/{n}" for n in names])
     cap = gw.app.config.limits.max_upload_bytes
-    total = 0
-    for upload in uploads:
-        name = Path(str(upload.filename or "")).name  # never a path from the client
-        if not name or name.startswith("."):
-            raise Problem(422, f"bad file name {upload.filename!r}")
-        data = await upload.read()
-        total += len(data)
-        if total > cap:
-            raise Problem(413, f"uploads are larger than {cap} bytes")
-        (tmp / name).write_bytes(data)
+    tmp = Path(tempfile.mkdtemp(prefix="keel-upload-"))
+    try:  # the folder goes on every way out but the job's start (the job removes it)
+        total = 0
+        for upload, name in zip(uploads, names, strict=True):
+            data = await upload.read()
+            total += len(data)
+            if total > cap:
+                raise Problem(413, f"uploads are larger than {cap} bytes")
+            (tmp / name).write_bytes(data)
+
+        def items() -> Any:
+            from dataclasses import replace
+
+            from keel.rag.loaders import iter_documents
+            from keel.rag.types import Document
+
+            budget = gw.app.config.rag.pdf_budget()
+            for item in iter_documents([tmp], root=tmp, max_bytes=cap, pdf=budget):
+                if isinstance(item, Document):
+                    yield replace(item, id=f"uploads/{item.id}", source=f"uploads/{item.source}")
+                else:
+                    yield item
+
+        job = gw.new_job(key.id)
+        threading.Thread(
+            target=_run,
+            args=(gw, job, _owned(gw, key, items), lambda: shutil.rmtree(tmp, True)),
+            daemon=True,
+        ).start()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return job.to_dict()
+
+
+def _file_name(raw: str | None) -> str:
+    """An upload's file name, checked: never a path, a hidden file, longer than a file system
+    takes (255 bytes), or holding NUL, control characters or lone surrogates (422)."""
+    name = Path(str(raw or "")).name  # never a path from the client
+    if not name or name.startswith("."):
+        raise Problem(422, f"bad file name {raw!r}")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        raise Problem(422, "a file name holds a control character, NUL or a lone surrogate")
+    if len(name.encode("utf-8")) > 255:
+        raise Problem(422, "a file name is longer than 255 bytes")
+    return name
+
+
+def _namespaced(doc_id: str, key: ApiKey) -> str:
+    """A JSON document's id: as given for an admin key, under ``uploads/`` for any other."""
+    if key.is_admin or doc_id.startswith("uploads/"):
+        return doc_id
+    return f"uploads/{doc_id}"
+
+
+def _check_creators(gw: Gateway, key: ApiKey, doc_ids: list[str]) -> None:
+    """409 when a key without ``admin`` would replace a document it did not create."""
+    if key.is_admin:
+        return
+    creators = gw.app.manifest().creators(doc_ids)
+    taken = sorted(d for d, by in creators.items() if by != key.id)
+    if taken:
+        raise Problem(
+            409,
+            f"document {taken[0]!r} was not created by this key: it cannot be replaced",
+            documents=taken[:20],
+        )
+
+
+def _owned(gw: Gateway, key: ApiKey, make_items: Any) -> Any:
+    """The items of a job, re-checked as the job runs (another key may have created one of the
+    documents meanwhile, or a file may load as several): a document a key without ``admin``
+    did not create is skipped, and reported as such."""
+    if key.is_admin:
+        return make_items
 
     def items() -> Any:
-        from dataclasses import replace
+        from keel.rag.types import Document, Skipped
 
-        from keel.rag.loaders import iter_documents
-        from keel.rag.types import Document
-
-        for item in iter_documents([tmp], root=tmp, max_bytes=cap):
+        for item in make_items():
             if isinstance(item, Document):
-                yield replace(item, id=f"uploads/{item.id}", source=f"uploads/{item.source}")
-            else:
-                yield item
+                by = gw.app.manifest().creators([item.id])
+                if item.id in by and by[item.id] != key.id:
+                    yield Skipped(item.source, "created by another key: not replaced")
+                    continue
+            yield item
 
-    def cleanup() -> None:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    threading.Thread(target=_run, args=(gw, job, items, cleanup), daemon=True).start()
-    return job.to_dict()
+    return items
 
 
 @router.get("/v1/ingest/{job_id}", summary="An ingestion job's state and report")

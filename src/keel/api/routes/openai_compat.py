@@ -23,10 +23,10 @@ from fastapi.responses import StreamingResponse
 
 from keel.api.openai_errors import documented, error_body
 from keel.api.openai_turn import chat_turn, thread_of
-from keel.api.problems import COMMON, Problem
+from keel.api.problems import COMMON, Problem, store_failure
 from keel.api.routes._common import close_quietly, closing_stream, gateway
 from keel.api.schemas import ChatCompletionRequest
-from keel.errors import GuardTripped, ModelError, StoreError, UsageError
+from keel.errors import GuardTripped, ModelError, UsageError
 
 router = APIRouter(tags=["openai"], responses=documented(*COMMON))
 _log = logging.getLogger("keel.api")
@@ -132,8 +132,9 @@ def _stream_error(exc: Exception) -> dict[str, Any]:
         return error_body(400, exc.message, code="guardrail")
     if isinstance(exc, ModelError):
         return error_body(502, str(exc), code="model_provider_failed")
-    if isinstance(exc, StoreError):
-        return error_body(503, str(exc), code="store_unavailable")
+    failed = store_failure(exc)
+    if failed is not None:
+        return error_body(503, str(failed), code="store_unavailable")
     _log.error("a chat completion stream failed", exc_info=exc)
     return error_body(500, "the server failed to handle this request", code="internal")
 
@@ -164,7 +165,8 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
             f"the message has {len(turn.question)} characters (limit {limit})",
             param="messages",
         )
-    thread_id = thread_of(request.headers.get("x-keel-thread"), body) or uuid.uuid4().hex
+    client_tid = thread_of(request.headers.get("x-keel-thread"), body) or uuid.uuid4().hex
+    thread_id = gw.stored_thread(key, client_tid)  # scoped to the key
     _record_end_user(body.user)
     scopes = gw.tool_scopes(key)
     created = int(time.time())
@@ -186,6 +188,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                 instructions=turn.instructions,
             )
         data = answer.to_dict()
+        data["thread_id"] = client_tid
         gw.account(key, data, time.perf_counter() - started)
         return {
             "id": cid,
@@ -241,6 +244,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                     yield chunk({"content": event["text"]}, None)
                 elif event["type"] == "done":
                     answer = event["answer"]
+                    answer["thread_id"] = client_tid
                     gw.account(key, answer, time.perf_counter() - started)
                     # what the non-streamed answer says and was not streamed: a refusal, a
                     # guard's or the step limit's message, an approval notice

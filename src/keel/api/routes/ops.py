@@ -23,16 +23,19 @@ def feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
 
 
 def store_feedback(request: Request, key: ApiKey, body: FeedbackRequest) -> dict[str, Any]:
-    """Keep feedback from an authenticated key (``/v1/feedback`` and the web console)."""
+    """Keep feedback from an authenticated key (``/v1/feedback`` and the web console): only
+    on a trace of the key's own thread (any trace for an admin key); an unknown trace, or
+    another key's, is 404. A key's new rating of a trace replaces its earlier one."""
     from keel.ops.feedback import FeedbackStore
 
     gw = gateway(request)
+    thread_id = _rateable_trace(request, key, body)
     fid = FeedbackStore(gw.app.engine).add(
         body.trace_id,
         body.score,
         comment=body.comment,
         correction=body.correction,
-        thread_id=body.thread_id,
+        thread_id=thread_id,
         key_id=key.id,
     )
     gw.metrics.feedback(gw.release_of(body.trace_id), body.score)
@@ -40,21 +43,63 @@ def store_feedback(request: Request, key: ApiKey, body: FeedbackRequest) -> dict
     return {"id": fid, "trace_id": body.trace_id}
 
 
+def _rateable_trace(request: Request, key: ApiKey, body: FeedbackRequest) -> str | None:
+    """The (stored) thread of a traced turn ``key`` may rate; 404 when there is no such turn
+    or it belongs to another key's thread (the two are not told apart)."""
+    from sqlalchemy import select
+
+    from keel.agents.checkpoints import client_thread_id
+    from keel.ops.tracing import traces_table
+
+    gw = gateway(request)
+    gw.app.tracing.flush()
+    t = traces_table
+    query = select(t.c.thread_id, t.c.key_id).where(t.c.trace_id == body.trace_id)
+    with gw.app.engine.connect() as conn:
+        row = conn.execute(query).first()
+    missing = Problem(404, f"no trace {body.trace_id!r}")
+    if row is None:
+        raise missing
+    thread_id, turn_key = row
+    owner = turn_key
+    if thread_id:
+        exists, thread_owner = gw.app.threads.owner_of(thread_id)
+        if exists:
+            owner = thread_owner
+    if not key.is_admin and (owner is None or owner != key.id):
+        raise missing
+    named = body.thread_id
+    if (
+        named is not None
+        and thread_id
+        and named not in (thread_id, client_thread_id(thread_id, key.id))
+    ):
+        raise Problem(422, f"trace {body.trace_id!r} is not in thread {named!r}")
+    return str(thread_id) if thread_id is not None else None
+
+
 @router.get("/healthz", summary="The process is up (no auth)")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Models loaded and stores reachable (no auth)")
+@router.get(
+    "/readyz",
+    summary="Models loaded, stores reachable, the database writable, the data directory the "
+    "one the app started with (no auth)",
+)
 def readyz(request: Request) -> dict[str, Any]:
     gw = gateway(request)
     checks: dict[str, str] = {}
     try:
         with gw.app.engine.connect() as conn:
             conn.execute(text("select 1"))
-        checks["database"] = "ok"
+        checks["database"] = gw.storage.database_problem() or "ok"
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}"
+    moved = gw.storage.data_dir_problem()
+    if moved is not None or gw.storage.data_dir.exists():
+        checks["data_dir"] = moved or "ok"
     try:
         gw.app.store().count()
         checks["vector_store"] = "ok"

@@ -155,14 +155,19 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
             raise refuse(
                 "previous_response_id", "not a response id of this gateway", "invalid_value"
             )
-        thread_id = found.group(1)
+        client_tid = found.group(1)
+        thread_id = gw.stored_thread(key, client_tid)  # scoped to the key
+        exists, owner = gw.app.threads.owner_of(thread_id)
+        if not exists or owner != key.id:  # gone, or never this key's
+            raise Problem(404, f"no response {body.previous_response_id!r}")
     else:
-        thread_id = uuid.uuid4().hex
+        client_tid = uuid.uuid4().hex
+        thread_id = gw.stored_thread(key, client_tid)
     _record_end_user(body.safety_identifier or body.user)
     params = ModelParams(
         temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_output_tokens
     )
-    rid = "resp_" + thread_id + _completion_id().removeprefix("chatcmpl-")[-32:].rjust(32, "0")
+    rid = "resp_" + client_tid + _completion_id().removeprefix("chatcmpl-")[-32:].rjust(32, "0")
     created = int(time.time())
     started = time.perf_counter()
     scopes = gw.tool_scopes(key)
@@ -210,6 +215,7 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
     if not body.stream:
         with gw.thread_lock(thread_id), gw.serving(app):
             answer = turn(app.ask).to_dict()
+        answer["thread_id"] = client_tid
         gw.account(key, answer, time.perf_counter() - started)
         return response(answer)
 
@@ -241,6 +247,7 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
                     )
                 elif ev["type"] == "done":
                     answer = ev["answer"]
+                    answer["thread_id"] = client_tid
                     gw.account(key, answer, time.perf_counter() - started)
                     content = _content(answer)
                     if content != shown:  # a refusal, a guard's message, an approval notice
