@@ -78,6 +78,12 @@ def _refusals(body: ChatCompletionRequest) -> None:
     for name in ("frequency_penalty", "presence_penalty"):
         if getattr(body, name):
             raise refuse(name, f"{name} is not supported by this gateway (only 0)")
+    if body.parallel_tool_calls is False:
+        raise refuse(
+            "parallel_tool_calls",
+            "parallel_tool_calls false is not supported: the model may call several tools "
+            "in one reply",
+        )
     if body.store:
         raise refuse("store", "stored completions are not offered (keel keeps threads)")
 
@@ -182,6 +188,7 @@ def check_for_app(
     app_tools: set[str],
     *,
     param: str = "tool_choice",
+    format_param: str = "response_format",
 ) -> None:
     """What the request asks of the app's model and tools, checked before the turn runs:
     400 when the model cannot honour it (``keel:extractive`` cannot be forced to call a
@@ -207,7 +214,7 @@ def check_for_app(
             raise refuse(param, f"tool_choice names {name!r}, not an offered tool", "invalid_value")
     if turn.response_format is not None and not chain.can_write_json:
         raise refuse(
-            "response_format" if param == "tool_choice" else "text",
+            format_param,
             "this app's model (keel:extractive) quotes its documents and cannot write JSON: "
             "structured output is not available",
         )
@@ -218,13 +225,18 @@ def _call_of(i: int, j: int, raw: Any) -> dict[str, Any]:
     fn = raw.get("function") if isinstance(raw, dict) else None
     if not isinstance(fn, dict) or not raw.get("id") or not fn.get("name"):
         raise refuse(where, "a tool call is {id, type: function, function: {name, arguments}}")
+    return call_of(where, str(raw["id"]), str(fn["name"]), fn.get("arguments"))
+
+
+def call_of(where: str, call_id: str, name: str, arguments: Any) -> dict[str, Any]:
+    """A tool call a client resends (langchain-core's form); 400 naming ``where``."""
     try:
-        args = json.loads(fn.get("arguments") or "{}")
+        args = json.loads(arguments or "{}")
     except json.JSONDecodeError:
         raise refuse(where, "the call's arguments are not JSON", "invalid_value") from None
     if not isinstance(args, dict):
         raise refuse(where, "the call's arguments must be a JSON object", "invalid_value")
-    return {"id": str(raw["id"]), "name": str(fn["name"]), "args": args}
+    return {"id": call_id, "name": name, "args": args}
 
 
 def chat_turn(
@@ -235,8 +247,6 @@ def chat_turn(
     Tool messages at the end of ``messages`` (after an assistant message with
     ``tool_calls``) continue that turn with the client's results; ``question`` is then ""."""
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-
-    from keel.agents.client_tools import ClientResult, ClientTools
 
     _refusals(body)
     params = _params(body)
@@ -253,9 +263,7 @@ def chat_turn(
         if m.role == "tool":
             if not m.tool_call_id:
                 raise refuse(f"messages[{i}].tool_call_id", "a tool message needs tool_call_id")
-            asked = next((t for t in reversed(turns) if not isinstance(t, ToolMessage)), None)
-            ids = {c["id"] for c in asked.tool_calls} if isinstance(asked, AIMessage) else set()
-            if m.tool_call_id not in ids:
+            if not answers_a_call(turns, m.tool_call_id):
                 raise refuse(
                     f"messages[{i}]",
                     "a tool message must answer a tool call of the assistant message before it",
@@ -283,31 +291,68 @@ def chat_turn(
             turns.append(AIMessage(text, tool_calls=calls))
         else:
             turns.append(HumanMessage(text))
-    results: list[ClientResult] = []
-    while turns and isinstance(turns[-1], ToolMessage):
-        last = turns.pop()
-        results.insert(0, ClientResult(last.tool_call_id, str(last.text)))
-    if results:
-        if not turns or not (isinstance(turns[-1], AIMessage) and turns[-1].tool_calls):
-            raise refuse("messages", "tool messages must follow the assistant's tool_calls")
-        question = ""
-        history = turns
-        client = ClientTools(client.tools if client else (), tuple(results))
-    else:
-        if not turns or not isinstance(turns[-1], HumanMessage):
-            raise refuse("messages", "the last message must come from the user", "invalid_value")
-        question = str(turns[-1].text)
-        if not question.strip():
-            raise refuse("messages", "the last user message is empty", "invalid_value")
-        history = turns[:-1]
-    return ChatTurn(
-        question=question,
-        history=history,
+    return assemble(
+        turns,
+        "messages",
         instructions="\n\n".join(instructions) or None,
         params=params,
         tool_choice=choice_of(body.tool_choice),
         client=client,
         response_format=response_format_of(body.response_format, "response_format"),
+    )
+
+
+def answers_a_call(turns: list[Any], call_id: str) -> bool:
+    """Whether a tool result for ``call_id`` may come next: it answers a call of the
+    assistant message before it, or opens the request (answering a call the thread it
+    continues is waiting on: the app checks that)."""
+    from langchain_core.messages import AIMessage, ToolMessage
+
+    asked = next((t for t in reversed(turns) if not isinstance(t, ToolMessage)), None)
+    if asked is None:
+        return True
+    return isinstance(asked, AIMessage) and call_id in {c["id"] for c in asked.tool_calls}
+
+
+def assemble(
+    turns: list[Any],
+    param: str,
+    *,
+    instructions: str | None,
+    params: ModelParams | None,
+    tool_choice: ToolChoice | None,
+    client: ClientTools | None,
+    response_format: ResponseFormat | None,
+) -> ChatTurn:
+    """A turn from a request's messages: a new question (the last, a user's), or a turn
+    continued with the tool results that end the messages (``question`` is then "")."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+
+    from keel.agents.client_tools import ClientResult, ClientTools
+
+    results: list[ClientResult] = []
+    while turns and isinstance(turns[-1], ToolMessage):
+        last = turns.pop()
+        results.insert(0, ClientResult(last.tool_call_id, str(last.text)))
+    if results:
+        question = ""
+        history = turns
+        client = ClientTools(client.tools if client else (), tuple(results))
+    else:
+        if not turns or not isinstance(turns[-1], HumanMessage):
+            raise refuse(param, "the last message must come from the user", "invalid_value")
+        question = str(turns[-1].text)
+        if not question.strip():
+            raise refuse(param, "the last user message is empty", "invalid_value")
+        history = turns[:-1]
+    return ChatTurn(
+        question=question,
+        history=history,
+        instructions=instructions,
+        params=params,
+        tool_choice=tool_choice,
+        client=client,
+        response_format=response_format,
     )
 
 

@@ -138,14 +138,14 @@ def invalid_output(answer: dict[str, Any], param: str) -> dict[str, Any] | None:
     return error_body(422, str(answer["text"]), param=param, code="invalid_model_output")
 
 
-def prepare(gw: Any, turn: ChatTurn, key: Any, *, param: str = "tool_choice") -> None:
+def prepare(gw: Any, turn: ChatTurn, key: Any, *, format_param: str = "response_format") -> None:
     """Refuse (400) what this app's model and tools cannot honour, before the turn runs."""
     from keel.tools.policy import ToolPolicy
 
     scopes = gw.tool_scopes(key)
     server = set(ToolPolicy(gw.app.toolset, scopes=scopes).visible().names())
     every = set(gw.app.toolset.names())
-    check_for_app(turn, gw.app.agent.chain, server, every, param=param)
+    check_for_app(turn, gw.app.agent.chain, server, every, format_param=format_param)
 
 
 def _completion_id() -> str:
