@@ -141,6 +141,10 @@ def test_results_must_answer_the_waiting_calls(make_app: Callable[..., Any]) -> 
     stray = [ASK, {"role": "tool", "tool_call_id": "call_w1", "content": "x"}]
     r = post(gw, key, {"messages": stray}, **_T)
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages[1]"
+    # results with no conversation before them (and no thread waiting for them)
+    alone = [{"role": "tool", "tool_call_id": "call_w1", "content": "x"}]
+    r = post(gw, key, {"messages": alone})
+    assert r.status_code == 400 and "no tool call is waiting" in r.json()["error"]["message"]
 
 
 _T = {"X-Keel-Thread": "t1"}

@@ -92,6 +92,8 @@ def continuation(
         ToolMessage(r.content, tool_call_id=r.call_id, name=waiting[r.call_id]) for r in results
     ]
     question = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
+    if question is None:
+        raise UsageError("tool results were sent without the user message that led to them")
     update: dict[str, Any] = {
         "messages": replies if stored else [*messages, *replies],
         "steps": 0,
@@ -115,6 +117,6 @@ def continuation(
         "cache": {},
     }
     if not stored:  # a new thread: the question is the resent conversation's last
-        update["question"] = str(question.text) if question is not None else ""
+        update["question"] = str(question.text)
         update["hits"] = []
     return update
