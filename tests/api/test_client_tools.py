@@ -259,3 +259,52 @@ def test_a_reply_that_never_fits_is_a_422_with_the_validation_error(
     assert "not JSON" in error["message"]
     r = post(gw, key, {"messages": [ASK], "response_format": {"type": "json_object"}})
     assert r.status_code == 422 and "not an object" in r.json()["error"]["message"]
+
+
+ADD_TOOL = '''
+from keel.tools import tool
+
+@tool
+def add(a: int, b: int) -> str:
+    """Add two numbers.
+
+    Args:
+        a: The first.
+        b: The second.
+    """
+    return str(a + b)
+'''
+
+
+def test_app_tools_run_here_and_client_tools_go_to_the_client(
+    make_app: Callable[..., Any], tmp_path: Any, write: Callable[..., None]
+) -> None:
+    from langchain_core.messages.tool import tool_call
+
+    write(tmp_path, {"add_tool.py": ADD_TOOL})
+    both = AIMessage(
+        "",
+        tool_calls=[
+            tool_call(name="add", args={"a": 2, "b": 3}, id="call_a1"),
+            tool_call(name="get_weather", args={"city": "Paris"}, id="call_w1"),
+        ],
+    )
+
+    def done(messages: list[BaseMessage]) -> str:
+        results = {m.tool_call_id: m.text for m in messages if isinstance(m, ToolMessage)}
+        return f"add gave {results['call_a1']}, the client gave {results['call_w1']}"
+
+    gw, model, key = make(make_app, [both, done], tools={"enabled": ["add_tool"]})
+    first = post(gw, key, {"messages": [ASK], "tools": [WEATHER]}, **_T)
+    message = handed_over(first)
+    assert model.seen[0]["tools"] == ["add", "get_weather"]
+    assert [c["function"]["name"] for c in message["tool_calls"]] == ["get_weather"]
+    ran = first.json()["keel"]["tool_calls"]
+    assert [(c["name"], c["status"], c["content"]) for c in ran] == [("add", "ok", "5")]
+    resent = [
+        ASK,
+        message,
+        {"role": "tool", "tool_call_id": "call_w1", "content": "sunny"},
+    ]
+    second = post(gw, key, {"messages": resent, "tools": [WEATHER]}, **_T)
+    assert second.json()["choices"][0]["message"]["content"] == "add gave 5, the client gave sunny"
