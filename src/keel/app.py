@@ -30,11 +30,13 @@ if TYPE_CHECKING:
 
     from keel.agents.answer import Answer
     from keel.agents.checkpoints import ThreadIndex
+    from keel.agents.client_tools import ClientTools
     from keel.agents.graph import Agent
     from keel.agents.hooks import Hooks
     from keel.agents.models import ToolChoice
     from keel.agents.params import ModelParams
     from keel.agents.prompts import Prompts
+    from keel.agents.structured import ResponseFormat
     from keel.guardrails.runner import GuardRunner
     from keel.guardrails.scope import AppScope
     from keel.ops.cache import SemanticCache
@@ -807,6 +809,8 @@ class App:
         params: ModelParams | None = None,
         tool_choice: ToolChoice | None = None,
         instructions: str | None = None,
+        client: ClientTools | None = None,
+        response_format: ResponseFormat | None = None,
     ) -> dict[str, Any]:
         return {
             "configurable": {
@@ -815,6 +819,8 @@ class App:
                 "keel_params": params or None,
                 "keel_tool_choice": tool_choice,
                 "keel_instructions": instructions or None,
+                "keel_client_tools": client,
+                "keel_response_format": response_format,
             },
             "recursion_limit": 4 * self.config.agent.max_steps + 10,
         }
@@ -860,6 +866,8 @@ class App:
         params: ModelParams | None = None,
         tool_choice: ToolChoice | None = None,
         instructions: str | None = None,
+        client: ClientTools | None = None,
+        response_format: ResponseFormat | None = None,
     ) -> tuple[str, dict[str, Any]]:
         import uuid
 
@@ -867,11 +875,19 @@ class App:
         if not tid or len(tid) > 200:
             raise UsageError("a thread id needs 1-200 characters")
         self.threads.touch(tid, owner)
-        config = self._run_config(tid, scopes, params, tool_choice, instructions)
+        config = self._run_config(
+            tid, scopes, params, tool_choice, instructions, client, response_format
+        )
         # a reply shaped by a request's own parameters (length, stop, sampling, a forced
-        # tool, client instructions) is not everybody's answer: such turns neither read nor
-        # fill the cache
-        personal = bool(params) or tool_choice is not None or bool(instructions)
+        # tool, client instructions, client tools, a response format) is not everybody's
+        # answer: such turns neither read nor fill the cache
+        personal = (
+            bool(params)
+            or tool_choice is not None
+            or bool(instructions)
+            or client is not None
+            or response_format is not None
+        )
         if self.config.cache.enabled and not personal:
             config["configurable"]["keel_cache"] = self._cache_partition(owner, scopes)
         return tid, config
@@ -928,6 +944,9 @@ class App:
             release_id=self.release_id,
             cache_hit=bool(values.get("cache", {}).get("hit")),
             cache=dict(values["cache"]) if values.get("cache") else None,
+            client_tool_calls=list(values.get("client_calls", []))
+            if stop_reason == "client_tool_calls"
+            else [],
         )
 
     def ask(
@@ -942,6 +961,8 @@ class App:
         params: ModelParams | None = None,
         tool_choice: ToolChoice | None = None,
         instructions: str | None = None,
+        client: ClientTools | None = None,
+        response_format: ResponseFormat | None = None,
     ) -> Answer:
         """One turn of the conversation in ``thread_id`` (a new thread when None).
 
@@ -954,29 +975,57 @@ class App:
         are "auto", so a forced call cannot loop.
         ``instructions``: a client's own instructions for this turn, sent to the model after
         the app's system prompt, delimited as the client's (the app's prompt stays in charge).
+        ``client``: tools the caller runs itself (:mod:`keel.agents.client_tools`): a call to
+        one ends the turn with ``stop_reason = "client_tool_calls"``; a request whose
+        ``client.results`` answer those calls continues the turn (``question`` is then "").
+        ``response_format``: the reply must be JSON of this shape
+        (:mod:`keel.agents.structured`), else ``stop_reason = "invalid_output"``.
         """
-        from keel.agents.graph import turn_input
-
-        if not isinstance(question, str) or not question.strip():
-            raise UsageError("the question is empty")
         if ephemeral:
-            if instructions:
-                raise UsageError("an ephemeral turn takes no client instructions")
+            if instructions or client is not None or response_format is not None:
+                raise UsageError(
+                    "an ephemeral turn takes no client instructions, tools or response format"
+                )
+            if not isinstance(question, str) or not question.strip():
+                raise UsageError("the question is empty")
             return self._ask_ephemeral(question, thread_id, scopes, history, params, tool_choice)
         tid, config = self._prepare_turn(
-            thread_id, owner, scopes, params, tool_choice, instructions
+            thread_id, owner, scopes, params, tool_choice, instructions, client, response_format
         )
-        self._ready_for_turn(tid, config)
-        with self._turn_span(tid, owner, question) as (span, trace_id):
-            self.graph.invoke(
-                turn_input(question, self._seed(tid, config, history)),
-                config,
-                durability=self._durability(),
-            )
+        graph_input = self._turn_start(question, tid, config, history, client)
+        with self._turn_span(tid, owner, question or None) as (span, trace_id):
+            self.graph.invoke(graph_input, config, durability=self._durability())
             answer = self._answer(tid, config, trace_id)
             self._finish_span(span, answer)
         self._cache_store(config, answer)
         return answer
+
+    def _turn_start(
+        self,
+        question: str,
+        tid: str,
+        config: dict[str, Any],
+        history: list[Any] | None,
+        client: ClientTools | None,
+    ) -> dict[str, Any]:
+        """The graph input of a turn: a new question, or a turn continued with a client's
+        tool results (which must answer the calls the thread is waiting on)."""
+        from keel.agents.client_tools import continuation
+        from keel.agents.graph import turn_input
+
+        if client is not None and client.results:
+            if question:
+                raise UsageError("a turn continued with tool results takes no new question")
+            if self._pending(tid, config):
+                raise UsageError(
+                    f"thread {tid!r} is waiting for an approval: resume it (approve or reject)"
+                )
+            stored = self.graph.get_state(config).values.get("messages", [])
+            return continuation(stored, history, client.results)
+        if not isinstance(question, str) or not question.strip():
+            raise UsageError("the question is empty")
+        self._ready_for_turn(tid, config)
+        return turn_input(question, self._seed(tid, config, history))
 
     def _seed(
         self, tid: str, config: dict[str, Any], history: list[Any] | None
@@ -999,24 +1048,20 @@ class App:
         params: ModelParams | None = None,
         tool_choice: ToolChoice | None = None,
         instructions: str | None = None,
+        client: ClientTools | None = None,
+        response_format: ResponseFormat | None = None,
     ) -> Iterator[dict[str, Any]]:
         """One turn, as events: ``token``, ``tool_call_delta`` (a tool call as the model
         streams it: ``index``, ``id`` and ``name`` on its first delta, ``args`` a piece of its
         JSON arguments), ``tool_call`` (a call's outcome, once run), ``guardrail``,
         ``approval_required``, ``citation`` and finally ``done`` (the whole :class:`Answer`).
         The ids in deltas are the model's own; ``tool_call`` and approvals carry the ids
-        Keel made unique."""
-        from keel.agents.graph import turn_input
-
-        if not isinstance(question, str) or not question.strip():
-            raise UsageError("the question is empty")
+        Keel made unique. ``client`` and ``response_format``: as for :meth:`ask`."""
         tid, config = self._prepare_turn(
-            thread_id, owner, scopes, params, tool_choice, instructions
+            thread_id, owner, scopes, params, tool_choice, instructions, client, response_format
         )
-        self._ready_for_turn(tid, config)
-        yield from self._traced_stream(
-            turn_input(question, self._seed(tid, config, history)), tid, config, owner, question
-        )
+        graph_input = self._turn_start(question, tid, config, history, client)
+        yield from self._traced_stream(graph_input, tid, config, owner, question)
 
     def _traced_stream(
         self,

@@ -203,6 +203,11 @@ class GatewaySection(_Strict):
         description="Client system/developer messages are added after the app's system "
         "prompt as delimited client instructions; false: refused with 400.",
     )
+    client_tools: bool = Field(
+        default=True,
+        description="Request `tools` are offered to the model as client-executed tools (a "
+        "call ends the turn and goes to the client, never runs here); false: refused with 400.",
+    )
 
 
 class ThreadsSection(_Strict):

@@ -212,10 +212,8 @@ def test_openai_responses_api(server: tuple[Any, str]) -> None:
         final = stream.get_final_response()
     assert "".join(deltas) == final.output_text == "Heard 2: two"
     with pytest.raises(openai.BadRequestError) as bad:
-        client.responses.create(
-            model="bot", input="x", tools=[{"type": "function", "name": "f", "parameters": {}}]
-        )
-    assert bad.value.param == "tools"
+        client.responses.create(model="bot", input="x", tools=[{"type": "web_search"}])
+    assert bad.value.param == "tools[0].type"
     with pytest.raises(openai.BadRequestError) as unknown:
         client.responses.create(model="bot", input="x", previous_response_id="resp_nope")
     assert unknown.value.param == "previous_response_id"

@@ -13,7 +13,10 @@ class Answer:
     ``stop_reason``: ``done``; ``approval_required`` (``pending_approval`` lists the calls
     waiting for a person: resume with :meth:`keel.App.resume`); ``step_limit`` /
     ``tool_errors`` (a limit ended the turn, ``text`` says so); ``guardrail`` (a guard ended
-    it, ``text`` is its message).
+    it, ``text`` is its message); ``client_tool_calls`` (the model called tools the client
+    declared: ``client_tool_calls`` lists them for the client to run); ``invalid_output``
+    (the reply did not fit the requested response format after one corrective retry:
+    ``text`` says why).
 
     ``usage``: tokens the model server reported; empty when it reported none (unknown,
     never zeros), and ``cost_usd`` is then None. ``finish_reason``: why the last model call
@@ -41,6 +44,9 @@ class Answer:
     release_id: str | None = None  # the release that served it (None: the app on disk)
     cache_hit: bool = False
     cache: dict[str, Any] | None = None
+    # calls of client tools the turn handed to the client (stop_reason "client_tool_calls"):
+    # {"id", "name", "args"}; the client's next request carries their results
+    client_tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

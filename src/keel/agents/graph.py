@@ -17,7 +17,12 @@
   the exact call (id and argument hash) it was given for.
 - ``tools`` runs the calls through the ``tool_args`` hooks and the :class:`ToolPolicy`
   (allowlist, scopes, validation, limits, timeouts) and the ``tool_result`` hooks.
-- ``finalize`` runs the ``output`` hooks and records the answer. Step, tool-call and
+- ``handoff`` ends a turn whose model called client tools (tools a caller of the
+  OpenAI-compatible routes declared, :mod:`keel.agents.client_tools`): the calls go to the
+  client, never run here. The client's next request continues the turn: its results enter
+  at ``results`` (through the ``tool_result`` hooks) and go on to ``model``.
+- ``finalize`` runs the ``output`` hooks, checks a requested response format
+  (:mod:`keel.agents.structured`: one corrective retry) and records the answer. Step, tool-call and
   tool-error limits end a turn here with a clear message, never a traceback; a guard that
   trips anywhere ends it here too, with the guard's message.
 """
@@ -46,6 +51,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import interrupt
 
+from keel.agents import client_tools, structured
 from keel.agents.context import render_user_turn
 from keel.agents.hooks import Hooks, RunContext
 from keel.agents.models import ModelChain
@@ -56,7 +62,16 @@ from keel.rag.types import Hit
 from keel.tools.policy import RunBudget, ToolCall, ToolOutcome, ToolPolicy
 from keel.tools.registry import Toolset
 
-StopReason = Literal["done", "step_limit", "tool_errors", "guardrail", "approval_required", "error"]
+StopReason = Literal[
+    "done",
+    "step_limit",
+    "tool_errors",
+    "guardrail",
+    "approval_required",
+    "client_tool_calls",
+    "invalid_output",
+    "error",
+]
 _ERROR_STATUSES = {"invalid", "error", "timeout"}
 
 
@@ -82,6 +97,8 @@ class AgentState(TypedDict, total=False):
     reasks: int
     guard_memory: dict[str, Any]  # hooks' memory across turns (e.g. PII placeholders)
     cache: dict[str, Any]  # the semantic cache's lookup: hit, similarity, entry_id ({}: none)
+    client_calls: list[dict[str, Any]]  # calls of client tools, handed to the client
+    format_retries: int  # corrective retries of a reply that did not fit the response format
 
 
 def args_hash(name: str, args: dict[str, Any]) -> str:
@@ -116,6 +133,8 @@ def turn_input(question: str, history: list[AnyMessage] | None = None) -> dict[s
         "model_seconds": 0.0,
         "reask_note": "",
         "reasks": 0,
+        "format_retries": 0,
+        "client_calls": [],
         "cache": {},
     }
 
@@ -323,15 +342,23 @@ class Agent:
             return self._tripped(state, ctx, trip)
         return {"hits": [h.to_dict() for h in hits], **self._recorded(state, ctx)}
 
-    def prompt(self, state: AgentState, instructions: str | None = None) -> list[BaseMessage]:
+    def prompt(
+        self,
+        state: AgentState,
+        instructions: str | None = None,
+        response_format: structured.ResponseFormat | None = None,
+    ) -> list[BaseMessage]:
         """Exactly what the model is sent ("show me the prompt"). ``instructions``: a
         client's own (the OpenAI-compatible route's system/developer messages), after the
-        app's system prompt and few-shot examples, delimited as the client's."""
+        app's system prompt and few-shot examples, delimited as the client's.
+        ``response_format``: the shape the reply must have, said after them."""
         messages = list(state["messages"])
         current = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
         hits = [hit_from_dict(h) for h in state.get("hits", [])]
         turn = HumanMessage(render_user_turn(state["question"], hits))
         client = [SystemMessage(client_instructions(instructions))] if instructions else []
+        if response_format is not None:
+            client.append(SystemMessage(response_format.instruction()))
         prompt = [
             *self.prompts.messages(),
             *client,
@@ -350,14 +377,18 @@ class Agent:
 
     def model(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         tools = self.policy(config).visible().to_openai()
+        client = client_tools.from_config(config)
+        if client is not None:  # offered beside the app's own; never run here
+            tools += list(client.tools)
         conf = config.get("configurable", {})
-        prompt = self.prompt(state, conf.get("keel_instructions"))
+        fmt = structured.from_config(config)
+        prompt = self.prompt(state, conf.get("keel_instructions"), fmt)
         requested: ModelParams | None = conf.get("keel_params")
         params = requested.over(self.chain.params) if requested is not None else None
         # a requested tool_choice holds for the turn's first model call only (then "auto"),
         # so a forced call cannot loop
         choice = conf.get("keel_tool_choice") if state.get("steps", 0) == 0 else None
-        chain = self.chain.bind(tools, params=params, tool_choice=choice)
+        chain = self.chain.bind(tools, params=params, tool_choice=choice, response_format=fmt)
         primary = self.chain.models[0][0] if self.chain.models else "unknown"
         with self._span(
             f"chat {primary}",
@@ -390,8 +421,14 @@ class Agent:
         usage = dict(state.get("usage", {}))
         for key in ("input_tokens", "output_tokens", "total_tokens"):
             usage[key] = usage.get(key, 0) + int((meta or {}).get(key, 0) or 0)
+        handed = client.names if client is not None else frozenset()
         return {
             "messages": [response],
+            "client_calls": [
+                {"id": tc["id"], "name": tc["name"], "args": tc["args"]}
+                for tc in response.tool_calls
+                if tc["name"] in handed
+            ],
             "steps": state.get("steps", 0) + 1,
             "usage": usage,
             "usage_unknown": state.get("usage_unknown", False) or meta is None,
@@ -408,7 +445,7 @@ class Agent:
         policy, budget = self.policy(config), self._budget(state)
         decided = state.get("decisions", {})
         pending: list[dict[str, Any]] = []
-        for call, invalid in requested_calls(last):
+        for call, invalid in self._server_calls(last, state):
             if invalid is not None or call.id in decided or not policy.requires_approval(call):
                 continue
             if policy.check(call, budget) is not None:
@@ -446,7 +483,7 @@ class Agent:
         messages: list[ToolMessage] = []
         outcomes = list(state.get("outcomes", []))
         errors = state.get("tool_errors", 0)
-        for call, outcome in requested_calls(last):
+        for call, outcome in self._server_calls(last, state):
             if (
                 outcome is None
                 and policy.requires_approval(call)
@@ -522,6 +559,42 @@ class Agent:
             **self._recorded(state, ctx),
         }
 
+    @staticmethod
+    def _server_calls(
+        message: AIMessage, state: AgentState
+    ) -> list[tuple[ToolCall, ToolOutcome | None]]:
+        """The calls the server runs: all but those handed to the client."""
+        handed = {c["id"] for c in state.get("client_calls", [])}
+        return [(c, o) for c, o in requested_calls(message) if c.id not in handed]
+
+    def handoff(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        """The turn ends with calls for the client to run (its next request carries the
+        results); the model's words beside the calls, if any, are the answer's text."""
+        ai = next(m for m in reversed(state["messages"]) if isinstance(m, AIMessage))
+        return {"answer": ai.text, "stop_reason": "client_tool_calls"}
+
+    def results(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        """A client's tool results (a turn continued) pass the ``tool_result`` hooks, as the
+        app's own tools' results do, before the model sees them."""
+        ctx = self.context(state, config)
+        messages = state["messages"]
+        first = len(messages)
+        while first > 0 and isinstance(messages[first - 1], ToolMessage):
+            first -= 1
+        checked: list[ToolMessage] = []
+        try:
+            for m in messages[first:]:
+                assert isinstance(m, ToolMessage)
+                call = ToolCall(m.tool_call_id, m.name or "", {})
+                outcome = self.hooks.run_tool_result(
+                    ToolOutcome(call=call, status="ok", content=str(m.text)), ctx
+                )
+                if outcome.content != m.text:
+                    checked.append(m.model_copy(update={"content": outcome.content}))
+        except GuardTripped as trip:
+            return self._tripped(state, ctx, trip)
+        return {"messages": checked, **self._recorded(state, ctx)}
+
     def finalize(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         ctx = self.context(state, config)
         messages = state["messages"]
@@ -586,6 +659,21 @@ class Agent:
                     new[-1] = AIMessage(text)
                 elif isinstance(last, AIMessage):
                     new.append(AIMessage(text, id=last.id))
+        fmt = structured.from_config(config)
+        if fmt is not None and reason == "done":
+            text, error = fmt.check(text)
+            if error is not None:
+                if state.get("format_retries", 0) < 1 and isinstance(last, AIMessage) and not new:
+                    ctx.record("output", "response_format", "reask", message=error)
+                    return {
+                        "messages": [RemoveMessage(id=last.id or "")],
+                        "stop_reason": "reask",
+                        "reask_note": f"{error}. {fmt.instruction()}",
+                        "format_retries": state.get("format_retries", 0) + 1,
+                        **self._recorded(state, ctx),
+                    }
+                reason = "invalid_output"
+                text = f"the model's reply does not fit the response format: {error}"
         return {
             "messages": new,
             "answer": text,
@@ -620,6 +708,8 @@ class Agent:
             return "finalize"
         if state.get("steps", 0) >= self.config.max_steps:
             return "finalize"
+        if state.get("client_calls") and not self._server_calls(last, state):
+            return "handoff"
         return "approve"
 
     def after_finalize(self, state: AgentState) -> str:
@@ -628,12 +718,27 @@ class Agent:
     def after_tools(self, state: AgentState) -> str:
         if state.get("tool_errors", 0) >= self.config.max_tool_errors:
             return "finalize"
-        return "model"
+        return "handoff" if state.get("client_calls") else "model"
+
+    def entry(self, state: AgentState) -> str:
+        """Where a run starts: a turn continued with a client's tool results goes to
+        ``results`` (and on to the model); a new turn to its first step."""
+        last = state["messages"][-1] if state.get("messages") else None
+        if isinstance(last, ToolMessage):
+            return "results"
+        return "start" if self._checks_input else self._first_step()
+
+    def after_results(self, state: AgentState) -> str:
+        return "finalize" if self._stopped(state) else "model"
+
+    @property
+    def _checks_input(self) -> bool:
+        # ``start`` only where it has work: a step costs LangGraph about 0.15 ms
+        return bool(self.hooks.input) or self.cache is not None
 
     def build(self, checkpointer: Any = None) -> Any:
         graph = StateGraph(AgentState)
-        # ``start`` only where it has work: a step costs LangGraph about 0.15 ms
-        checks_input = bool(self.hooks.input) or self.cache is not None
+        checks_input = self._checks_input
         if checks_input:
             graph.add_node("start", self.start)
         if self.cache is not None:
@@ -643,20 +748,24 @@ class Agent:
         graph.add_node("approve", self.approve)
         graph.add_node("tools", self.tools)
         graph.add_node("finalize", self.finalize)
+        graph.add_node("handoff", self.handoff)
+        graph.add_node("results", self.results)
+        graph.add_conditional_edges(
+            START, self.entry, ["results", "start" if checks_input else self._first_step()]
+        )
+        graph.add_conditional_edges("results", self.after_results, ["model", "finalize"])
+        graph.add_edge("handoff", END)
         if checks_input:
-            graph.add_edge(START, "start")
             after_start = ["retrieve", "model", "finalize"]
             if self.cache is not None:
                 after_start.append("cache")
             graph.add_conditional_edges("start", self.after_start, after_start)
-        else:
-            graph.add_edge(START, self._first_step())
         if self.cache is not None:
             graph.add_conditional_edges("cache", self.after_cache, ["retrieve", "model", END])
         graph.add_conditional_edges("retrieve", self.after_retrieve, ["model", "finalize"])
-        graph.add_conditional_edges("model", self.after_model, ["approve", "finalize"])
+        graph.add_conditional_edges("model", self.after_model, ["approve", "finalize", "handoff"])
         graph.add_edge("approve", "tools")
-        graph.add_conditional_edges("tools", self.after_tools, ["model", "finalize"])
+        graph.add_conditional_edges("tools", self.after_tools, ["model", "finalize", "handoff"])
         graph.add_conditional_edges("finalize", self.after_finalize, ["model", END])
         return graph.compile(checkpointer=checkpointer)
 

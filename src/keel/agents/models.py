@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import BaseMessage
 
+    from keel.agents.structured import ResponseFormat
     from keel.rag.embeddings import Embedder
     from keel.settings import Settings
 
@@ -141,19 +142,34 @@ class ModelChain:
     tools: list[dict[str, Any]] = field(default_factory=list)
     params: ModelParams | None = None
     tool_choice: ToolChoice = "auto"
+    response_format: ResponseFormat | None = None
 
     def bind(
         self,
         tools: list[dict[str, Any]],
         params: ModelParams | None = None,
         tool_choice: ToolChoice | None = None,
+        response_format: ResponseFormat | None = None,
     ) -> ModelChain:
         return replace(
             self,
             tools=list(tools),
             params=params if params is not None else self.params,
             tool_choice=tool_choice or self.tool_choice,
+            response_format=response_format or self.response_format,
         )
+
+    @property
+    def can_force_tools(self) -> bool:
+        """Whether every model of the chain can be made to call a tool ("required" or a
+        named one): the embedded ``keel:extractive`` cannot (it calls one only when the
+        question matches it)."""
+        return all(mid != EXTRACTIVE for mid, _ in self.models)
+
+    @property
+    def can_write_json(self) -> bool:
+        """Whether the chain's models can answer in JSON (``keel:extractive`` quotes)."""
+        return all(mid != EXTRACTIVE for mid, _ in self.models)
 
     def _bound(self, model: Any) -> Any:
         if not self.tools:
@@ -177,9 +193,10 @@ class ModelChain:
         kwargs = self.params.kwargs() if self.params else {}
         for model_id, model in self.models:
             bound = self._bound(model)
+            extra = self.response_format.provider_kwargs(model) if self.response_format else {}
             for attempt in range(self.max_retries + 1):
                 try:
-                    return model_id, bound.invoke(messages, config=config, **kwargs)
+                    return model_id, bound.invoke(messages, config=config, **kwargs, **extra)
                 except Exception as exc:
                     failures.append((model_id, f"{type(exc).__name__}: {exc}"[:300]))
                     if attempt < self.max_retries and is_retryable(exc):

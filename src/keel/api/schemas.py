@@ -175,12 +175,39 @@ class ResponseInputMessage(BaseModel):
     status: str | None = None
 
 
+class ResponseFunctionCall(BaseModel):
+    """An input item of the Responses API: a function call the model made earlier."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+
+
+class ResponseFunctionOutput(BaseModel):
+    """An input item of the Responses API: what the client's run of a function call gave."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[dict[str, Any]]
+    id: str | None = None
+    status: str | None = None
+
+
+ResponseInputItem = ResponseInputMessage | ResponseFunctionCall | ResponseFunctionOutput
+
+
 class ResponsesRequest(BaseModel):
-    """What ``POST /v1/responses`` takes (text in, text out); the README lists each field."""
+    """What ``POST /v1/responses`` takes (text in, text or function calls out); the README
+    lists each field."""
 
     model_config = ConfigDict(extra="forbid")
     model: str
-    input: str | list[ResponseInputMessage] = Field(min_length=1)
+    input: str | list[ResponseInputItem] = Field(min_length=1)
     instructions: str | None = None
     previous_response_id: str | None = None
     stream: StrictBool = False

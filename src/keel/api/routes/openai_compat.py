@@ -19,15 +19,17 @@ from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
+from keel.agents.client_tools import ClientTools
 from keel.api.openai_errors import documented, error_body
-from keel.api.openai_turn import chat_turn, thread_of
+from keel.api.openai_turn import ChatTurn, chat_turn, check_for_app, thread_of
 from keel.api.problems import COMMON, Problem, store_failure
 from keel.api.routes._common import close_quietly, closing_stream, gateway
 from keel.api.schemas import ChatCompletionRequest
 from keel.errors import GuardTripped, ModelError, UsageError
 
+_NONE = ClientTools()
 router = APIRouter(tags=["openai"], responses=documented(*COMMON))
 _log = logging.getLogger("keel.api")
 
@@ -86,7 +88,10 @@ def _content(answer: dict[str, Any]) -> str:
 
 
 def _finish(answer: dict[str, Any]) -> str:
-    """OpenAI's finish_reason: a guard stopped it, the length limit cut it, or it ended."""
+    """OpenAI's finish_reason: client tools to run, a guard stopped it, the length limit
+    cut it, or it ended."""
+    if answer.get("client_tool_calls"):
+        return "tool_calls"
     if answer["stop_reason"] == "guardrail":
         return "content_filter"
     if answer.get("finish_reason") == "length" and not answer["pending_approval"]:
@@ -104,6 +109,43 @@ def _usage(answer: dict[str, Any]) -> dict[str, int] | None:
         "completion_tokens": int(u.get("output_tokens", 0)),
         "total_tokens": int(u.get("total_tokens", 0)),
     }
+
+
+def _tool_calls(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The client tool calls of an answer, as OpenAI's ``message.tool_calls``."""
+    return [
+        {
+            "id": c["id"],
+            "type": "function",
+            "function": {"name": c["name"], "arguments": json.dumps(c["args"])},
+        }
+        for c in answer.get("client_tool_calls") or []
+    ]
+
+
+def _message(answer: dict[str, Any]) -> dict[str, Any]:
+    calls = _tool_calls(answer)
+    if not calls:
+        return {"role": "assistant", "content": _content(answer)}
+    return {"role": "assistant", "content": answer["text"] or None, "tool_calls": calls}
+
+
+def invalid_output(answer: dict[str, Any], param: str) -> dict[str, Any] | None:
+    """The error (status 422) when the reply did not fit the requested response format
+    after one corrective retry: the validation error, never text that does not parse."""
+    if answer["stop_reason"] != "invalid_output":
+        return None
+    return error_body(422, str(answer["text"]), param=param, code="invalid_model_output")
+
+
+def prepare(gw: Any, turn: ChatTurn, key: Any, *, format_param: str = "response_format") -> None:
+    """Refuse (400) what this app's model and tools cannot honour, before the turn runs."""
+    from keel.tools.policy import ToolPolicy
+
+    scopes = gw.tool_scopes(key)
+    server = set(ToolPolicy(gw.app.toolset, scopes=scopes).visible().names())
+    every = set(gw.app.toolset.names())
+    check_for_app(turn, gw.app.agent.chain, server, every, format_param=format_param)
 
 
 def _completion_id() -> str:
@@ -157,12 +199,18 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     key = gw.authenticate(request, "chat")
     if body.model not in _models(request):
         raise _not_served(body.model, request)
-    turn = chat_turn(body, client_instructions=gw.app.config.gateway.client_instructions)
+    turn = chat_turn(
+        body,
+        client_instructions=gw.app.config.gateway.client_instructions,
+        client_tools=gw.app.config.gateway.client_tools,
+    )
+    prepare(gw, turn, key)
     limit = gw.app.config.limits.max_message_chars
-    if len(turn.question) > limit:
+    sizes = [len(turn.question), *(len(r.content) for r in (turn.client or _NONE).results)]
+    if max(sizes) > limit:
         raise Problem(
             413,
-            f"the message has {len(turn.question)} characters (limit {limit})",
+            f"a message has {max(sizes)} characters (limit {limit})",
             param="messages",
         )
     client_tid = thread_of(request.headers.get("x-keel-thread"), body) or uuid.uuid4().hex
@@ -186,10 +234,15 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                 params=turn.params,
                 tool_choice=turn.tool_choice,
                 instructions=turn.instructions,
+                client=turn.client,
+                response_format=turn.response_format,
             )
         data = answer.to_dict()
         data["thread_id"] = client_tid
         gw.account(key, data, time.perf_counter() - started)
+        failed = invalid_output(data, "response_format")
+        if failed is not None:
+            return JSONResponse(failed, status_code=422)
         return {
             "id": cid,
             "object": "chat.completion",
@@ -198,7 +251,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": _content(data)},
+                    "message": _message(data),
                     "finish_reason": _finish(data),
                 }
             ],
@@ -221,6 +274,17 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         }
         return f"data: {json.dumps(payload, ensure_ascii=False, default=str)}\n\n"
 
+    def usage_chunk(answer: dict[str, Any]) -> str:
+        usage = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": _usage(answer),
+        }
+        return f"data: {json.dumps(usage)}\n\n"
+
     def events() -> Iterator[str]:
         stream = app.stream(
             turn.question,
@@ -231,7 +295,12 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
             params=turn.params,
             tool_choice=turn.tool_choice,
             instructions=turn.instructions,
+            client=turn.client,
+            response_format=turn.response_format,
         )
+        # JSON is sent whole once checked (a reply sent back for a corrective retry is
+        # never shown)
+        buffered = turn.response_format is not None
         first = True
         shown = ""  # the content sent so far
         try:
@@ -239,13 +308,27 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                 if first:
                     first = False
                     yield chunk({"role": "assistant", "content": ""}, None)
-                if event["type"] == "token":
+                if event["type"] == "token" and not buffered:
                     shown += event["text"]
                     yield chunk({"content": event["text"]}, None)
                 elif event["type"] == "done":
                     answer = event["answer"]
                     answer["thread_id"] = client_tid
                     gw.account(key, answer, time.perf_counter() - started)
+                    failed = invalid_output(answer, "response_format")
+                    if failed is not None:
+                        yield f"data: {json.dumps(failed)}\n\n"
+                        return
+                    calls = _tool_calls(answer)
+                    if calls:
+                        if answer["text"] and answer["text"] != shown:
+                            yield chunk({"content": answer["text"][len(shown) :]}, None)
+                        delta = [{"index": n, **c} for n, c in enumerate(calls)]
+                        yield chunk({"tool_calls": delta}, None)
+                        yield chunk({}, "tool_calls", keel=_keel_extra(answer))
+                        if include_usage:
+                            yield usage_chunk(answer)
+                        continue
                     # what the non-streamed answer says and was not streamed: a refusal, a
                     # guard's or the step limit's message, an approval notice
                     content = _content(answer)
@@ -256,15 +339,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                         yield chunk({"content": rest}, None)
                     yield chunk({}, _finish(answer), keel=_keel_extra(answer))
                     if include_usage:
-                        usage = {
-                            "id": cid,
-                            "object": "chat.completion.chunk",
-                            "created": created,
-                            "model": model,
-                            "choices": [],
-                            "usage": _usage(answer),
-                        }
-                        yield f"data: {json.dumps(usage)}\n\n"
+                        yield usage_chunk(answer)
             yield "data: [DONE]\n\n"
         except Exception as exc:  # the stream has begun: its last chunk says why
             gw.metrics.release_request(app.release_id, "error")

@@ -1,11 +1,15 @@
-"""The OpenAI Responses API (``POST /v1/responses``) for text: input text or messages,
-``instructions``, ``previous_response_id`` continuing a keel thread, streaming events, usage.
+"""The OpenAI Responses API (``POST /v1/responses``): input text, messages and function
+call items, ``instructions``, function tools (client-executed, as on chat completions),
+``text.format`` json_object / json_schema, ``previous_response_id`` continuing a keel
+thread, streaming events, usage.
 
 A response id is ``resp_<thread id><trace id>`` (the thread is the gateway's own 32 hex
 digits), so ``previous_response_id`` names its thread without any state beside the thread
 itself: any gateway process continues it, and a thread of another key is a 404. Continuing
 from an older response of a thread continues the thread as it is now (no branching).
-Function tools, structured ``text.format``, reasoning and ``include`` are refused with 400.
+A call to a function tool ends the response with ``function_call`` output items; the next
+request's ``function_call_output`` items continue the turn (after ``previous_response_id``,
+or statelessly from the resent items). Reasoning and ``include`` are refused with 400.
 """
 
 from __future__ import annotations
@@ -18,10 +22,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from keel.api.openai_errors import documented
-from keel.api.openai_turn import refuse
+from keel.api.openai_turn import (
+    ChatTurn,
+    answers_a_call,
+    assemble,
+    call_of,
+    choice_of,
+    function_tools,
+    refuse,
+    response_format_of,
+)
 from keel.api.problems import COMMON, Problem
 from keel.api.routes._common import close_quietly, closing_stream, gateway
 from keel.api.routes.openai_compat import (
@@ -32,21 +45,28 @@ from keel.api.routes.openai_compat import (
     _not_served,
     _record_end_user,
     _stream_error,
+    invalid_output,
+    prepare,
 )
-from keel.api.schemas import ResponsesRequest
+from keel.api.schemas import (
+    ResponseFunctionCall,
+    ResponseFunctionOutput,
+    ResponsesRequest,
+)
 
 router = APIRouter(tags=["openai"], responses=documented(*COMMON))
 _PREVIOUS = re.compile(r"^resp_([0-9a-f]{32})[0-9a-f]{32}$")
 
 
 def _refusals(body: ResponsesRequest) -> None:
-    if body.tools:
-        raise refuse("tools", "function tools are not supported by this gateway")
-    if body.tool_choice is not None and body.tool_choice not in ("auto", "none"):
-        raise refuse("tool_choice", 'tool_choice: only "auto" and "none"')
-    fmt = ((body.text or {}).get("format") or {}).get("type", "text")
-    if fmt != "text" or set(body.text or {}) - {"format"}:
-        raise refuse("text", "only plain text output (text.format type 'text') is supported")
+    if set(body.text or {}) - {"format"}:
+        raise refuse("text", "only text.format is supported (no verbosity)")
+    if body.parallel_tool_calls is False:
+        raise refuse(
+            "parallel_tool_calls",
+            "parallel_tool_calls false is not supported: the model may call several tools "
+            "in one reply",
+        )
     if body.reasoning:
         raise refuse("reasoning", "reasoning options are not supported by this gateway")
     if body.include:
@@ -74,39 +94,79 @@ def _text(i: int, content: str | list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
-def _turn(body: ResponsesRequest, client_instructions: bool) -> tuple[str, list[Any], str | None]:
-    """The question, earlier messages and client instructions of a request."""
-    from langchain_core.messages import AIMessage, HumanMessage
+def _output_text(i: int, output: str | list[dict[str, Any]]) -> str:
+    if isinstance(output, str):
+        return output
+    parts = []
+    for j, part in enumerate(output):
+        if part.get("type") not in ("input_text", "output_text"):
+            raise refuse(f"input[{i}].output[{j}]", "a function call's output is text only")
+        parts.append(str(part.get("text", "")))
+    return "".join(parts)
 
-    items = (
-        [{"role": "user", "text": body.input}]
-        if isinstance(body.input, str)
-        else [{"role": m.role, "text": _text(i, m.content)} for i, m in enumerate(body.input)]
+
+def _turn(body: ResponsesRequest, client_instructions: bool, client_tools: bool) -> ChatTurn:
+    """The turn a request asks for: a question, or function call outputs continuing one."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from keel.agents.params import ModelParams
+
+    items = [] if isinstance(body.input, str) else body.input
+    uses_tools = bool(body.tools) or any(
+        isinstance(m, ResponseFunctionCall | ResponseFunctionOutput) for m in items
     )
+    if uses_tools and not client_tools:
+        raise refuse(
+            "tools" if body.tools else "input",
+            "function tools are refused by this app ([gateway] client_tools = false)",
+        )
     instructions = [body.instructions] if body.instructions else []
     if instructions and not client_instructions:
         raise refuse(
             "instructions",
             "instructions are refused by this app ([gateway] client_instructions = false)",
         )
-    turns = []
+    turns: list[Any] = [HumanMessage(body.input)] if isinstance(body.input, str) else []
     for i, item in enumerate(items):
-        if item["role"] in ("system", "developer"):
+        if isinstance(item, ResponseFunctionCall):
+            call = call_of(f"input[{i}].arguments", item.call_id, item.name, item.arguments)
+            last = turns[-1] if turns else None
+            if isinstance(last, AIMessage):  # one model reply: its text and its calls
+                turns[-1] = AIMessage(last.content, tool_calls=[*last.tool_calls, call])
+            else:
+                turns.append(AIMessage("", tool_calls=[call]))
+        elif isinstance(item, ResponseFunctionOutput):
+            if not answers_a_call(turns, item.call_id):
+                raise refuse(
+                    f"input[{i}]",
+                    "a function_call_output must answer a function_call before it",
+                    "invalid_value",
+                )
+            turns.append(ToolMessage(_output_text(i, item.output), tool_call_id=item.call_id))
+        elif item.role in ("system", "developer"):
             if not client_instructions:
                 raise refuse(
                     f"input[{i}].role",
-                    f"{item['role']} messages are refused by this app "
+                    f"{item.role} messages are refused by this app "
                     "([gateway] client_instructions = false)",
                 )
-            instructions.append(item["text"])
+            instructions.append(_text(i, item.content))
+        elif item.role == "user":
+            turns.append(HumanMessage(_text(i, item.content)))
         else:
-            turns.append((item["role"], item["text"]))
-    if not turns or turns[-1][0] != "user" or not turns[-1][1].strip():
-        raise refuse(
-            "input", "the last input message must be a non-empty user message", "invalid_value"
-        )
-    history = [HumanMessage(t) if r == "user" else AIMessage(t) for r, t in turns[:-1]]
-    return turns[-1][1], history, "\n\n".join(i for i in instructions if i.strip()) or None
+            turns.append(AIMessage(_text(i, item.content)))
+    params = ModelParams(
+        temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_output_tokens
+    )
+    return assemble(
+        turns,
+        "input",
+        instructions="\n\n".join(i for i in instructions if i.strip()) or None,
+        params=params or None,
+        tool_choice=choice_of(body.tool_choice, flat=True),
+        client=function_tools(body.tools, flat=True) if body.tools else None,
+        response_format=response_format_of((body.text or {}).get("format"), "text.format"),
+    )
 
 
 def _usage(answer: dict[str, Any]) -> dict[str, Any] | None:
@@ -136,19 +196,22 @@ def _usage(answer: dict[str, Any]) -> dict[str, Any] | None:
     },
 )
 def create_response(body: ResponsesRequest, request: Request) -> Any:
-    from keel.agents.params import ModelParams
-
     gw = gateway(request)
     key = gw.authenticate(request, "chat")
     if body.model not in _models(request):
         raise _not_served(body.model, request)
     _refusals(body)
-    question, history, instructions = _turn(body, gw.app.config.gateway.client_instructions)
+    gwc = gw.app.config.gateway
+    chat = _turn(body, gwc.client_instructions, gwc.client_tools)
+    prepare(gw, chat, key, format_param="text.format")
     limit = gw.app.config.limits.max_message_chars
-    if len(question) > limit:
-        raise Problem(
-            413, f"the message has {len(question)} characters (limit {limit})", param="input"
-        )
+    sizes = (
+        [len(chat.question), *(len(r.content) for r in chat.client.results)]
+        if chat.client
+        else [len(chat.question)]
+    )
+    if max(sizes) > limit:
+        raise Problem(413, f"an input has {max(sizes)} characters (limit {limit})", param="input")
     if body.previous_response_id is not None:
         found = _PREVIOUS.match(body.previous_response_id)
         if found is None:
@@ -164,9 +227,6 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
         client_tid = uuid.uuid4().hex
         thread_id = gw.stored_thread(key, client_tid)
     _record_end_user(body.safety_identifier or body.user)
-    params = ModelParams(
-        temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_output_tokens
-    )
     rid = "resp_" + client_tid + _completion_id().removeprefix("chatcmpl-")[-32:].rjust(32, "0")
     created = int(time.time())
     started = time.perf_counter()
@@ -176,7 +236,7 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
     def response(answer: dict[str, Any] | None) -> dict[str, Any]:
         done = answer is not None
         cut = answer is not None and answer.get("finish_reason") == "length"
-        output = [_message(rid, _content(answer), "completed")] if answer is not None else []
+        output = _output(rid, answer) if answer is not None else []
         return {
             "id": rid,
             "object": "response",
@@ -190,26 +250,28 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
             "output": output,
             "parallel_tool_calls": True,
             "tool_choice": body.tool_choice or "auto",
-            "tools": [],
+            "tools": body.tools or [],
             "temperature": body.temperature,
             "top_p": body.top_p,
             "max_output_tokens": body.max_output_tokens,
             "metadata": body.metadata or {},
-            "text": {"format": {"type": "text"}},
+            "text": {"format": (body.text or {}).get("format") or {"type": "text"}},
             "usage": _usage(answer) if answer is not None else None,
             **({"keel": _keel_extra(answer)} if answer is not None else {}),
         }
 
     def turn(method: Callable[..., Any]) -> Any:
         return method(
-            question,
+            chat.question,
             thread_id,
             scopes,
             owner=key.id,
-            history=history,
-            params=params or None,
-            tool_choice=body.tool_choice if isinstance(body.tool_choice, str) else None,
-            instructions=instructions,
+            history=chat.history,
+            params=chat.params,
+            tool_choice=chat.tool_choice,
+            instructions=chat.instructions,
+            client=chat.client,
+            response_format=chat.response_format,
         )
 
     if not body.stream:
@@ -217,6 +279,9 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
             answer = turn(app.ask).to_dict()
         answer["thread_id"] = client_tid
         gw.account(key, answer, time.perf_counter() - started)
+        failed = invalid_output(answer, "text.format")
+        if failed is not None:
+            return JSONResponse(failed, status_code=422)
         return response(answer)
 
     lock = gw.thread_lock(thread_id)
@@ -232,15 +297,26 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
         mid = "msg_" + rid[-32:]
         where = {"item_id": mid, "output_index": 0, "content_index": 0}
         shown = ""
+        opened = False  # the message item is added with its first text
+        buffered = chat.response_format is not None  # JSON is sent whole, once checked
+
+        def open_message() -> Iterator[str]:
+            nonlocal opened
+            if not opened:
+                opened = True
+                yield event(
+                    "response.output_item.added",
+                    output_index=0,
+                    item=_message(rid, "", "in_progress"),
+                )
+                yield event("response.content_part.added", **where, part=_part(""))
+
         try:
             yield event("response.created", response=response(None))
             yield event("response.in_progress", response=response(None))
-            yield event(
-                "response.output_item.added", output_index=0, item=_message(rid, "", "in_progress")
-            )
-            yield event("response.content_part.added", **where, part=_part(""))
             for ev in stream:
-                if ev["type"] == "token":
+                if ev["type"] == "token" and not buffered:
+                    yield from open_message()
                     shown += ev["text"]
                     yield event(
                         "response.output_text.delta", **where, delta=ev["text"], logprobs=[]
@@ -249,20 +325,52 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
                     answer = ev["answer"]
                     answer["thread_id"] = client_tid
                     gw.account(key, answer, time.perf_counter() - started)
-                    content = _content(answer)
+                    failed = invalid_output(answer, "text.format")
+                    if failed is not None:
+                        err = failed["error"]
+                        yield event(
+                            "error", code=err["code"], message=err["message"], param=err["param"]
+                        )
+                        return
+                    calls = answer.get("client_tool_calls") or []
+                    content = answer["text"] if calls else _content(answer)
                     if content != shown:  # a refusal, a guard's message, an approval notice
                         rest = (
                             content[len(shown) :] if content.startswith(shown) else "\n\n" + content
                         )
+                        yield from open_message()
                         shown += rest
                         yield event("response.output_text.delta", **where, delta=rest, logprobs=[])
-                    yield event("response.output_text.done", **where, text=shown, logprobs=[])
-                    yield event("response.content_part.done", **where, part=_part(shown))
                     final = response(answer)
-                    final["output"] = [_message(rid, shown, "completed")]
-                    yield event(
-                        "response.output_item.done", output_index=0, item=final["output"][0]
-                    )
+                    final["output"] = []
+                    if opened:
+                        yield event("response.output_text.done", **where, text=shown, logprobs=[])
+                        yield event("response.content_part.done", **where, part=_part(shown))
+                        item = _message(rid, shown, "completed")
+                        final["output"].append(item)
+                        yield event("response.output_item.done", output_index=0, item=item)
+                    for call in calls:
+                        n = len(final["output"])
+                        item = _function_call(call)
+                        yield event(
+                            "response.output_item.added",
+                            output_index=n,
+                            item={**item, "arguments": "", "status": "in_progress"},
+                        )
+                        yield event(
+                            "response.function_call_arguments.delta",
+                            item_id=item["id"],
+                            output_index=n,
+                            delta=item["arguments"],
+                        )
+                        yield event(
+                            "response.function_call_arguments.done",
+                            item_id=item["id"],
+                            output_index=n,
+                            arguments=item["arguments"],
+                        )
+                        final["output"].append(item)
+                        yield event("response.output_item.done", output_index=n, item=item)
                     kind = (
                         "response.incomplete"
                         if final["status"] == "incomplete"
@@ -296,3 +404,23 @@ def _message(rid: str, text: str, status: str) -> dict[str, Any]:
         "role": "assistant",
         "content": [_part(text)] if status == "completed" else [],
     }
+
+
+def _function_call(call: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": "fc_" + call["id"],
+        "call_id": call["id"],
+        "name": call["name"],
+        "arguments": json.dumps(call["args"]),
+        "status": "completed",
+    }
+
+
+def _output(rid: str, answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """A finished response's output items: the message (when there is text) and the
+    function calls handed to the client."""
+    calls = answer.get("client_tool_calls") or []
+    text = answer["text"] if calls else _content(answer)
+    message = [_message(rid, text, "completed")] if text or not calls else []
+    return [*message, *(_function_call(c) for c in calls)]
