@@ -717,7 +717,11 @@ class ExtractiveChatModel(BaseChatModel):
         encode = getattr(tokenizer, "encode", None)
         if encode is None:
             return len(text.split())
-        return len(encode(text, add_special_tokens=False, verbose=False))
+        lock = getattr(self.embedder, "tokenizer_lock", None)
+        if lock is None:
+            return len(encode(text, add_special_tokens=False, verbose=False))
+        with lock:  # the fast tokenizer is not safe to share between threads
+            return len(encode(text, add_special_tokens=False, verbose=False))
 
 
 __all__ = ["EXAMPLES_KEY", "MODEL_ID", "REFUSAL", "ExtractiveChatModel", "extract_arguments"]

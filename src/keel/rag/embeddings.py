@@ -158,6 +158,9 @@ class Embedder:
         self.cache_dir = cache_dir
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
+        # the Hugging Face fast tokenizer may not be used by two threads at once ("Already
+        # borrowed"): every use of the model (and of its tokenizer, see tokenizer_lock) holds it
+        self.tokenizer_lock = threading.Lock()
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
         self.encoded = 0  # texts actually run through the model (not served by a cache)
 
@@ -236,13 +239,15 @@ class Embedder:
         """Embed without any cache: normalised float32 rows."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self.model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        model = self.model
+        with self.tokenizer_lock:
+            vectors = model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         self.encoded += len(texts)
         return np.asarray(vectors, dtype=np.float32)
 
