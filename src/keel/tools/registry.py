@@ -582,8 +582,11 @@ def _field_problem(name: str, hint: Any, field: FieldInfo) -> str | None:
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return f"pydantic cannot build a schema for {_type_name(hint)}: {first}"
-    if caught:
-        return str(caught[0].message).splitlines()[0]
+    # only pydantic's own warnings speak about the type: a ResourceWarning (a socket the
+    # garbage collector happened to close meanwhile) or similar says nothing about it
+    about_type = [w for w in caught if not issubclass(w.category, ResourceWarning)]
+    if about_type:
+        return str(about_type[0].message).splitlines()[0]
     return None
 
 
