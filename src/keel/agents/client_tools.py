@@ -69,6 +69,8 @@ def continuation(
     """
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
+    from keel.agents.graph import turn_reset  # graph imports this module
+
     messages = list(stored) or list(history or [])
     last_ai = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
     if last_ai is None or not last_ai.tool_calls:
@@ -96,25 +98,7 @@ def continuation(
         raise UsageError("tool results were sent without the user message that led to them")
     update: dict[str, Any] = {
         "messages": replies if stored else [*messages, *replies],
-        "steps": 0,
-        "tool_counts": {},
-        "tool_errors": 0,
-        "outcomes": [],
-        "decisions": {},
-        "events": [],
-        "answer": "",
-        "stop_reason": "",
-        "guard_message": "",
-        "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
-        "usage_unknown": False,
-        "finish_reason": "",
-        "model_id": "",
-        "model_seconds": 0.0,
-        "reask_note": "",
-        "reasks": 0,
-        "format_retries": 0,
-        "client_calls": [],
-        "cache": {},
+        **turn_reset(),
     }
     if not stored:  # a new thread: the question is the resent conversation's last
         update["question"] = str(question.text)

@@ -107,16 +107,10 @@ def args_hash(name: str, args: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def turn_input(question: str, history: list[AnyMessage] | None = None) -> dict[str, Any]:
-    """The graph input that starts a new turn (and resets the per-turn fields).
-
-    ``history`` seeds a new thread with earlier messages (an OpenAI-style client that sends
-    the whole conversation with every request).
-    """
+def turn_reset() -> dict[str, Any]:
+    """The per-turn fields as a new turn starts (everything but its messages, question and
+    hits)."""
     return {
-        "messages": [*(history or []), HumanMessage(question)],
-        "question": question,
-        "hits": [],
         "steps": 0,
         "tool_counts": {},
         "tool_errors": 0,
@@ -136,6 +130,20 @@ def turn_input(question: str, history: list[AnyMessage] | None = None) -> dict[s
         "format_retries": 0,
         "client_calls": [],
         "cache": {},
+    }
+
+
+def turn_input(question: str, history: list[AnyMessage] | None = None) -> dict[str, Any]:
+    """The graph input that starts a new turn (and resets the per-turn fields).
+
+    ``history`` seeds a new thread with earlier messages (an OpenAI-style client that sends
+    the whole conversation with every request).
+    """
+    return {
+        "messages": [*(history or []), HumanMessage(question)],
+        "question": question,
+        "hits": [],
+        **turn_reset(),
     }
 
 
