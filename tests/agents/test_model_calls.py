@@ -223,6 +223,16 @@ def test_tools_go_with_an_explicit_tool_choice_and_without_regex_patterns() -> N
     forced = {"type": "function", "function": {"name": "open_ticket"}}
     bound = ModelChain([("openai:m", model)]).bind([tool], tool_choice=forced)._bound(model)
     assert bound.kwargs["tool_choice"] == forced
+    # "required" with one tool is that tool by name for compatible servers (llama-cpp-python's
+    # server 500s on "required"); with several tools, or for OpenAI itself, it goes as is
+    for compatible, tools, expected in (
+        (True, [tool], forced),
+        (True, [tool, {**tool, "function": {**tool["function"], "name": "other"}}], "required"),
+        (False, [tool], "required"),
+    ):
+        model = _openai(compatible)
+        bound = ModelChain([("openai:m", model)]).bind(tools, tool_choice="required")._bound(model)
+        assert bound.kwargs["tool_choice"] == expected
 
 
 class _SlowSSE(http.server.BaseHTTPRequestHandler):

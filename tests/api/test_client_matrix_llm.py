@@ -86,3 +86,69 @@ def test_langchain_bind_tools_forced_on_the_real_model(served: tuple[str, str]) 
     llm = ChatOpenAI(model="bot", base_url=base, api_key=key, max_retries=0)  # type: ignore[arg-type]
     ai = llm.bind_tools([WEATHER_TOOL], tool_choice="get_weather").invoke("Weather in Oslo?")
     assert [c["name"] for c in ai.tool_calls] == ["get_weather"]
+
+
+class Weather(BaseModel):
+    city: str
+    sky: str
+
+
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"sunny in {city}"
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_pydantic_ai_output_type_on_the_real_model(served: tuple[str, str], api: str) -> None:
+    """pydantic-ai returns a typed output through a tool of its own (`final_result`) and sends
+    `tool_choice: "required"` for it: the real model's call reaches pydantic-ai as a tool call
+    whose arguments validate into the output type."""
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    base, key = served
+    provider = OpenAIProvider(base_url=base, api_key=key)
+    model_class = OpenAIChatModel if api == "chat" else OpenAIResponsesModel
+    agent = Agent(model_class("bot", provider=provider), output_type=Weather, retries=3)
+    result = agent.run_sync("What is the weather in Paris? The sky is sunny.")
+    assert isinstance(result.output, Weather)
+
+
+@pytest.mark.parametrize("api", ["responses", "chat"])
+def test_openai_agents_sdk_forced_function_tool_on_the_real_model(
+    served: tuple[str, str], api: str
+) -> None:
+    """The Agents SDK's tool loop with a real model: a forced function tool is called by the
+    model through the gateway, run by the SDK on the client, and its result ends the run."""
+    import asyncio
+
+    import openai
+    from agents import (
+        Agent,
+        ModelSettings,
+        OpenAIChatCompletionsModel,
+        OpenAIResponsesModel,
+        Runner,
+        function_tool,
+        set_tracing_disabled,
+    )
+
+    set_tracing_disabled(True)  # no trace export to OpenAI's servers
+    base, key = served
+    client = openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0)
+    model: Any = (
+        OpenAIResponsesModel(model="bot", openai_client=client)
+        if api == "responses"
+        else OpenAIChatCompletionsModel(model="bot", openai_client=client)
+    )
+    agent = Agent(
+        name="weather",
+        instructions="Answer with the weather.",
+        model=model,
+        tools=[function_tool(get_weather)],
+        model_settings=ModelSettings(tool_choice="get_weather"),
+        tool_use_behavior="stop_on_first_tool",
+    )
+    result = asyncio.run(Runner.run(agent, "What is the weather in Oslo?"))
+    assert isinstance(result.final_output, str) and result.final_output.startswith("sunny in ")

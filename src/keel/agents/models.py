@@ -178,7 +178,7 @@ class ModelChain:
             return model.bind_tools(self.tools, tool_choice=self.tool_choice)
         compatible = bool(getattr(model, "compatible", False))
         tools = [_for_provider(t, compatible) for t in self.tools]
-        return model.bind_tools(tools, tool_choice=self.tool_choice)
+        return model.bind_tools(tools, tool_choice=_choice_for(self.tool_choice, tools, compatible))
 
     def _wait(self, attempt: int) -> None:
         self.sleep(self.backoff_s * (2**attempt) * (0.5 + random.random() / 2))
@@ -218,6 +218,18 @@ def _for_provider(tool: dict[str, Any], compatible: bool) -> dict[str, Any]:
     if compatible and "parameters" in function:
         function["parameters"] = _without_patterns(function["parameters"])
     return {**tool, "function": function}
+
+
+def _choice_for(choice: ToolChoice, tools: list[dict[str, Any]], compatible: bool) -> ToolChoice:
+    """``tool_choice`` as a server is sent it. With one tool bound, ``"required"`` means
+    "call that tool", and compatible servers are sent it by name: llama-cpp-python's server
+    takes "auto", "none" or a named function, and fails with a 500 on "required" (pydantic-ai
+    sends it for its output tool)."""
+    if compatible and choice == "required" and len(tools) == 1:
+        name = tools[0].get("function", {}).get("name")
+        if isinstance(name, str):
+            return {"type": "function", "function": {"name": name}}
+    return choice
 
 
 def _without_patterns(schema: Any) -> Any:
