@@ -693,6 +693,7 @@ class App:
 
         from keel.agents.graph import REFUSAL_TEXT
         from keel.ops.cache import Partition
+        from keel.ops.refusal import is_refusal
 
         part = config["configurable"].get("keel_cache")
         if (
@@ -702,7 +703,8 @@ class App:
             or answer.tool_calls
             or answer.pending_approval
             or not answer.text.strip()
-            or answer.text.strip().startswith((REFUSAL_TEXT, "I don't know"))
+            or answer.text.strip().startswith(REFUSAL_TEXT)
+            or is_refusal(answer.text)
             or any(e.get("outcome") != "pass" for e in answer.events)
         ):
             return
@@ -1303,16 +1305,9 @@ _REDACTED_CACHE_CHARS = 4096
 
 def _redacted(text: str) -> str:
     """``text`` with its PII and secrets redacted (what ``capture = "redacted"`` keeps)."""
-    from keel.guardrails.pii import Redactor, detect_pii
-    from keel.guardrails.secrets import detect_secrets
+    from keel.guardrails.redaction import redact_text
 
-    spans = sorted(detect_pii(text) + detect_secrets(text), key=lambda s: s.start)
-    kept, last = [], -1
-    for span in spans:
-        if span.start >= last:
-            kept.append(span)
-            last = span.end
-    return Redactor().redact(text, kept) if kept else text
+    return redact_text(text)
 
 
 # A turn captures its answer twice (the model span and the turn), and an app answers the same

@@ -387,3 +387,23 @@ def test_quality_on_presidio_dev_set() -> None:
     result = evaluate_pii(samples)
     low = {k: round(result[k]["f2"], 3) for k in CORE if result[k]["f2"] < 0.90}
     assert low == {}, f"F2 below 0.90: {low}"
+
+
+def test_trace_redaction_resolves_overlaps_as_the_guard_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a span keeps (``capture = "redacted"``) and the pii guard's fix resolve
+    overlapping spans the same way: the higher score wins, even when a weaker span starts
+    first (the turn capture once kept whichever started first)."""
+    import keel.guardrails.secrets as secrets
+    from keel.app import _redacted
+
+    text = "reach me at +1 415 555 0100 please"
+    phone = detect_pii(text)
+    assert [s.entity_type for s in phone] == ["PHONE_NUMBER"]
+    start = phone[0].start
+    # a weak "secret" that starts before the phone number and overlaps it
+    weak = Span("GENERIC_SECRET", start - 3, start + 4, text[start - 3 : start + 4], 0.3)
+    monkeypatch.setattr(secrets, "detect_secrets", lambda text, **kw: [weak])
+    assert _redacted(text) == Redactor().redact(text, [*phone, weak])
+    assert _redacted(text) == "reach me at <PHONE_NUMBER_1> please"

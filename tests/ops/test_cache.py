@@ -285,6 +285,21 @@ def test_refusals_and_seeded_history_are_not_cached(
     assert app.cache.stats()["entries"] == 1
 
 
+def test_a_refusal_in_other_words_is_not_cached(
+    cached_app: Callable[..., tuple[App, ScriptedChatModel]],
+) -> None:
+    """The cache and the evaluation's refusal metric share one definition of a refusal
+    (``ops.refusal.is_refusal``): an "I'm not sure" answer counts as one for both."""
+    from keel.ops.refusal import is_refusal
+
+    hedge = "I'm not sure; the documents do not say how to cancel."
+    assert is_refusal(hedge)
+    app, _ = cached_app([hedge, "fresh"])
+    assert app.ask(Q).text == hedge
+    assert app.ask(Q).text == "fresh"  # the hedge was not kept
+    assert app.cache.stats()["entries"] == 1
+
+
 def test_input_guards_run_before_the_cache(
     cached_app: Callable[..., tuple[App, ScriptedChatModel]],
 ) -> None:
