@@ -938,6 +938,7 @@ class App:
             finish_reason=values.get("finish_reason") or None,
             model=values.get("model_id", ""),
             model_seconds=round(float(values.get("model_seconds", 0.0)), 6),
+            model_calls=list(values.get("model_calls", [])),
             cost_usd=self.prices.cost(values.get("model_id", ""), usage)
             if values.get("model_id") and usage
             else None,

@@ -793,33 +793,43 @@ def monitor_drift(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Do recent production questions drift away from what was evaluated (or from an earlier
-    window)? Exit 1 on alert. Each check is recorded; the gateway's /metrics shows the last."""
+    window)? With neither --reference nor --reference-window, the reference is the deployed
+    release's evaluated dataset, else the app's eval suite (evals/ beside keel.toml); the
+    output says which. Exit 1 on alert. Each check is recorded; the gateway's /metrics shows
+    the last."""
     from keel.evals.datasets import load_dataset
+    from keel.evals.drift_reference import default_reference
     from keel.ops.monitor import Window, check_drift
 
     with _errors():
-        if (reference is None) == (not reference_window):
-            raise UsageError("give either --reference DATASET or --reference-window")
+        if reference is not None and reference_window:
+            raise UsageError("give either --reference DATASET or --reference-window, not both")
         if reference is not None and not reference.is_file():
             raise UsageError(f"no dataset file {reference}")
         span = Window.parse(window)
         app = _app()
         try:
             questions = None
+            label = str(reference) if reference is not None else ""
             if reference is not None:
                 questions = [c.input for c in load_dataset(reference).cases]
+            elif not reference_window:
+                found = default_reference(app)
+                questions, label = found.questions, found.label
             report = check_drift(
                 app,
                 window=span,
                 reference_questions=questions,
                 reference_window=reference_window,
-                reference_label=str(reference) if reference is not None else "",
+                reference_label=label,
             )
         finally:
             app.close()
+    used = label or (f"the production window before the last {window}" if reference_window else "")
     if as_json:
-        _print_json(report.to_dict())
+        _print_json({**report.to_dict(), "reference": used})
     else:
+        err.print(f"reference: {used}", markup=False)
         line = (
             f"mean shift {report.mean_shift:.4f}  MMD {report.mmd:.4f} (p={report.mmd_p_value:.3f})"
         )

@@ -233,6 +233,52 @@ def test_readyz_and_metrics(gateway: Callable[..., Any]) -> None:
     assert 'keel_http_requests_total{method="POST",route="/v1/chat",status="200"} 1.0' in metrics
 
 
+def _sample(text: str, name: str, **labels: str) -> float:
+    """A sample's value in Prometheus text (0 when the series does not exist)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_model_metrics_record_each_model_call_in_a_real_turn(
+    gateway: Callable[..., Any],
+) -> None:
+    """``keel_model_latency_seconds`` is one model call's latency and
+    ``keel_model_errors_total`` counts failed calls (a retry included); the turn's wall time
+    goes to ``keel_turn_latency_seconds``. Once only tests called the per-call recorder, so
+    in production the error counter never moved and the model histogram held whole turns."""
+    gw = gateway(
+        [TimeoutError("slow"), "Refunds take 30 days.", ConnectionError("down"), ValueError("x")],
+        model={"max_retries": 1},
+    )
+    headers = gw.headers(gw.key("chat"))
+    ok = gw.client.post("/v1/chat", json={"message": "How long do refunds take?"}, headers=headers)
+    assert ok.status_code == 200, ok.text
+    calls = ok.json()["model_calls"]
+    assert [bool(c["error"]) for c in calls] == [True, False]  # the timeout, then the answer
+    text = gw.client.get("/metrics").text
+    model = {"model": calls[0]["model"]}
+    assert _sample(text, "keel_model_latency_seconds_count", **model) == 2
+    assert _sample(text, "keel_model_errors_total", **model) == 1
+    assert (
+        _sample(text, "keel_model_tokens_total", kind="output", **model)
+        == (calls[1]["output_tokens"])
+    )
+    assert calls[1]["output_tokens"] > 0
+    assert _sample(text, "keel_turn_latency_seconds_count") == 1
+    assert _sample(text, "keel_retrieval_requests_total") == 1
+    # a turn where every call fails: both attempts count as errors
+    failed = gw.client.post("/v1/chat", json={"message": "And exchanges?"}, headers=headers)
+    assert failed.status_code == 502, failed.text
+    text = gw.client.get("/metrics").text
+    assert _sample(text, "keel_model_errors_total", **model) == 3
+    assert _sample(text, "keel_turn_latency_seconds_count") == 1
+
+
 @pytest.mark.redis
 def test_limits_are_shared_through_redis(make_app: Callable[..., Any], redis_url: str) -> None:
     import uuid

@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -120,7 +121,23 @@ def test_monitor_drift_quiet_on_evaluated_questions_alerts_on_others(bot: Path) 
     for bad in (["--reference-window", "--window", "5"], ["--reference-window", "--window", "x"]):
         refused = runner.invoke(cli, [*cfg, "monitor", "drift", *bad])
         assert refused.exit_code == 2 and "--window" in refused.output, bad
-    assert runner.invoke(cli, [*cfg, "monitor", "drift"]).exit_code == 2  # no reference
+    # no reference given: the app's eval suite (evals/support.yaml), and the output says so
+    default = runner.invoke(cli, [*cfg, "monitor", "drift", "--window", "12", "--json"])
+    assert default.exit_code == 1, default.output
+    assert json.loads(default.stdout)["reference"].startswith("the app's eval suite support-bot")
+    # once an evaluated release is deployed, its eval dataset is the reference
+    suite = str(bot / "evals" / "support.yaml")
+    release = runner.invoke(cli, [*cfg, "release", "create", "--gate", suite, "--quiet"])
+    assert release.exit_code == 0, release.output
+    rid = release.stdout.strip()
+    assert runner.invoke(cli, [*cfg, "release", "deploy", rid]).exit_code == 0
+    for question in off_topic:  # (the gate's own eval turns are the latest traces now)
+        runner.invoke(cli, [*cfg, "ask", question])
+    deployed = runner.invoke(cli, [*cfg, "monitor", "drift", "--window", "12"])
+    assert deployed.exit_code == 1, deployed.output
+    assert f"reference: the deployed release {rid}'s eval dataset (support-bot)" in (
+        deployed.output
+    )
 
     # each check is recorded; the gateway shows the last one as gauges
     from fastapi.testclient import TestClient
@@ -134,3 +151,12 @@ def test_monitor_drift_quiet_on_evaluated_questions_alerts_on_others(bot: Path) 
     app.close()
     assert 'keel_drift{measure="alert"} 1.0' in metrics
     assert 'keel_drift{measure="mmd_p_value"}' in metrics
+
+
+def test_drift_without_a_reference_names_what_to_give(make_app: Any) -> None:
+    from keel.errors import UsageError
+    from keel.evals.drift_reference import default_reference
+
+    app = make_app({})  # no deployed release, no evals/ folder
+    with pytest.raises(UsageError, match="--reference DATASET or --reference-window"):
+        default_reference(app)

@@ -22,6 +22,10 @@ class Answer:
     never zeros), and ``cost_usd`` is then None. ``finish_reason``: why the last model call
     stopped, ``length`` when ``max_tokens`` cut the reply.
 
+    ``model_calls``: one entry per model call the turn made, retries and fallbacks included
+    (``model``, ``seconds``, ``input_tokens``, ``output_tokens``, ``error``: empty when it
+    answered); ``model_seconds`` is the turn's total time in model calls.
+
     ``cache_hit``: the semantic cache answered (no model call: usage and cost are zero);
     ``cache``: its lookup (``hit``, ``similarity`` of the nearest entry, ``entry_id``), None
     when the cache was not consulted (off, a follow-up turn, a guard that did not pass).
@@ -38,6 +42,7 @@ class Answer:
     finish_reason: str | None = None  # the last model call's: stop, length, tool_calls, ...
     model: str = ""
     model_seconds: float = 0.0
+    model_calls: list[dict[str, Any]] = field(default_factory=list)
     cost_usd: float | None = None  # None when the model's price is unknown (never guessed)
     events: list[dict[str, Any]] = field(default_factory=list)
     hits: list[dict[str, Any]] = field(default_factory=list)

@@ -54,7 +54,7 @@ from langgraph.types import interrupt
 from keel.agents import client_tools, structured
 from keel.agents.context import render_user_turn
 from keel.agents.hooks import Hooks, RunContext
-from keel.agents.models import ModelChain
+from keel.agents.models import ModelAttempt, ModelChain
 from keel.agents.params import ModelParams
 from keel.agents.prompts import Prompts
 from keel.errors import GuardTripped
@@ -93,6 +93,7 @@ class AgentState(TypedDict, total=False):
     finish_reason: str  # the last model call's ("stop", "length", "tool_calls", ...)
     model_id: str
     model_seconds: float
+    model_calls: list[dict[str, Any]]  # one per call made: model, seconds, tokens, error
     reask_note: str  # why an output guard sent the answer back (only for the next model call)
     reasks: int
     guard_memory: dict[str, Any]  # hooks' memory across turns (e.g. PII placeholders)
@@ -125,6 +126,7 @@ def turn_reset() -> dict[str, Any]:
         "finish_reason": "",
         "model_id": "",
         "model_seconds": 0.0,
+        "model_calls": [],
         "reask_note": "",
         "reasks": 0,
         "format_retries": 0,
@@ -403,7 +405,8 @@ class Agent:
             **{"gen_ai.operation.name": "chat", "gen_ai.request.model": primary},
         ) as span:
             started = time.perf_counter()
-            model_id, response = chain.invoke(prompt, config)
+            attempts: list[ModelAttempt] = []
+            model_id, response = chain.invoke(prompt, config, attempts)
             elapsed = time.perf_counter() - started
             response = unique_call_ids(response, state["messages"])
             meta = getattr(response, "usage_metadata", None)
@@ -429,6 +432,17 @@ class Agent:
         usage = dict(state.get("usage", {}))
         for key in ("input_tokens", "output_tokens", "total_tokens"):
             usage[key] = usage.get(key, 0) + int((meta or {}).get(key, 0) or 0)
+        calls = [
+            {
+                "model": a.model,
+                "seconds": round(a.seconds, 6),
+                "input_tokens": int((meta or {}).get("input_tokens", 0) or 0) if ok else 0,
+                "output_tokens": int((meta or {}).get("output_tokens", 0) or 0) if ok else 0,
+                "error": a.error,
+            }
+            for a in attempts
+            for ok in [not a.error]
+        ]
         handed = client.names if client is not None else frozenset()
         return {
             "messages": [response],
@@ -443,6 +457,7 @@ class Agent:
             "finish_reason": finish,
             "model_id": model_id,
             "model_seconds": state.get("model_seconds", 0.0) + elapsed,
+            "model_calls": [*state.get("model_calls", []), *calls],
             "reask_note": "",
             "stop_reason": "",  # a reask is over once the model answered again
         }

@@ -127,6 +127,18 @@ def is_retryable(exc: BaseException) -> bool:
 ToolChoice = str | dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ModelAttempt:
+    """One call to one model of a chain: which model, how long it took, and why it failed
+    (``error`` is empty when it answered). Metrics record each (``keel_model_latency_seconds``
+    is one call's latency; ``keel_model_errors_total`` counts failed calls, retries and
+    fallbacks included)."""
+
+    model: str
+    seconds: float
+    error: str = ""
+
+
 @dataclass
 class ModelChain:
     """A primary model and its fallbacks, each bound to the same tools.
@@ -183,8 +195,14 @@ class ModelChain:
     def _wait(self, attempt: int) -> None:
         self.sleep(self.backoff_s * (2**attempt) * (0.5 + random.random() / 2))
 
-    def invoke(self, messages: list[BaseMessage], config: Any = None) -> tuple[str, BaseMessage]:
+    def invoke(
+        self,
+        messages: list[BaseMessage],
+        config: Any = None,
+        attempts: list[ModelAttempt] | None = None,
+    ) -> tuple[str, BaseMessage]:
         """``(model id that answered, its message)``; :class:`ModelError` when all failed.
+        Each call made (retries and fallbacks included) is appended to ``attempts``.
 
         Under LangGraph's ``stream_mode="messages"`` the tokens of this call stream out
         through the callbacks in ``config``.
@@ -195,14 +213,23 @@ class ModelChain:
             bound = self._bound(model)
             extra = self.response_format.provider_kwargs(model) if self.response_format else {}
             for attempt in range(self.max_retries + 1):
+                started = time.perf_counter()
                 try:
-                    return model_id, bound.invoke(messages, config=config, **kwargs, **extra)
+                    message = bound.invoke(messages, config=config, **kwargs, **extra)
                 except Exception as exc:
-                    failures.append((model_id, f"{type(exc).__name__}: {exc}"[:300]))
+                    error = f"{type(exc).__name__}: {exc}"[:300]
+                    failures.append((model_id, error))
+                    if attempts is not None:
+                        attempts.append(
+                            ModelAttempt(model_id, time.perf_counter() - started, error)
+                        )
                     if attempt < self.max_retries and is_retryable(exc):
                         self._wait(attempt)
                         continue
                     break
+                if attempts is not None:
+                    attempts.append(ModelAttempt(model_id, time.perf_counter() - started))
+                return model_id, message
         raise ModelError(_summary(failures), failures)
 
 

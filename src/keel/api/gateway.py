@@ -15,6 +15,7 @@ from fastapi import Request
 from keel.api.keys import ApiKey, KeyStore
 from keel.api.limits import KeyLimits
 from keel.api.problems import Problem
+from keel.errors import ModelError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -270,7 +271,9 @@ class Gateway:
         """Around a turn: a failure counts against the release that served it."""
         try:
             yield
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, ModelError):
+                self.metrics.model_errors_of(exc.attempts)
             self.metrics.release_request(app.release_id, "error")
             self.maybe_check_canary()
             raise

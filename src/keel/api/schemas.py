@@ -44,6 +44,11 @@ class ChatResponse(BaseModel):
     usage: dict[str, int]
     model: str
     model_seconds: float = 0.0
+    model_calls: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="One per model call of the turn, retries and fallbacks included: model, "
+        "seconds, input_tokens, output_tokens, error (empty when it answered).",
+    )
     cost_usd: float | None = None
     events: list[dict[str, Any]]
     release_id: str | None = None

@@ -232,6 +232,13 @@ class Metrics:
         if error:
             self.model_errors.labels(model=name).inc()
 
+    def model_errors_of(self, attempts: Iterable[tuple[str, str]]) -> None:
+        """The failed calls of a turn that ended in :class:`~keel.errors.ModelError` (its
+        ``attempts``: ``(model id, error)``); their latency is not known, so only the error
+        counter moves."""
+        for model, _ in attempts:
+            self.model_errors.labels(model=self._label("model", model)).inc()
+
     def tool_call(self, tool: str, status: str, seconds: float) -> None:
         """One tool call with its status (``ok``, ``error``, ``refused``, ...)."""
         name = self._label("tool", tool)
@@ -262,9 +269,10 @@ class Metrics:
     def answer(self, answer: Mapping[str, Any], seconds: float, *, retrieved: bool = True) -> None:
         """Everything one turn shows: ``answer`` is ``Answer.to_dict()``, ``seconds`` its wall time.
 
-        Records the model's tokens (``usage``, under ``answer["model"]``); the model latency
-        when the answer carries ``model_seconds`` (the time spent in model calls: the turn's
-        wall time also holds retrieval, tools and guards, so it is not used instead); each
+        Records each model call of ``model_calls`` (its latency, tokens and whether it failed:
+        a retry or a fallback counts as a failed call of its model); an answer without them
+        (recorded by an older Keel) records its tokens (``usage``, under ``answer["model"]``)
+        and ``model_seconds`` instead; each
         tool call (``name``, ``status``, ``seconds``); each guard event (``name``, ``point``,
         ``outcome``); the retrieval (``len(hits)``, best hit score) unless ``retrieved`` is
         false (an app with retrieval off); ``cost_usd`` when present; and the turn latency.
@@ -277,16 +285,26 @@ class Metrics:
         hit = answer.get("cache_hit") is True
         if isinstance(cache, Mapping):
             self.cache_requests.labels(result="hit" if hit else "miss").inc()
-        model_seconds = _number(answer.get("model_seconds"))
-        if model_seconds is not None and not hit:
-            self.model_latency.labels(model=self._label("model", model)).observe(
-                max(0.0, model_seconds)
+        calls = list(_dicts(answer.get("model_calls")))
+        for call in calls:
+            self.model_call(
+                str(call.get("model") or UNKNOWN_LABEL),
+                _number(call.get("seconds")) or 0.0,
+                int(call.get("input_tokens", 0) or 0),
+                int(call.get("output_tokens", 0) or 0),
+                error=bool(call.get("error")),
             )
-        self._tokens(
-            self._label("model", model),
-            int(usage.get("input_tokens", 0) or 0),
-            int(usage.get("output_tokens", 0) or 0),
-        )
+        if not calls:
+            model_seconds = _number(answer.get("model_seconds"))
+            if model_seconds is not None and not hit:
+                self.model_latency.labels(model=self._label("model", model)).observe(
+                    max(0.0, model_seconds)
+                )
+            self._tokens(
+                self._label("model", model),
+                int(usage.get("input_tokens", 0) or 0),
+                int(usage.get("output_tokens", 0) or 0),
+            )
         for call in _dicts(answer.get("tool_calls")):
             self.tool_call(
                 str(call.get("name") or UNKNOWN_LABEL),
