@@ -158,3 +158,50 @@ def test_builds_the_app_from_the_suite(tmp_path: Path) -> None:
     run = run_suite(suite, model=_model(lambda m: "Answer 0."))
     assert [c.error for c in run.cases] == [None, None]
     assert run.per_case("non_llm_string_similarity")["q0"] == pytest.approx(1.0)
+
+
+def _echo(messages: list[BaseMessage]) -> str:
+    return "Answer " + _question(messages).split()[-1].rstrip("?") + "."
+
+
+def test_run_suite_works_inside_a_running_event_loop(
+    tmp_path: Path, make_app: Callable[..., App]
+) -> None:
+    """A notebook or an async app calls ``run_suite`` with a loop already running: it runs on
+    a loop of its own in a worker thread instead of failing in ``asyncio.run``."""
+    import asyncio
+
+    suite = _write_suite(tmp_path, CASES[:3])
+    app = make_app(model=_model(_echo))
+
+    async def host() -> RunResult:
+        return run_suite(suite, app=app)
+
+    run = asyncio.run(host())
+    assert [c.error for c in run.cases] == [None, None, None]
+    assert run.aggregates["non_llm_string_similarity"]["mean"] == pytest.approx(1.0)
+
+
+def test_gc_freeze_is_opt_in(
+    tmp_path: Path, make_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gc.freeze`` is process-wide: a run freezes only when the suite
+    (``concurrency_gc_freeze``) or the caller (``gc_freeze=True``) asks, and hands the objects
+    back afterwards."""
+    import gc
+
+    frozen: list[int] = []
+
+    def reply(messages: list[BaseMessage]) -> str:
+        frozen.append(gc.get_freeze_count())
+        return _echo(messages)
+
+    app = make_app(model=_model(reply))
+    run_suite(_write_suite(tmp_path, CASES[:2]), app=app)
+    assert frozen and max(frozen) == 0  # default: nothing frozen
+    frozen.clear()
+    run_suite(_write_suite(tmp_path, CASES[:2], concurrency_gc_freeze=True), app=app)
+    assert min(frozen) > 0 and gc.get_freeze_count() == 0
+    frozen.clear()
+    run_suite(_write_suite(tmp_path, CASES[:2]), app=app, gc_freeze=True)
+    assert min(frozen) > 0 and gc.get_freeze_count() == 0

@@ -14,13 +14,14 @@ configured, no reference on the case) is left out of that case and the reason is
 
 A timed-out ``App.ask`` cannot be interrupted: its worker thread finishes in the background,
 its answer dropped, while a fresh worker takes its place and the case is retried or recorded
-as failed. While the cases run, the garbage collector leaves alone what existed before the
-run (:func:`_young_collections`).
+as failed. With ``concurrency_gc_freeze`` (or ``gc_freeze=True``), the garbage collector
+leaves alone what existed before the run while the cases run (:func:`_young_collections`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import json
 import math
@@ -236,6 +237,7 @@ async def arun_suite(
     model: Any = None,
     progress: Progress | None = None,
     judge: Any = None,
+    gc_freeze: bool | None = None,
 ) -> RunResult:
     """Run ``suite`` (a :class:`Suite` or a suite file) and score it.
 
@@ -244,10 +246,13 @@ async def arun_suite(
     is called with ``(done, total)`` as cases finish. ``judge``: the judge model for RAGAS judge
     metrics, a chat model (or a RAGAS LLM, used as it is); default: ``suite.judge`` (a model
     id). Either way it goes through :func:`keel.evals.judges.ragas_llm`, its calls cached in
-    the app's database, so a rerun replays the judge at no cost.
+    the app's database, so a rerun replays the judge at no cost. ``gc_freeze``: freeze the
+    process's existing objects while the cases run (``gc.freeze``, process-wide); default:
+    the suite's ``concurrency_gc_freeze`` (off).
     """
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
+    freeze = suite.concurrency_gc_freeze if gc_freeze is None else gc_freeze
     dataset = load_dataset(suite.dataset_path)
     owned = app is None
     if app is None:
@@ -255,7 +260,7 @@ async def arun_suite(
 
         app = App.from_config(suite.app_path, model=model)
     try:
-        return await _run(suite, app, dataset.cases, dataset.version, progress, judge)
+        return await _run(suite, app, dataset.cases, dataset.version, progress, judge, freeze)
     finally:
         if owned:
             app.close()
@@ -268,6 +273,7 @@ async def _run(
     dataset_version: str,
     progress: Progress | None,
     judge: Any,
+    gc_freeze: bool = False,
 ) -> RunResult:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t_start = time.perf_counter()
@@ -288,7 +294,7 @@ async def _run(
         answer = app.ask(case.input, thread_id=tid, history=history, ephemeral=True)
         return answer, (time.perf_counter() - t0) * 1000.0
 
-    with _young_collections():
+    with _young_collections(gc_freeze):
         outcomes = await run_jobs(
             ask,
             len(jobs),
@@ -375,7 +381,7 @@ async def _run(
 
 
 @contextmanager
-def _young_collections() -> Iterator[None]:
+def _young_collections(enabled: bool = True) -> Iterator[None]:
     """While the cases run, the garbage collector leaves alone what existed before the run.
 
     A process that has imported LangChain, LangGraph, RAGAS and torch tracks some 300,000
@@ -383,9 +389,10 @@ def _young_collections() -> Iterator[None]:
     run stopped (they share the GIL). Frozen (``gc.freeze``), they are left out of the
     run's collections; the run's own garbage is collected as usual, and they are handed back
     (``gc.unfreeze``) when the run ends. A process that freezes objects itself is left as it
-    is.
+    is. Off unless asked for (``enabled``): freezing is process-wide, and a host process
+    (a notebook, a web app) did not ask for it.
     """
-    if gc.get_freeze_count():
+    if not enabled or gc.get_freeze_count():
         yield
         return
     gc.freeze()
@@ -418,9 +425,24 @@ def run_suite(
     model: Any = None,
     progress: Progress | None = None,
     judge: Any = None,
+    gc_freeze: bool | None = None,
 ) -> RunResult:
-    """:func:`arun_suite` from synchronous code."""
-    return asyncio.run(arun_suite(suite, app=app, model=model, progress=progress, judge=judge))
+    """:func:`arun_suite` from synchronous code, also inside a running event loop (a
+    notebook, an async app): there it runs on a loop of its own in a worker thread."""
+
+    def run() -> RunResult:
+        return asyncio.run(
+            arun_suite(
+                suite, app=app, model=model, progress=progress, judge=judge, gc_freeze=gc_freeze
+            )
+        )
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(run).result()
 
 
 __all__ = [

@@ -47,6 +47,12 @@ class Suite(BaseModel):
     metrics: dict[str, dict[str, Any]] = Field(min_length=1)
     repeats: int = Field(default=1, ge=1, le=100)
     concurrency: int = Field(default=4, ge=1, le=256)
+    concurrency_gc_freeze: bool = Field(
+        default=False,
+        description="Freeze the objects that exist before the run (gc.freeze) while the cases "
+        "run, so the garbage collector's full passes do not stop every case; process-wide, "
+        "so off unless asked for.",
+    )
     timeout_s: float = Field(default=60.0, gt=0)
     retries: int = Field(default=1, ge=0, le=10)
     judge: str | None = None
