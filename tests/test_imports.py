@@ -42,7 +42,7 @@ ALLOWED = {
     "evals": {"app", "rag", "tools", "agents", "guardrails", "ops"},
     "api": {"app", "rag", "tools", "agents", "guardrails", "ops", "evals"},
 }
-SHARED = {"errors", "settings", "config", "db", "testing"}
+SHARED = {"errors", "settings", "config", "db", "testing", "_lazy"}
 
 
 def _keel_imports(path: Path) -> set[str]:

@@ -37,3 +37,18 @@ def test_the_two_commands_come_first() -> None:
         "make run",
         "make test",
     ]
+
+
+def test_the_readme_uses_only_the_areas_public_paths() -> None:
+    """Users are sent to ``keel.<area>.<name>`` (each area's ``__all__``), never into its
+    modules."""
+    import importlib
+
+    text = README.read_text(encoding="utf-8")
+    deep = re.findall(r"\bkeel\.(?:rag|tools|agents|guardrails|api|ops|evals)\.[a-z_]+\.\w+", text)
+    assert deep == []
+    for area, name in re.findall(
+        r"\bkeel\.(rag|tools|agents|guardrails|api|ops|evals)\.(\w+)", text
+    ):
+        module = importlib.import_module(f"keel.{area}")
+        assert name in module.__all__, f"keel.{area}.{name}"

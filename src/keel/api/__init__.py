@@ -3,17 +3,13 @@ it with uvicorn."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from keel._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from keel.api.server import create_app
 
+_EXPORTS = {"create_app": "keel.api.server"}
 __all__ = ["create_app"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "create_app":
-        from keel.api.server import create_app
-
-        return create_app
-    raise AttributeError(name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,6 +17,8 @@ class ChatRequest(BaseModel):
 
 
 class Citation(BaseModel):
+    """A passage the answer rests on: where it comes from, down to the characters."""
+
     n: int
     doc_id: str
     chunk_id: str
@@ -31,6 +33,9 @@ class Citation(BaseModel):
         description="True when Keel attributed the passage to the answer (the model cited none "
         "it was given); False when the model cited it as [n].",
     )
+    doc_hash: str | None = Field(
+        default=None, description="The content hash of the cited document (lineage)."
+    )
 
 
 class ChatResponse(BaseModel):
@@ -38,7 +43,7 @@ class ChatResponse(BaseModel):
     thread_id: str
     trace_id: str
     stop_reason: str
-    citations: list[dict[str, Any]]
+    citations: list[Citation]
     tool_calls: list[dict[str, Any]]
     pending_approval: list[dict[str, Any]] | None
     usage: dict[str, int]
