@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
@@ -21,6 +19,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from keel.app import App
+    from keel.ops.jobs import JobRecord
 
 
 def _seconds_to_midnight() -> int:
@@ -38,25 +37,6 @@ def _outcome(answer: dict[str, Any]) -> str:
     if stop == "guardrail":
         return "guard_tripped"
     return "ok"
-
-
-@dataclass
-class Job:
-    id: str
-    state: str = "queued"  # queued, running, done, failed
-    report: dict[str, Any] | None = None
-    error: str | None = None
-    created_at: float = field(default_factory=time.time)
-    key_id: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "state": self.state,
-            "report": self.report,
-            "error": self.error,
-            "created_at": self.created_at,
-        }
 
 
 class Gateway:
@@ -77,9 +57,15 @@ class Gateway:
 
         self.metrics = Metrics(registry)
         self.ledger = UsageLedger(app.engine)
-        self._thread_locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-        self.jobs: dict[str, Job] = {}
+        from keel.ops.locks import leases_for
+
+        # one turn at a time per thread across every worker and instance (Redis when
+        # configured, else the keel database): a lease, not a per-process lock
+        self.leases = leases_for(app.engine, app.settings.redis_url)
+        from keel.ops.jobs import JobStore
+
+        # in the keel database: any worker or instance can answer GET /v1/ingest/{job}
+        self.jobs = JobStore(app.engine, app.name)
         from keel.ops.releases import ReleaseStore
 
         self.releases = ReleaseStore(app.engine, app.name)
@@ -247,15 +233,15 @@ class Gateway:
 
     @contextmanager
     def thread_lock(self, thread_id: str) -> Iterator[None]:
-        """One request at a time per thread; a second concurrent one gets 409."""
-        with self._locks_guard:
-            lock = self._thread_locks.setdefault(thread_id, threading.Lock())
-        if not lock.acquire(blocking=False):
+        """One request at a time per thread, whichever process or instance serves it; a
+        second concurrent one gets 409. The lease expires on its own if this process dies."""
+        lease = self.leases.try_acquire(f"{self.app.name}:thread:{thread_id}")
+        if lease is None:
             raise Problem(409, f"thread {thread_id!r} is busy with another request")
         try:
             yield
         finally:
-            lock.release()
+            lease.release()
 
     def account(self, key: ApiKey, answer: dict[str, Any], seconds: float) -> None:
         """After a turn: the key's tokens and cost, and the metrics."""
@@ -272,13 +258,16 @@ class Gateway:
         try:
             yield
         except Exception as exc:
-            if isinstance(exc, ModelError):
-                self.metrics.model_errors_of(exc.attempts)
-            self.metrics.release_request(app.release_id, "error")
-            self.maybe_check_canary()
+            self.failed(app, exc)
             raise
 
-    def new_job(self, key_id: str) -> Job:
-        job = Job(id=uuid.uuid4().hex, key_id=key_id)
-        self.jobs[job.id] = job
-        return job
+    def failed(self, app: App, exc: BaseException) -> None:
+        """A turn failed (before or during its stream): it counts against the release that
+        served it, and a model failure's calls count as failed model calls."""
+        if isinstance(exc, ModelError):
+            self.metrics.model_errors_of(exc.attempts)
+        self.metrics.release_request(app.release_id, "error")
+        self.maybe_check_canary()
+
+    def new_job(self, key_id: str) -> JobRecord:
+        return self.jobs.create(key_id)

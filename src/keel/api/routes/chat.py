@@ -84,7 +84,7 @@ def chat_turn(
                 else:
                     yield sse(kind, event)
         except Exception as exc:  # the stream has begun: its last event says why
-            gw.metrics.release_request(app.release_id, "error")
+            gw.failed(app, exc)
             yield sse("error", stream_error(exc))
         finally:
             close_quietly(events_in)  # a client that went away cancels the run here

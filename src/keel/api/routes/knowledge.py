@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import threading
@@ -11,11 +12,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from keel.api.gateway import Gateway, Job
+from keel.api.gateway import Gateway
 from keel.api.keys import ApiKey
 from keel.api.problems import COMMON, Problem, documented
 from keel.api.routes._common import gateway
 from keel.api.schemas import IngestJson, SearchRequest
+from keel.ops.jobs import JobRecord
+
+_log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["knowledge"], responses=documented(*COMMON))
 
@@ -28,15 +32,16 @@ def search(body: SearchRequest, request: Request) -> dict[str, Any]:
     return {"hits": [h.to_dict() for h in hits]}
 
 
-def _run(gw: Gateway, job: Job, make_items: Any, cleanup: Any = None) -> None:
-    job.state = "running"
+def _run(gw: Gateway, job: JobRecord, make_items: Any, cleanup: Any = None) -> None:
     try:
+        gw.jobs.running(job.id)
         report = gw.app.ingest_documents(make_items(), created_by=job.key_id)
-        job.report = report.to_dict()
-        job.state = "done"
+        gw.jobs.done(job.id, report.to_dict())
     except Exception as exc:  # recorded on the job; the gateway stays up
-        job.error = f"{type(exc).__name__}: {exc}"
-        job.state = "failed"
+        try:
+            gw.jobs.failed(job.id, f"{type(exc).__name__}: {exc}")
+        except Exception:  # the database itself failed: the job shows running, stale
+            _log.exception("ingestion job %s failed and could not be recorded", job.id)
     finally:
         if cleanup is not None:
             cleanup()

@@ -342,7 +342,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                         yield usage_chunk(answer)
             yield "data: [DONE]\n\n"
         except Exception as exc:  # the stream has begun: its last chunk says why
-            gw.metrics.release_request(app.release_id, "error")
+            gw.failed(app, exc)
             yield f"data: {json.dumps(_stream_error(exc))}\n\n"
         finally:
             close_quietly(stream)

@@ -378,7 +378,7 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
                     )
                     yield event(kind, response=final)
         except Exception as exc:  # the stream has begun: its last event says why
-            gw.metrics.release_request(app.release_id, "error")
+            gw.failed(app, exc)
             err = _stream_error(exc)["error"]
             yield event("error", code=err["code"], message=err["message"], param=None)
         finally:

@@ -1,0 +1,132 @@
+"""Ingestion jobs in the keel database: their state, report and error are readable from every
+process and instance, not only the one that accepted the request.
+
+A job runs in the process that accepted it; it records which process (``runner``, host and
+pid) and when it last reported (``updated_at``), so a job whose process died shows as
+``running`` with a stale ``updated_at`` rather than disappearing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import Column, Engine, Float, MetaData, String, Table, Text, insert, select, update
+
+__all__ = ["JobRecord", "JobState", "JobStore"]
+
+JobState = Literal["queued", "running", "done", "failed"]
+
+metadata = MetaData()
+jobs_table = Table(
+    "keel_ingest_jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("app", String(200), nullable=False, index=True),
+    Column("key_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("report", Text, nullable=True),  # JSON
+    Column("error", Text, nullable=True),
+    Column("runner", String(300), nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One ingestion job as stored."""
+
+    id: str
+    key_id: str
+    state: JobState
+    report: dict[str, Any] | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    runner: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``GET /v1/ingest/{job}`` shows."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "report": self.report,
+            "error": self.error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+def _runner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobStore:
+    """Ingestion jobs of one app."""
+
+    def __init__(self, engine: Engine, app: str) -> None:
+        from keel.db import create_tables
+
+        self.engine = engine
+        self.app = app
+        create_tables(engine, metadata, [jobs_table])
+
+    def create(self, key_id: str) -> JobRecord:
+        now = time.time()
+        job_id = uuid.uuid4().hex
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(jobs_table).values(
+                    id=job_id,
+                    app=self.app,
+                    key_id=key_id,
+                    state="queued",
+                    runner=_runner(),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        found = self.get(job_id)
+        assert found is not None
+        return found
+
+    def get(self, job_id: str) -> JobRecord | None:
+        t = jobs_table
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t).where(t.c.id == job_id, t.c.app == self.app)).first()
+        if row is None:
+            return None
+        return JobRecord(
+            id=row.id,
+            key_id=row.key_id,
+            state=row.state,
+            report=json.loads(row.report) if row.report else None,
+            error=row.error,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            runner=row.runner,
+        )
+
+    def _set(self, job_id: str, **values: Any) -> None:
+        t = jobs_table
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t)
+                .where(t.c.id == job_id, t.c.app == self.app)
+                .values(updated_at=time.time(), **values)
+            )
+
+    def running(self, job_id: str) -> None:
+        self._set(job_id, state="running", runner=_runner())
+
+    def done(self, job_id: str, report: dict[str, Any]) -> None:
+        self._set(job_id, state="done", report=json.dumps(report, default=str))
+
+    def failed(self, job_id: str, error: str) -> None:
+        self._set(job_id, state="failed", error=error[:2000])

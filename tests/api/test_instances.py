@@ -1,0 +1,204 @@
+"""Two gateway instances as two real processes (`keel serve`) on one keel database: a thread
+is busy for both, whichever instance a turn lands on (a lease in the database, or in Redis
+when KEEL_REDIS_URL is set), and its history stays well formed."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+class _SlowModel(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat completion that takes a second and a half."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        time.sleep(1.5)
+        body = json.dumps(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "slow",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Slowly answered."},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def model_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowModel)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+KEEL = [sys.executable, "-c", "from keel.cli import main; main()"]
+
+
+def _instances(tmp_path: Path, env: dict[str, str], n: int) -> Iterator[list[str]]:
+    procs, urls = [], []
+    try:
+        for _ in range(n):
+            port = _port()
+            log = (tmp_path / f"serve-{port}.log").open("wb")
+            procs.append(
+                subprocess.Popen(
+                    [*KEEL, "--config", str(tmp_path / "keel.toml"), "serve", "--port", str(port)],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            urls.append(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 120
+        for url in urls:
+            while True:
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "an instance did not start"
+                assert all(p.poll() is None for p in procs), "an instance exited"
+                time.sleep(0.2)
+        yield urls
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.parametrize("shared", ["database", "redis"])
+def test_a_thread_is_busy_across_two_instances(
+    tmp_path: Path,
+    model_url: str,
+    model_cache_dir: Path,
+    shared: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    (tmp_path / "keel.toml").write_text(
+        '[app]\nname = "multi"\n[agent]\nretrieve = false\n'
+        '[model]\nid = "openai:slow"\nmax_retries = 0\n'
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KEEL_")},
+        "KEEL_DATA_DIR": str(tmp_path / ".keel"),
+        "KEEL_CACHE_DIR": str(model_cache_dir),
+        "KEEL_OPENAI_BASE_URL": model_url,
+        "KEEL_OPENAI_API_KEY": "local",
+    }
+    if shared == "redis":
+        env["KEEL_REDIS_URL"] = request.getfixturevalue("redis_url")
+    made = subprocess.run(
+        [
+            *KEEL,
+            "--config",
+            str(tmp_path / "keel.toml"),
+            "keys",
+            "create",
+            "--name",
+            "t",
+            "--scopes",
+            "chat,ingest",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = made.stdout.strip().splitlines()[-1]
+    headers = {"Authorization": f"Bearer {key}"}
+    gen = _instances(tmp_path, env, 2)
+    a, b = next(gen)
+    try:
+        statuses: dict[str, int] = {}
+        start = threading.Barrier(2)
+
+        def turn(url: str) -> None:
+            start.wait()
+            reply = httpx.post(
+                f"{url}/v1/chat",
+                json={"message": "hello", "thread_id": "shared-thread"},
+                headers=headers,
+                timeout=60,
+            )
+            statuses[url] = reply.status_code
+
+        threads = [threading.Thread(target=turn, args=(u,)) for u in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(statuses.values()) == [200, 409], statuses
+        # the thread's history, read through the other instance, is one whole turn
+        history = httpx.get(f"{b}/v1/threads/shared-thread", headers=headers, timeout=30)
+        assert history.status_code == 200, history.text
+        roles = [m["role"] for m in history.json()["messages"]]
+        assert roles == ["human", "ai"] or roles == ["user", "assistant"], roles
+        # and the thread is free again on both instances
+        again = httpx.post(
+            f"{a}/v1/chat",
+            json={"message": "again", "thread_id": "shared-thread"},
+            headers=headers,
+            timeout=60,
+        )
+        assert again.status_code == 200, again.text
+        if shared == "database":
+            # an ingestion job accepted by A is followed to its end through B
+            job = httpx.post(
+                f"{a}/v1/ingest",
+                json={"documents": [{"id": "faq.md", "text": "Refunds take 30 days."}]},
+                headers=headers,
+                timeout=60,
+            )
+            assert job.status_code == 202, job.text
+            state = {}
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                state = httpx.get(
+                    f"{b}/v1/ingest/{job.json()['id']}", headers=headers, timeout=30
+                ).json()
+                if state.get("state") in ("done", "failed"):
+                    break
+                time.sleep(0.3)
+            assert state.get("state") == "done", state
+            assert state["report"]["added"] == 1, state
+    finally:
+        gen.close()
