@@ -60,7 +60,11 @@ def build_model(
         kwargs["temperature"] = temperature
     if model_id.startswith("openai:"):
         try:
-            from keel.agents.openai_model import KeelChatOpenAI, http_timeout
+            from keel.agents.openai_model import (
+                KeelChatOpenAI,
+                http_timeout,
+                traced_http_clients,
+            )
         except ImportError as exc:
             raise ConfigError("openai:* models need the langchain-openai package") from exc
         name = model_id.split(":", 1)[1]
@@ -75,6 +79,8 @@ def build_model(
             kwargs["api_key"] = "not-needed"  # local OpenAI-compatible servers ignore it
         compatible = bool(base_url) and "api.openai.com" not in str(base_url)
         kwargs["timeout"] = http_timeout(connect_timeout_s, timeout_s)
+        if compatible:  # your own server: it continues the turn's trace (W3C traceparent)
+            kwargs.update(traced_http_clients())
         try:
             return KeelChatOpenAI(
                 model=name,

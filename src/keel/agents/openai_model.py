@@ -164,3 +164,28 @@ def http_timeout(connect_s: float, total_s: float) -> Any:
     import httpx
 
     return httpx.Timeout(total_s, connect=connect_s, pool=connect_s)
+
+
+def _inject_trace_context(request: Any) -> None:
+    """An httpx request hook: the current trace context goes out as ``traceparent`` (and
+    ``tracestate``), OpenTelemetry's propagator writing the headers."""
+    from opentelemetry.propagate import inject
+
+    inject(request.headers)
+
+
+async def _ainject_trace_context(request: Any) -> None:
+    _inject_trace_context(request)
+
+
+def traced_http_clients() -> dict[str, Any]:
+    """``http_client`` / ``http_async_client`` for ``ChatOpenAI`` whose requests carry the
+    model call's trace context to an OpenAI-compatible server (vLLM, llama.cpp, Ollama can
+    continue the trace). Not used for OpenAI's own API: a trace id is not sent to a third
+    party unasked."""
+    import httpx
+
+    return {
+        "http_client": httpx.Client(event_hooks={"request": [_inject_trace_context]}),
+        "http_async_client": httpx.AsyncClient(event_hooks={"request": [_ainject_trace_context]}),
+    }

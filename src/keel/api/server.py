@@ -251,6 +251,9 @@ def create_app(app: App, *, title: str | None = None, ui: bool | None = None) ->
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Keel-Thread", "X-Request-ID"],
         )
+    from keel.api.trace_context import TraceContext
+
+    api.add_middleware(TraceContext)
     api.add_middleware(Guardrail, gateway=gateway)
     _bearer_in_openapi(api)
     return api
