@@ -120,6 +120,12 @@ def pg_url() -> str:
     reason = _postgres_reachable()
     if reason is not None:
         pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) is not reachable: {reason}")
+    # the shared test database is migrated once, as an operator would (`keel db upgrade`)
+    from keel.db import make_engine, upgrade
+
+    engine = make_engine(PG_URL, Path("."))
+    upgrade(engine)
+    engine.dispose()
     return PG_URL
 
 

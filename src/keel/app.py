@@ -150,9 +150,11 @@ class App:
 
     @cached_property
     def engine(self) -> Engine:
-        from keel.db import make_engine
+        from keel.db import ensure_schema, make_engine
 
-        return make_engine(self.settings.database_url, self.data_dir)
+        engine = make_engine(self.settings.database_url, self.data_dir)
+        ensure_schema(engine)
+        return engine
 
     @cached_property
     def embedder(self) -> Embedder:

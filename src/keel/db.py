@@ -3,6 +3,13 @@
 SQLite in ``.keel/keel.db`` by default; ``KEEL_DATABASE_URL`` (for example
 ``postgresql+psycopg://postgres@127.0.0.1:5432/keel``) for a database shared by several
 gateway instances. The same SQLAlchemy Core code serves both.
+
+Every table is declared on the one :data:`metadata` and versioned by the Alembic migrations
+shipped in ``keel/migrations`` (version table ``keel_alembic_version``). :func:`ensure_schema`
+runs when an app opens its database: SQLite is upgraded on the spot; a shared (PostgreSQL)
+database that is behind is refused with the command to run (``keel db upgrade``), because an
+operator decides when a database several instances share migrates. A PostgreSQL database with
+no keel tables yet is created at the current schema.
 """
 
 from __future__ import annotations
@@ -12,10 +19,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, create_engine, event
+from sqlalchemy import Engine, MetaData, Table, create_engine, event, inspect, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from keel.errors import ConfigError
+
+metadata = MetaData()
+"""The one MetaData every keel table is declared on."""
+
+VERSION_TABLE = "keel_alembic_version"
+HEAD = "0002"
+"""The schema revision this Keel needs (the head of ``keel/migrations/versions``; a test
+keeps the two equal)."""
+
+# the modules that declare tables on ``metadata`` (imported to register them all)
+TABLE_MODULES = (
+    "keel.agents.checkpoints",
+    "keel.api.keys",
+    "keel.api.storage",
+    "keel.evals.judges",
+    "keel.evals.store",
+    "keel.ops.cache",
+    "keel.ops.feedback",
+    "keel.ops.jobs",
+    "keel.ops.locks",
+    "keel.ops.monitor",
+    "keel.ops.releases",
+    "keel.ops.tracing",
+    "keel.rag._tables",
+)
 
 
 def normalise_url(url: str) -> str:
@@ -84,3 +116,62 @@ def create_tables(engine: Engine, metadata: MetaData, tables: Sequence[Table]) -
             if "already exists" not in str(exc):
                 raise
         created.update(t.name for t in todo)
+
+
+# -- schema versions ---------------------------------------------------------------------------
+def load_all_tables() -> MetaData:
+    """``metadata`` with every keel table registered on it."""
+    import importlib
+
+    for name in TABLE_MODULES:
+        importlib.import_module(name)
+    from keel.ops.cost import usage_table
+
+    usage_table()
+    return metadata
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's schema revision (None: never migrated)."""
+    if not inspect(engine).has_table(VERSION_TABLE):
+        return None
+    with engine.connect() as conn:
+        row = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).first()
+    return str(row[0]) if row else None
+
+
+def _alembic_config(connection: Any) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> str | None:
+    """Migrate the database to ``revision`` (default: the head); returns where it is now."""
+    from alembic import command
+
+    with _create_lock, engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), revision)
+    return current_revision(engine)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Make sure the database has the schema this Keel needs (see the module docstring)."""
+    if engine.__dict__.get("_keel_schema_ok"):
+        return
+    revision = current_revision(engine)
+    if revision != HEAD:
+        names = set(inspect(engine).get_table_names())
+        fresh = not any(n.startswith("keel_") for n in names)
+        if engine.dialect.name != "sqlite" and not fresh:
+            where = f"revision {revision}" if revision else "an unversioned earlier release"
+            raise ConfigError(
+                f"the keel database schema is at {where}; this Keel needs revision {HEAD}. "
+                "Back it up, then run `keel db upgrade` (with the same KEEL_DATABASE_URL) once, "
+                "from one machine"
+            )
+        upgrade(engine)
+    engine.__dict__["_keel_schema_ok"] = True

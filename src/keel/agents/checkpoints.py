@@ -14,16 +14,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, delete, select, update
+from sqlalchemy import Column, DateTime, Engine, String, Table, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from keel.db import create_tables
+from keel.db import create_tables, metadata
 from keel.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
 
-metadata = MetaData()
 threads = Table(
     "keel_threads",
     metadata,

@@ -16,16 +16,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, Text, select, update
+from sqlalchemy import Column, DateTime, Engine, String, Table, Text, select, update
 
-from keel.db import create_tables
+from keel.db import create_tables, metadata
 from keel.errors import UsageError
 
 SCOPES = ("chat", "ingest", "feedback", "traces:read", "admin")
 _KEY = re.compile(r"^keel_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _SCOPE = re.compile(r"^[a-z][a-z0-9_.-]*(:[a-z0-9_.-]+)?$")
 
-metadata = MetaData()
 api_keys = Table(
     "keel_api_keys",
     metadata,

@@ -11,14 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table
+from sqlalchemy import Column, DateTime, String, Table
 
-from keel.db import create_tables
+from keel.db import create_tables, metadata
 
 if TYPE_CHECKING:
     from keel.app import App
 
-metadata = MetaData()
 # Written to and rolled back by the readiness probe: it never holds a row.
 probe = Table(
     "keel_ready_probe",

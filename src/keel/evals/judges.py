@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, Text, select
+from sqlalchemy import Column, DateTime, Engine, String, Table, Text, select
 from sqlalchemy.exc import IntegrityError
 
-from keel.db import create_tables
+from keel.db import create_tables, metadata
 from keel.errors import KeelError, ModelError, UsageError
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 JUDGE_MAX_TOKENS = 512  # a verdict is short; a bound keeps a runaway reply from holding a server
 
-metadata = MetaData()
 judge_cache = Table(
     "keel_judge_cache",
     metadata,

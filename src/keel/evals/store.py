@@ -22,18 +22,16 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Integer,
-    MetaData,
     String,
     Table,
     Text,
     select,
 )
 
-from keel.db import create_tables
+from keel.db import create_tables, metadata
 from keel.evals.reports import _clean
 from keel.evals.runner import RunResult
 
-metadata = MetaData()
 eval_runs = Table(
     "keel_eval_runs",
     metadata,

@@ -40,7 +40,6 @@ from sqlalchemy import (
     Engine,
     Integer,
     LargeBinary,
-    MetaData,
     String,
     Table,
     Text,
@@ -49,9 +48,8 @@ from sqlalchemy import (
     select,
 )
 
-from keel.db import create_tables
+from keel.db import create_tables, metadata
 
-metadata = MetaData()
 cache_table = Table(
     "keel_semantic_cache",
     metadata,

@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import Engine, and_, case, func, select
 
 from keel.db import create_tables
+from keel.db import metadata as feedback_metadata
 from keel.errors import UsageError
 from keel.ops.feedback import feedback as feedback_table
-from keel.ops.feedback import metadata as feedback_metadata
 from keel.ops.releases import ReleaseStore
 from keel.ops.tracing import migrate, traces_table
 

@@ -182,11 +182,13 @@ class PriceTable:
 @functools.cache
 def usage_table() -> Table:
     """The ``keel_usage`` table (built on first use: SQLAlchemy is imported lazily)."""
-    from sqlalchemy import BigInteger, Column, Date, Double, MetaData, String, Table
+    from sqlalchemy import BigInteger, Column, Date, Double, String, Table
+
+    from keel.db import metadata
 
     return Table(
         "keel_usage",
-        MetaData(),
+        metadata,
         Column("key_id", String(64), primary_key=True),
         Column("day", Date, primary_key=True),
         Column("requests", BigInteger, nullable=False, default=0),

@@ -15,7 +15,6 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
-    MetaData,
     String,
     Table,
     Text,
@@ -24,9 +23,8 @@ from sqlalchemy import (
     update,
 )
 
-from keel.db import create_tables
+from keel.db import create_tables, metadata
 
-metadata = MetaData()
 feedback = Table(
     "keel_feedback",
     metadata,

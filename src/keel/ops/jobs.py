@@ -16,13 +16,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Column, Engine, Float, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import Column, Engine, Float, String, Table, Text, insert, select, update
+
+from keel.db import metadata
 
 __all__ = ["JobRecord", "JobState", "JobStore"]
 
 JobState = Literal["queued", "running", "done", "failed"]
 
-metadata = MetaData()
 jobs_table = Table(
     "keel_ingest_jobs",
     metadata,

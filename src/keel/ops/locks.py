@@ -25,12 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Column, Engine, Float, MetaData, String, Table, delete, insert, update
+from sqlalchemy import Column, Engine, Float, String, Table, delete, insert, update
 from sqlalchemy.exc import IntegrityError
+
+from keel.db import metadata
 
 __all__ = ["DatabaseLeases", "Lease", "Leases", "RedisLeases", "leases_for"]
 
-metadata = MetaData()
 leases_table = Table(
     "keel_leases",
     metadata,

@@ -25,18 +25,16 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Integer,
-    MetaData,
     String,
     Table,
     Text,
     select,
 )
 
-from keel.db import create_tables
+from keel.db import create_tables, metadata
 from keel.errors import UsageError
 from keel.ops.drift import MIN_ROWS, DriftReport, detect_drift
 
-metadata = MetaData()
 drift_checks = Table(
     "keel_drift_checks",
     metadata,

@@ -27,7 +27,6 @@ from sqlalchemy import (
     Engine,
     Float,
     Integer,
-    MetaData,
     PrimaryKeyConstraint,
     String,
     Table,
@@ -36,12 +35,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from keel.db import create_tables
+from keel.db import create_tables, metadata
 from keel.errors import UsageError
 
 ID_PREFIX = "rel-"
 
-metadata = MetaData()
 releases = Table(
     "keel_releases",
     metadata,

@@ -34,7 +34,6 @@ from sqlalchemy import (
     Engine,
     Float,
     Integer,
-    MetaData,
     String,
     Table,
     Text,
@@ -46,13 +45,12 @@ from sqlalchemy import (
     text,
 )
 
-from keel.db import create_tables
+from keel.db import create_tables, metadata
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.trace import Span, Tracer
 
-metadata = MetaData()
 
 spans_table = Table(
     "keel_spans",

@@ -7,13 +7,12 @@ from sqlalchemy import (
     DateTime,
     Integer,
     LargeBinary,
-    MetaData,
     String,
     Table,
     Text,
 )
 
-metadata = MetaData()
+from keel.db import metadata
 
 # One row per ingested document: the manifest. chunk_ids is a JSON list.
 documents = Table(

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import Engine, select
 
-from keel.db import create_tables
+from keel.db import create_tables, metadata
 from keel.errors import ConfigError
-from keel.rag._tables import embedding_cache, metadata
+from keel.rag._tables import embedding_cache
 from keel.rag.types import content_hash
 from keel.settings import offline_defaults
 

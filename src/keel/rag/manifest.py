@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from keel.db import create_tables
+from keel.db import create_tables, metadata
 from keel.errors import StoreError
-from keel.rag._tables import documents, ingest_runs, metadata
+from keel.rag._tables import documents, ingest_runs
 
 EMPTY_INDEX_VERSION = "empty"
 _upgrade_lock = threading.Lock()
