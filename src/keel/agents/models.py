@@ -1,6 +1,6 @@
 """Chat models from id strings, with retries, backoff and fallbacks.
 
-Ids (DESIGN.md): ``keel:extractive`` (embedded, offline, the default), ``openai:<model>``
+Ids (README, "Using a real model"): ``keel:extractive`` (embedded, offline, the default), ``openai:<model>``
 (langchain-openai; also any OpenAI-compatible server through ``KEEL_OPENAI_BASE_URL``: vLLM,
 Ollama, llama.cpp server, LM Studio), and whatever
 ``langchain.chat_models.init_chat_model`` resolves when its provider package is installed
