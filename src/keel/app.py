@@ -550,14 +550,10 @@ class App:
         found = self.tracing.get(trace_id)
         if found is None:
             return None
-        spans: list[dict[str, Any]] = []
-        stack = list(found["spans"])
-        while stack:
-            span = stack.pop()
-            spans.append(span)
-            stack.extend(span["children"])
-        turn = next((s for s in spans if s["name"] == "keel.turn"), None)
-        retrieve = next((s for s in spans if s["name"] == "keel.retrieve"), None)
+        from keel.ops.semconv import RETRIEVE_SPAN, TURN_SPAN, find_span
+
+        turn = find_span(found["spans"], TURN_SPAN)
+        retrieve = find_span(found["spans"], RETRIEVE_SPAN)
         hits: list[dict[str, Any]] = []
         if retrieve is not None:
             ids = retrieve["attributes"].get("keel.retrieve.chunk_ids", [])
@@ -759,8 +755,10 @@ class App:
     def _turn_span(
         self, tid: str, owner: str | None, question: str | None
     ) -> Iterator[tuple[Any, str]]:
+        from keel.ops.semconv import TURN_SPAN
+
         with self.tracing.tracer.start_as_current_span(
-            "keel.turn", attributes=self._turn_attributes(tid, owner)
+            TURN_SPAN, attributes=self._turn_attributes(tid, owner)
         ) as span:
             if question is not None:
                 span.set_attribute("keel.input", self._capture(question) or "")
@@ -1083,7 +1081,9 @@ class App:
         from opentelemetry import trace
 
         tracer = self.tracing.tracer
-        span = tracer.start_span("keel.turn", attributes=self._turn_attributes(tid, owner))
+        from keel.ops.semconv import TURN_SPAN
+
+        span = tracer.start_span(TURN_SPAN, attributes=self._turn_attributes(tid, owner))
         span.set_attribute("keel.input", self._capture(question) or "")
         trace_id = format(span.get_span_context().trace_id, "032x")
         ctx = trace.set_span_in_context(span)

@@ -1200,11 +1200,9 @@ def traces_show(
     for span in found["spans"]:
         add(root, span)
     out.print(root)
-    turn = next((s for s in found["spans"] if s["name"] == "keel.turn"), None)
-    if turn is None and found["spans"]:
-        turn = next(
-            (c for s in found["spans"] for c in s["children"] if c["name"] == "keel.turn"), None
-        )
+    from keel.ops.semconv import TURN_SPAN, find_span
+
+    turn = find_span(found["spans"], TURN_SPAN)
     if turn is not None:
         a = turn["attributes"]
         for key in (

@@ -265,3 +265,22 @@ def test_a_version_1_trace_store_is_upgraded_in_place(tmp_path: Path) -> None:
         assert conn.execute(text("SELECT trace_id FROM keel_traces")).scalars().all() == ["t1"]
     assert migrate(engine) == 2  # idempotent
     StoreExporter(engine)  # and usable
+
+
+def test_span_names_are_spelled_once() -> None:
+    """Span names and guard attribute keys live in keel.ops.semconv; no other module spells
+    them (they are read back by the trace store, the CLI, the console and monitoring)."""
+    import re
+    from pathlib import Path
+
+    import keel
+
+    src = Path(keel.__file__).parent
+    pattern = re.compile(r"[\"'](keel\.turn|keel\.retrieve|keel\.guard\.\w+)[\"']")
+    spelled = [
+        f"{path.relative_to(src)}: {m.group(1)}"
+        for path in src.rglob("*.py")
+        if path.name != "semconv.py"
+        for m in pattern.finditer(path.read_text(encoding="utf-8"))
+    ]
+    assert spelled == []

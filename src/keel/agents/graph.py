@@ -58,6 +58,7 @@ from keel.agents.models import ModelAttempt, ModelChain
 from keel.agents.params import ModelParams
 from keel.agents.prompts import Prompts
 from keel.errors import GuardTripped
+from keel.ops import semconv
 from keel.rag.types import Hit
 from keel.tools.policy import RunBudget, ToolCall, ToolOutcome, ToolPolicy
 from keel.tools.registry import Toolset
@@ -228,17 +229,17 @@ class Agent:
             if "latency_ms" not in event:
                 continue
             span = self.tracer.start_span(
-                f"keel.guard {event.get('name')}",
+                f"{semconv.GUARD_SPAN_PREFIX} {event.get('name')}",
                 start_time=now - int(float(event["latency_ms"]) * 1e6),
             )
             _set(
                 span,
                 {
-                    "keel.guard.validator": event.get("name"),
-                    "keel.guard.point": event.get("point"),
-                    "keel.guard.outcome": event.get("outcome"),
-                    "keel.guard.action": event.get("action"),
-                    "keel.guard.reason": event.get("reason") or None,
+                    semconv.GUARD_VALIDATOR: event.get("name"),
+                    semconv.GUARD_POINT: event.get("point"),
+                    semconv.GUARD_OUTCOME: event.get("outcome"),
+                    semconv.GUARD_ACTION: event.get("action"),
+                    semconv.GUARD_REASON: event.get("reason") or None,
                 },
             )
             span.end(end_time=now)
@@ -334,7 +335,7 @@ class Agent:
         assert self.search is not None
         ctx = self.context(state, config)
         with self._span(
-            "keel.retrieve", **{"keel.retrieve.query": self.capture(state["question"])}
+            semconv.RETRIEVE_SPAN, **{semconv.RETRIEVE_QUERY: self.capture(state["question"])}
         ) as span:
             found = self.search(state["question"])
             _set(

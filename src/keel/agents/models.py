@@ -1,8 +1,8 @@
 """Chat models from id strings, with retries, backoff and fallbacks.
 
-Ids (README, "Using a real model"): ``keel:extractive`` (embedded, offline, the default), ``openai:<model>``
-(langchain-openai; also any OpenAI-compatible server through ``KEEL_OPENAI_BASE_URL``: vLLM,
-Ollama, llama.cpp server, LM Studio), and whatever
+Ids (README, "Using a real model"): ``keel:extractive`` (embedded, offline, the default),
+``openai:<model>`` (langchain-openai; also any OpenAI-compatible server through
+``KEEL_OPENAI_BASE_URL``: vLLM, Ollama, llama.cpp server, LM Studio), and whatever
 ``langchain.chat_models.init_chat_model`` resolves when its provider package is installed
 (``anthropic:claude-...``, ``ollama:llama3``...). Building a model never touches the network.
 

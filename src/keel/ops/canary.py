@@ -29,6 +29,7 @@ from keel.db import metadata as feedback_metadata
 from keel.errors import UsageError
 from keel.ops.feedback import feedback as feedback_table
 from keel.ops.releases import ReleaseStore
+from keel.ops.semconv import TURN_SPAN
 from keel.ops.tracing import migrate, traces_table
 
 NEGATIVE_BELOW = 0.5
@@ -94,7 +95,7 @@ def release_health(
     out = {rid: _empty() for rid in release_ids}
     if not release_ids:
         return out
-    conds = [t.c.release_id.in_(list(release_ids)), t.c.name == "keel.turn"]
+    conds = [t.c.release_id.in_(list(release_ids)), t.c.name == TURN_SPAN]
     if app:
         conds.append(t.c.app == app)
     if since is not None:

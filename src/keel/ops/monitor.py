@@ -34,6 +34,7 @@ from sqlalchemy import (
 from keel.db import create_tables, metadata
 from keel.errors import UsageError
 from keel.ops.drift import MIN_ROWS, DriftReport, detect_drift
+from keel.ops.semconv import TURN_SPAN
 
 drift_checks = Table(
     "keel_drift_checks",
@@ -82,14 +83,14 @@ def _rows(app: Any, window: Window, *, before: int = 0) -> list[dict[str, Any]]:
         rows = [
             r
             for r in app.tracing.list(limit=window.count * (before + 1) * 2 + 50)
-            if r.get("question") and r.get("name") == "keel.turn"
+            if r.get("question") and r.get("name") == TURN_SPAN
         ]
         return rows[window.count * before : window.count * (before + 1)]
     assert window.seconds is not None
     until = now - timedelta(seconds=window.seconds * before)
     since = until - timedelta(seconds=window.seconds)
     rows = app.tracing.list(since=since, until=until, limit=100_000)
-    return [r for r in rows if r.get("question") and r.get("name") == "keel.turn"]
+    return [r for r in rows if r.get("question") and r.get("name") == TURN_SPAN]
 
 
 def _top_scores(app: Any, questions: Sequence[str]) -> list[float] | None:

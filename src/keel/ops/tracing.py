@@ -46,6 +46,7 @@ from sqlalchemy import (
 )
 
 from keel.db import create_tables, metadata
+from keel.ops.semconv import GUARD_OUTCOME
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -255,7 +256,7 @@ def _summary(row: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, Any]
         "model": attrs.get("gen_ai.request.model"),
         "thread_id": attrs.get("keel.thread.id"),
         "key_id": attrs.get("keel.key.id"),
-        "guard_outcome": attrs.get("keel.guard.outcome"),
+        "guard_outcome": attrs.get(GUARD_OUTCOME),
         "input_tokens": num("gen_ai.usage.input_tokens"),
         "output_tokens": num("gen_ai.usage.output_tokens"),
         "cost_usd": num("keel.cost.usd"),

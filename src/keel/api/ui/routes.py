@@ -425,13 +425,10 @@ def _span_rows(spans: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float
 
 
 def _find_turn(spans: list[dict[str, Any]]) -> dict[str, Any]:
-    stack = list(spans)
-    while stack:
-        node = stack.pop(0)
-        if node["name"] == "keel.turn":
-            return dict(node.get("attributes", {}))
-        stack.extend(node.get("children", []))
-    return {}
+    from keel.ops.semconv import TURN_SPAN, find_span
+
+    turn = find_span(spans, TURN_SPAN)
+    return dict(turn.get("attributes", {})) if turn is not None else {}
 
 
 @router.get("/ui/traces/{trace_id}")
