@@ -780,6 +780,8 @@ class App:
             if info.get("stop_reason") == "guardrail"
             else ("flagged" if "fail" in outcomes else "pass" if outcomes else "none")
         )
+        from keel.ops.semconv import GUARD_OUTCOME
+
         for key, value in {
             "keel.summary": True,
             "keel.stop_reason": info.get("stop_reason"),
@@ -788,7 +790,7 @@ class App:
             "gen_ai.usage.input_tokens": int(usage.get("input_tokens", 0)),
             "gen_ai.usage.output_tokens": int(usage.get("output_tokens", 0)),
             "keel.cost.usd": info.get("cost_usd"),
-            "keel.guard.outcome": guard,
+            GUARD_OUTCOME: guard,
             "keel.citations": [f"{c['doc_id']}#{c['chunk_id']}" for c in info.get("citations", [])],
         }.items():
             if value is not None:

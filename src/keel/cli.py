@@ -1172,6 +1172,8 @@ def traces_show(
         _print_json(found)
         return
 
+    from keel.ops import semconv
+
     def label(span: dict[str, Any]) -> str:
         a = span["attributes"]
         bits = [f"[bold]{span['name']}[/bold]", f"{span['duration_ms']:.1f} ms"]
@@ -1183,8 +1185,8 @@ def traces_show(
             "gen_ai.usage.output_tokens",
             "keel.retrieve.hits",
             "keel.tool.status",
-            "keel.guard.point",
-            "keel.guard.outcome",
+            semconv.GUARD_POINT,
+            semconv.GUARD_OUTCOME,
             "keel.stop_reason",
         ):
             if key in a:
