@@ -96,7 +96,9 @@ def test_sqlite_from_the_previous_release_upgrades_when_the_app_opens_it(
         assert app.engine.dialect.name == "sqlite"
         assert current_revision(app.engine) == HEAD
         _row_survived(app.engine)
-        assert {"keel_leases", "keel_ingest_jobs"} <= set(inspect(app.engine).get_table_names())
+        assert {"keel_leases", "keel_ingest_jobs", "keel_audit"} <= set(
+            inspect(app.engine).get_table_names()
+        )
     finally:
         app.close()
 

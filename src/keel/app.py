@@ -269,11 +269,13 @@ class App:
         )
         scopes = [_relative_scope(root, t) for t in targets]
         with self._ingest_lock(collection):
-            return self._ingestor(collection).run(
+            report = self._ingestor(collection).run(
                 items,
                 prune=(lambda source: any(_within(source, s) for s in scopes)) if prune else None,
                 progress=progress,
             )
+        self._audit_ingest(report, "cli")
+        return report
 
     def ingest_documents(
         self,
@@ -288,7 +290,21 @@ class App:
         with self._ingest_lock(collection):
             ingestor = self._ingestor(collection)
             ingestor.created_by = created_by
-            return ingestor.run(documents, progress=progress)
+            report = ingestor.run(documents, progress=progress)
+        self._audit_ingest(report, created_by or "cli")
+        return report
+
+    def _audit_ingest(self, report: IngestReport, actor: str) -> None:
+        """Documents added, replaced or deleted go to the audit log (unchanged ones do not)."""
+        from keel.ops.audit import AuditLog
+
+        if report.added or report.updated or report.deleted:
+            AuditLog(self.engine, self.name).record(
+                actor,
+                "documents.ingested",
+                report.collection,
+                {"added": report.added, "updated": report.updated, "deleted": report.deleted},
+            )
 
     def _ingest_lock(self, collection: str | None) -> threading.Lock:
         """One ingest run at a time per collection in this process: a run that starts while

@@ -467,6 +467,14 @@ def _key_store() -> Any:
     return KeyStore(_app().engine)
 
 
+def _audit(action: str, target: str, details: dict[str, Any] | None = None) -> None:
+    """An operator's action from the command line, in the app's audit log."""
+    from keel.ops.audit import AuditLog
+
+    app = _app()
+    AuditLog(app.engine, app.name).record("cli", action, target, details)
+
+
 @keys_cli.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who or what the key is for.")],
@@ -485,7 +493,9 @@ def keys_create(
             for old in store.list():
                 if old.name == name and old.revoked_at is None:
                     store.revoke(old.id)
+                    _audit("key.revoked", old.id, {"name": old.name, "replaced": True})
         plain, key = store.create(name, scopes)
+        _audit("key.created", key.id, {"name": key.name, "scopes": sorted(key.scopes)})
     if as_json:
         _print_json({"key": plain, **key.to_dict()})
         return
@@ -514,6 +524,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id.")]) ->
     with _errors():
         if not _key_store().revoke(key_id):
             raise UsageError(f"no active key {key_id!r}")
+        _audit("key.revoked", key_id)
     err.print(f"revoked {key_id}")
 
 
@@ -1106,8 +1117,68 @@ def cache_clear(
             raise UsageError("give --key or --expired, not both")
         app = _app()
         gone = app.cache.purge_expired() if expired else app.cache.clear(key)
+        if not expired:
+            _audit("cache.cleared", key or "all", {"entries": gone})
         app.close()
     err.print(f"deleted {gone} cached answer(s)")
+
+
+audit_cli = typer.Typer(help="The audit log of administrative actions.", no_args_is_help=True)
+cli.add_typer(audit_cli, name="audit")
+
+
+@audit_cli.command("list")
+def audit_list(
+    since: Annotated[
+        str | None, typer.Option(help="Only entries from this ISO date or time on.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="The newest N.")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Keys created and revoked, documents ingested, releases deployed, promoted and rolled
+    back, caches cleared, access denied: oldest first."""
+    from datetime import UTC, datetime
+
+    from keel.ops.audit import AuditLog
+
+    with _errors():
+        start = None
+        if since is not None:
+            try:
+                moment = datetime.fromisoformat(since)
+            except ValueError:
+                raise UsageError(f"--since: not an ISO date or time: {since!r}") from None
+            start = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+        app = _app()
+        rows = [
+            e.to_dict() for e in AuditLog(app.engine, app.name).entries(since=start, limit=limit)
+        ]
+        app.close()
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        out.print(
+            f"{r['seq']:>6}  {r['at'][:19]}  {r['actor']:<16} {r['action']:<20} {r['target']}",
+            markup=False,
+        )
+
+
+@audit_cli.command("verify")
+def audit_verify() -> None:
+    """Check the audit log's hash chain: exit 1 naming the first row that was changed,
+    inserted or removed."""
+    from keel.ops.audit import AuditLog
+
+    with _errors():
+        app = _app()
+        log = AuditLog(app.engine, app.name)
+        broken = log.verify()
+        app.close()
+    if broken is not None:
+        err.print(f"[red]audit log broken at row {broken.seq}:[/red] {broken.reason}")
+        raise typer.Exit(1)
+    err.print("audit log intact")
 
 
 traces_cli = typer.Typer(help="Traces of the app's turns.", no_args_is_help=True)

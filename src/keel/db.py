@@ -28,7 +28,7 @@ metadata = MetaData()
 """The one MetaData every keel table is declared on."""
 
 VERSION_TABLE = "keel_alembic_version"
-HEAD = "0002"
+HEAD = "0003"
 """The schema revision this Keel needs (the head of ``keel/migrations/versions``; a test
 keeps the two equal)."""
 
@@ -39,6 +39,7 @@ TABLE_MODULES = (
     "keel.api.storage",
     "keel.evals.judges",
     "keel.evals.store",
+    "keel.ops.audit",
     "keel.ops.cache",
     "keel.ops.feedback",
     "keel.ops.jobs",

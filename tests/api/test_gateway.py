@@ -295,3 +295,21 @@ def test_limits_are_shared_through_redis(make_app: Callable[..., Any], redis_url
     a.spend_tokens(other, 150)
     refusal = b.admit(other)
     assert refusal is not None and "token budget" in refusal.reason
+
+
+def test_the_gateway_audits_denied_access_and_serves_the_log_to_admins(
+    gateway: Callable[..., Any],
+) -> None:
+    gw = gateway()
+    chat = gw.key("chat")
+    admin = gw.key("admin", name="admin")
+    denied = gw.client.get("/v1/traces", headers=gw.headers(chat))
+    assert denied.status_code == 403
+    assert gw.client.get("/v1/audit", headers=gw.headers(chat)).status_code == 403
+    log = gw.client.get("/v1/audit", headers=gw.headers(admin))
+    assert log.status_code == 200, log.text
+    body = log.json()
+    assert body["intact"] is True
+    denials = [e for e in body["entries"] if e["action"] == "access.denied"]
+    assert [e["target"] for e in denials] == ["/v1/traces", "/v1/audit"]
+    assert all(e["details"]["scope"] in ("traces:read", "admin") for e in denials)

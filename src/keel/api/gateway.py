@@ -68,7 +68,10 @@ class Gateway:
         self.jobs = JobStore(app.engine, app.name)
         from keel.ops.releases import ReleaseStore
 
-        self.releases = ReleaseStore(app.engine, app.name)
+        self.releases = ReleaseStore(app.engine, app.name, actor="gateway")
+        from keel.ops.audit import AuditLog
+
+        self.audit = AuditLog(app.engine, app.name)
         self._release_apps: dict[str, App] = {}
         self._release_guard = threading.Lock()
         self._deployment: dict[str, Any] = {"stable": None, "canary": None, "weight": 0.0}
@@ -106,6 +109,7 @@ class Gateway:
                 headers={"WWW-Authenticate": 'Bearer realm="keel", error="invalid_token"'},
             )
         if not key.allows(scope):
+            self.audit.record(key.id, "access.denied", request.url.path, {"scope": scope})
             raise Problem(403, f"this key lacks the {scope!r} scope", scope=scope)
         budget = self.app.config.costs.daily_budget_usd_per_key
         if budget is not None and self.ledger.over_budget(key.id, budget):

@@ -140,12 +140,20 @@ def _like_escape(text: str) -> str:
 class ReleaseStore:
     """The releases and the deployment state of one app in the keel database."""
 
-    def __init__(self, engine: Engine, app: str) -> None:
+    def __init__(self, engine: Engine, app: str, *, actor: str = "cli") -> None:
         if not app:
             raise UsageError("a release store needs an app name")
         self.engine = engine
         self.app = app
+        self.actor = actor  # who acts through this store, for the audit log
         create_tables(engine, metadata, _TABLES)
+
+    def _audit(self, action: str, target: str | None, **details: Any) -> None:
+        from keel.ops.audit import AuditLog
+
+        AuditLog(self.engine, self.app).record(
+            self.actor, f"release.{action}", target or "", details
+        )
 
     # -- releases ---------------------------------------------------------------------------
 
@@ -181,6 +189,8 @@ class ReleaseStore:
                 )
         except IntegrityError:  # recorded meanwhile by another process
             pass
+        else:
+            self._audit("created", rid, deployable=deployable, note=note)
         created = self._exact(rid)
         if created is None:  # pragma: no cover - the insert or the other writer stored it
             raise UsageError(f"release {rid} could not be recorded")
@@ -279,6 +289,7 @@ class ReleaseStore:
                 canary, weight = None, 0.0
             self._write(conn, release.id, canary, weight)
             self._event(conn, "stable", current["stable"], release.id, weight, reason)
+        self._audit("stable", release.id, previous=current["stable"], reason=reason)
 
     def set_canary(self, release_id: str | None, weight: float, reason: str) -> None:
         """Send ``weight`` of the traffic to ``release_id``; ``None`` clears the canary."""
@@ -297,11 +308,15 @@ class ReleaseStore:
                     return
                 self._write(conn, current["stable"], None, 0.0)
                 self._event(conn, "clear_canary", current["canary"], None, 0.0, reason)
-                return
-            if release.id == current["stable"]:
-                raise UsageError(f"release {release.id} is already the stable release")
-            self._write(conn, current["stable"], release.id, weight)
-            self._event(conn, "canary", current["canary"], release.id, weight, reason)
+            else:
+                if release.id == current["stable"]:
+                    raise UsageError(f"release {release.id} is already the stable release")
+                self._write(conn, current["stable"], release.id, weight)
+                self._event(conn, "canary", current["canary"], release.id, weight, reason)
+        if release is None:
+            self._audit("clear_canary", current["canary"], reason=reason)
+        else:
+            self._audit("canary", release.id, weight=weight, reason=reason)
 
     def promote(self, reason: str) -> Release:
         """Make the canary the stable release and clear the canary."""
@@ -313,6 +328,7 @@ class ReleaseStore:
                 raise UsageError(f"app {self.app!r} has no canary to promote")
             self._write(conn, canary, None, 0.0)
             self._event(conn, "promote", current["stable"], canary, current["weight"], reason)
+        self._audit("promote", canary, previous=current["stable"], reason=reason)
         return self._require(canary)
 
     def rollback(self, reason: str) -> None:
@@ -325,6 +341,7 @@ class ReleaseStore:
                 raise UsageError(f"app {self.app!r} has no canary to roll back")
             self._write(conn, current["stable"], None, 0.0)
             self._event(conn, "rollback", canary, current["stable"], current["weight"], reason)
+        self._audit("rollback", canary, stable=current["stable"], reason=reason)
 
     def _ensure_state_row(self) -> None:
         with self.engine.connect() as conn:

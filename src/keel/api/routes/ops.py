@@ -219,3 +219,22 @@ def trace(trace_id: str, request: Request) -> dict[str, Any]:
     if found is None:
         raise Problem(404, f"no trace {trace_id!r}")
     return found
+
+
+@router.get("/v1/audit", summary="The audit log (admin keys)")
+def audit(
+    request: Request,
+    since: str | None = Query(default=None, pattern=_ISO, description="ISO 8601 time"),
+    limit: int = Query(default=200, ge=1, le=10_000),
+) -> dict[str, Any]:
+    """Administrative and security events, oldest first, with the chain's verdict."""
+    gw = gateway(request)
+    gw.authenticate(request, "admin")
+    start = _time(since)
+    entries = gw.audit.entries(since=start.timestamp() if start else None, limit=limit)
+    broken = gw.audit.verify()
+    return {
+        "entries": [e.to_dict() for e in entries],
+        "intact": broken is None,
+        "broken_at": broken.seq if broken else None,
+    }
