@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cached_property, lru_cache
@@ -306,13 +307,25 @@ class App:
                 {"added": report.added, "updated": report.updated, "deleted": report.deleted},
             )
 
-    def _ingest_lock(self, collection: str | None) -> threading.Lock:
-        """One ingest run at a time per collection in this process: a run that starts while
-        another is under way would take it for an interrupted one and reconcile it away (the
-        gateway runs uploads as concurrent background jobs)."""
+    @contextmanager
+    def _ingest_lock(self, collection: str | None) -> Iterator[None]:
+        """One ingest run at a time per collection, across every process using the same keel
+        database (or Redis): a run that starts while another is under way would take it for
+        an interrupted one and reconcile it away (the gateway runs uploads as concurrent
+        background jobs; a CLI ingest may run beside them). A second run waits its turn."""
+        from keel.ops.locks import leases_for
+
         name = self._collection(collection)
         with self._lock:
-            return self._ingest_locks.setdefault(name, threading.Lock())
+            local = self._ingest_locks.setdefault(name, threading.Lock())
+        with local:
+            leases = leases_for(self.engine, self.settings.redis_url)
+            wait = 0.05
+            while (lease := leases.try_acquire(f"{self.name}:ingest:{name}")) is None:
+                time.sleep(wait)
+                wait = min(wait * 2, 1.0)
+            with lease:
+                yield
 
     def _ingestor(self, collection: str | None) -> Ingestor:
         from keel.rag.chunking import Chunker

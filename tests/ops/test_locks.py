@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +72,7 @@ def test_a_held_lease_is_renewed_past_its_ttl(target: tuple[str, str]) -> None:
 HOLDER = """
 import sys, time
 from pathlib import Path
+from typing import Any
 from keel.db import make_engine
 from keel.ops.locks import DatabaseLeases, Leases, RedisLeases
 kind, url, name, hold = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
@@ -127,3 +129,43 @@ def test_database_leases_on_postgres(pg_url: str) -> None:
     again = leases.try_acquire(name)
     assert again is not None
     again.release()
+
+
+RELEASER = """
+import sys, time
+from pathlib import Path
+from typing import Any
+from keel.db import make_engine
+from keel.ops.locks import DatabaseLeases, Leases
+leases = Leases(DatabaseLeases(make_engine(None, Path(sys.argv[1]))))
+lease = leases.try_acquire(sys.argv[2])
+print("held" if lease else "busy", flush=True)
+time.sleep(float(sys.argv[3]))
+print(time.time(), flush=True)
+lease.release()
+"""
+
+
+def test_an_ingest_waits_for_another_process_ingesting_the_same_collection(
+    make_app: Any, tmp_path: Path, settings: Any
+) -> None:
+    """Another process (a gateway's upload job, a CLI ingest) holds the collection: this
+    ingest starts only once it let go, so neither takes the other's run for an interrupted
+    one."""
+    app = make_app({"app": {"name": "ing"}})
+    (tmp_path / "docs").mkdir(exist_ok=True)
+    (tmp_path / "docs" / "a.md").write_text("# A\n\nRefunds take 30 days.\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", RELEASER, str(settings.data_dir), "ing:ingest:docs", "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        report = app.ingest([tmp_path / "docs"])
+        finished = time.time()
+        released = float(holder.stdout.readline())
+        assert report.added and finished > released
+    finally:
+        holder.kill()
+        holder.wait()
