@@ -1281,6 +1281,27 @@ class App:
             self.threads.forget(tid)
         return gone
 
+    def prune(self) -> dict[str, int | None]:
+        """Apply ``[retention]``: delete traces, feedback, usage rows, cache entries and
+        threads older than their periods; returns how many of each went (None: no period)."""
+        from keel.ops.audit import AuditLog
+        from keel.ops.retention import prune_records
+
+        r = self.config.retention
+        report = prune_records(
+            self.engine,
+            self.name,
+            traces_days=r.traces_days,
+            feedback_days=r.feedback_days,
+            usage_days=r.usage_days,
+            cache_days=r.cache_days,
+        ).to_dict()
+        threads_days = r.threads_days or self.config.threads.retention_days
+        report["threads"] = len(self.prune_threads(threads_days)) if threads_days else None
+        if any(report.values()):
+            AuditLog(self.engine, self.name).record("keel", "retention.pruned", self.name, report)
+        return report
+
     # -- ephemeral turns (evaluation) --------------------------------------------------------------
     @cached_property
     def _ephemeral_graph(self) -> Any:

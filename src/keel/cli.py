@@ -1062,6 +1062,23 @@ def threads_list(
         out.print(f"{r['thread_id']}  {r['updated_at'][:19]}  owner={r['owner'] or '-'}")
 
 
+@cli.command("prune")
+def prune(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Apply the [retention] periods of keel.toml: delete older traces, feedback, usage rows,
+    cache entries and threads (the gateway does it every retention.interval_s)."""
+    with _errors():
+        app = _app()
+        report = app.prune()
+        app.close()
+    if as_json:
+        _print_json(report)
+        return
+    for kind, count in report.items():
+        out.print(f"{kind:<9} {'no period set' if count is None else f'{count} deleted'}")
+
+
 @threads_cli.command("prune")
 def threads_prune(
     older_than_days: Annotated[

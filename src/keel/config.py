@@ -216,6 +216,33 @@ class ThreadsSection(_Strict):
     )
 
 
+class RetentionSection(_Strict):
+    """How long Keel keeps what it records; unset: kept until deleted by hand."""
+
+    traces_days: float | None = Field(
+        default=None, gt=0, description="Traces and their spans older than this are deleted."
+    )
+    feedback_days: float | None = Field(
+        default=None, gt=0, description="Feedback older than this is deleted."
+    )
+    usage_days: float | None = Field(
+        default=None, gt=0, description="Daily usage rows (tokens, cost per key) older than this."
+    )
+    cache_days: float | None = Field(
+        default=None, gt=0, description="Semantic cache entries older than this."
+    )
+    threads_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Threads idle longer than this (default: threads.retention_days).",
+    )
+    interval_s: float = Field(
+        default=3600.0,
+        ge=60,
+        description="How often the gateway applies these periods (one instance at a time).",
+    )
+
+
 class PromptsSection(_Strict):
     system: str | None = None
     examples: str | None = None
@@ -297,6 +324,7 @@ class KeelConfig(_Strict):
     deploy: DeploySection = Field(default_factory=DeploySection, exclude=True)
     ui: UiSection = Field(default_factory=UiSection, exclude=True)
     gateway: GatewaySection = Field(default_factory=GatewaySection, exclude=True)
+    retention: RetentionSection = Field(default_factory=RetentionSection, exclude=True)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     def resolve(self, relative: str | Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,9 @@ def _outcome(answer: dict[str, Any]) -> str:
     if stop == "guardrail":
         return "guard_tripped"
     return "ok"
+
+
+_log = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -77,6 +81,7 @@ class Gateway:
         self._deployment: dict[str, Any] = {"stable": None, "canary": None, "weight": 0.0}
         self._deployment_read = -1e18
         self._check_lock = threading.Lock()
+        self._last_prune = -1e18
         self._last_check = time.monotonic()
         self.last_verdict: dict[str, Any] | None = None
         from keel.api.storage import StorageCheck
@@ -189,6 +194,30 @@ class Gateway:
             return self.release_app(stable)
         return self.app
 
+    def maybe_prune(self) -> None:
+        """Apply ``[retention]`` every ``retention.interval_s`` in a background thread, under a
+        lease so one instance at a time prunes (the deletes are idempotent anyway)."""
+        r = self.app.config.retention
+        periods = (r.traces_days, r.feedback_days, r.usage_days, r.cache_days, r.threads_days)
+        if all(p is None for p in periods):
+            return
+        if time.monotonic() - self._last_prune < r.interval_s:
+            return
+        self._last_prune = time.monotonic()
+        threading.Thread(target=self.prune_now, name="keel retention", daemon=True).start()
+
+    def prune_now(self) -> dict[str, int | None] | None:
+        """Prune now unless another instance is (then None)."""
+        lease = self.leases.try_acquire(f"{self.app.name}:retention")
+        if lease is None:
+            return None
+        with lease:
+            try:
+                return self.app.prune()
+            except Exception:  # retention must never take the gateway down
+                _log.warning("retention pruning failed", exc_info=True)
+                return None
+
     def maybe_check_canary(self) -> None:
         """Judge the canary every ``check_interval_s`` (one check at a time, never blocking a
         request for another's check) and roll it back when it is significantly worse."""
@@ -255,6 +284,7 @@ class Gateway:
         self.metrics.answer(answer, seconds, retrieved=self.app.config.agent.retrieve)
         self.metrics.release_request(answer.get("release_id"), _outcome(answer))
         self.maybe_check_canary()
+        self.maybe_prune()
 
     @contextmanager
     def serving(self, app: App) -> Iterator[None]:
