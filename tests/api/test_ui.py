@@ -204,6 +204,20 @@ def test_playground_chat_approval_feedback_and_trace(gateway: Callable[..., Any]
     assert gw.client.get("/ui/traces/" + "f" * 32).status_code == 404
 
 
+def test_audit_page_shows_the_log_to_admins_only(gateway: Callable[..., Any]) -> None:
+    gw = gateway(["one"], **UI)
+    reader = gw.key("traces:read", name="reader")
+    gw.client.get("/v1/audit", headers=gw.headers(reader))  # denied: recorded
+    login(gw, reader)
+    assert gw.client.get("/ui/audit").status_code == 403
+    assert 'href="/ui/audit"' not in gw.client.get("/ui/traces").text
+    login(gw, gw.key("admin", name="admin"))
+    page = gw.client.get("/ui/audit")
+    assert page.status_code == 200, page.text
+    assert "access.denied" in page.text and "/v1/audit" in page.text
+    assert "chain intact" in page.text and 'href="/ui/audit"' in page.text
+
+
 def test_releases_page_draws_charts(gateway: Callable[..., Any]) -> None:
     gw = gateway(["one", "two"], **UI)
     key = gw.headers(gw.key("chat"))

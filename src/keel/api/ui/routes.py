@@ -597,6 +597,16 @@ def eval_run_page(run_id: str, request: Request) -> HTMLResponse:
     )
 
 
+# -- audit log --------------------------------------------------------------------------------
+@router.get("/ui/audit")
+def audit_page(request: Request) -> HTMLResponse:
+    """The audit log, newest first, with the hash chain's verdict (admin keys)."""
+    key = page_key(request, "admin")
+    gw = gateway(request)
+    entries = [e.to_dict() for e in reversed(gw.audit.entries(limit=500))]
+    return render(request, "audit.html", key=key, entries=entries, broken=gw.audit.verify())
+
+
 # -- releases and monitoring ----------------------------------------------------------------
 @router.get("/ui/releases")
 def releases_page(
