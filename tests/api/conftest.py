@@ -153,3 +153,69 @@ def record_eval_runs() -> Callable[[Any], tuple[str, str]]:
     """``record_eval_runs(engine)`` stores two runs of a suite ``smoke`` (the second worse on
     cases beta and gamma) and returns their ids."""
     return _record_runs
+
+
+class ModelServer:
+    """An OpenAI-compatible chat-completions server on loopback that answers ``reply`` after
+    ``delay_s`` seconds and keeps the headers of every request it got (``seen``)."""
+
+    def __init__(self, reply: str = "Hello.", delay_s: float = 0.0) -> None:
+        import http.server
+
+        outer = self
+        self.reply, self.delay_s = reply, delay_s
+        self.seen: list[dict[str, str]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                import json
+
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                outer.seen.append({k.lower(): v for k, v in self.headers.items()})
+                time.sleep(outer.delay_s)
+                body = json.dumps(
+                    {
+                        "id": "c",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": "m",
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": outer.reply},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def model_server() -> Iterator[Callable[..., ModelServer]]:
+    """Start fake OpenAI-compatible model servers (stopped after the test)."""
+    made: list[ModelServer] = []
+
+    def start(reply: str = "Hello.", delay_s: float = 0.0) -> ModelServer:
+        made.append(ModelServer(reply, delay_s))
+        return made[-1]
+
+    yield start
+    for server in made:
+        server.close()

@@ -4,16 +4,15 @@ when KEEL_REDIS_URL is set), and its history stays well formed."""
 
 from __future__ import annotations
 
-import http.server
-import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,52 +20,10 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-class _SlowModel(http.server.BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat completion that takes a second and a half."""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        time.sleep(1.5)
-        body = json.dumps(
-            {
-                "id": "c",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "slow",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "Slowly answered."},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def _port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def model_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowModel)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
 
 
 KEEL = [sys.executable, "-c", "from keel.cli import main; main()"]
@@ -108,11 +65,12 @@ def _instances(tmp_path: Path, env: dict[str, str], n: int) -> Iterator[list[str
 @pytest.mark.parametrize("shared", ["database", "redis"])
 def test_a_thread_is_busy_across_two_instances(
     tmp_path: Path,
-    model_url: str,
+    model_server: Callable[..., Any],
     model_cache_dir: Path,
     shared: str,
     request: pytest.FixtureRequest,
 ) -> None:
+    model_url = model_server("Slowly answered.", delay_s=1.5).url
     (tmp_path / "keel.toml").write_text(
         '[app]\nname = "multi"\n[agent]\nretrieve = false\n'
         '[model]\nid = "openai:slow"\nmax_retries = 0\n'

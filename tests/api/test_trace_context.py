@@ -3,14 +3,9 @@ an OpenAI-compatible model server carries the trace on."""
 
 from __future__ import annotations
 
-import http.server
-import json
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
-
-import pytest
+from typing import Any
 
 from keel.api import create_app
 from keel.app import App
@@ -21,51 +16,10 @@ CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
 
 
-class _Model(http.server.BaseHTTPRequestHandler):
-    seen: ClassVar[list[dict[str, str]]] = []
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        _Model.seen.append({k.lower(): v for k, v in self.headers.items()})
-        body = json.dumps(
-            {
-                "id": "c",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "m",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "Hello."},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def model_server() -> Iterator[str]:
-    _Model.seen = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Model)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
-
-
 def test_a_callers_trace_continues_through_keel_to_the_model_server(
-    tmp_path: Path, settings: Settings, model_server: str
+    tmp_path: Path, settings: Settings, model_server: Callable[..., Any]
 ) -> None:
+    model = model_server()
     from fastapi.testclient import TestClient
 
     app = App(
@@ -73,7 +27,7 @@ def test_a_callers_trace_continues_through_keel_to_the_model_server(
             {"app": {"name": "t"}, "agent": {"retrieve": False}, "model": {"id": "openai:m"}},
             base_dir=tmp_path,
         ),
-        settings=settings.model_copy(update={"openai_base_url": model_server}),
+        settings=settings.model_copy(update={"openai_base_url": model.url}),
     )
     try:
         api = create_app(app)
@@ -96,7 +50,7 @@ def test_a_callers_trace_continues_through_keel_to_the_model_server(
             )
             assert openai_route.status_code == 200, openai_route.text
         # the calls to the model server carried the turn's trace on
-        outgoing = [h.get("traceparent", "") for h in _Model.seen]
+        outgoing = [h.get("traceparent", "") for h in model.seen]
         assert len(outgoing) == 3
         assert outgoing[1].split("-")[1] == CALLER_TRACE
         assert outgoing[2].split("-")[1] == CALLER_TRACE
