@@ -168,3 +168,32 @@ def test_a_fresh_postgres_database_is_created_at_the_head(tmp_path: Path, pg_dat
     assert current_revision(engine) == HEAD
     assert "keel_traces" in inspect(engine).get_table_names()
     engine.dispose()
+
+
+OPENER = """
+import sys
+from pathlib import Path
+from keel.db import current_revision, ensure_schema, make_engine
+engine = make_engine(None, Path(sys.argv[1]))
+ensure_schema(engine)
+print(current_revision(engine))
+"""
+
+
+def test_processes_opening_a_new_database_at_once_all_find_it_migrated(tmp_path: Path) -> None:
+    """`keel serve --workers N` on a fresh data directory: every worker migrates or waits."""
+    import subprocess
+    import sys
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, str(tmp_path / ".keel")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+    assert [out.strip() for out, _ in outs] == [HEAD] * 3

@@ -160,7 +160,25 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Make sure the database has the schema this Keel needs (see the module docstring)."""
+    """Make sure the database has the schema this Keel needs (see the module docstring).
+
+    Processes that open a new database at the same moment (``keel serve --workers N``) race to
+    migrate it: the one that loses the race waits and finds it migrated."""
+    import time
+
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(20):
+        try:
+            _ensure_schema(engine)
+            return
+        except DBAPIError:
+            if attempt == 19:
+                raise
+            time.sleep(0.25)
+
+
+def _ensure_schema(engine: Engine) -> None:
     if engine.__dict__.get("_keel_schema_ok"):
         return
     revision = current_revision(engine)
