@@ -12,9 +12,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,17 +32,21 @@ if TYPE_CHECKING:
     from keel.agents.answer import Answer
     from keel.agents.checkpoints import ThreadIndex
     from keel.agents.client_tools import ClientTools
+    from keel.agents.events import StreamEvent
     from keel.agents.graph import Agent
     from keel.agents.hooks import Hooks
     from keel.agents.models import ToolChoice
     from keel.agents.params import ModelParams
     from keel.agents.prompts import Prompts
     from keel.agents.structured import ResponseFormat
+    from keel.agents.turn import TurnRunner
     from keel.guardrails.runner import GuardRunner
     from keel.guardrails.scope import AppScope
     from keel.ops.cache import SemanticCache
+    from keel.ops.cache_policy import CachePartition
     from keel.ops.cost import PriceTable
     from keel.ops.tracing import Tracing
+    from keel.ops.turn_trace import TurnTracer
     from keel.rag.bm25 import BM25Index
     from keel.rag.embeddings import Embedder
     from keel.rag.ingest import Ingestor, Progress
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
     from keel.rag.retrieve import Mode, Retriever
     from keel.rag.store import VectorStore
     from keel.rag.types import Document, Hit, IngestReport, Skipped
+    from keel.resources import Resources
     from keel.tools.registry import Toolset
 
 
@@ -57,19 +62,35 @@ class App:
     """A Keel application: its config, knowledge and (later) agent, guards and gateway."""
 
     def __init__(
-        self, config: KeelConfig, *, settings: Settings | None = None, model: Any = None
+        self,
+        config: KeelConfig,
+        *,
+        settings: Settings | None = None,
+        model: Any = None,
+        resources: Resources | None = None,
     ) -> None:
+        from keel.resources import Resources
+
         self.config = config
         self.settings = settings or get_settings()
         self.model = model
         self.hooks: Hooks | None = None  # set before the first ask to plug in guards
         self.release_id: str | None = None  # set when the app serves a recorded release
-        self._borrowed: set[str] = set()  # resources shared with the app it was built from
-        self._closers: list[Any] = []
-        self._lock = threading.RLock()
-        self._bm25: dict[str, BM25Index] = {}
-        self._stores: dict[str, VectorStore] = {}
+        self.resources = resources or Resources(
+            self.settings,
+            data_dir=self._data_dir(),
+            base_dir=config.base_dir,
+            embeddings=config.rag.embeddings,
+            service=config.app.name,
+            tracing_enabled=config.tracing.enabled,
+        )
         self._ingest_locks: dict[str, threading.Lock] = {}
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def from_config(
@@ -99,7 +120,8 @@ class App:
         config = config_from_dict(
             json.loads(json.dumps(raw)), base_dir=base.config.base_dir, origin=release_id
         )
-        app = cls(config, settings=base.settings, model=model)
+        resources = base.resources.for_release(config.rag.embeddings)
+        app = cls(config, settings=base.settings, model=model, resources=resources)
         app.release_id = release_id
         stored = content.get("prompts") or {}
         app.__dict__["prompts"] = Prompts(
@@ -127,14 +149,6 @@ class App:
         app.__dict__["_definition_digest"] = hashlib.sha256(
             json.dumps(definition, sort_keys=True, default=str).encode()
         ).hexdigest()
-        shared = ["engine", "tracing", "threads", "_checkpointer"]
-        if config.rag.embeddings == base.config.rag.embeddings:
-            shared.append("embedder")
-            app._stores = base._stores
-            app._bm25 = base._bm25
-        for name in shared:
-            app.__dict__[name] = getattr(base, name)
-            app._borrowed.add(name)
         return app
 
     # -- places --------------------------------------------------------------------------------
@@ -142,37 +156,23 @@ class App:
     def name(self) -> str:
         return self.config.app.name
 
-    @property
-    def data_dir(self) -> Path:
+    def _data_dir(self) -> Path:
         configured = self.settings.data_dir
         if configured is None:
             return self.config.base_dir / ".keel"
         return configured if configured.is_absolute() else self.config.base_dir / configured
 
-    @cached_property
+    @property
+    def data_dir(self) -> Path:
+        return self.resources.data_dir
+
+    @property
     def engine(self) -> Engine:
-        from keel.db import ensure_schema, make_engine
+        return self.resources.engine
 
-        engine = make_engine(self.settings.database_url, self.data_dir)
-        ensure_schema(engine)
-        return engine
-
-    @cached_property
+    @property
     def embedder(self) -> Embedder:
-        from keel.rag.embeddings import Embedder, EmbeddingCache
-
-        emb = self.config.rag.embeddings
-        model = emb.model
-        if not Path(model).is_absolute() and (self.config.base_dir / model).exists():
-            model = str(self.config.base_dir / model)
-        return Embedder(
-            model,
-            backend=emb.backend,
-            batch_size=emb.batch_size,
-            device=emb.device,
-            cache=EmbeddingCache(self.engine),
-            cache_dir=self.settings.cache_dir,
-        )
+        return self.resources.embedder
 
     def _collection(self, collection: str | None) -> str:
         from keel.rag.store import validate_collection_name
@@ -182,21 +182,7 @@ class App:
         return validate_collection_name(collection)
 
     def store(self, collection: str | None = None) -> VectorStore:
-        from keel.rag.store import ChromaStore, open_chroma_client
-
-        name = self._collection(collection)
-        with self._lock:
-            if name not in self._stores:
-                client = open_chroma_client(
-                    url=self.settings.chroma_url, path=self.data_dir / "chroma"
-                )
-                self._stores[name] = ChromaStore(
-                    client,
-                    name,
-                    embedding_model=self.embedder.model_id,
-                    dimension=self.embedder.dimension,
-                )
-            return self._stores[name]
+        return self.resources.store(self._collection(collection))
 
     def manifest(self, collection: str | None = None) -> Manifest:
         from keel.rag.manifest import Manifest
@@ -207,21 +193,13 @@ class App:
         """The BM25 index of a collection, rebuilt from the store if it is stale or missing."""
         name = self._collection(collection)
         version = self.manifest(name).current_version()
-        with self._lock:
-            index = self._bm25_index(name)
+        with self.resources.lock:
+            index = self.resources.bm25_index(name)
             if index.version != version and not (
                 index.stored_version() == version and index.load()
             ):
                 index.build(self.store(name).iter_chunks(), version)
             return index
-
-    def _bm25_index(self, name: str) -> BM25Index:
-        from keel.rag.bm25 import BM25Index
-
-        with self._lock:
-            if name not in self._bm25:
-                self._bm25[name] = BM25Index(self.data_dir / "bm25" / name)
-            return self._bm25[name]
 
     def retriever(self, collection: str | None = None) -> Retriever:
         from keel.rag.retrieve import Retriever
@@ -313,13 +291,11 @@ class App:
         database (or Redis): a run that starts while another is under way would take it for
         an interrupted one and reconcile it away (the gateway runs uploads as concurrent
         background jobs; a CLI ingest may run beside them). A second run waits its turn."""
-        from keel.ops.locks import leases_for
-
         name = self._collection(collection)
-        with self._lock:
+        with self.resources.lock:
             local = self._ingest_locks.setdefault(name, threading.Lock())
         with local:
-            leases = leases_for(self.engine, self.settings.redis_url)
+            leases = self.resources.leases
             wait = 0.05
             while (lease := leases.try_acquire(f"{self.name}:ingest:{name}")) is None:
                 time.sleep(wait)
@@ -338,7 +314,7 @@ class App:
             embedder=self.embedder,
             manifest=self.manifest(name),
             chunker=Chunker(rag.chunk_size, rag.chunk_overlap),
-            bm25=self._bm25_index(name),
+            bm25=self.resources.bm25_index(name),
             batch_chunks=rag.ingest_batch,
         )
 
@@ -383,11 +359,9 @@ class App:
         return digest.hexdigest()
 
     def close(self) -> None:
-        for closer in reversed(self._closers):
-            closer()
-        self._closers.clear()
-        if "engine" in self.__dict__ and "engine" not in self._borrowed:
-            self.engine.dispose()
+        """Close what this app holds open (a release's app leaves the resources it borrowed
+        from the app on disk open)."""
+        self.resources.close()
 
     # -- agent ---------------------------------------------------------------------------------
     @cached_property
@@ -508,7 +482,7 @@ class App:
             tracer=self.tracing.tracer if self.config.tracing.enabled else None,
             capture=self._capture,
             capture_prompts=self.config.tracing.capture == "full",
-            cache=self._cache_lookup if self.config.cache.enabled else None,
+            cache=self.turns.cache_step if self.config.cache.enabled else None,
             config=AgentConfig(
                 max_steps=a.max_steps,
                 max_tool_calls=a.max_tool_calls,
@@ -540,13 +514,9 @@ class App:
             return []  # no knowledge ingested: do not even load the embedding model
         return self.search(question)
 
-    @cached_property
+    @property
     def _checkpointer(self) -> Any:
-        from keel.agents.checkpoints import open_checkpointer
-
-        saver, close = open_checkpointer(self.settings.database_url, self.data_dir)
-        self._closers.append(close)
-        return saver
+        return self.resources.checkpointer
 
     @cached_property
     def graph(self) -> Any:
@@ -559,19 +529,10 @@ class App:
 
         return ThreadIndex(self.engine, self.name)
 
-    @cached_property
+    @property
     def tracing(self) -> Tracing:
         """This app's tracer provider and span store (spans also go to OTLP when configured)."""
-        from keel.ops.tracing import Tracing
-
-        tracing = Tracing(
-            self.engine,
-            service=self.name,
-            otlp_endpoint=self.settings.otlp_endpoint,
-            enabled=self.config.tracing.enabled,
-        )
-        self._closers.append(tracing.shutdown)
-        return tracing
+        return self.resources.tracing
 
     def turn_record(self, trace_id: str) -> dict[str, Any] | None:
         """What a traced turn asked, answered and retrieved (for feedback and evaluation)."""
@@ -648,19 +609,31 @@ class App:
             return None
         return out.stdout.strip() or None if out.returncode == 0 else None
 
-    def _capture(self, text: str) -> str | None:
-        """What of a text goes on a span: nothing, the text with PII and secrets redacted, or
-        the text itself (``[tracing] capture``)."""
-        mode = self.config.tracing.capture
-        if mode == "off" or not text:
-            return None
-        if mode == "full":
-            return text
-        if len(text) <= _REDACTED_CACHE_CHARS:
-            return _redacted_cached(text)
-        return _redacted(text)
+    # -- the turn pipeline ------------------------------------------------------------------------
+    @cached_property
+    def _turn_tracer(self) -> TurnTracer:
+        from keel.guardrails.redaction import redact_text
+        from keel.ops.turn_trace import AppIdentity, TurnTracer
 
-    # -- semantic cache ------------------------------------------------------------------------
+        p = self.prompts
+        identity = AppIdentity(
+            name=self.name,
+            model_id=lambda: self.agent.chain.models[0][0],
+            index_version=self.index_version,
+            version_for=self.version_for,
+            prompt_versions=lambda: {
+                "system_version": p.system_version,
+                "examples_version": p.examples_version,
+            },
+            release_id=self.release_id,
+            git_commit=lambda: self.git_commit,
+        )
+        return TurnTracer(self.tracing.tracer, identity, self.config.tracing.capture, redact_text)
+
+    def _capture(self, text: str) -> str | None:
+        """What of a text goes on a span (``[tracing] capture``)."""
+        return self._turn_tracer.capture(text)
+
     @cached_property
     def cache(self) -> SemanticCache:
         """The semantic cache (``[cache]``); consulted by turns only when enabled."""
@@ -675,312 +648,45 @@ class App:
             max_entries=c.max_entries,
         )
 
-    def _cache_partition(self, owner: str | None, scopes: Sequence[str] | None) -> dict[str, Any]:
+    def _cache_partition(self, owner: str | None, scopes: Sequence[str] | None) -> CachePartition:
         from keel.ops.cache import partition_key
+        from keel.ops.cache_policy import CachePartition
 
         index_version = self.index_version()
         release = self.release_id or self.version_for(index_version)
         key = partition_key(self.name, release, index_version, owner, scopes)
-        return {"key": key, "release": release, "index_version": index_version, "key_id": owner}
+        return CachePartition(key, release, index_version, owner)
 
-    def _cache_lookup(self, question: str, config: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The graph's ``cache`` step: the nearest entry of this turn's partition."""
-        part = config.get("configurable", {}).get("keel_cache")
-        if part is None:
-            return None
-        try:
-            found = self.cache.nearest(part["key"], self.embedder.embed_query(question))
-            entry_id, similarity = found if found is not None else (None, None)
-            entry = (
-                self.cache.entry(entry_id)
-                if entry_id is not None
-                and similarity is not None
-                and similarity >= self.cache.threshold
-                else None
+    @cached_property
+    def turns(self) -> TurnRunner:
+        """The turn pipeline every surface runs turns through (:mod:`keel.agents.turn`)."""
+        from keel.agents.turn import TurnParts, TurnRunner
+        from keel.ops.cache_policy import TurnCache
+
+        cache = (
+            TurnCache(lambda: self.cache, lambda: self.embedder, self._cache_partition)
+            if self.config.cache.enabled
+            else None
+        )
+        a = self.config.agent
+        return TurnRunner(
+            TurnParts(
+                graph=lambda: self.graph,
+                ephemeral_graph=lambda: self._ephemeral_graph,
+                checkpointer=lambda: self._checkpointer,
+                threads=lambda: self.threads,
+                guards=lambda: self.guards,
+                tracer=lambda: self._turn_tracer,
+                embedder=lambda: self.embedder,
+                doc_hashes=lambda ids: self.manifest().hashes(ids),
+                prices=lambda: self.prices,
+                app_name=self.name,
+                max_steps=a.max_steps,
+                citation_threshold=a.citation_threshold,
+                writes=lambda: any(t.side_effects == "write" for t in self.toolset),
+                cache=cache,
+                release_id=self.release_id,
             )
-        except Exception:  # the cache is an optimisation: a broken one is a miss
-            _log.warning("semantic cache lookup failed", exc_info=True)
-            return {"hit": False, "similarity": None, "entry_id": None}
-        if similarity is None:
-            return {"hit": False, "similarity": None, "entry_id": None}
-        if entry is None:
-            return {"hit": False, "similarity": round(similarity, 6), "entry_id": None}
-        return {
-            "hit": True,
-            "similarity": round(similarity, 6),
-            "entry_id": entry_id,
-            "payload": entry[1],
-        }
-
-    def _cache_store(self, config: dict[str, Any], answer: Answer) -> None:
-        """Keep a turn's answer when it may be reused: the first turn of a thread, answered by
-        the model without tools, approvals or any guard failing or changing anything, and not
-        a refusal ("I don't know" for one question says little about a look-alike)."""
-        from langchain_core.messages import AIMessage, HumanMessage
-
-        from keel.agents.graph import REFUSAL_TEXT
-        from keel.ops.cache import Partition
-        from keel.ops.refusal import is_refusal
-
-        part = config["configurable"].get("keel_cache")
-        if (
-            part is None
-            or answer.cache_hit
-            or answer.stop_reason != "done"
-            or answer.tool_calls
-            or answer.pending_approval
-            or not answer.text.strip()
-            or answer.text.strip().startswith(REFUSAL_TEXT)
-            or is_refusal(answer.text)
-            or any(e.get("outcome") != "pass" for e in answer.events)
-        ):
-            return
-        values = self.graph.get_state(config).values
-        messages = values.get("messages", [])
-        if not (
-            len(messages) == 2
-            and isinstance(messages[0], HumanMessage)
-            and isinstance(messages[1], AIMessage)
-            and not messages[1].tool_calls
-            and messages[1].text == answer.text
-        ):
-            return  # history before this turn, tool calls, or an answer changed on the way
-        question = str(values.get("question", ""))
-        payload = {"text": answer.text, "hits": answer.hits, "model": answer.model}
-        try:
-            self.cache.store(
-                Partition(part["key"], part["release"], part["index_version"], part["key_id"]),
-                question,
-                self.embedder.embed_query(question),
-                payload,
-            )
-        except Exception:  # never fail a turn that was answered
-            _log.warning("semantic cache store failed", exc_info=True)
-
-    def _turn_attributes(self, tid: str, owner: str | None) -> dict[str, Any]:
-        p = self.prompts
-        index_version = self.index_version()
-        attrs: dict[str, Any] = {
-            "keel.app.name": self.name,
-            "keel.app.version": self.version_for(index_version),
-            "keel.index.version": index_version,
-            "keel.prompt.system_version": p.system_version,
-            "keel.thread.id": tid,
-            "gen_ai.request.model": self.agent.chain.models[0][0],
-            # summarized even when the turn fails (its status is then "error")
-            "keel.summary": True,
-        }
-        if self.release_id:
-            attrs["keel.release.id"] = self.release_id
-        if p.examples_version:
-            attrs["keel.prompt.examples_version"] = p.examples_version
-        if owner:
-            attrs["keel.key.id"] = owner
-        if self.git_commit:
-            attrs["keel.git.commit"] = self.git_commit
-        return attrs
-
-    @contextmanager
-    def _turn_span(
-        self, tid: str, owner: str | None, question: str | None
-    ) -> Iterator[tuple[Any, str]]:
-        from keel.ops.semconv import TURN_SPAN
-
-        with self.tracing.tracer.start_as_current_span(
-            TURN_SPAN, attributes=self._turn_attributes(tid, owner)
-        ) as span:
-            if question is not None:
-                span.set_attribute("keel.input", self._capture(question) or "")
-            yield span, format(span.get_span_context().trace_id, "032x")
-
-    def _finish_span(self, span: Any, answer: Answer | None, data: Any = None) -> None:
-        """Summary attributes of a turn (what ``keel traces list`` shows)."""
-        if data is not None:
-            info = data
-        elif answer is not None:  # the fields read below, without copying the hits
-            info = {k: getattr(answer, k) for k in _SUMMARY_FIELDS}
-        else:
-            info = {}
-        usage = info.get("usage", {})
-        events = info.get("events", [])
-        outcomes = {e.get("outcome") for e in events if "point" in e}
-        guard = (
-            "tripped"
-            if info.get("stop_reason") == "guardrail"
-            else ("flagged" if "fail" in outcomes else "pass" if outcomes else "none")
-        )
-        from keel.ops.semconv import GUARD_OUTCOME
-
-        for key, value in {
-            "keel.summary": True,
-            "keel.stop_reason": info.get("stop_reason"),
-            "keel.output": self._capture(info.get("text", "")) or "",
-            "gen_ai.response.model": info.get("model") or None,
-            "gen_ai.usage.input_tokens": int(usage.get("input_tokens", 0)),
-            "gen_ai.usage.output_tokens": int(usage.get("output_tokens", 0)),
-            "keel.cost.usd": info.get("cost_usd"),
-            GUARD_OUTCOME: guard,
-            "keel.citations": [f"{c['doc_id']}#{c['chunk_id']}" for c in info.get("citations", [])],
-        }.items():
-            if value is not None:
-                span.set_attribute(key, value)
-        cache = info.get("cache")
-        if cache:  # the semantic cache was consulted
-            span.set_attribute("keel.cache.hit", bool(cache.get("hit")))
-            for key in ("similarity", "entry_id"):
-                if cache.get(key) is not None:
-                    span.set_attribute(f"keel.cache.{key}", cache[key])
-        if info.get("stop_reason") in ("error",):
-            from opentelemetry.trace import Status, StatusCode
-
-            span.set_status(Status(StatusCode.ERROR))
-
-    def _run_config(
-        self,
-        thread_id: str,
-        scopes: Sequence[str] | None,
-        params: ModelParams | None = None,
-        tool_choice: ToolChoice | None = None,
-        instructions: str | None = None,
-        client: ClientTools | None = None,
-        response_format: ResponseFormat | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "configurable": {
-                "thread_id": thread_id,
-                "keel_scopes": list(scopes) if scopes is not None else None,
-                "keel_params": params or None,
-                "keel_tool_choice": tool_choice,
-                "keel_instructions": instructions or None,
-                "keel_client_tools": client,
-                "keel_response_format": response_format,
-            },
-            "recursion_limit": 4 * self.config.agent.max_steps + 10,
-        }
-
-    def _durability(self) -> str:
-        """Runs that can change the world are checkpointed before each step goes on ("sync");
-        read-only runs are checkpointed when they end ("exit"): a crash mid-turn loses only
-        that turn, which had no effect outside."""
-        writes = any(t.side_effects == "write" for t in self.toolset)
-        return "sync" if writes else "exit"
-
-    def _pending(self, thread_id: str, config: dict[str, Any]) -> list[dict[str, Any]] | None:
-        state = self.graph.get_state(config)
-        for task in state.tasks:
-            for intr in task.interrupts:
-                value = intr.value
-                if isinstance(value, dict) and value.get("type") == "approval_required":
-                    return list(value["calls"])
-        return None
-
-    def _ready_for_turn(self, tid: str, config: dict[str, Any]) -> None:
-        """Refuse a thread waiting for approval; close a turn that was cut off (a client that
-        went away mid-stream, a killed process) so the history stays well-formed."""
-        from keel.agents.graph import close_cut_turn
-
-        if self._pending(tid, config):
-            raise UsageError(
-                f"thread {tid!r} is waiting for an approval: resume it (approve or reject) first"
-            )
-        saved = self._checkpointer.get_tuple(config)  # what is stored, not pending writes
-        if saved is None:
-            return
-        messages = saved.checkpoint.get("channel_values", {}).get("messages", [])
-        update = close_cut_turn(list(messages))
-        if update is not None:
-            self.graph.update_state(config, update, as_node="finalize")
-
-    def _prepare_turn(
-        self,
-        thread_id: str | None,
-        owner: str | None,
-        scopes: Sequence[str] | None,
-        params: ModelParams | None = None,
-        tool_choice: ToolChoice | None = None,
-        instructions: str | None = None,
-        client: ClientTools | None = None,
-        response_format: ResponseFormat | None = None,
-    ) -> tuple[str, dict[str, Any]]:
-        import uuid
-
-        tid = thread_id or uuid.uuid4().hex
-        if not tid or len(tid) > 200:
-            raise UsageError("a thread id needs 1-200 characters")
-        self.threads.touch(tid, owner)
-        config = self._run_config(
-            tid, scopes, params, tool_choice, instructions, client, response_format
-        )
-        # a reply shaped by a request's own parameters (length, stop, sampling, a forced
-        # tool, client instructions, client tools, a response format) is not everybody's
-        # answer: such turns neither read nor fill the cache
-        personal = (
-            bool(params)
-            or tool_choice is not None
-            or bool(instructions)
-            or client is not None
-            or response_format is not None
-        )
-        if self.config.cache.enabled and not personal:
-            config["configurable"]["keel_cache"] = self._cache_partition(owner, scopes)
-        return tid, config
-
-    def _answer(self, thread_id: str, config: dict[str, Any], trace_id: str = "") -> Answer:
-        values = self.graph.get_state(config).values
-        return self._answer_from(thread_id, values, self._pending(thread_id, config), trace_id)
-
-    def _answer_from(
-        self,
-        thread_id: str,
-        values: Mapping[str, Any],
-        pending: list[dict[str, Any]] | None,
-        trace_id: str = "",
-    ) -> Answer:
-        from keel.agents.answer import Answer
-        from keel.agents.citations import citations as cite
-        from keel.agents.graph import hit_from_dict
-
-        text = values.get("answer", "") if pending is None else ""
-        # unknown (a server that did not report it) is {}, never zeros
-        usage = {} if values.get("usage_unknown") else dict(values.get("usage", {}))
-        stop_reason = "approval_required" if pending else values.get("stop_reason", "done")
-        citations = cite(
-            text,
-            [hit_from_dict(h) for h in values.get("hits", [])],
-            # a model's own answer that cites nothing it was given is attributed; a guard's
-            # or a limit's message never is
-            embedder=self.embedder if stop_reason == "done" and values.get("hits") else None,
-            question=str(values.get("question", "")),
-            threshold=self.config.agent.citation_threshold,
-        )
-        if citations:  # lineage: each citation leads to its chunk, document and content hash
-            hashes = self.manifest().hashes(c["doc_id"] for c in citations)
-            for c in citations:
-                c["doc_hash"] = hashes.get(c["doc_id"])
-        return Answer(
-            text=text,
-            thread_id=thread_id,
-            trace_id=trace_id,
-            stop_reason=stop_reason,
-            citations=citations,
-            tool_calls=list(values.get("outcomes", [])),
-            pending_approval=pending,
-            usage=usage,
-            finish_reason=values.get("finish_reason") or None,
-            model=values.get("model_id", ""),
-            model_seconds=round(float(values.get("model_seconds", 0.0)), 6),
-            model_calls=list(values.get("model_calls", [])),
-            cost_usd=self.prices.cost(values.get("model_id", ""), usage)
-            if values.get("model_id") and usage
-            else None,
-            events=list(values.get("events", [])),
-            hits=list(values.get("hits", [])),
-            release_id=self.release_id,
-            cache_hit=bool(values.get("cache", {}).get("hit")),
-            cache=dict(values["cache"]) if values.get("cache") else None,
-            client_tool_calls=list(values.get("client_calls", []))
-            if stop_reason == "client_tool_calls"
-            else [],
         )
 
     def ask(
@@ -1002,7 +708,8 @@ class App:
 
         ``scopes``: what the caller holds (None: everything, for trusted local use); tools
         needing other scopes are hidden from the model and refused if called.
-        ``ephemeral``: a one-off turn that is traced but not kept (see :meth:`_ask_ephemeral`).
+        ``ephemeral``: a one-off turn that is traced but not kept
+        (:meth:`keel.agents.turn.TurnRunner.ask_ephemeral`).
         ``params``: generation parameters for this turn's model calls, over ``[model]``'s.
         ``tool_choice``: "auto" (the default), "none", "required" or ``{"type": "function",
         "function": {"name": ...}}`` for the turn's first model call; later calls of the turn
@@ -1015,61 +722,53 @@ class App:
         ``response_format``: the reply must be JSON of this shape
         (:mod:`keel.agents.structured`), else ``stop_reason = "invalid_output"``.
         """
-        if ephemeral:
-            if instructions or client is not None or response_format is not None:
-                raise UsageError(
-                    "an ephemeral turn takes no client instructions, tools or response format"
-                )
-            if not isinstance(question, str) or not question.strip():
-                raise UsageError("the question is empty")
-            return self._ask_ephemeral(question, thread_id, scopes, history, params, tool_choice)
-        tid, config = self._prepare_turn(
-            thread_id, owner, scopes, params, tool_choice, instructions, client, response_format
-        )
-        graph_input = self._turn_start(question, tid, config, history, client)
-        with self._turn_span(tid, owner, question or None) as (span, trace_id):
-            self.graph.invoke(graph_input, config, durability=self._durability())
-            answer = self._answer(tid, config, trace_id)
-            self._finish_span(span, answer)
-        self._cache_store(config, answer)
-        return answer
+        from keel.agents.turn import TurnRequest
 
-    def _turn_start(
+        request = TurnRequest(
+            scopes, owner, history, params, tool_choice, instructions, client, response_format
+        )
+        if ephemeral:
+            return self.turns.ask_ephemeral(question, thread_id, request)
+        return self.turns.ask(question, thread_id, request)
+
+    async def aask(
         self,
         question: str,
-        tid: str,
-        config: dict[str, Any],
-        history: list[Any] | None,
-        client: ClientTools | None,
-    ) -> dict[str, Any]:
-        """The graph input of a turn: a new question, or a turn continued with a client's
-        tool results (which must answer the calls the thread is waiting on)."""
-        from keel.agents.client_tools import continuation
-        from keel.agents.graph import turn_input
+        thread_id: str | None = None,
+        scopes: Sequence[str] | None = None,
+        **options: Any,
+    ) -> Answer:
+        """:meth:`ask` for async hosts: the turn runs in a worker thread, so the event loop
+        is never blocked (the checkpointers and model clients Keel ships are synchronous)."""
+        import asyncio
+        import contextvars
+        import functools
 
-        if client is not None and client.results:
-            if question:
-                raise UsageError("a turn continued with tool results takes no new question")
-            if self._pending(tid, config):
-                raise UsageError(
-                    f"thread {tid!r} is waiting for an approval: resume it (approve or reject)"
-                )
-            stored = self.graph.get_state(config).values.get("messages", [])
-            return continuation(stored, history, client.results)
-        if not isinstance(question, str) or not question.strip():
-            raise UsageError("the question is empty")
-        self._ready_for_turn(tid, config)
-        return turn_input(question, self._seed(tid, config, history))
+        call = functools.partial(self.ask, question, thread_id, scopes, **options)
+        return await asyncio.to_thread(contextvars.copy_context().run, call)
 
-    def _seed(
-        self, tid: str, config: dict[str, Any], history: list[Any] | None
-    ) -> list[Any] | None:
-        """Earlier messages for a thread that has none yet (ignored for existing threads)."""
-        if not history:
-            return None
-        if self.graph.get_state(config).values.get("messages"):
-            return None
-        return list(history)
+    def events(
+        self,
+        question: str,
+        thread_id: str | None = None,
+        scopes: Sequence[str] | None = None,
+        *,
+        owner: str | None = None,
+        history: list[Any] | None = None,
+        params: ModelParams | None = None,
+        tool_choice: ToolChoice | None = None,
+        instructions: str | None = None,
+        client: ClientTools | None = None,
+        response_format: ResponseFormat | None = None,
+    ) -> Iterator[StreamEvent]:
+        """One turn as typed events (:mod:`keel.agents.events`), the last one ``Done``.
+        What :meth:`stream` yields as dicts; arguments as for :meth:`ask`."""
+        from keel.agents.turn import TurnRequest
+
+        request = TurnRequest(
+            scopes, owner, history, params, tool_choice, instructions, client, response_format
+        )
+        return self.turns.stream(question, thread_id, request)
 
     def stream(
         self,
@@ -1090,139 +789,53 @@ class App:
         JSON arguments), ``tool_call`` (a call's outcome, once run), ``guardrail``,
         ``approval_required``, ``citation`` and finally ``done`` (the whole :class:`Answer`).
         The ids in deltas are the model's own; ``tool_call`` and approvals carry the ids
-        Keel made unique. ``client`` and ``response_format``: as for :meth:`ask`."""
-        tid, config = self._prepare_turn(
-            thread_id, owner, scopes, params, tool_choice, instructions, client, response_format
+        Keel made unique. ``client`` and ``response_format``: as for :meth:`ask`.
+        :meth:`events` yields the same events typed."""
+        from keel.agents.events import to_dict
+
+        events = self.events(
+            question,
+            thread_id,
+            scopes,
+            owner=owner,
+            history=history,
+            params=params,
+            tool_choice=tool_choice,
+            instructions=instructions,
+            client=client,
+            response_format=response_format,
         )
-        graph_input = self._turn_start(question, tid, config, history, client)
-        yield from self._traced_stream(graph_input, tid, config, owner, question)
+        return _as_dicts(events, to_dict)
 
-    def _traced_stream(
+    async def astream(
         self,
-        graph_input: Any,
-        tid: str,
-        config: dict[str, Any],
-        owner: str | None,
         question: str,
-    ) -> Iterator[dict[str, Any]]:
-        """The stream inside the turn's span. The span's context is attached only around each
-        step, so a consumer that resumes the generator from another thread (a web server's
-        thread pool) never detaches a context it did not attach."""
-        from opentelemetry import context as otel_context
-        from opentelemetry import trace
+        thread_id: str | None = None,
+        scopes: Sequence[str] | None = None,
+        **options: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """:meth:`events` for async hosts: each step of the turn runs in a worker thread (the
+        turn's checks run before the first event, as for :meth:`events`). Closing the
+        iterator early cancels the turn, as a client that goes away does."""
+        import asyncio
+        import contextvars
 
-        tracer = self.tracing.tracer
-        from keel.ops.semconv import TURN_SPAN
+        ctx = contextvars.copy_context()
+        events = await asyncio.to_thread(
+            ctx.run, lambda: self.events(question, thread_id, scopes, **options)
+        )
 
-        span = tracer.start_span(TURN_SPAN, attributes=self._turn_attributes(tid, owner))
-        span.set_attribute("keel.input", self._capture(question) or "")
-        trace_id = format(span.get_span_context().trace_id, "032x")
-        ctx = trace.set_span_in_context(span)
-        events = self._stream(graph_input, tid, config, trace_id)
+        def step() -> StreamEvent | None:
+            return next(events, None)
+
         try:
             while True:
-                token = otel_context.attach(ctx)
-                try:
-                    event = next(events)
-                except StopIteration:
-                    break
-                finally:
-                    otel_context.detach(token)
-                if event["type"] == "done":
-                    self._finish_span(span, None, event["answer"])
+                event = await asyncio.to_thread(ctx.run, step)
+                if event is None:
+                    return
                 yield event
-        except GeneratorExit:
-            span.set_attribute("keel.stop_reason", "cancelled")
-            raise
         finally:
-            events.close()
-            span.end()
-
-    def _stream(
-        self, graph_input: Any, tid: str, config: dict[str, Any], trace_id: str = ""
-    ) -> Generator[dict[str, Any], None, None]:
-        from langchain_core.messages import AIMessageChunk
-
-        from keel.agents.graph import hit_from_dict
-        from keel.agents.hooks import RunContext
-        from keel.errors import GuardTripped
-
-        scopes = config["configurable"].get("keel_scopes")
-        ctx = RunContext(
-            app=self.name,
-            thread_id=tid,
-            scopes=frozenset(scopes) if scopes is not None else None,
-            question=str(graph_input.get("question", "")) if isinstance(graph_input, dict) else "",
-        )
-        window = self.guards.stream_guard(ctx) if self.guards else None
-
-        for mode, payload in self.graph.stream(
-            graph_input,
-            config,
-            stream_mode=["messages", "updates"],
-            durability=self._durability(),
-        ):
-            if mode == "messages":
-                chunk, meta = payload
-                if not (
-                    isinstance(chunk, AIMessageChunk) and meta.get("langgraph_node") == "model"
-                ):
-                    continue
-                for part in chunk.tool_call_chunks:  # a call as the model writes it
-                    yield {
-                        "type": "tool_call_delta",
-                        "index": part.get("index"),
-                        "id": part.get("id"),
-                        "name": part.get("name"),
-                        "args": part.get("args") or "",
-                    }
-                if not chunk.text:
-                    continue
-                try:
-                    text = chunk.text if window is None else window.feed(chunk.text)
-                except GuardTripped as trip:  # shown no further; the run finishes its turn
-                    yield {
-                        "type": "guardrail",
-                        **(trip.result if isinstance(trip.result, dict) else {}),
-                    }
-                    continue
-                if text:
-                    yield {"type": "token", "text": text}
-                continue
-            if not isinstance(payload, dict):
-                continue
-            if payload.get("retrieve"):
-                ctx.hits = [hit_from_dict(h) for h in payload["retrieve"].get("hits", [])]
-            cached = payload.get("cache")
-            if cached and cached.get("cache", {}).get("hit"):  # the cached answer, at once
-                yield {"type": "token", "text": cached["answer"]}
-            tools = payload.get("tools")
-            if tools:
-                new = len(tools.get("messages", []))
-                for outcome in tools.get("outcomes", [])[-new:] if new else []:
-                    yield {"type": "tool_call", **outcome}
-        answer = self._answer(tid, config, trace_id)
-        if window is not None and window.tripped is None:
-            try:
-                rest = window.flush()
-            except GuardTripped as trip:
-                yield {
-                    "type": "guardrail",
-                    **(trip.result if isinstance(trip.result, dict) else {}),
-                }
-            else:
-                if rest:
-                    yield {"type": "token", "text": rest}
-        for event in answer.events:
-            if event.get("outcome") == "fail" and event.get("point") != "output":
-                yield {"type": "guardrail", **event}
-        if answer.pending_approval:
-            yield {"type": "approval_required", "thread_id": tid, "calls": answer.pending_approval}
-        for citation in answer.citations:
-            yield {"type": "citation", **citation}
-        if window is None or window.tripped is None:  # the user saw the answer unchanged
-            self._cache_store(config, answer)
-        yield {"type": "done", "answer": answer.to_dict()}
+            await asyncio.to_thread(ctx.run, _close, events)
 
     def resume(
         self,
@@ -1239,30 +852,25 @@ class App:
         ``{"args": {...}}``). A decision applies only to the call it names; an ``args_hash``
         given with it must match the pending call's.
         """
-        from langgraph.types import Command
+        from keel.agents.turn import TurnRequest
 
-        tid, config = self._prepare_turn(thread_id, owner, scopes)
-        pending = self._pending(tid, config)
-        if not pending:
-            raise UsageError(f"thread {tid!r} has no call waiting for approval")
-        payload = resolve_decisions(decision, pending)
-        with self._turn_span(tid, owner, None) as (span, trace_id):
-            self.graph.invoke(Command(resume=payload), config, durability=self._durability())
-            answer = self._answer(tid, config, trace_id)
-            self._finish_span(span, answer)
-        return answer
+        return self.turns.resume(
+            thread_id,
+            lambda pending: resolve_decisions(decision, pending),
+            TurnRequest(scopes, owner),
+        )
 
     def pending_approval(
         self, thread_id: str, *, owner: str | None = None
     ) -> list[dict[str, Any]] | None:
         """The tool calls a thread waits on (None when it waits on nothing)."""
         self.threads.check_owner(thread_id, owner)
-        return self._pending(thread_id, self._run_config(thread_id, None))
+        return self.turns.pending(self.turns.run_config(thread_id))
 
     def history(self, thread_id: str, *, owner: str | None = None) -> list[Any]:
         """The thread's messages (langchain-core messages), oldest first."""
         self.threads.check_owner(thread_id, owner)
-        values = self.graph.get_state(self._run_config(thread_id, None)).values
+        values = self.graph.get_state(self.turns.run_config(thread_id)).values
         return list(values.get("messages", []))
 
     def delete_thread(self, thread_id: str, *, owner: str | None = None) -> None:
@@ -1308,66 +916,21 @@ class App:
         """The agent graph without a checkpointer, for turns that are not kept."""
         return self.agent.build(checkpointer=None)
 
-    def _ask_ephemeral(
-        self,
-        question: str,
-        thread_id: str | None,
-        scopes: Sequence[str] | None,
-        history: list[Any] | None,
-        params: ModelParams | None = None,
-        tool_choice: ToolChoice | None = None,
-    ) -> Answer:
-        """A turn in a thread of its own that is not kept: traced like any turn, but nothing
-        is written to the thread index or the checkpointer, so it cannot be continued or
-        resumed (a call waiting for approval is reported in ``pending_approval`` and the turn
-        ends there). Evaluation runs use it: each case is a fresh one-off conversation, and a
-        durable checkpoint per case cost more than the turn itself (SQLite writes serialised
-        across the runner's threads)."""
-        import uuid
 
-        from keel.agents.graph import turn_input
-
-        tid = thread_id or f"ephemeral-{uuid.uuid4().hex}"
-        if len(tid) > 200:
-            raise UsageError("a thread id needs 1-200 characters")
-        config = self._run_config(tid, scopes, params, tool_choice)
-        with self._turn_span(tid, None, question) as (span, trace_id):
-            values = self._ephemeral_graph.invoke(
-                turn_input(question, list(history) if history else None), config
-            )
-            pending: list[dict[str, Any]] | None = None
-            for intr in values.get("__interrupt__", ()):
-                value = intr.value
-                if isinstance(value, dict) and value.get("type") == "approval_required":
-                    pending = list(value["calls"])
-            answer = self._answer_from(tid, values, pending, trace_id)
-            self._finish_span(span, answer)
-        return answer
+def _as_dicts(
+    events: Iterator[StreamEvent], to_dict: Callable[[StreamEvent], dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
+    try:
+        for event in events:
+            yield to_dict(event)
+    finally:
+        _close(events)
 
 
-_SUMMARY_FIELDS = (
-    "usage",
-    "events",
-    "stop_reason",
-    "text",
-    "model",
-    "cost_usd",
-    "citations",
-    "cache",
-)
-_REDACTED_CACHE_CHARS = 4096
-
-
-def _redacted(text: str) -> str:
-    """``text`` with its PII and secrets redacted (what ``capture = "redacted"`` keeps)."""
-    from keel.guardrails.redaction import redact_text
-
-    return redact_text(text)
-
-
-# A turn captures its answer twice (the model span and the turn), and an app answers the same
-# words often (refusals, canned replies): short texts are redacted once.
-_redacted_cached = lru_cache(maxsize=1024)(_redacted)
+def _close(events: Iterator[Any]) -> None:
+    close = getattr(events, "close", None)
+    if close is not None:
+        close()
 
 
 def resolve_decisions(decision: Any, pending: list[dict[str, Any]]) -> dict[str, Any]:

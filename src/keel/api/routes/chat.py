@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from keel.agents.events import ApprovalRequired, Done, to_dict
 from keel.api.keys import ApiKey
 from keel.api.problems import COMMON, Problem, documented, stream_error
 from keel.api.routes._common import close_quietly, closing_stream, gateway, sse
@@ -71,18 +72,20 @@ def chat_turn(
     started = time.perf_counter()
 
     def events() -> Iterator[str]:
-        events_in = app.stream(message, tid, scopes, owner=key.id)
+        events_in = app.events(message, tid, scopes, owner=key.id)
         try:
             for event in events_in:
-                kind = event.pop("type")
-                if "thread_id" in event:
-                    event["thread_id"] = client_tid
-                if kind == "done":
-                    event["answer"]["thread_id"] = client_tid
-                    gw.account(key, event["answer"], time.perf_counter() - started)
-                    yield sse("done", event["answer"])
-                else:
-                    yield sse(kind, event)
+                if isinstance(event, Done):
+                    answer = event.answer.to_dict()
+                    answer["thread_id"] = client_tid
+                    gw.account(key, answer, time.perf_counter() - started)
+                    yield sse("done", answer)
+                    continue
+                data = to_dict(event)
+                kind = data.pop("type")
+                if isinstance(event, ApprovalRequired):
+                    data["thread_id"] = client_tid
+                yield sse(kind, data)
         except Exception as exc:  # the stream has begun: its last event says why
             gw.failed(app, exc)
             yield sse("error", stream_error(exc))

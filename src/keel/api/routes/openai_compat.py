@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from keel.agents.client_tools import ClientTools
+from keel.agents.events import Done, Token
 from keel.api.openai_errors import documented, error_body
 from keel.api.openai_turn import ChatTurn, chat_turn, check_for_app, thread_of
 from keel.api.problems import COMMON, Problem, store_failure
@@ -286,7 +287,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         return f"data: {json.dumps(usage)}\n\n"
 
     def events() -> Iterator[str]:
-        stream = app.stream(
+        stream = app.events(
             turn.question,
             thread_id,
             scopes,
@@ -308,11 +309,11 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                 if first:
                     first = False
                     yield chunk({"role": "assistant", "content": ""}, None)
-                if event["type"] == "token" and not buffered:
-                    shown += event["text"]
-                    yield chunk({"content": event["text"]}, None)
-                elif event["type"] == "done":
-                    answer = event["answer"]
+                if isinstance(event, Token) and not buffered:
+                    shown += event.text
+                    yield chunk({"content": event.text}, None)
+                elif isinstance(event, Done):
+                    answer = event.answer.to_dict()
                     answer["thread_id"] = client_tid
                     gw.account(key, answer, time.perf_counter() - started)
                     failed = invalid_output(answer, "response_format")

@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from keel.agents.events import Done, Token
 from keel.api.openai_errors import documented
 from keel.api.openai_turn import (
     ChatTurn,
@@ -293,7 +294,7 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
         return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False, default=str)}\n\n"
 
     def events() -> Iterator[str]:
-        stream = turn(app.stream)
+        stream = turn(app.events)
         mid = "msg_" + rid[-32:]
         where = {"item_id": mid, "output_index": 0, "content_index": 0}
         shown = ""
@@ -315,14 +316,12 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
             yield event("response.created", response=response(None))
             yield event("response.in_progress", response=response(None))
             for ev in stream:
-                if ev["type"] == "token" and not buffered:
+                if isinstance(ev, Token) and not buffered:
                     yield from open_message()
-                    shown += ev["text"]
-                    yield event(
-                        "response.output_text.delta", **where, delta=ev["text"], logprobs=[]
-                    )
-                elif ev["type"] == "done":
-                    answer = ev["answer"]
+                    shown += ev.text
+                    yield event("response.output_text.delta", **where, delta=ev.text, logprobs=[])
+                elif isinstance(ev, Done):
+                    answer = ev.answer.to_dict()
                     answer["thread_id"] = client_tid
                     gw.account(key, answer, time.perf_counter() - started)
                     failed = invalid_output(answer, "text.format")

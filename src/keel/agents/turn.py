@@ -1,0 +1,476 @@
+"""The turn pipeline: one implementation of a turn for every surface.
+
+input guards -> cache -> retrieve -> model <-> tools (approval) -> output guards, as the agent
+graph (:mod:`keel.agents.graph`) runs it, inside the turn's span. :meth:`TurnRunner.stream`
+yields the turn's typed events (:mod:`keel.agents.events`); :meth:`TurnRunner.ask` runs the
+same turn in one call and returns its :class:`~keel.agents.answer.Answer`;
+:meth:`TurnRunner.ask_ephemeral` runs a turn that is not kept (evaluation) and
+:meth:`TurnRunner.resume` continues a thread paused for approval. :class:`keel.App` is the
+facade over it; the HTTP routes and the console encode its events.
+
+Tracing (:class:`keel.ops.turn_trace.TurnTracer`) and the semantic cache's policy
+(:class:`keel.ops.cache_policy.TurnCache`) observe the turn from ``ops``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from keel.agents.events import (
+    ApprovalRequired,
+    CitationFound,
+    Done,
+    Guardrail,
+    StreamEvent,
+    Token,
+    ToolCallDelta,
+    ToolCallDone,
+)
+from keel.errors import UsageError
+
+if TYPE_CHECKING:
+    from keel.agents.answer import Answer
+    from keel.agents.checkpoints import ThreadIndex
+    from keel.agents.client_tools import ClientTools
+    from keel.agents.models import ToolChoice
+    from keel.agents.params import ModelParams
+    from keel.agents.structured import ResponseFormat
+    from keel.guardrails.runner import GuardRunner
+    from keel.ops.cache_policy import CachePartition, TurnCache
+    from keel.ops.cost import PriceTable
+    from keel.ops.turn_trace import TurnTracer
+
+__all__ = ["TurnParts", "TurnRequest", "TurnRunner"]
+
+_SUMMARY_FIELDS = (
+    "usage",
+    "events",
+    "stop_reason",
+    "text",
+    "model",
+    "cost_usd",
+    "citations",
+    "cache",
+)
+
+
+@dataclass(frozen=True)
+class TurnParts:
+    """What a turn needs, built lazily by its owner (:class:`keel.App`) and shared."""
+
+    graph: Callable[[], Any]  # the compiled graph with the app's checkpointer
+    ephemeral_graph: Callable[[], Any]  # the same graph without one
+    checkpointer: Callable[[], Any]
+    threads: Callable[[], ThreadIndex]
+    guards: Callable[[], GuardRunner | None]
+    tracer: Callable[[], TurnTracer]
+    embedder: Callable[[], Any]
+    doc_hashes: Callable[[Iterable[str]], Mapping[str, str | None]]
+    prices: Callable[[], PriceTable]
+    app_name: str
+    max_steps: int
+    citation_threshold: float
+    writes: Callable[[], bool]  # any tool with side effects: checkpoint each step
+    cache: TurnCache | None = None
+    release_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """How the caller shapes one turn (see :meth:`keel.App.ask`)."""
+
+    scopes: Sequence[str] | None = None
+    owner: str | None = None
+    history: list[Any] | None = None
+    params: ModelParams | None = None
+    tool_choice: ToolChoice | None = None
+    instructions: str | None = None
+    client: ClientTools | None = None
+    response_format: ResponseFormat | None = None
+
+    @property
+    def personal(self) -> bool:
+        """A reply shaped by the request's own parameters (length, stop, sampling, a forced
+        tool, client instructions, client tools, a response format) is not everybody's
+        answer: such turns neither read nor fill the cache."""
+        return (
+            bool(self.params)
+            or self.tool_choice is not None
+            or bool(self.instructions)
+            or self.client is not None
+            or self.response_format is not None
+        )
+
+
+class TurnRunner:
+    """Runs turns of one app (see the module's docstring)."""
+
+    def __init__(self, parts: TurnParts) -> None:
+        self.parts = parts
+
+    # -- the graph's cache step ----------------------------------------------------------------
+    def cache_step(self, question: str, config: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The graph's ``cache`` step: the nearest entry of this turn's partition."""
+        part: CachePartition | None = config.get("configurable", {}).get("keel_cache")
+        if part is None or self.parts.cache is None:
+            return None
+        return self.parts.cache.lookup(question, part).to_dict()
+
+    # -- set-up --------------------------------------------------------------------------------
+    def run_config(self, thread_id: str, request: TurnRequest | None = None) -> dict[str, Any]:
+        r = request or TurnRequest()
+        return {
+            "configurable": {
+                "thread_id": thread_id,
+                "keel_scopes": list(r.scopes) if r.scopes is not None else None,
+                "keel_params": r.params or None,
+                "keel_tool_choice": r.tool_choice,
+                "keel_instructions": r.instructions or None,
+                "keel_client_tools": r.client,
+                "keel_response_format": r.response_format,
+            },
+            "recursion_limit": 4 * self.parts.max_steps + 10,
+        }
+
+    def durability(self) -> str:
+        """Runs that can change the world are checkpointed before each step goes on ("sync");
+        read-only runs are checkpointed when they end ("exit"): a crash mid-turn loses only
+        that turn, which had no effect outside."""
+        return "sync" if self.parts.writes() else "exit"
+
+    def pending(self, config: dict[str, Any]) -> list[dict[str, Any]] | None:
+        state = self.parts.graph().get_state(config)
+        for task in state.tasks:
+            for intr in task.interrupts:
+                value = intr.value
+                if isinstance(value, dict) and value.get("type") == "approval_required":
+                    return list(value["calls"])
+        return None
+
+    def prepare(self, thread_id: str | None, request: TurnRequest) -> tuple[str, dict[str, Any]]:
+        tid = thread_id or uuid.uuid4().hex
+        if not tid or len(tid) > 200:
+            raise UsageError("a thread id needs 1-200 characters")
+        self.parts.threads().touch(tid, request.owner)
+        config = self.run_config(tid, request)
+        cache = self.parts.cache
+        if cache is not None and not request.personal:
+            config["configurable"]["keel_cache"] = cache.partition(request.owner, request.scopes)
+        return tid, config
+
+    def _ready_for_turn(self, tid: str, config: dict[str, Any]) -> None:
+        """Refuse a thread waiting for approval; close a turn that was cut off (a client that
+        went away mid-stream, a killed process) so the history stays well-formed."""
+        from keel.agents.graph import close_cut_turn
+
+        if self.pending(config):
+            raise UsageError(
+                f"thread {tid!r} is waiting for an approval: resume it (approve or reject) first"
+            )
+        saved = self.parts.checkpointer().get_tuple(config)  # what is stored, not pending
+        if saved is None:
+            return
+        messages = saved.checkpoint.get("channel_values", {}).get("messages", [])
+        update = close_cut_turn(list(messages))
+        if update is not None:
+            self.parts.graph().update_state(config, update, as_node="finalize")
+
+    def start_input(
+        self, question: str, tid: str, config: dict[str, Any], request: TurnRequest
+    ) -> dict[str, Any]:
+        """The graph input of a turn: a new question, or a turn continued with a client's
+        tool results (which must answer the calls the thread is waiting on)."""
+        from keel.agents.client_tools import continuation
+        from keel.agents.graph import turn_input
+
+        client = request.client
+        graph = self.parts.graph()
+        if client is not None and client.results:
+            if question:
+                raise UsageError("a turn continued with tool results takes no new question")
+            if self.pending(config):
+                raise UsageError(
+                    f"thread {tid!r} is waiting for an approval: resume it (approve or reject)"
+                )
+            stored = graph.get_state(config).values.get("messages", [])
+            return continuation(stored, request.history, client.results)
+        if not isinstance(question, str) or not question.strip():
+            raise UsageError("the question is empty")
+        self._ready_for_turn(tid, config)
+        seed = None
+        if request.history and not graph.get_state(config).values.get("messages"):
+            seed = list(request.history)  # earlier messages, for a thread that has none yet
+        return turn_input(question, seed)
+
+    # -- answers -------------------------------------------------------------------------------
+    def answer(self, thread_id: str, config: dict[str, Any], trace_id: str = "") -> Answer:
+        values = self.parts.graph().get_state(config).values
+        return self.answer_from(thread_id, values, self.pending(config), trace_id)
+
+    def answer_from(
+        self,
+        thread_id: str,
+        values: Mapping[str, Any],
+        pending: list[dict[str, Any]] | None,
+        trace_id: str = "",
+    ) -> Answer:
+        from keel.agents.answer import Answer
+        from keel.agents.citations import citations as cite
+        from keel.agents.graph import hit_from_dict
+
+        p = self.parts
+        text = values.get("answer", "") if pending is None else ""
+        # unknown (a server that did not report it) is {}, never zeros
+        usage = {} if values.get("usage_unknown") else dict(values.get("usage", {}))
+        stop_reason = "approval_required" if pending else values.get("stop_reason", "done")
+        citations = cite(
+            text,
+            [hit_from_dict(h) for h in values.get("hits", [])],
+            # a model's own answer that cites nothing it was given is attributed; a guard's
+            # or a limit's message never is
+            embedder=p.embedder() if stop_reason == "done" and values.get("hits") else None,
+            question=str(values.get("question", "")),
+            threshold=p.citation_threshold,
+        )
+        if citations:  # lineage: each citation leads to its chunk, document and content hash
+            hashes = p.doc_hashes(c["doc_id"] for c in citations)
+            for c in citations:
+                c["doc_hash"] = hashes.get(c["doc_id"])
+        model_id = values.get("model_id", "")
+        return Answer(
+            text=text,
+            thread_id=thread_id,
+            trace_id=trace_id,
+            stop_reason=stop_reason,
+            citations=citations,
+            tool_calls=list(values.get("outcomes", [])),
+            pending_approval=pending,
+            usage=usage,
+            finish_reason=values.get("finish_reason") or None,
+            model=model_id,
+            model_seconds=round(float(values.get("model_seconds", 0.0)), 6),
+            model_calls=list(values.get("model_calls", [])),
+            cost_usd=p.prices().cost(model_id, usage) if model_id and usage else None,
+            events=list(values.get("events", [])),
+            hits=list(values.get("hits", [])),
+            release_id=p.release_id,
+            cache_hit=bool(values.get("cache", {}).get("hit")),
+            cache=dict(values["cache"]) if values.get("cache") else None,
+            client_tool_calls=list(values.get("client_calls", []))
+            if stop_reason == "client_tool_calls"
+            else [],
+        )
+
+    def _keep_in_cache(self, config: dict[str, Any], answer: Answer) -> None:
+        part = config["configurable"].get("keel_cache")
+        cache = self.parts.cache
+        if part is None or cache is None or not cache.reusable(answer):
+            return
+        values = self.parts.graph().get_state(config).values
+        cache.store(part, str(values.get("question", "")), values.get("messages", []), answer)
+
+    # -- turns ---------------------------------------------------------------------------------
+    def ask(self, question: str, thread_id: str | None, request: TurnRequest) -> Answer:
+        """One turn in one call."""
+        tid, config = self.prepare(thread_id, request)
+        graph_input = self.start_input(question, tid, config, request)
+        tracer = self.parts.tracer()
+        with tracer.span(tid, request.owner, question or None) as (span, trace_id):
+            self.parts.graph().invoke(graph_input, config, durability=self.durability())
+            answer = self.answer(tid, config, trace_id)
+            tracer.finish(span, summary(answer))
+        self._keep_in_cache(config, answer)
+        return answer
+
+    def stream(
+        self, question: str, thread_id: str | None, request: TurnRequest
+    ) -> Iterator[StreamEvent]:
+        """One turn as typed events, the last one :class:`~keel.agents.events.Done`. The
+        checks (thread id, empty question, a thread waiting for approval) run before the
+        first event, so a bad request fails at the call, not mid-stream."""
+        tid, config = self.prepare(thread_id, request)
+        graph_input = self.start_input(question, tid, config, request)
+        return self._traced(graph_input, tid, config, request.owner, question)
+
+    def _traced(
+        self, graph_input: Any, tid: str, config: dict[str, Any], owner: str | None, question: str
+    ) -> Iterator[StreamEvent]:
+        """The stream inside the turn's span. The span's context is attached only around each
+        step, so a consumer that resumes the generator from another thread (a web server's
+        thread pool) never detaches a context it did not attach."""
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+
+        from keel.ops.turn_trace import trace_id_of
+
+        tracer = self.parts.tracer()
+        span = tracer.start(tid, owner, question)
+        ctx = trace.set_span_in_context(span)
+        events = self._events(graph_input, tid, config, trace_id_of(span))
+        try:
+            while True:
+                token = otel_context.attach(ctx)
+                try:
+                    event = next(events)
+                except StopIteration:
+                    break
+                finally:
+                    otel_context.detach(token)
+                if isinstance(event, Done):
+                    tracer.finish(span, summary(event.answer))
+                yield event
+        except GeneratorExit:
+            span.set_attribute("keel.stop_reason", "cancelled")
+            raise
+        finally:
+            events.close()
+            span.end()
+
+    def _events(
+        self, graph_input: Any, tid: str, config: dict[str, Any], trace_id: str
+    ) -> Generator[StreamEvent, None, None]:
+        from langchain_core.messages import AIMessageChunk
+
+        from keel.agents.graph import hit_from_dict
+        from keel.agents.hooks import RunContext
+        from keel.errors import GuardTripped
+
+        scopes = config["configurable"].get("keel_scopes")
+        ctx = RunContext(
+            app=self.parts.app_name,
+            thread_id=tid,
+            scopes=frozenset(scopes) if scopes is not None else None,
+            question=str(graph_input.get("question", "")) if isinstance(graph_input, dict) else "",
+        )
+        guards = self.parts.guards()
+        window = guards.stream_guard(ctx) if guards else None
+
+        for mode, payload in self.parts.graph().stream(
+            graph_input,
+            config,
+            stream_mode=["messages", "updates"],
+            durability=self.durability(),
+        ):
+            if mode == "messages":
+                chunk, meta = payload
+                if not (
+                    isinstance(chunk, AIMessageChunk) and meta.get("langgraph_node") == "model"
+                ):
+                    continue
+                for part in chunk.tool_call_chunks:  # a call as the model writes it
+                    yield ToolCallDelta(
+                        index=part.get("index"),
+                        id=part.get("id"),
+                        name=part.get("name"),
+                        args=part.get("args") or "",
+                    )
+                if not chunk.text:
+                    continue
+                try:
+                    text = chunk.text if window is None else window.feed(chunk.text)
+                except GuardTripped as trip:  # shown no further; the run finishes its turn
+                    yield Guardrail(trip.result if isinstance(trip.result, dict) else {})
+                    continue
+                if text:
+                    yield Token(text)
+                continue
+            if not isinstance(payload, dict):
+                continue
+            if payload.get("retrieve"):
+                ctx.hits = [hit_from_dict(h) for h in payload["retrieve"].get("hits", [])]
+            cached = payload.get("cache")
+            if cached and cached.get("cache", {}).get("hit"):  # the cached answer, at once
+                yield Token(cached["answer"])
+            tools = payload.get("tools")
+            if tools:
+                new = len(tools.get("messages", []))
+                for outcome in tools.get("outcomes", [])[-new:] if new else []:
+                    yield ToolCallDone(outcome)
+        answer = self.answer(tid, config, trace_id)
+        if window is not None and window.tripped is None:
+            try:
+                rest = window.flush()
+            except GuardTripped as trip:
+                yield Guardrail(trip.result if isinstance(trip.result, dict) else {})
+            else:
+                if rest:
+                    yield Token(rest)
+        for event in answer.events:
+            if event.get("outcome") == "fail" and event.get("point") != "output":
+                yield Guardrail(event)
+        if answer.pending_approval:
+            yield ApprovalRequired(tid, answer.pending_approval)
+        for citation in answer.citations:
+            yield CitationFound(citation)
+        if window is None or window.tripped is None:  # the user saw the answer unchanged
+            self._keep_in_cache(config, answer)
+        yield Done(answer)
+
+    def resume(
+        self,
+        thread_id: str,
+        payload: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        request: TurnRequest,
+    ) -> Answer:
+        """Continue a thread paused for approval; ``payload`` turns the pending calls into
+        the resume payload (:func:`keel.app.resolve_decisions`)."""
+        from langgraph.types import Command
+
+        tid, config = self.prepare(thread_id, request)
+        pending = self.pending(config)
+        if not pending:
+            raise UsageError(f"thread {tid!r} has no call waiting for approval")
+        resume = payload(pending)
+        tracer = self.parts.tracer()
+        with tracer.span(tid, request.owner, None) as (span, trace_id):
+            self.parts.graph().invoke(Command(resume=resume), config, durability=self.durability())
+            answer = self.answer(tid, config, trace_id)
+            tracer.finish(span, summary(answer))
+        return answer
+
+    def ask_ephemeral(
+        self,
+        question: str,
+        thread_id: str | None,
+        request: TurnRequest,
+    ) -> Answer:
+        """A turn in a thread of its own that is not kept: traced like any turn, but nothing
+        is written to the thread index or the checkpointer, so it cannot be continued or
+        resumed (a call waiting for approval is reported in ``pending_approval`` and the turn
+        ends there). Evaluation runs use it: each case is a fresh one-off conversation, and a
+        durable checkpoint per case cost more than the turn itself (SQLite writes serialised
+        across the runner's threads)."""
+        from keel.agents.graph import turn_input
+
+        if request.instructions or request.client is not None or request.response_format:
+            raise UsageError(
+                "an ephemeral turn takes no client instructions, tools or response format"
+            )
+        if not isinstance(question, str) or not question.strip():
+            raise UsageError("the question is empty")
+        tid = thread_id or f"ephemeral-{uuid.uuid4().hex}"
+        if len(tid) > 200:
+            raise UsageError("a thread id needs 1-200 characters")
+        config = self.run_config(
+            tid, TurnRequest(request.scopes, None, None, request.params, request.tool_choice)
+        )
+        tracer = self.parts.tracer()
+        history = list(request.history) if request.history else None
+        with tracer.span(tid, None, question) as (span, trace_id):
+            values = self.parts.ephemeral_graph().invoke(turn_input(question, history), config)
+            pending: list[dict[str, Any]] | None = None
+            for intr in values.get("__interrupt__", ()):
+                value = intr.value
+                if isinstance(value, dict) and value.get("type") == "approval_required":
+                    pending = list(value["calls"])
+            answer = self.answer_from(tid, values, pending, trace_id)
+            tracer.finish(span, summary(answer))
+        return answer
+
+
+def summary(answer: Answer) -> dict[str, Any]:
+    """The fields of an answer the turn span summarises (without copying its hits)."""
+    return {k: getattr(answer, k) for k in _SUMMARY_FIELDS}
