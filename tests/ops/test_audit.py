@@ -106,3 +106,17 @@ def test_cli_actions_are_audited_and_verified(bot: Path) -> None:
         conn.execute(update(audit_table).where(audit_table.c.seq == 2).values(target="x"))
     broken = runner.invoke(cli, [*cfg, "audit", "verify"])
     assert broken.exit_code == 1 and "row 2" in broken.output
+
+
+def test_a_read_only_database_is_a_store_error_at_once(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine
+
+    from keel.errors import StoreError
+
+    _log(tmp_path).record("cli", "key.created", "k0")  # the table exists
+    db = tmp_path / ".keel" / "keel.db"
+    assert db.exists()
+    read_only = create_engine(f"sqlite:///file:{db}?mode=ro&uri=true")
+    with pytest.raises(StoreError, match="audit log cannot be written"):
+        AuditLog(read_only, "app").record("cli", "key.created", "k1")
+    assert [e.target for e in _log(tmp_path).entries()] == ["k0"]

@@ -14,7 +14,7 @@ from fastapi import Request
 from keel.api.keys import ApiKey, KeyStore
 from keel.api.limits import KeyLimits
 from keel.api.problems import Problem
-from keel.errors import ModelError
+from keel.errors import ModelError, StoreError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -114,7 +114,11 @@ class Gateway:
                 headers={"WWW-Authenticate": 'Bearer realm="keel", error="invalid_token"'},
             )
         if not key.allows(scope):
-            self.audit.record(key.id, "access.denied", request.url.path, {"scope": scope})
+            try:
+                self.audit.record(key.id, "access.denied", request.url.path, {"scope": scope})
+            except StoreError:  # the request is refused all the same; the loss is logged
+                _log.error("access.denied by %s on %s not audited", key.id, request.url.path,
+                           exc_info=True)  # fmt: skip
             raise Problem(403, f"this key lacks the {scope!r} scope", scope=scope)
         budget = self.app.config.costs.daily_budget_usd_per_key
         if budget is not None and self.ledger.over_budget(key.id, budget):

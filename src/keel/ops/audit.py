@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import Column, Engine, Float, Integer, String, Table, Text, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from keel.errors import StoreError
 from keel.db import create_tables, metadata
 
 __all__ = ["AuditEntry", "AuditLog", "ChainBreak"]
@@ -126,14 +127,20 @@ class AuditLog:
                             hash=digest,
                         )
                     ).inserted_primary_key
-            except (IntegrityError, OperationalError):  # another writer took this place
+            except IntegrityError:  # another writer took this place
                 time.sleep(0.005)
+                continue
+            except OperationalError as exc:
+                if not _transient(exc):  # read-only, gone, unreachable: no retry helps
+                    reason = str(exc.orig or exc).splitlines()[0][:200]
+                    raise StoreError(f"the audit log cannot be written: {reason}") from exc
+                time.sleep(0.005)  # SQLite's "database is locked": another writer
                 continue
             return AuditEntry(
                 int(seq[0]) if seq else 0, self.app, at, actor, action, target,
                 json.loads(text), prev, digest,
             )  # fmt: skip
-        raise RuntimeError("could not append to the audit log (too many concurrent writers)")
+        raise StoreError("could not append to the audit log (too many concurrent writers)")
 
     def entries(self, *, since: float | None = None, limit: int = 1000) -> list[AuditEntry]:
         """This app's entries, oldest first (from ``since``, unix seconds)."""
@@ -168,3 +175,9 @@ def _entry(row: Any) -> AuditEntry:
         row.seq, row.app, row.at, row.actor, row.action, row.target,
         json.loads(row.details), row.prev_hash, row.hash,
     )  # fmt: skip
+
+
+def _transient(exc: OperationalError) -> bool:
+    """A write that may succeed when retried (another writer holds the database)."""
+    text = str(exc.orig or exc).lower()
+    return "locked" in text or "busy" in text or "deadlock" in text
