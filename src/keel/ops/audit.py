@@ -26,8 +26,8 @@ from typing import Any
 from sqlalchemy import Column, Engine, Float, Integer, String, Table, Text, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from keel.errors import StoreError
 from keel.db import create_tables, metadata
+from keel.errors import StoreError
 
 __all__ = ["AuditEntry", "AuditLog", "ChainBreak"]
 
