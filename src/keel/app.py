@@ -9,11 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +38,7 @@ if TYPE_CHECKING:
     from keel.agents.turn import TurnRunner
     from keel.guardrails.runner import GuardRunner
     from keel.guardrails.scope import AppScope
+    from keel.knowledge import Knowledge
     from keel.ops.cache import SemanticCache
     from keel.ops.cache_policy import CachePartition
     from keel.ops.cost import PriceTable
@@ -49,7 +46,7 @@ if TYPE_CHECKING:
     from keel.ops.turn_trace import TurnTracer
     from keel.rag.bm25 import BM25Index
     from keel.rag.embeddings import Embedder
-    from keel.rag.ingest import Ingestor, Progress
+    from keel.rag.ingest import Progress
     from keel.rag.manifest import Manifest
     from keel.rag.retrieve import Mode, Retriever
     from keel.rag.store import VectorStore
@@ -84,7 +81,6 @@ class App:
             service=config.app.name,
             tracing_enabled=config.tracing.enabled,
         )
-        self._ingest_locks: dict[str, threading.Lock] = {}
 
     def __enter__(self) -> App:
         return self
@@ -174,49 +170,29 @@ class App:
     def embedder(self) -> Embedder:
         return self.resources.embedder
 
-    def _collection(self, collection: str | None) -> str:
-        from keel.rag.store import validate_collection_name
+    @cached_property
+    def knowledge(self) -> Knowledge:
+        """The app's knowledge: ingestion and search over its collections."""
+        from keel.knowledge import Knowledge
 
-        if collection is None:
-            return self.config.rag.collection
-        return validate_collection_name(collection)
+        return Knowledge(self.config, self.resources)
+
+    def _collection(self, collection: str | None) -> str:
+        return self.knowledge.collection(collection)
 
     def store(self, collection: str | None = None) -> VectorStore:
-        return self.resources.store(self._collection(collection))
+        return self.knowledge.store(collection)
 
     def manifest(self, collection: str | None = None) -> Manifest:
-        from keel.rag.manifest import Manifest
-
-        return Manifest(self.engine, self._collection(collection))
+        return self.knowledge.manifest(collection)
 
     def bm25(self, collection: str | None = None) -> BM25Index:
         """The BM25 index of a collection, rebuilt from the store if it is stale or missing."""
-        name = self._collection(collection)
-        version = self.manifest(name).current_version()
-        with self.resources.lock:
-            index = self.resources.bm25_index(name)
-            if index.version != version and not (
-                index.stored_version() == version and index.load()
-            ):
-                index.build(self.store(name).iter_chunks(), version)
-            return index
+        return self.knowledge.bm25(collection)
 
     def retriever(self, collection: str | None = None) -> Retriever:
-        from keel.rag.retrieve import Retriever
+        return self.knowledge.retriever(collection)
 
-        name = self._collection(collection)
-        r = self.config.rag.retrieval
-        return Retriever(
-            store=self.store(name),
-            embedder=self.embedder,
-            bm25=lambda: self.bm25(name),
-            mode=r.mode,
-            k=r.k,
-            candidates=r.candidates,
-            rrf_k=r.rrf_k,
-        )
-
-    # -- knowledge -----------------------------------------------------------------------------
     def ingest(
         self,
         paths: Sequence[str | Path] | None = None,
@@ -231,30 +207,7 @@ class App:
         lie inside it. With ``prune``, documents previously ingested from these paths that are
         no longer there are deleted; documents from other paths are never touched.
         """
-        from keel.rag.loaders import iter_documents
-
-        rag = self.config.rag
-        root = self.config.rag_root
-        targets = [Path(p) for p in (paths if paths else rag.paths)]
-        if not targets:
-            raise UsageError("nothing to ingest: give paths or set rag.paths in keel.toml")
-        items = iter_documents(
-            targets,
-            root=root,
-            include=rag.include,
-            exclude=rag.exclude,
-            max_bytes=int(rag.max_file_mb * 1024 * 1024),
-            pdf=rag.pdf_budget(),
-        )
-        scopes = [_relative_scope(root, t) for t in targets]
-        with self._ingest_lock(collection):
-            report = self._ingestor(collection).run(
-                items,
-                prune=(lambda source: any(_within(source, s) for s in scopes)) if prune else None,
-                progress=progress,
-            )
-        self._audit_ingest(report, "cli")
-        return report
+        return self.knowledge.ingest(paths, prune, collection=collection, progress=progress)
 
     def ingest_documents(
         self,
@@ -266,56 +219,8 @@ class App:
     ) -> IngestReport:
         """Ingest documents made in code (or uploaded), with the same manifest and chunking.
         ``created_by``: the API key ingesting, recorded on the documents it creates."""
-        with self._ingest_lock(collection):
-            ingestor = self._ingestor(collection)
-            ingestor.created_by = created_by
-            report = ingestor.run(documents, progress=progress)
-        self._audit_ingest(report, created_by or "cli")
-        return report
-
-    def _audit_ingest(self, report: IngestReport, actor: str) -> None:
-        """Documents added, replaced or deleted go to the audit log (unchanged ones do not)."""
-        from keel.ops.audit import AuditLog
-
-        if report.added or report.updated or report.deleted:
-            AuditLog(self.engine, self.name).record(
-                actor,
-                "documents.ingested",
-                report.collection,
-                {"added": report.added, "updated": report.updated, "deleted": report.deleted},
-            )
-
-    @contextmanager
-    def _ingest_lock(self, collection: str | None) -> Iterator[None]:
-        """One ingest run at a time per collection, across every process using the same keel
-        database (or Redis): a run that starts while another is under way would take it for
-        an interrupted one and reconcile it away (the gateway runs uploads as concurrent
-        background jobs; a CLI ingest may run beside them). A second run waits its turn."""
-        name = self._collection(collection)
-        with self.resources.lock:
-            local = self._ingest_locks.setdefault(name, threading.Lock())
-        with local:
-            leases = self.resources.leases
-            wait = 0.05
-            while (lease := leases.try_acquire(f"{self.name}:ingest:{name}")) is None:
-                time.sleep(wait)
-                wait = min(wait * 2, 1.0)
-            with lease:
-                yield
-
-    def _ingestor(self, collection: str | None) -> Ingestor:
-        from keel.rag.chunking import Chunker
-        from keel.rag.ingest import Ingestor
-
-        rag = self.config.rag
-        name = self._collection(collection)
-        return Ingestor(
-            store=self.store(name),
-            embedder=self.embedder,
-            manifest=self.manifest(name),
-            chunker=Chunker(rag.chunk_size, rag.chunk_overlap),
-            bm25=self.resources.bm25_index(name),
-            batch_chunks=rag.ingest_batch,
+        return self.knowledge.ingest_documents(
+            documents, collection=collection, progress=progress, created_by=created_by
         )
 
     def search(
@@ -328,7 +233,7 @@ class App:
         collection: str | None = None,
     ) -> list[Hit]:
         """The ``k`` best chunks for ``query`` (hybrid by default), with citation data."""
-        return self.retriever(collection).search(query, k, where=where, mode=mode)
+        return self.knowledge.search(query, k, where=where, mode=mode, collection=collection)
 
     # -- versions --------------------------------------------------------------------------------
     def index_version(self, collection: str | None = None) -> str:
@@ -962,20 +867,3 @@ def resolve_decisions(decision: Any, pending: list[dict[str, Any]]) -> dict[str,
         entry["args_hash"] = call["args_hash"]
         payload[call_id] = entry
     return payload
-
-
-def _relative_scope(root: Path, target: Path) -> str:
-    """The root-relative prefix that ``source`` values under ``target`` start with.
-
-    Symlinks are not resolved here, as the loaders do not resolve them when they name sources.
-    """
-    path = Path(os.path.normpath(target if target.is_absolute() else root / target))
-    try:
-        rel = path.relative_to(root)
-    except ValueError as exc:  # iter_documents refuses these before we get here
-        raise UsageError(f"path outside the ingest root: {target}") from exc
-    return rel.as_posix()
-
-
-def _within(source: str, scope: str) -> bool:
-    return scope in ("", ".") or source == scope or source.startswith(scope.rstrip("/") + "/")

@@ -1,0 +1,214 @@
+"""``Knowledge``: an app's collections: ingestion (one run at a time per collection across
+processes, audited) and hybrid search with citation data. :class:`keel.App` delegates its
+``ingest``, ``ingest_documents``, ``search``, ``store``, ``manifest``, ``bm25`` and
+``retriever`` here."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from keel.config import KeelConfig
+from keel.errors import UsageError
+from keel.resources import Resources
+
+if TYPE_CHECKING:
+    from keel.rag.bm25 import BM25Index
+    from keel.rag.ingest import Ingestor, Progress
+    from keel.rag.manifest import Manifest
+    from keel.rag.retrieve import Mode, Retriever
+    from keel.rag.store import VectorStore
+    from keel.rag.types import Document, Hit, IngestReport, Skipped
+
+__all__ = ["Knowledge"]
+
+
+class Knowledge:
+    """Ingest and search the collections of one app."""
+
+    def __init__(self, config: KeelConfig, resources: Resources) -> None:
+        self.config = config
+        self.resources = resources
+        self._ingest_locks: dict[str, threading.Lock] = {}  # one per collection
+
+    def index_version(self, collection: str | None = None) -> str:
+        return self.manifest(collection).current_version()
+
+    def collection(self, collection: str | None) -> str:
+        """The collection's name (``[rag] collection`` when None), checked."""
+        from keel.rag.store import validate_collection_name
+
+        if collection is None:
+            return self.config.rag.collection
+        return validate_collection_name(collection)
+
+    def store(self, collection: str | None = None) -> VectorStore:
+        return self.resources.store(self.collection(collection))
+
+    def manifest(self, collection: str | None = None) -> Manifest:
+        from keel.rag.manifest import Manifest
+
+        return Manifest(self.resources.engine, self.collection(collection))
+
+    def bm25(self, collection: str | None = None) -> BM25Index:
+        """The BM25 index of a collection, rebuilt from the store if it is stale or missing."""
+        name = self.collection(collection)
+        version = self.manifest(name).current_version()
+        with self.resources.lock:
+            index = self.resources.bm25_index(name)
+            if index.version != version and not (
+                index.stored_version() == version and index.load()
+            ):
+                index.build(self.store(name).iter_chunks(), version)
+            return index
+
+    def retriever(self, collection: str | None = None) -> Retriever:
+        from keel.rag.retrieve import Retriever
+
+        name = self.collection(collection)
+        r = self.config.rag.retrieval
+        return Retriever(
+            store=self.store(name),
+            embedder=self.resources.embedder,
+            bm25=lambda: self.bm25(name),
+            mode=r.mode,
+            k=r.k,
+            candidates=r.candidates,
+            rrf_k=r.rrf_k,
+        )
+
+    # -- knowledge -----------------------------------------------------------------------------
+    def ingest(
+        self,
+        paths: Sequence[str | Path] | None = None,
+        prune: bool = False,
+        *,
+        collection: str | None = None,
+        progress: Progress | None = None,
+    ) -> IngestReport:
+        """Load, chunk, embed and index ``paths`` (default: ``rag.paths`` from keel.toml).
+
+        Paths are relative to the ingest root (``rag.root``, default the app folder) and must
+        lie inside it. With ``prune``, documents previously ingested from these paths that are
+        no longer there are deleted; documents from other paths are never touched.
+        """
+        from keel.rag.loaders import iter_documents
+
+        rag = self.config.rag
+        root = self.config.rag_root
+        targets = [Path(p) for p in (paths if paths else rag.paths)]
+        if not targets:
+            raise UsageError("nothing to ingest: give paths or set rag.paths in keel.toml")
+        items = iter_documents(
+            targets,
+            root=root,
+            include=rag.include,
+            exclude=rag.exclude,
+            max_bytes=int(rag.max_file_mb * 1024 * 1024),
+            pdf=rag.pdf_budget(),
+        )
+        scopes = [_relative_scope(root, t) for t in targets]
+        with self._ingest_lock(collection):
+            report = self._ingestor(collection).run(
+                items,
+                prune=(lambda source: any(_within(source, s) for s in scopes)) if prune else None,
+                progress=progress,
+            )
+        self._audit_ingest(report, "cli")
+        return report
+
+    def ingest_documents(
+        self,
+        documents: Iterable[Document | Skipped],
+        *,
+        collection: str | None = None,
+        progress: Progress | None = None,
+        created_by: str | None = None,
+    ) -> IngestReport:
+        """Ingest documents made in code (or uploaded), with the same manifest and chunking.
+        ``created_by``: the API key ingesting, recorded on the documents it creates."""
+        with self._ingest_lock(collection):
+            ingestor = self._ingestor(collection)
+            ingestor.created_by = created_by
+            report = ingestor.run(documents, progress=progress)
+        self._audit_ingest(report, created_by or "cli")
+        return report
+
+    def _audit_ingest(self, report: IngestReport, actor: str) -> None:
+        """Documents added, replaced or deleted go to the audit log (unchanged ones do not)."""
+        from keel.ops.audit import AuditLog
+
+        if report.added or report.updated or report.deleted:
+            AuditLog(self.resources.engine, self.config.app.name).record(
+                actor,
+                "documents.ingested",
+                report.collection,
+                {"added": report.added, "updated": report.updated, "deleted": report.deleted},
+            )
+
+    @contextmanager
+    def _ingest_lock(self, collection: str | None) -> Iterator[None]:
+        """One ingest run at a time per collection, across every process using the same keel
+        database (or Redis): a run that starts while another is under way would take it for
+        an interrupted one and reconcile it away (the gateway runs uploads as concurrent
+        background jobs; a CLI ingest may run beside them). A second run waits its turn."""
+        name = self.collection(collection)
+        with self.resources.lock:
+            local = self._ingest_locks.setdefault(name, threading.Lock())
+        with local:
+            leases = self.resources.leases
+            wait = 0.05
+            while (lease := leases.try_acquire(f"{self.config.app.name}:ingest:{name}")) is None:
+                time.sleep(wait)
+                wait = min(wait * 2, 1.0)
+            with lease:
+                yield
+
+    def _ingestor(self, collection: str | None) -> Ingestor:
+        from keel.rag.chunking import Chunker
+        from keel.rag.ingest import Ingestor
+
+        rag = self.config.rag
+        name = self.collection(collection)
+        return Ingestor(
+            store=self.store(name),
+            embedder=self.resources.embedder,
+            manifest=self.manifest(name),
+            chunker=Chunker(rag.chunk_size, rag.chunk_overlap),
+            bm25=self.resources.bm25_index(name),
+            batch_chunks=rag.ingest_batch,
+        )
+
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        *,
+        where: Mapping[str, Any] | None = None,
+        mode: Mode | None = None,
+        collection: str | None = None,
+    ) -> list[Hit]:
+        """The ``k`` best chunks for ``query`` (hybrid by default), with citation data."""
+        return self.retriever(collection).search(query, k, where=where, mode=mode)
+
+
+def _relative_scope(root: Path, target: Path) -> str:
+    """The root-relative prefix that ``source`` values under ``target`` start with.
+
+    Symlinks are not resolved here, as the loaders do not resolve them when they name sources.
+    """
+    path = Path(os.path.normpath(target if target.is_absolute() else root / target))
+    try:
+        rel = path.relative_to(root)
+    except ValueError as exc:  # iter_documents refuses these before we get here
+        raise UsageError(f"path outside the ingest root: {target}") from exc
+    return rel.as_posix()
+
+
+def _within(source: str, scope: str) -> bool:
+    return scope in ("", ".") or source == scope or source.startswith(scope.rstrip("/") + "/")
