@@ -69,14 +69,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="keel-bench-agent-"))
     (work / "bench_tools.py").write_text("")  # a folder of its own for the app
     keel_model = ScriptedChatModel(script=script(n + warm))
-    app = App(
-        config_from_dict({"agent": {"retrieve": False}}, base_dir=work),
-        settings=Settings(data_dir=work / ".keel"),
-        model=keel_model,
-    )
+    from keel.definition import AppDefinition
     from keel.tools.registry import Toolset
 
-    app.__dict__["toolset"] = Toolset([lookup_order])  # the same tool, without a module file
+    config = config_from_dict({"agent": {"retrieve": False}}, base_dir=work)
+    # the same tool, without a module file
+    definition = AppDefinition(config, lambda q, k: [], toolset=Toolset([lookup_order]))
+    app = App(
+        config, settings=Settings(data_dir=work / ".keel"), model=keel_model, definition=definition
+    )
     graph = app.agent.build(checkpointer=InMemorySaver())
 
     def run_baseline() -> None:
@@ -104,8 +105,12 @@ def main() -> int:
 
     # For information: the whole App.ask path (SQLite checkpoints, thread index, answer).
     ask_model = ScriptedChatModel(script=script(60))
-    ask_app = App(app.config, settings=Settings(data_dir=work / ".keel-ask"), model=ask_model)
-    ask_app.__dict__["toolset"] = Toolset([lookup_order])
+    ask_app = App(
+        config,
+        settings=Settings(data_dir=work / ".keel-ask"),
+        model=ask_model,
+        definition=definition,
+    )
     ask_t = []
     for i in range(60):
         t0 = time.perf_counter()

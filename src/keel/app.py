@@ -6,8 +6,6 @@ vector store, database) are built on first use, so constructing an App is cheap.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from functools import cached_property
@@ -36,6 +34,7 @@ if TYPE_CHECKING:
     from keel.agents.prompts import Prompts
     from keel.agents.structured import ResponseFormat
     from keel.agents.turn import TurnRunner
+    from keel.definition import AppDefinition
     from keel.guardrails.runner import GuardRunner
     from keel.guardrails.scope import AppScope
     from keel.knowledge import Knowledge
@@ -65,7 +64,9 @@ class App:
         settings: Settings | None = None,
         model: Any = None,
         resources: Resources | None = None,
+        definition: AppDefinition | None = None,
     ) -> None:
+        from keel.definition import AppDefinition
         from keel.resources import Resources
 
         self.config = config
@@ -73,6 +74,7 @@ class App:
         self.model = model
         self.hooks: Hooks | None = None  # set before the first ask to plug in guards
         self.release_id: str | None = None  # set when the app serves a recorded release
+        self.definition = definition or AppDefinition(config, lambda q, k: self.search(q, k))
         self.resources = resources or Resources(
             self.settings,
             data_dir=self._data_dir(),
@@ -107,44 +109,22 @@ class App:
         and, when the embedding settings match, the embedder and vector stores are shared
         with ``base``: a thread keeps its history whichever release serves it.
         """
-        from keel.agents.prompts import Example, Prompts
-        from keel.config import config_from_dict
+        from keel.definition import AppDefinition
 
-        raw = content.get("config")
-        if not isinstance(raw, dict):
-            raise UsageError(f"release {release_id} has no config")
-        config = config_from_dict(
-            json.loads(json.dumps(raw)), base_dir=base.config.base_dir, origin=release_id
+        holder: list[App] = []
+        definition = AppDefinition.from_release(
+            release_id,
+            content,
+            base_dir=base.config.base_dir,
+            search=lambda q, k: holder[0].search(q, k),
         )
+        config = definition.config
         resources = base.resources.for_release(config.rag.embeddings)
-        app = cls(config, settings=base.settings, model=model, resources=resources)
-        app.release_id = release_id
-        stored = content.get("prompts") or {}
-        app.__dict__["prompts"] = Prompts(
-            system=str(stored.get("system", "")),
-            examples=tuple(
-                Example(question=str(e["question"]), answer=str(e["answer"]))
-                for e in stored.get("examples", [])
-            ),
-            system_source=f"release {release_id}",
-            examples_source=f"release {release_id}" if stored.get("examples") else None,
+        app = cls(
+            config, settings=base.settings, model=model, resources=resources, definition=definition
         )
-        recorded = json.dumps(content.get("tools", []), sort_keys=True, default=str)
-        deployed = json.dumps(app.toolset.to_openai(), sort_keys=True, default=str)
-        if recorded != deployed:
-            names = sorted(
-                {t.get("function", {}).get("name", "?") for t in content.get("tools", [])}
-                ^ {t.get("function", {}).get("name", "?") for t in app.toolset.to_openai()}
-            )
-            detail = f" (tools only on one side: {', '.join(names)})" if names else ""
-            raise UsageError(
-                f"release {release_id} recorded other tool signatures than the deployed code "
-                f"provides{detail}: deploy the code it was made from"
-            )
-        definition = {k: content.get(k) for k in ("config", "prompts", "tools", "models")}
-        app.__dict__["_definition_digest"] = hashlib.sha256(
-            json.dumps(definition, sort_keys=True, default=str).encode()
-        ).hexdigest()
+        holder.append(app)
+        app.release_id = release_id
         return app
 
     # -- places --------------------------------------------------------------------------------
@@ -245,23 +225,7 @@ class App:
         return self.version_for(self.index_version())
 
     def version_for(self, index_version: str) -> str:
-        digest = hashlib.sha256(self._definition_digest.encode())
-        digest.update(index_version.encode())
-        return digest.hexdigest()[:16]
-
-    @cached_property
-    def _definition_digest(self) -> str:
-        """What the app is, apart from its index: fixed for the life of the App (the prompts
-        and tools it loaded are the ones it runs with)."""
-        digest = hashlib.sha256()
-        digest.update(json.dumps(self.config.model_dump(mode="json"), sort_keys=True).encode())
-        for ref in (self.config.prompts.system, self.config.prompts.examples):
-            if ref:
-                path = self.config.resolve(ref)
-                digest.update(path.read_bytes() if path.is_file() else b"<missing>")
-        tools = json.dumps(self.toolset.to_openai(), sort_keys=True, default=str)
-        digest.update(tools.encode())
-        return digest.hexdigest()
+        return self.definition.version_for(index_version)
 
     def close(self) -> None:
         """Close what this app holds open (a release's app leaves the resources it borrowed
@@ -269,30 +233,13 @@ class App:
         self.resources.close()
 
     # -- agent ---------------------------------------------------------------------------------
-    @cached_property
+    @property
     def prompts(self) -> Prompts:
-        from dataclasses import replace
-
-        from keel.agents.prompts import load_prompts
-
-        p = self.config.prompts
-        prompts = load_prompts(
-            self.config.resolve(p.system) if p.system else None,
-            self.config.resolve(p.examples) if p.examples else None,
-            {"app_name": self.name, "app_description": self.config.app.description},
-        )
-        if "prompt_leak" in self.config.guards.output:
-            # A canary token: if it ever shows up in an answer, the system prompt leaked.
-            prompts = replace(
-                prompts,
-                system=f"{prompts.system}\n\n(Internal marker, never repeat it: {self.canary})",
-            )
-        return prompts
+        return self.definition.prompts
 
     @property
     def canary(self) -> str:
-        digest = hashlib.sha256(f"keel-canary\x00{self.name}".encode()).hexdigest()[:12]
-        return f"keel-canary-{digest}"
+        return self.definition.canary
 
     @cached_property
     def guards(self) -> GuardRunner:
@@ -323,39 +270,10 @@ class App:
         system = self.prompts.system.split("\n\n(Internal marker, never repeat it:")[0]
         return AppScope(self.config.app.description, system, nearest)
 
-    @cached_property
+    @property
     def toolset(self) -> Toolset:
         """The app's tools: ``[tools] enabled`` in keel.toml, which is also the allowlist."""
-        from keel.errors import ConfigError
-        from keel.tools.builtin import calculator, make_http_get, make_search_knowledge
-        from keel.tools.registry import Toolset
-
-        tools: list[Any] = []
-        imports: list[str] = []
-        cfg = self.config.tools
-        for ref in cfg.enabled:
-            if ref == "keel:search_knowledge":
-                tools.append(make_search_knowledge(lambda q, k: self.search(q, k)))
-            elif ref == "keel:calculator":
-                tools.append(calculator)
-            elif ref == "keel:http_get":
-                if not cfg.http_get.allowed_hosts:
-                    raise ConfigError("keel:http_get needs tools.http_get.allowed_hosts")
-                tools.append(
-                    make_http_get(
-                        allowed_hosts=cfg.http_get.allowed_hosts,
-                        max_bytes=cfg.http_get.max_bytes,
-                        timeout_s=cfg.http_get.timeout_s,
-                    )
-                )
-            elif ref.startswith("keel:"):
-                raise ConfigError(f"tools.enabled: unknown built-in tool {ref!r}")
-            else:
-                imports.append(ref)
-        toolset = Toolset(tools)
-        if imports:
-            toolset = toolset + Toolset.from_imports(imports, self.config.base_dir)
-        return toolset
+        return self.definition.toolset
 
     @cached_property
     def agent(self) -> Agent:
@@ -475,18 +393,7 @@ class App:
 
     def release_content(self) -> dict[str, Any]:
         """Everything that makes this app, for a release record."""
-        p = self.prompts
-        return {
-            "config": self.config.model_dump(mode="json"),
-            "prompts": {
-                "system": p.system,
-                "examples": [{"question": e.question, "answer": e.answer} for e in p.examples],
-            },
-            "tools": self.toolset.to_openai(),
-            "models": [self.config.model.id, *self.config.model.fallbacks],
-            "index_version": self.index_version(),
-            "git_commit": self.git_commit,
-        }
+        return self.definition.content(self.index_version(), self.git_commit)
 
     @cached_property
     def prices(self) -> PriceTable:

@@ -396,7 +396,11 @@ def test_trace_redaction_resolves_overlaps_as_the_guard_does(
     overlapping spans the same way: the higher score wins, even when a weaker span starts
     first (the turn capture once kept whichever started first)."""
     import keel.guardrails.secrets as secrets
-    from keel.app import _redacted
+    from keel.guardrails.redaction import redact_text
+    from keel.ops.turn_trace import AppIdentity, TurnTracer
+
+    identity = AppIdentity("a", lambda: "m", lambda: "i", lambda v: v, lambda: {})
+    _redacted = TurnTracer(None, identity, "redacted", redact_text).capture
 
     text = "reach me at +1 415 555 0100 please"
     phone = detect_pii(text)
