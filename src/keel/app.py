@@ -358,37 +358,29 @@ class App:
         return self.resources.tracing
 
     def turn_record(self, trace_id: str) -> dict[str, Any] | None:
-        """What a traced turn asked, answered and retrieved (for feedback and evaluation)."""
+        """What a traced turn asked, answered and retrieved (for feedback and evaluation):
+        :meth:`keel.ops.tracing.Tracing.turn` with its chunks read back from the store."""
         self.tracing.flush()
-        found = self.tracing.get(trace_id)
-        if found is None:
+        turn = self.tracing.turn(trace_id)
+        if turn is None:
             return None
-        from keel.ops.semconv import RETRIEVE_SPAN, TURN_SPAN, find_span
-
-        turn = find_span(found["spans"], TURN_SPAN)
-        retrieve = find_span(found["spans"], RETRIEVE_SPAN)
-        hits: list[dict[str, Any]] = []
-        if retrieve is not None:
-            ids = retrieve["attributes"].get("keel.retrieve.chunk_ids", [])
-            if ids:
-                hits = [
-                    {"chunk_id": c.id, "doc_id": c.doc_id, "text": c.text}
-                    for c in self.store().get(list(ids))
-                ]
-        attrs = turn["attributes"] if turn else {}
+        hits = (
+            [
+                {"chunk_id": c.id, "doc_id": c.doc_id, "text": c.text}
+                for c in self.store().get(list(turn.chunk_ids))
+            ]
+            if turn.chunk_ids
+            else []
+        )
         return {
-            "question": attrs.get("keel.input"),
-            "answer": attrs.get("keel.output"),
+            "question": turn.question,
+            "answer": turn.answer,
             "hits": hits,
-            "app_version": attrs.get("keel.app.version"),
-            "index_version": attrs.get("keel.index.version"),
-            "model": attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model"),
-            "prompt_versions": {
-                k.removeprefix("keel.prompt."): v
-                for k, v in attrs.items()
-                if k.startswith("keel.prompt.")
-            },
-            "git_commit": attrs.get("keel.git.commit"),
+            "app_version": turn.app_version,
+            "index_version": turn.index_version,
+            "model": turn.model,
+            "prompt_versions": turn.prompt_versions,
+            "git_commit": turn.git_commit,
         }
 
     def release_content(self) -> dict[str, Any]:

@@ -128,3 +128,14 @@ def test_the_cache_keeps_only_answers_others_may_be_given() -> None:
         _answer("ok", events=[{"point": "output", "outcome": "fail"}]),
     ):
         assert not TurnCache.reusable(refused), refused
+
+
+def test_a_traced_turn_reads_back_typed(make_app: Callable[..., App]) -> None:
+    app = make_app(model=ScriptedChatModel(script=["traced reply"]))
+    answer = app.ask("what was asked?")
+    app.tracing.flush()
+    turn = app.tracing.turn(answer.trace_id)
+    assert turn is not None and turn.trace_id == answer.trace_id
+    assert turn.answer == "traced reply" and turn.question == "what was asked?"
+    assert turn.app_version == app.version and turn.model
+    assert app.tracing.turn("0" * 32) is None

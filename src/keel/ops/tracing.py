@@ -21,6 +21,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -267,6 +268,22 @@ def _summary(row: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, Any]
     }
 
 
+@dataclass(frozen=True)
+class TurnRecord:
+    """What a traced turn asked, answered and retrieved, and what answered it (read from its
+    turn span and retrieval span)."""
+
+    trace_id: str
+    question: str | None
+    answer: str | None
+    chunk_ids: tuple[str, ...]
+    app_version: str | None
+    index_version: str | None
+    model: str | None
+    prompt_versions: dict[str, Any]
+    git_commit: str | None
+
+
 class Tracing:
     """One app's tracer provider, exporters and span store."""
 
@@ -362,6 +379,33 @@ class Tracing:
         for row in rows:
             row["started_at"] = row["started_at"].isoformat() if row["started_at"] else None
         return rows
+
+    def turn(self, trace_id: str) -> TurnRecord | None:
+        """The turn a trace recorded (None: no such trace)."""
+        from keel.ops.semconv import RETRIEVE_SPAN, TURN_SPAN, find_span
+
+        found = self.get(trace_id)
+        if found is None:
+            return None
+        turn = find_span(found["spans"], TURN_SPAN)
+        retrieve = find_span(found["spans"], RETRIEVE_SPAN)
+        attrs = turn["attributes"] if turn else {}
+        ids = retrieve["attributes"].get("keel.retrieve.chunk_ids", []) if retrieve else []
+        return TurnRecord(
+            trace_id=trace_id,
+            question=attrs.get("keel.input"),
+            answer=attrs.get("keel.output"),
+            chunk_ids=tuple(ids),
+            app_version=attrs.get("keel.app.version"),
+            index_version=attrs.get("keel.index.version"),
+            model=attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model"),
+            prompt_versions={
+                k.removeprefix("keel.prompt."): v
+                for k, v in attrs.items()
+                if k.startswith("keel.prompt.")
+            },
+            git_commit=attrs.get("keel.git.commit"),
+        )
 
     def get(self, trace_id: str) -> dict[str, Any] | None:
         """A trace: its summary and its span tree (children nested, in start order)."""
