@@ -28,7 +28,7 @@ metadata = MetaData()
 """The one MetaData every keel table is declared on."""
 
 VERSION_TABLE = "keel_alembic_version"
-HEAD = "0003"
+HEAD = "0004"
 """The schema revision this Keel needs (the head of ``keel/migrations/versions``; a test
 keeps the two equal)."""
 
@@ -126,9 +126,10 @@ def load_all_tables() -> MetaData:
 
     for name in TABLE_MODULES:
         importlib.import_module(name)
-    from keel.ops.cost import usage_table
+    from keel.ops.cost import end_user_usage_table, usage_table
 
     usage_table()
+    end_user_usage_table()
     return metadata
 
 

@@ -257,6 +257,19 @@ def test_user_is_the_end_user_not_a_thread(gateway: Callable[..., Any]) -> None:
     trace = gw.client.get(f"/v1/traces/{first['keel']['trace_id']}", headers=gw.headers(reader))
     assert trace.status_code == 200, trace.text
     assert '"enduser.id": "alice"' in json.dumps(trace.json())
+    # and on the usage ledger, per key and end user (streamed turns too)
+    streamed = completions(gw, body(user="bob", stream=True), a)
+    assert streamed.status_code == 200 and "[DONE]" in streamed.text
+    admin = gw.key("admin")
+    usage = gw.client.get("/v1/usage", headers=gw.headers(admin))
+    assert usage.status_code == 200, usage.text
+    rows = {(r["end_user"], r["key_id"]): r["requests"] for r in usage.json()["end_users"]}
+    key_ids = {r["key_id"] for r in usage.json()["keys"]}
+    assert sorted(rows.values()) == [1, 1, 2]  # alice twice on key a, once on b; bob once
+    assert {user for user, _ in rows} == {"alice", "bob"} and len(key_ids) == 2
+    assert gw.client.get("/v1/usage", headers=gw.headers(a)).status_code == 403
+    bad = gw.client.get("/v1/usage?day=2026-02-31", headers=gw.headers(admin))
+    assert bad.status_code == 400
 
 
 def test_stream_carries_the_approval_notice_as_the_answer_does(

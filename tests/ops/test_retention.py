@@ -59,6 +59,8 @@ def _plant(app: App) -> None:
             )
         for day in (OLD.date(), NOW.date()):
             conn.execute(insert(t["keel_usage"]).values(_row(t["keel_usage"], key_id="k", day=day)))
+            per_user = t["keel_usage_end_users"]
+            conn.execute(insert(per_user).values(_row(per_user, key_id="k", end_user="u", day=day)))
 
 
 def _count(app: App, name: str) -> int:
@@ -75,10 +77,11 @@ def test_prune_deletes_what_is_older_than_each_period(make_app: Callable[..., Ap
         "traces": 1,
         "spans": 1,
         "feedback": 1,
-        "usage": 1,
+        "usage": 2,  # the key's old day and its end user's
         "cache": None,
         "threads": None,
     }
+    assert _count(app, "keel_usage_end_users") == 1
     assert [_count(app, n) for n in ("keel_traces", "keel_spans", "keel_feedback")] == [1, 1, 1]
     usage = load_all_tables().tables["keel_usage"]
     with app.engine.connect() as conn:  # the recent day stayed

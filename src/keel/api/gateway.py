@@ -280,11 +280,18 @@ class Gateway:
         finally:
             lease.release()
 
-    def account(self, key: ApiKey, answer: dict[str, Any], seconds: float) -> None:
-        """After a turn: the key's tokens and cost, and the metrics."""
+    def account(
+        self,
+        key: ApiKey,
+        answer: dict[str, Any],
+        seconds: float,
+        *,
+        end_user: str | None = None,
+    ) -> None:
+        """After a turn: the key's (and the end user's) tokens and cost, and the metrics."""
         usage = answer.get("usage", {})
         self.limits.spend_tokens(key.id, int(usage.get("total_tokens", 0)))
-        self.ledger.record(key.id, usage, answer.get("cost_usd"))
+        self.ledger.record(key.id, usage, answer.get("cost_usd"), end_user=end_user)
         self.metrics.answer(answer, seconds, retrieved=self.app.config.agent.retrieve)
         self.metrics.release_request(answer.get("release_id"), _outcome(answer))
         self.maybe_check_canary()

@@ -198,6 +198,27 @@ def usage_table() -> Table:
     )
 
 
+@functools.cache
+def end_user_usage_table() -> Table:
+    """The ``keel_usage_end_users`` table: usage per key, end user (OpenAI's ``user`` /
+    ``safety_identifier``) and UTC day."""
+    from sqlalchemy import BigInteger, Column, Date, Double, String, Table
+
+    from keel.db import metadata
+
+    return Table(
+        "keel_usage_end_users",
+        metadata,
+        Column("key_id", String(64), primary_key=True),
+        Column("end_user", String(256), primary_key=True),
+        Column("day", Date, primary_key=True),
+        Column("requests", BigInteger, nullable=False, default=0),
+        Column("input_tokens", BigInteger, nullable=False, default=0),
+        Column("output_tokens", BigInteger, nullable=False, default=0),
+        Column("cost_usd", Double, nullable=False, default=0.0),
+    )
+
+
 _RETRIES = 5
 
 
@@ -230,10 +251,11 @@ class UsageLedger:
         self.engine = engine
         self.clock = clock or (lambda: datetime.now(UTC))
         self.table = usage_table()
+        self.end_users = end_user_usage_table()
         try:
             from keel.db import create_tables
 
-            create_tables(engine, self.table.metadata, [self.table])
+            create_tables(engine, self.table.metadata, [self.table, self.end_users])
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot create the usage table: {exc}".splitlines()[0]) from exc
 
@@ -243,8 +265,16 @@ class UsageLedger:
             now = now.astimezone(UTC)
         return now.date()
 
-    def record(self, key_id: str, usage: Mapping[str, int], cost_usd: float | None) -> None:
-        """Add one request with its ``usage`` and cost (``None``: price unknown, adds 0)."""
+    def record(
+        self,
+        key_id: str,
+        usage: Mapping[str, int],
+        cost_usd: float | None,
+        *,
+        end_user: str | None = None,
+    ) -> None:
+        """Add one request with its ``usage`` and cost (``None``: price unknown, adds 0), to
+        the key's day and, when the request named one, to the end user's."""
         from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
         tokens_in = _count(usage, "input_tokens")
@@ -252,31 +282,17 @@ class UsageLedger:
         usd = float(cost_usd or 0.0)
         if usd < 0:
             raise UsageError(f"cost cannot be negative: {usd}")
-        t, day = self.table, self._day()
-        where = (t.c.key_id == key_id) & (t.c.day == day)
-        update = (
-            t.update()
-            .where(where)
-            .values(
-                requests=t.c.requests + 1,
-                input_tokens=t.c.input_tokens + tokens_in,
-                output_tokens=t.c.output_tokens + tokens_out,
-                cost_usd=t.c.cost_usd + usd,
-            )
-        )
-        insert = t.insert().values(
-            key_id=key_id,
-            day=day,
-            requests=1,
-            input_tokens=tokens_in,
-            output_tokens=tokens_out,
-            cost_usd=usd,
-        )
+        day = self._day()
+        counts = {"input_tokens": tokens_in, "output_tokens": tokens_out, "cost_usd": usd}
+        rows: list[tuple[Table, dict[str, Any]]] = [(self.table, {"key_id": key_id, "day": day})]
+        if end_user:
+            who = {"key_id": key_id, "end_user": end_user[:256], "day": day}
+            rows.append((self.end_users, who))
         for attempt in range(_RETRIES):
             try:
                 with self.engine.begin() as conn:
-                    if conn.execute(update).rowcount == 0:
-                        conn.execute(insert)
+                    for table, ids in rows:
+                        _add(conn, table, ids, counts)
                 return
             except IntegrityError:
                 # another writer inserted the row first: the update will find it now
@@ -284,6 +300,29 @@ class UsageLedger:
                     raise StoreError(f"cannot record usage for key {key_id!r}") from None
             except SQLAlchemyError as exc:
                 raise StoreError(f"cannot record usage: {exc}".splitlines()[0]) from exc
+
+    def per_end_user(
+        self, day: date | None = None, *, key_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """One row per key and end user for ``day`` (default: today, UTC): ``key_id``,
+        ``end_user``, ``day``, ``requests``, ``input_tokens``, ``output_tokens``,
+        ``cost_usd``."""
+        from sqlalchemy import select
+        from sqlalchemy.exc import SQLAlchemyError
+
+        t, wanted = self.end_users, day or self._day()
+        query = select(t).where(t.c.day == wanted)
+        if key_id is not None:
+            query = query.where(t.c.key_id == key_id)
+        try:
+            with self.engine.connect() as conn:
+                found = conn.execute(query.order_by(t.c.key_id, t.c.end_user)).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read usage: {exc}".splitlines()[0]) from exc
+        return [
+            {"key_id": r.key_id, "end_user": r.end_user, "day": wanted.isoformat(), **_row(r)}
+            for r in found
+        ]
 
     def today(self, key_id: str) -> dict[str, float]:
         """``requests``, ``input_tokens``, ``output_tokens``, ``cost_usd`` of the UTC day."""
@@ -324,3 +363,21 @@ class UsageLedger:
         if budget_usd is None:
             return False
         return self.today(key_id)["cost_usd"] >= budget_usd
+
+
+def _add(conn: Any, table: Table, ids: Mapping[str, Any], counts: Mapping[str, Any]) -> None:
+    """Add one request and its counts to the row ``ids`` names (created when missing)."""
+    c = table.c
+    where = [c[name] == value for name, value in ids.items()]
+    update = (
+        table.update()
+        .where(*where)
+        .values(
+            requests=c.requests + 1,
+            input_tokens=c.input_tokens + counts["input_tokens"],
+            output_tokens=c.output_tokens + counts["output_tokens"],
+            cost_usd=c.cost_usd + counts["cost_usd"],
+        )
+    )
+    if conn.execute(update).rowcount == 0:
+        conn.execute(table.insert().values(**ids, requests=1, **counts))

@@ -72,9 +72,12 @@ def prune_records(
             ).rowcount
     cutoff = _cutoff(usage_days, now)
     if cutoff is not None:
-        usage = tables["keel_usage"]
+        usage, per_user = tables["keel_usage"], tables["keel_usage_end_users"]
         with engine.begin() as conn:  # per key and day, shared by the database's apps
             out["usage"] = conn.execute(delete(usage).where(usage.c.day < cutoff.date())).rowcount
+            out["usage"] += conn.execute(
+                delete(per_user).where(per_user.c.day < cutoff.date())
+            ).rowcount
     cutoff = _cutoff(cache_days, now)
     if cutoff is not None:
         cache = tables["keel_semantic_cache"]

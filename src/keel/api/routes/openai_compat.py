@@ -240,7 +240,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
             )
         data = answer.to_dict()
         data["thread_id"] = client_tid
-        gw.account(key, data, time.perf_counter() - started)
+        gw.account(key, data, time.perf_counter() - started, end_user=body.user)
         failed = invalid_output(data, "response_format")
         if failed is not None:
             return JSONResponse(failed, status_code=422)
@@ -315,7 +315,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                 elif isinstance(event, Done):
                     answer = event.answer.to_dict()
                     answer["thread_id"] = client_tid
-                    gw.account(key, answer, time.perf_counter() - started)
+                    gw.account(key, answer, time.perf_counter() - started, end_user=body.user)
                     failed = invalid_output(answer, "response_format")
                     if failed is not None:
                         yield f"data: {json.dumps(failed)}\n\n"

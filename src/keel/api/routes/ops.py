@@ -238,3 +238,23 @@ def audit(
         "intact": broken is None,
         "broken_at": broken.seq if broken else None,
     }
+
+
+@router.get("/v1/usage", summary="Requests, tokens and cost per key and end user (admin keys)")
+def usage(
+    request: Request,
+    day: str | None = Query(
+        default=None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="UTC day (default: today)"
+    ),
+) -> dict[str, Any]:
+    """The day's usage per API key (``keys``) and per key and end user (``end_users``: the
+    ``user`` / ``safety_identifier`` an OpenAI-style request named)."""
+    from datetime import date
+
+    gw = gateway(request)
+    gw.authenticate(request, "admin")
+    try:
+        wanted = date.fromisoformat(day) if day else None
+    except ValueError as exc:
+        raise Problem(400, f"day: not a date: {day!r}") from exc
+    return {"keys": gw.ledger.per_key(wanted), "end_users": gw.ledger.per_end_user(wanted)}

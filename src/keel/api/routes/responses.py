@@ -227,7 +227,8 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
     else:
         client_tid = uuid.uuid4().hex
         thread_id = gw.stored_thread(key, client_tid)
-    _record_end_user(body.safety_identifier or body.user)
+    end_user = body.safety_identifier or body.user
+    _record_end_user(end_user)
     rid = "resp_" + client_tid + _completion_id().removeprefix("chatcmpl-")[-32:].rjust(32, "0")
     created = int(time.time())
     started = time.perf_counter()
@@ -279,7 +280,7 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
         with gw.thread_lock(thread_id), gw.serving(app):
             answer = turn(app.ask).to_dict()
         answer["thread_id"] = client_tid
-        gw.account(key, answer, time.perf_counter() - started)
+        gw.account(key, answer, time.perf_counter() - started, end_user=end_user)
         failed = invalid_output(answer, "text.format")
         if failed is not None:
             return JSONResponse(failed, status_code=422)
@@ -323,7 +324,7 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
                 elif isinstance(ev, Done):
                     answer = ev.answer.to_dict()
                     answer["thread_id"] = client_tid
-                    gw.account(key, answer, time.perf_counter() - started)
+                    gw.account(key, answer, time.perf_counter() - started, end_user=end_user)
                     failed = invalid_output(answer, "text.format")
                     if failed is not None:
                         err = failed["error"]
