@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     git_commit: str | None = Field(
         default=None, description="The commit the app runs from (else read with git)."
     )
+    embedded_worker: bool = Field(
+        default=True,
+        description="`keel serve` runs a worker for ingestion jobs in its own process; false "
+        "when `keel worker` processes run them.",
+    )
 
 
 @lru_cache(maxsize=1)

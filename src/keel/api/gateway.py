@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from keel.app import App
     from keel.ops.jobs import JobRecord
+    from keel.worker import IngestWork
 
 
 def _seconds_to_midnight() -> int:
@@ -66,10 +67,11 @@ class Gateway:
         # one turn at a time per thread across every worker and instance (Redis when
         # configured, else the keel database): a lease, not a per-process lock
         self.leases = leases_for(app.engine, app.settings.redis_url)
-        from keel.ops.jobs import JobStore
+        from keel.worker import JobQueue
 
-        # in the keel database: any worker or instance can answer GET /v1/ingest/{job}
-        self.jobs = JobStore(app.engine, app.name)
+        # jobs in the keel database (any instance answers GET /v1/ingest/{job}), run by the
+        # workers of the app's task queue (keel.worker)
+        self.queue = JobQueue(app)
         from keel.ops.releases import ReleaseStore
 
         self.releases = ReleaseStore(app.engine, app.name, actor="gateway")
@@ -297,6 +299,18 @@ class Gateway:
         self.maybe_check_canary()
         self.maybe_prune()
 
+    def submit(self, work: IngestWork) -> JobRecord:
+        """Queue an ingestion job; without separate workers (``KEEL_EMBEDDED_WORKER``, the
+        default) this process runs one."""
+        job = self.queue.submit(work)
+        if self.app.settings.embedded_worker:
+            self.queue.run_embedded()
+        return job
+
+    def close(self) -> None:
+        """Stop this process's worker (a job it runs finishes first)."""
+        self.queue.stop_embedded()
+
     @contextmanager
     def serving(self, app: App) -> Iterator[None]:
         """Around a turn: a failure counts against the release that served it."""
@@ -313,6 +327,3 @@ class Gateway:
             self.metrics.model_errors_of(exc.attempts)
         self.metrics.release_request(app.release_id, "error")
         self.maybe_check_canary()
-
-    def new_job(self, key_id: str) -> JobRecord:
-        return self.jobs.create(key_id)

@@ -293,4 +293,7 @@ def from_env() -> FastAPI:
     config = settings.config
     app = App.from_config(config if config is not None else "keel.toml")
     app.guards.warm()  # the guards' models load before the worker takes requests
-    return create_app(app, ui=True if settings.ui else None)
+    api = create_app(app, ui=True if settings.ui else None)
+    if settings.embedded_worker:  # jobs left by a worker that stopped start again
+        api.state.gateway.queue.run_embedded()
+    return api

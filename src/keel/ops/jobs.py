@@ -1,9 +1,11 @@
 """Ingestion jobs in the keel database: their state, report and error are readable from every
 process and instance, not only the one that accepted the request.
 
-A job runs in the process that accepted it; it records which process (``runner``, host and
-pid) and when it last reported (``updated_at``), so a job whose process died shows as
-``running`` with a stale ``updated_at`` rather than disappearing.
+A job holds its work (``payload``: the documents or files to ingest) until it ends, so any
+worker can run it (:mod:`keel.worker` puts the job's id on the task queue). A job records
+which process runs it (``runner``, host and pid), how often it was started (``attempts``) and
+when it last reported (``updated_at``); a job whose worker died is started again
+(:meth:`JobStore.unfinished` lists the candidates).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Column, Engine, Float, String, Table, Text, insert, select, update
+from sqlalchemy import Column, Engine, Float, Integer, String, Table, Text, insert, select, update
 
 from keel.db import metadata
 
@@ -36,6 +38,8 @@ jobs_table = Table(
     Column("runner", String(300), nullable=False, default=""),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("payload", Text, nullable=True),  # JSON: the work, until the job ends
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
 )
 
 
@@ -51,6 +55,7 @@ class JobRecord:
     created_at: float
     updated_at: float
     runner: str
+    attempts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """What ``GET /v1/ingest/{job}`` shows."""
@@ -61,6 +66,7 @@ class JobRecord:
             "error": self.error,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "attempts": self.attempts,
         }
 
 
@@ -78,7 +84,8 @@ class JobStore:
         self.app = app
         create_tables(engine, metadata, [jobs_table])
 
-    def create(self, key_id: str) -> JobRecord:
+    def create(self, key_id: str, payload: str | None = None) -> JobRecord:
+        """A queued job holding its work (``payload``, JSON)."""
         now = time.time()
         job_id = uuid.uuid4().hex
         with self.engine.begin() as conn:
@@ -91,6 +98,8 @@ class JobStore:
                     runner=_runner(),
                     created_at=now,
                     updated_at=now,
+                    payload=payload,
+                    attempts=0,
                 )
             )
         found = self.get(job_id)
@@ -112,6 +121,7 @@ class JobStore:
             created_at=row.created_at,
             updated_at=row.updated_at,
             runner=row.runner,
+            attempts=int(row.attempts or 0),
         )
 
     def _set(self, job_id: str, **values: Any) -> None:
@@ -123,11 +133,42 @@ class JobStore:
                 .values(updated_at=time.time(), **values)
             )
 
+    def payload(self, job_id: str) -> str | None:
+        """The job's work (None once it ended)."""
+        t = jobs_table
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(t.c.payload).where(t.c.id == job_id, t.c.app == self.app)
+            ).scalar()
+
     def running(self, job_id: str) -> None:
-        self._set(job_id, state="running", runner=_runner())
+        t = jobs_table
+        self._set(job_id, state="running", runner=_runner(), attempts=t.c.attempts + 1)
 
     def done(self, job_id: str, report: dict[str, Any]) -> None:
-        self._set(job_id, state="done", report=json.dumps(report, default=str))
+        self._set(job_id, state="done", report=json.dumps(report, default=str), payload=None)
 
     def failed(self, job_id: str, error: str) -> None:
-        self._set(job_id, state="failed", error=error[:2000])
+        self._set(job_id, state="failed", error=error[:2000], payload=None)
+
+    def requeued(self, job_id: str) -> None:
+        """Back to ``queued`` (its worker died): the next worker starts it again."""
+        self._set(job_id, state="queued")
+
+    def unfinished(self, older_than_s: float, *, now: float | None = None) -> list[JobRecord]:
+        """Jobs queued or running that have not reported for ``older_than_s`` seconds."""
+        t = jobs_table
+        cutoff = (now if now is not None else time.time()) - older_than_s
+        with self.engine.connect() as conn:
+            ids = (
+                conn.execute(
+                    select(t.c.id).where(
+                        t.c.app == self.app,
+                        t.c.state.in_(("queued", "running")),
+                        t.c.updated_at < cutoff,
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        return [job for job in (self.get(i) for i in ids) if job is not None]

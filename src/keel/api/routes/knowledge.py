@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
-import threading
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,7 @@ from keel.api.keys import ApiKey
 from keel.api.problems import COMMON, Problem, documented
 from keel.api.routes._common import gateway
 from keel.api.schemas import IngestJson, SearchRequest
-from keel.ops.jobs import JobRecord
+from keel.worker import IngestWork, UploadedFile
 
 _log = logging.getLogger(__name__)
 
@@ -30,21 +27,6 @@ def search(body: SearchRequest, request: Request) -> dict[str, Any]:
     gw.authenticate(request, "chat")
     hits = gw.app.search(body.query, body.k, where=body.where, mode=body.mode)
     return {"hits": [h.to_dict() for h in hits]}
-
-
-def _run(gw: Gateway, job: JobRecord, make_items: Any, cleanup: Any = None) -> None:
-    try:
-        gw.jobs.running(job.id)
-        report = gw.app.ingest_documents(make_items(), created_by=job.key_id)
-        gw.jobs.done(job.id, report.to_dict())
-    except Exception as exc:  # recorded on the job; the gateway stays up
-        try:
-            gw.jobs.failed(job.id, f"{type(exc).__name__}: {exc}")
-        except Exception:  # the database itself failed: the job shows running, stale
-            _log.exception("ingestion job %s failed and could not be recorded", job.id)
-    finally:
-        if cleanup is not None:
-            cleanup()
 
 
 @router.post("/v1/ingest", status_code=202, summary="Ingest files or JSON documents (a job)")
@@ -66,25 +48,20 @@ async def ingest(request: Request) -> dict[str, Any]:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise Problem(422, f"{where}: {first['msg']}") from None
-        from keel.rag.types import Document
-
-        docs = [
-            Document(
-                id=_namespaced(d.id, key),
-                text=d.text,
-                source=f"api/{_namespaced(d.id, key)}",
-                title=d.title,
-                format="markdown" if d.format == "markdown" else "text",
-                metadata=dict(d.metadata),
-            )
+        docs: list[dict[str, Any]] = [
+            {
+                "id": _namespaced(d.id, key),
+                "text": d.text,
+                "source": f"api/{_namespaced(d.id, key)}",
+                "title": d.title,
+                "format": "markdown" if d.format == "markdown" else "text",
+                "metadata": dict(d.metadata),
+            }
             for d in body.documents
         ]
-        _check_creators(gw, key, [d.id for d in docs])
-        job = gw.new_job(key.id)
-        threading.Thread(
-            target=_run, args=(gw, job, _owned(gw, key, lambda: docs)), daemon=True
-        ).start()
-        return job.to_dict()
+        _check_creators(gw, key, [str(d["id"]) for d in docs])
+        work = IngestWork("documents", key.id, key.is_admin, documents=docs)
+        return gw.submit(work).to_dict()
     if ctype != "multipart/form-data":
         raise Problem(415, "send multipart/form-data files or application/json documents")
     form = await request.form(max_files=100)
@@ -103,39 +80,16 @@ async def _ingest_files(gw: Gateway, key: ApiKey, form: Any) -> dict[str, Any]:
     names = [_file_name(upload.filename) for upload in uploads]
     _check_creators(gw, key, [f"uploads/{n}" for n in names])
     cap = gw.app.config.limits.max_upload_bytes
-    tmp = Path(tempfile.mkdtemp(prefix="keel-upload-"))
-    try:  # the folder goes on every way out but the job's start (the job removes it)
-        total = 0
-        for upload, name in zip(uploads, names, strict=True):
-            data = await upload.read()
-            total += len(data)
-            if total > cap:
-                raise Problem(413, f"uploads are larger than {cap} bytes")
-            (tmp / name).write_bytes(data)
-
-        def items() -> Any:
-            from dataclasses import replace
-
-            from keel.rag.loaders import iter_documents
-            from keel.rag.types import Document
-
-            budget = gw.app.config.rag.pdf_budget()
-            for item in iter_documents([tmp], root=tmp, max_bytes=cap, pdf=budget):
-                if isinstance(item, Document):
-                    yield replace(item, id=f"uploads/{item.id}", source=f"uploads/{item.source}")
-                else:
-                    yield item
-
-        job = gw.new_job(key.id)
-        threading.Thread(
-            target=_run,
-            args=(gw, job, _owned(gw, key, items), lambda: shutil.rmtree(tmp, True)),
-            daemon=True,
-        ).start()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return job.to_dict()
+    total = 0
+    files = []
+    for upload, name in zip(uploads, names, strict=True):
+        data = await upload.read()
+        total += len(data)
+        if total > cap:
+            raise Problem(413, f"uploads are larger than {cap} bytes")
+        files.append(UploadedFile(name, data))
+    work = IngestWork("files", key.id, key.is_admin, files=files)
+    return gw.submit(work).to_dict()
 
 
 def _file_name(raw: str | None) -> str:
@@ -172,32 +126,11 @@ def _check_creators(gw: Gateway, key: ApiKey, doc_ids: list[str]) -> None:
         )
 
 
-def _owned(gw: Gateway, key: ApiKey, make_items: Any) -> Any:
-    """The items of a job, re-checked as the job runs (another key may have created one of the
-    documents meanwhile, or a file may load as several): a document a key without ``admin``
-    did not create is skipped, and reported as such."""
-    if key.is_admin:
-        return make_items
-
-    def items() -> Any:
-        from keel.rag.types import Document, Skipped
-
-        for item in make_items():
-            if isinstance(item, Document):
-                by = gw.app.manifest().creators([item.id])
-                if item.id in by and by[item.id] != key.id:
-                    yield Skipped(item.source, "created by another key: not replaced")
-                    continue
-            yield item
-
-    return items
-
-
 @router.get("/v1/ingest/{job_id}", summary="An ingestion job's state and report")
 def ingest_job(job_id: str, request: Request) -> dict[str, Any]:
     gw = gateway(request)
     key = gw.authenticate(request, "ingest")
-    job = gw.jobs.get(job_id)
+    job = gw.queue.jobs.get(job_id)
     if job is None or (job.key_id != key.id and not key.is_admin):
         raise Problem(404, f"no ingestion job {job_id!r}")
     return job.to_dict()
