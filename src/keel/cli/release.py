@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from keel.errors import UsageError
+
+if TYPE_CHECKING:
+    from keel.app import App
+    from keel.ops.releases import ReleaseStore
 
 from ._common import _app, _errors, _print_json, err, out
 
 release_cli = typer.Typer(help="Versioned releases of the app.", no_args_is_help=True)
 
 
-def _releases() -> tuple[Any, Any]:
+def _releases() -> tuple[App, ReleaseStore]:
     from keel.ops.releases import ReleaseStore
 
     app = _app()
@@ -48,35 +52,16 @@ def release_create(
 ) -> None:
     """Record the app as it is now (config, prompts, tools, models, index, commit) as an
     immutable, content-addressed release."""
+    from keel.ops.releases import create_release
+
     with _errors():
         app, store = _releases()
-        gate_summary = None
+        suite_gate = None
         if gate is not None:
-            from keel.evals.check import evaluate
+            from keel.evals.check import SuiteGate
 
-            if not gate.is_file():
-                raise UsageError(f"no suite file {gate}")
-            from keel.evals.runner import RunResult
-
-            # Against the stable release's own gate run when it has one (the suite's
-            # baseline file otherwise): a release must not be worse than what serves.
-            stable = store.get(store.state()["stable"] or "") if store.state()["stable"] else None
-            stable_run = (stable.gate or {}).get("run") if stable is not None else None
-            result = evaluate(
-                gate,
-                app=app,
-                baseline_run=RunResult.from_json(stable_run) if stable_run else None,
-                record=True,
-            )
-            gate_summary = {
-                "suite": result.suite.name,
-                "passed": result.result.passed,
-                "reasons": result.result.reasons,
-                "dataset_version": result.run.dataset_version,
-                "baseline": f"release {stable.id}" if stable_run and stable else "suite baseline",
-                "run": result.run.to_json(),
-            }
-        release = store.create(app.release_content(), note=note, gate=gate_summary)
+            suite_gate = SuiteGate(gate)  # a missing suite file is a usage error
+        release = create_release(app, gate=suite_gate, note=note, store=store).release
         app.close()
     if as_json:
         _print_json(_release_dict(release))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from keel._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from keel.evals.check import evaluate
+    from keel.evals.check import SuiteGate, evaluate
     from keel.evals.compare import compare_models
     from keel.evals.datasets import Case, Dataset, load_dataset
     from keel.evals.drift_reference import default_reference
@@ -31,6 +31,7 @@ _EXPORTS = {
     "RunResult": "keel.evals.runner",
     "CaseResult": "keel.evals.runner",
     "evaluate": "keel.evals.check",
+    "SuiteGate": "keel.evals.check",
     "compare_models": "keel.evals.compare",
     "RubricJudge": "keel.evals.judges",
     "PairwiseJudge": "keel.evals.judges",
@@ -48,6 +49,7 @@ __all__ = [
     "RubricJudge",
     "RunResult",
     "Suite",
+    "SuiteGate",
     "arun_suite",
     "compare_models",
     "default_reference",
