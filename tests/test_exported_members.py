@@ -59,6 +59,7 @@ AREAS = {
         "CaseResult",
         "Dataset",
         "EvalRunStore",
+        "ModelComparison",
         "PairwiseJudge",
         "RubricJudge",
         "RunResult",

@@ -38,7 +38,7 @@ for command, name in (
     (conversation.chat, None),
     (serve.serve, None),
     (evals.eval_suite, "eval"),
-    (evals.compare_models, "compare"),
+    (evals.compare, "compare"),
     (threads.prune, "prune"),
     (project.version, None),
 ):

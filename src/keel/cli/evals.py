@@ -57,27 +57,23 @@ def eval_suite(
         raise typer.Exit(1)
 
 
-def compare_models(
+def compare(
     suite: Annotated[Path, typer.Argument(help="A suite file.")],
     model: Annotated[list[str], typer.Option("--model", help="A model id; give two or more.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Run one suite per model: quality, p50 / p95 latency and cost per 1,000 requests, with
     the Pareto frontier marked (choosing a model is the first step of the lifecycle)."""
-    from dataclasses import asdict
-
-    from keel.evals.compare import compare_models, compare_table
-    from keel.evals.suites import load_suite
+    from keel.evals.compare import compare_models
 
     with _errors():
         if len(model) < 2:
             raise UsageError("give at least two --model options")
-        parsed = load_suite(suite)
-        rows = compare_models(parsed, model)
+        comparison = compare_models(suite, model)
     if as_json:
-        _print_json([asdict(r) for r in rows])
+        _print_json(comparison.to_json())
         return
-    out.print(compare_table(rows, quality_metric=next(iter(parsed.metrics))))
+    out.print(comparison.table())
 
 
 evals_cli = typer.Typer(help="Evaluation datasets.", no_args_is_help=True)

@@ -12,7 +12,7 @@ from keel._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from keel.evals.check import SuiteGate, evaluate
-    from keel.evals.compare import compare_models
+    from keel.evals.compare import ModelComparison, compare_models
     from keel.evals.datasets import Case, Dataset, load_dataset
     from keel.evals.drift_reference import default_reference
     from keel.evals.judges import PairwiseJudge, RubricJudge, judge_model, ragas_llm
@@ -33,6 +33,7 @@ _EXPORTS = {
     "evaluate": "keel.evals.check",
     "SuiteGate": "keel.evals.check",
     "compare_models": "keel.evals.compare",
+    "ModelComparison": "keel.evals.compare",
     "RubricJudge": "keel.evals.judges",
     "PairwiseJudge": "keel.evals.judges",
     "judge_model": "keel.evals.judges",
@@ -45,6 +46,7 @@ __all__ = [
     "CaseResult",
     "Dataset",
     "EvalRunStore",
+    "ModelComparison",
     "PairwiseJudge",
     "RubricJudge",
     "RunResult",
