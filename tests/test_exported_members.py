@@ -29,6 +29,7 @@ AREAS = {
     "keel.guardrails": [
         "VALIDATORS",
         "GroundingValidator",
+        "GuardCheck",
         "GuardRunner",
         "InjectionValidator",
         "JsonSchemaValidator",
@@ -38,6 +39,7 @@ AREAS = {
         "PromptLeakValidator",
         "SecretsValidator",
         "TopicDenylistValidator",
+        "check",
         "redact_text",
         "structured_guard",
     ],

@@ -72,14 +72,13 @@ def guard_check(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Run one validator on each line of a file (or stdin): outcome, score and spans."""
-    from keel.config import GuardsSection
-    from keel.guardrails.runner import GuardRunner, Services
+    from keel.guardrails.checks import GuardVerdict, check
     from keel.guardrails.validators import VALIDATORS
 
     with _errors():
         if validator not in VALIDATORS:
             raise UsageError(f"unknown validator {validator!r} (see `keel guard list`)")
-        options: dict[str, Any] = {"on_fail": "noop"}
+        options: dict[str, Any] = {}
         for item in option or []:
             key, sep, raw = item.partition("=")
             if not sep or not key:
@@ -92,38 +91,18 @@ def guard_check(
             raise UsageError(f"no such file: {file}")
         lines = (file.read_text(encoding="utf-8") if file else sys.stdin.read()).splitlines()
         passages = [context.read_text(encoding="utf-8")] if context else []
-        embedder_holder: list[Any] = []
 
-        def embedder() -> Any:
-            if not embedder_holder:
-                from keel.rag.embeddings import Embedder
-                from keel.settings import get_settings
-
-                embedder_holder.append(Embedder(cache_dir=get_settings().cache_dir))
-            return embedder_holder[0]
-
-        runner = GuardRunner(GuardsSection(input={validator: options}), Services(embedder))
-        (rule,) = runner.rules["input"]
-        flagged = 0
-        for n, text in enumerate(lines, start=1):
-            if not text.strip():
-                continue
-            _, decision = runner.run(rule, text, passages=passages)
-            flagged += decision.outcome == "fail"
-            row = {
-                "line": n,
-                "outcome": decision.outcome,
-                "reason": decision.reason,
-                "latency_ms": round(decision.latency_ms, 3),
-                **decision.details,
-            }
+        def show(verdict: GuardVerdict) -> None:
+            row = verdict.to_dict()
             if as_json:
                 sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-            else:
-                mark = "[red]FAIL[/red]" if decision.outcome == "fail" else "[green]pass[/green]"
-                score = f" score={row['score']}" if "score" in row else ""
-                spans = row.get("spans") or []
-                found = " ".join(f"{s['type']}@{s['start']}-{s['end']}" for s in spans)
-                out.print(f"{n:>4} {mark}{score} {decision.reason} {found}".rstrip())
+                return
+            mark = "[red]FAIL[/red]" if verdict.flagged else "[green]pass[/green]"
+            score = f" score={row['score']}" if "score" in row else ""
+            spans = row.get("spans") or []
+            found = " ".join(f"{s['type']}@{s['start']}-{s['end']}" for s in spans)
+            out.print(f"{verdict.line:>4} {mark}{score} {verdict.reason} {found}".rstrip())
+
+        result = check(validator, lines, options=options, passages=passages, on_verdict=show)
         if not as_json:
-            err.print(f"{flagged} of {len([t for t in lines if t.strip()])} lines flagged")
+            err.print(f"{result.flagged} of {result.checked} lines flagged")
