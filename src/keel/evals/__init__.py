@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from keel._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from keel.evals.check import evaluate
-    from keel.evals.compare import compare_models
+    from keel.evals.check import SuiteGate, evaluate
+    from keel.evals.compare import ModelComparison, compare_models
     from keel.evals.datasets import Case, Dataset, load_dataset
     from keel.evals.drift_reference import default_reference
     from keel.evals.judges import PairwiseJudge, RubricJudge, judge_model, ragas_llm
@@ -31,7 +31,9 @@ _EXPORTS = {
     "RunResult": "keel.evals.runner",
     "CaseResult": "keel.evals.runner",
     "evaluate": "keel.evals.check",
+    "SuiteGate": "keel.evals.check",
     "compare_models": "keel.evals.compare",
+    "ModelComparison": "keel.evals.compare",
     "RubricJudge": "keel.evals.judges",
     "PairwiseJudge": "keel.evals.judges",
     "judge_model": "keel.evals.judges",
@@ -44,10 +46,12 @@ __all__ = [
     "CaseResult",
     "Dataset",
     "EvalRunStore",
+    "ModelComparison",
     "PairwiseJudge",
     "RubricJudge",
     "RunResult",
     "Suite",
+    "SuiteGate",
     "arun_suite",
     "compare_models",
     "default_reference",

@@ -1,16 +1,22 @@
 """One evaluation as ``keel eval`` and the pytest plugin run it: run the suite, gate it
-against its thresholds and baseline, write the reports."""
+against its thresholds and baseline, write the reports. :class:`SuiteGate` is the same
+evaluation as a release gate (``keel.ops.releases.create_release``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from keel.errors import UsageError
 from keel.evals.gate import GateResult, gate
 from keel.evals.metrics import METRICS
 from keel.evals.runner import Progress, RunResult, run_suite
 from keel.evals.suites import Suite, load_suite
+
+if TYPE_CHECKING:
+    from keel.ops.releases import GateOutcome
 
 
 @dataclass
@@ -74,3 +80,34 @@ def evaluate(
     finally:
         if owned and app is not None:
             app.close()
+
+
+@dataclass(frozen=True)
+class SuiteGate:
+    """An eval suite as a release gate: ``create_release(app, gate=SuiteGate(path))``. Each
+    call evaluates the app on the suite, gates it against the given baseline run (else the
+    suite's baseline file) and records the run in the app's database."""
+
+    suite: str | Path
+
+    def __post_init__(self) -> None:
+        if not Path(self.suite).is_file():
+            raise UsageError(f"no suite file {self.suite}")
+
+    def __call__(self, app: Any, *, baseline_run: Mapping[str, Any] | None = None) -> GateOutcome:
+        from keel.ops.releases import GateOutcome
+
+        result = evaluate(
+            self.suite,
+            app=app,
+            baseline_run=RunResult.from_json(dict(baseline_run)) if baseline_run else None,
+            record=True,
+        )
+        return GateOutcome(
+            suite=result.suite.name,
+            passed=result.result.passed,
+            reasons=list(result.result.reasons),
+            dataset_version=result.run.dataset_version,
+            run=result.run.to_json(),
+            run_id=result.run_id,
+        )

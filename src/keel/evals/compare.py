@@ -1,6 +1,7 @@
 """Model comparison for ``keel compare``: quality x latency x cost, with the Pareto frontier.
 
-The CLI runs the same suite once per model configuration and hands the runs here. A model is
+:func:`compare_models` runs the same suite once per model configuration and compares the
+runs (:func:`compare_runs` compares runs already in hand). A model is
 on the Pareto frontier when no other model is at least as good on every objective and better
 on one: quality (the suite's primary metric), p50 latency (lower is better) and cost per 1,000
 requests (lower is better). A model whose cost is unknown is not comparable on cost: between
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.table import Table
@@ -136,35 +138,72 @@ def compare_table(rows: Sequence[ModelRow], *, quality_metric: str = "quality") 
     return table
 
 
-__all__ = ["ModelRow", "compare_runs", "compare_table"]
+@dataclass(frozen=True)
+class ModelComparison:
+    """One suite run per model, compared: what ``keel compare`` prints."""
+
+    suite: str
+    quality_metric: str
+    """The metric the Pareto frontier is judged on (the suite's first)."""
+    higher_is_better: bool
+    rows: list[ModelRow]
+    """One per model, in the order the models were given."""
+
+    @property
+    def frontier(self) -> list[str]:
+        """The models on the Pareto frontier."""
+        return [r.model for r in self.rows if r.pareto]
+
+    def row(self, model: str) -> ModelRow:
+        for r in self.rows:
+            if r.model == model:
+                return r
+        raise KeyError(model)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """The rows as plain data (``keel compare --json``)."""
+        return [asdict(r) for r in self.rows]
+
+    def table(self) -> Table:
+        return compare_table(self.rows, quality_metric=self.quality_metric)
 
 
-def compare_models(suite: Suite, models: Sequence[str]) -> list[ModelRow]:
-    """Run ``suite`` once per model id on the suite's app (the app's own model and fallbacks
-    replaced by that one model) and compare the runs (what ``keel compare`` prints)."""
+def compare_models(suite: Suite | str | Path, models: Sequence[str]) -> ModelComparison:
+    """Run ``suite`` (a suite or its file) once per model id on the suite's app (the app's
+    own model and fallbacks replaced by that one model) and compare the runs: quality on
+    every suite metric, p50 / p95 latency, tokens and cost per request, the Pareto frontier
+    on the suite's first metric. A model that fails counts its errors; it does not stop the
+    comparison."""
     from keel.app import App
     from keel.config import load_config
     from keel.errors import UsageError
     from keel.evals.metrics import METRICS
     from keel.evals.runner import run_suite
+    from keel.evals.suites import load_suite
 
     if len(models) < 2:
         raise UsageError("give at least two models to compare")
+    parsed = suite if not isinstance(suite, str | Path) else load_suite(suite)
     runs: dict[str, RunResult] = {}
     for model_id in models:
-        config = load_config(suite.app_path)
+        config = load_config(parsed.app_path)
         config = config.model_copy(
             update={"model": config.model.model_copy(update={"id": model_id, "fallbacks": []})}
         )
         app = App(config)
         try:
-            runs[model_id] = run_suite(suite, app=app)
+            runs[model_id] = run_suite(parsed, app=app)
         finally:
             app.close()
-    quality = next(iter(suite.metrics))
-    return compare_runs(
+    quality = next(iter(parsed.metrics))
+    higher_is_better = METRICS[quality].higher_is_better
+    rows = compare_runs(
         runs,
         quality_metric=quality,
-        higher_is_better=METRICS[quality].higher_is_better,
-        metrics=list(suite.metrics),
+        higher_is_better=higher_is_better,
+        metrics=list(parsed.metrics),
     )
+    return ModelComparison(parsed.name, quality, higher_is_better, rows)
+
+
+__all__ = ["ModelComparison", "ModelRow", "compare_models", "compare_runs", "compare_table"]

@@ -1,5 +1,6 @@
 """Guards at every boundary: keel's guardrails-ai validators, the runner that applies a
-policy, and ``structured_guard`` for typed model output.
+policy, ``structured_guard`` for typed model output, and ``check`` to try one validator on
+texts.
 
 The names below are this area's public API (pinned by ``tests/test_exported_members.py``);
 each is imported from its module the first time it is used.
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from keel._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from keel.guardrails.checks import GuardCheck, check
     from keel.guardrails.redaction import redact_text
     from keel.guardrails.runner import GuardRunner, structured_guard
     from keel.guardrails.validators import (
@@ -41,10 +43,13 @@ _EXPORTS = {
     "GuardRunner": "keel.guardrails.runner",
     "structured_guard": "keel.guardrails.runner",
     "redact_text": "keel.guardrails.redaction",
+    "check": "keel.guardrails.checks",
+    "GuardCheck": "keel.guardrails.checks",
 }
 __all__ = [
     "VALIDATORS",
     "GroundingValidator",
+    "GuardCheck",
     "GuardRunner",
     "InjectionValidator",
     "JsonSchemaValidator",
@@ -54,6 +59,7 @@ __all__ = [
     "PromptLeakValidator",
     "SecretsValidator",
     "TopicDenylistValidator",
+    "check",
     "redact_text",
     "structured_guard",
 ]

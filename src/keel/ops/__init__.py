@@ -15,12 +15,20 @@ if TYPE_CHECKING:
     from keel.ops.drift import DriftReport, detect_drift
     from keel.ops.metrics import Metrics
     from keel.ops.refusal import is_refusal
-    from keel.ops.releases import Release, ReleaseStore, diff_content
+    from keel.ops.releases import (
+        CreatedRelease,
+        Release,
+        ReleaseStore,
+        create_release,
+        diff_content,
+    )
 
 _EXPORTS = {
     "Release": "keel.ops.releases",
     "ReleaseStore": "keel.ops.releases",
     "diff_content": "keel.ops.releases",
+    "create_release": "keel.ops.releases",
+    "CreatedRelease": "keel.ops.releases",
     "DriftReport": "keel.ops.drift",
     "detect_drift": "keel.ops.drift",
     "SemanticCache": "keel.ops.cache",
@@ -28,11 +36,13 @@ _EXPORTS = {
     "is_refusal": "keel.ops.refusal",
 }
 __all__ = [
+    "CreatedRelease",
     "DriftReport",
     "Metrics",
     "Release",
     "ReleaseStore",
     "SemanticCache",
+    "create_release",
     "detect_drift",
     "diff_content",
     "is_refusal",

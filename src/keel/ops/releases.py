@@ -5,6 +5,10 @@ commit) is given by the caller; its id is ``rel-`` plus the first 12 hex digits 
 SHA-256 of the content's canonical JSON, so recording the same content twice returns the
 same release. The deployment state of an app (a stable release, optionally a canary with a
 traffic weight) lives next to the releases, and every switch is kept with its reason.
+
+:func:`create_release` records an app as it is now, gated (when given a gate, e.g.
+``keel.evals.SuiteGate``) against the run the stable release was gated with: what
+``keel release create`` does.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     Boolean,
@@ -472,3 +476,124 @@ def route(thread_id: str, key_id: str | None, weight: float, *, salt: str) -> bo
     digest = hashlib.sha256(material.encode("utf-8")).digest()
     point = int.from_bytes(digest[:8], "big") / 2.0**64
     return point < weight
+
+
+# -- creating a release from an app, gated --------------------------------------------------
+
+
+class ReleasableApp(Protocol):
+    """What :func:`create_release` needs of an app (``keel.App`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    def release_content(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """One gate run on an app: what a :class:`ReleaseGate` reports."""
+
+    suite: str
+    passed: bool
+    reasons: list[str]
+    dataset_version: str
+    run: dict[str, Any]
+    """The evaluation run as JSON: the next release is gated against it once this one is
+    stable."""
+    run_id: str | None = None
+    """The id the run was recorded under in the app's eval runs, when it was recorded."""
+
+
+class ReleaseGate(Protocol):
+    """Evaluates ``app`` and gates it, against ``baseline_run`` (a run as JSON: the stable
+    release's gate run) when given, else against the gate's own baseline."""
+
+    def __call__(
+        self, app: Any, *, baseline_run: Mapping[str, Any] | None = None
+    ) -> GateOutcome: ...
+
+
+@dataclass(frozen=True)
+class ReleaseGateSummary:
+    """A release's gate as it is stored with the release (``Release.gate``)."""
+
+    suite: str
+    passed: bool
+    reasons: list[str]
+    dataset_version: str
+    baseline: str
+    """``"release <id>"`` when gated against the stable release's run, else
+    ``"suite baseline"``."""
+    run: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "suite": self.suite,
+            "passed": self.passed,
+            "reasons": list(self.reasons),
+            "dataset_version": self.dataset_version,
+            "baseline": self.baseline,
+            "run": self.run,
+        }
+
+
+@dataclass(frozen=True)
+class CreatedRelease:
+    """What :func:`create_release` did: the release, and its gate when one ran."""
+
+    release: Release
+    gate: ReleaseGateSummary | None
+    """The gate run now (None without a gate). When the same content was already released,
+    ``release`` is that earlier record, with the gate it was created with."""
+    baseline_release: str | None
+    """The stable release whose gate run was the baseline, if any."""
+    run_id: str | None = None
+    """The recorded eval run of the gate, when the gate recorded it."""
+
+    @property
+    def deployable(self) -> bool:
+        return self.release.deployable
+
+
+def create_release(
+    app: ReleasableApp,
+    *,
+    gate: ReleaseGate | None = None,
+    note: str = "",
+    store: ReleaseStore | None = None,
+) -> CreatedRelease:
+    """Record ``app`` as it is now (config, prompts, tools, models, index version, commit) as
+    an immutable, content-addressed release.
+
+    With ``gate`` the app is evaluated first, against the stable release's own gate run when
+    the stable release has one (a release must not be worse than what serves), else against
+    the gate's baseline; the release is deployable only when the gate passes. The same
+    content twice returns the release already recorded."""
+    store = store if store is not None else ReleaseStore(app.engine, app.name)
+    summary: ReleaseGateSummary | None = None
+    baseline_release: str | None = None
+    run_id: str | None = None
+    if gate is not None:
+        state = store.state()
+        stable = store.get(state["stable"]) if state["stable"] else None
+        stable_run = (stable.gate or {}).get("run") if stable is not None else None
+        if stable is not None and stable_run:
+            baseline_release = stable.id
+        outcome = gate(app, baseline_run=stable_run or None)
+        run_id = outcome.run_id
+        summary = ReleaseGateSummary(
+            suite=outcome.suite,
+            passed=outcome.passed,
+            reasons=list(outcome.reasons),
+            dataset_version=outcome.dataset_version,
+            baseline=f"release {baseline_release}" if baseline_release else "suite baseline",
+            run=outcome.run,
+        )
+    release = store.create(
+        app.release_content(), note=note, gate=summary.to_dict() if summary else None
+    )
+    return CreatedRelease(release, summary, baseline_release, run_id)

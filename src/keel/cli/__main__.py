@@ -1,0 +1,5 @@
+"""``python -m keel.cli``."""
+
+from . import main
+
+main()

@@ -1,0 +1,50 @@
+"""``keel serve``: the HTTP gateway."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._common import _app, _config_path, _errors, err
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    ui: Annotated[
+        bool, typer.Option("--ui", help="Serve the web console at /ui (as [ui] enabled).")
+    ] = False,
+) -> None:
+    """Serve the app over HTTP: native and OpenAI-compatible chat, with API keys and limits,
+    and the web console at /ui when enabled."""
+    import os
+
+    import uvicorn
+
+    with _errors():
+        config = _config_path().resolve()
+        app = _app()
+        app.agent  # noqa: B018 - fail now, with exit 2, on a bad model or tool config
+        app.guards.warm()  # the guards' models load now, not inside the first request
+        console = ui or app.config.ui.enabled or app.settings.ui
+        err.print(f"Keel gateway for {app.name} on http://{host}:{port} (docs at /docs)")
+        if console:
+            err.print(f"Web console at http://{host}:{port}/ui (sign in with an API key)")
+        if workers == 1:
+            from keel.api.server import create_app
+
+            uvicorn.run(create_app(app, ui=console), host=host, port=port, log_level="warning")
+        else:
+            os.environ["KEEL_CONFIG"] = str(config)  # each worker builds the same app
+            if ui:
+                os.environ["KEEL_UI"] = "1"
+            uvicorn.run(
+                "keel.api.server:from_env",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_level="warning",
+            )
