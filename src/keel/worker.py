@@ -12,9 +12,10 @@ on the services the app already uses, so a single-database install needs nothing
 ``keel worker`` runs workers; ``keel serve`` runs one in the gateway's process unless told that
 workers run elsewhere (``KEEL_EMBEDDED_WORKER=false``). A job runs under a lease
 (``{app}:job:{id}``, kept alive while it runs, expiring 30 s after its process dies); a worker
-starting, and every worker each minute, puts back on the queue the jobs whose lease is free
-but which are still queued or running (their worker died: the collection's ingest lease and
-manifest make the re-run consistent). A job is tried :data:`MAX_ATTEMPTS` times.
+starting, and every worker each minute, puts back on the queue the running jobs whose lease
+is free (their worker died: the collection's ingest lease and manifest make the re-run
+consistent) and jobs queued for over :data:`STALE_S` (their queue message may be lost; a job
+delivered twice runs once). A job is tried :data:`MAX_ATTEMPTS` times.
 """
 
 from __future__ import annotations
@@ -48,9 +49,8 @@ _log = logging.getLogger("keel.worker")
 MAX_ATTEMPTS = 3
 """How often a job is started before it is marked failed (its worker died each time)."""
 
-STALE_S = 60.0
-"""A queued or running job that has not reported for this long, with its lease free, is
-put back on the queue."""
+STALE_S = 120.0
+"""A job queued for this long is put on the queue again."""
 
 
 @dataclass(frozen=True)
@@ -171,10 +171,10 @@ class JobQueue:
             )
         return report.to_dict()
 
-    def reclaim(self, older_than_s: float = STALE_S) -> list[str]:
+    def reclaim(self, queued_for_s: float = STALE_S) -> list[str]:
         """Put back on the queue the jobs whose worker died (see the module); their ids."""
         again = []
-        for job in self.jobs.unfinished(older_than_s):
+        for job in self.jobs.unfinished(queued_for_s):
             lease = self.app.resources.leases.try_acquire(f"{self.app.name}:job:{job.id}")
             if lease is None:
                 continue  # running: its worker keeps the lease

@@ -160,3 +160,111 @@ def test_a_thread_is_busy_across_two_instances(
             assert state["report"]["added"] == 1, state
     finally:
         gen.close()
+
+
+def _keel(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    log = (tmp_path / f"{args[0]}-{time.monotonic_ns()}.log").open("wb")
+    return subprocess.Popen(
+        [*KEEL, "--config", str(tmp_path / "keel.toml"), *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _job_state(url: str, job_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    reply = httpx.get(f"{url}/v1/ingest/{job_id}", headers=headers, timeout=30)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def _wait_for(url: str, job_id: str, headers: dict[str, str], states: set[str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 150
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        state = _job_state(url, job_id, headers)
+        if state.get("state") in states:
+            return state
+        time.sleep(1.2)  # under the key's 60 requests a minute
+    return state
+
+
+@pytest.mark.parametrize("shared", ["database", "redis", "postgres"])
+def test_jobs_run_on_a_separate_worker_and_survive_a_killed_one(
+    tmp_path: Path, model_cache_dir: Path, shared: str, request: pytest.FixtureRequest
+) -> None:
+    """A gateway that runs no worker queues the job; a `keel worker` process runs it; a worker
+    killed mid-job leaves it to the next worker, which finishes it."""
+    (tmp_path / "keel.toml").write_text('[app]\nname = "jobs"\n[agent]\nretrieve = false\n')
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KEEL_")},
+        "KEEL_DATA_DIR": str(tmp_path / ".keel"),
+        "KEEL_CACHE_DIR": str(model_cache_dir),
+        "KEEL_EMBEDDED_WORKER": "false",
+    }
+    if shared == "redis":
+        env["KEEL_REDIS_URL"] = request.getfixturevalue("redis_url")
+    if shared == "postgres":
+        from sqlalchemy import create_engine, text
+
+        base = request.getfixturevalue("pg_url")
+        name = f"keel_jobs_{os.getpid()}_{time.monotonic_ns() % 10**8}"
+        admin = create_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        admin.dispose()
+        env["KEEL_DATABASE_URL"] = base.rsplit("/", 1)[0] + f"/{name}"
+    made = subprocess.run(
+        [*KEEL, "--config", str(tmp_path / "keel.toml"), "keys", "create", "--name", "t",
+         "--scopes", "admin"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    headers = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+    gen = _instances(tmp_path, env, 1)
+    (gateway,) = next(gen)
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        small = {"documents": [{"id": "faq.md", "text": "Refunds take 30 days."}]}
+        job = httpx.post(f"{gateway}/v1/ingest", json=small, headers=headers, timeout=60)
+        assert job.status_code == 202, job.text
+        time.sleep(2)
+        assert _job_state(gateway, job.json()["id"], headers)["state"] == "queued"
+        workers.append(_keel(tmp_path, env, "worker"))
+        done = _wait_for(gateway, job.json()["id"], headers, {"done", "failed"})
+        assert done.get("state") == "done" and done["report"]["added"] == 1, done
+        if shared != "database":
+            return  # a killed worker: once, on the database's queue (it takes a minute)
+
+        # a job long enough to kill its worker in the middle of it
+        many = {
+            "documents": [
+                {"id": f"doc-{i}.md", "text": f"Document {i}. " + "Refund policy text. " * 200}
+                for i in range(300)
+            ]
+        }
+        job = httpx.post(f"{gateway}/v1/ingest", json=many, headers=headers, timeout=60)
+        assert job.status_code == 202, job.text
+        job_id = job.json()["id"]
+        running = _wait_for(gateway, job_id, headers, {"running", "done", "failed"})
+        assert running.get("state") == "running", running
+        workers[0].kill()
+        workers[0].wait()
+        assert _job_state(gateway, job_id, headers)["state"] == "running"  # as it was left
+        workers.append(_keel(tmp_path, env, "worker"))  # takes it once its lease expired
+        done = _wait_for(gateway, job_id, headers, {"done", "failed"})
+        assert done.get("state") == "done", done
+        report = done["report"]
+        assert done["attempts"] == 2, done
+        assert report["added"] + report["updated"] + report["unchanged"] == 300, done
+        search = httpx.post(
+            f"{gateway}/v1/search",
+            json={"query": "Document 399", "k": 3},
+            headers=headers,
+            timeout=120,
+        )
+        assert search.status_code == 200 and search.json()["hits"], search.text
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+        gen.close()

@@ -37,6 +37,7 @@ for command, name in (
     (conversation.resume, None),
     (conversation.chat, None),
     (serve.serve, None),
+    (serve.worker, None),
     (evals.eval_suite, "eval"),
     (evals.compare, "compare"),
     (threads.prune, "prune"),

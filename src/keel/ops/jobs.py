@@ -155,20 +155,14 @@ class JobStore:
         """Back to ``queued`` (its worker died): the next worker starts it again."""
         self._set(job_id, state="queued")
 
-    def unfinished(self, older_than_s: float, *, now: float | None = None) -> list[JobRecord]:
-        """Jobs queued or running that have not reported for ``older_than_s`` seconds."""
+    def unfinished(self, queued_for_s: float, *, now: float | None = None) -> list[JobRecord]:
+        """Jobs that may have lost their worker: every running job (the caller checks its
+        lease) and jobs queued for longer than ``queued_for_s`` seconds."""
+        from sqlalchemy import and_, or_
+
         t = jobs_table
-        cutoff = (now if now is not None else time.time()) - older_than_s
+        cutoff = (now if now is not None else time.time()) - queued_for_s
+        stuck = or_(t.c.state == "running", and_(t.c.state == "queued", t.c.updated_at < cutoff))
         with self.engine.connect() as conn:
-            ids = (
-                conn.execute(
-                    select(t.c.id).where(
-                        t.c.app == self.app,
-                        t.c.state.in_(("queued", "running")),
-                        t.c.updated_at < cutoff,
-                    )
-                )
-                .scalars()
-                .all()
-            )
+            ids = conn.execute(select(t.c.id).where(t.c.app == self.app, stuck)).scalars().all()
         return [job for job in (self.get(i) for i in ids) if job is not None]
