@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -87,32 +87,11 @@ def evals_from_traces(
 ) -> None:
     """Stored turns become evaluation cases: the question as input, the answer given then as
     the reference (review it), the cited documents as reference documents."""
-    from keel.evals.datasets import Case, save_dataset
+    from keel.evals.datasets import case_ids, cases_from_traces, save_dataset
 
     with _errors():
         app = _app()
-        rows = app.tracing.list(limit=limit, thread_id=thread)
-        existing = _existing_ids(output)
-        cases = []
-        for row in rows:
-            if not row.get("question") or f"trace-{row['trace_id']}" in existing:
-                continue
-            record = app.turn_record(row["trace_id"]) or {}
-            cited = _cited_docs(app, row["trace_id"])
-            cases.append(
-                Case(
-                    id=f"trace-{row['trace_id']}",
-                    input=row["question"],
-                    reference=row.get("answer") or None,
-                    reference_doc_ids=cited,
-                    provenance={
-                        "source": "trace",
-                        "trace_id": row["trace_id"],
-                        "app_version": record.get("app_version"),
-                        "model": record.get("model"),
-                    },
-                )
-            )
+        cases = cases_from_traces(app, limit=limit, thread_id=thread, exclude=case_ids(output))
         if cases:
             save_dataset(cases, output)
         app.close()
@@ -167,45 +146,12 @@ def evals_from_feedback(
 ) -> None:
     """Negative feedback becomes evaluation cases, with its provenance (the feedback-to-eval
     loop): the correction, when given, is the reference."""
-    from keel.evals.datasets import Case, save_dataset
-    from keel.ops.feedback_export import export_feedback
+    from keel.evals.datasets import case_ids, cases_from_feedback, save_dataset
 
     with _errors():
         app = _app()
-        existing = _existing_ids(output)
-        cases = [
-            Case(
-                id=c["id"],
-                input=c["input"],
-                reference=c.get("reference"),
-                reference_doc_ids=list(c.get("reference_doc_ids") or []),
-                provenance=dict(c.get("provenance") or {}),
-            )
-            for c in export_feedback(app.engine, max_score=max_score, turns=app.turn_record)
-            if c.get("input") and c["id"] not in existing
-        ]
+        cases = cases_from_feedback(app, max_score=max_score, exclude=case_ids(output))
         if cases:
             save_dataset(cases, output)
         app.close()
     err.print(f"{len(cases)} case(s) appended to {output}")
-
-
-def _existing_ids(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    from keel.evals.datasets import load_dataset
-
-    return {c.id for c in load_dataset(path).cases}
-
-
-def _cited_docs(app: Any, trace_id: str) -> list[str]:
-    found = app.tracing.get(trace_id) or {"spans": []}
-    stack, docs = list(found["spans"]), []
-    while stack:
-        span = stack.pop()
-        stack.extend(span["children"])
-        for cite in span["attributes"].get("keel.citations", []) or []:
-            doc = str(cite).split("#", 1)[0]
-            if doc not in docs:
-                docs.append(doc)
-    return docs

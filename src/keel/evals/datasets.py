@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -320,9 +320,89 @@ def retrieval_selftests(app: App, n: int, seed: int) -> list[Case]:
     return cases
 
 
+def case_ids(path: str | Path) -> set[str]:
+    """The ids of the cases in a dataset file; none when the file does not exist yet."""
+    p = Path(path)
+    return {c.id for c in load_dataset(p).cases} if p.exists() else set()
+
+
+def _cited_docs(app: App, trace_id: str) -> list[str]:
+    """The documents a traced turn cited, in the order its spans name them."""
+    found = app.tracing.get(trace_id) or {"spans": []}
+    stack, docs = list(found["spans"]), []
+    while stack:
+        span = stack.pop()
+        stack.extend(span["children"])
+        for cite in span["attributes"].get("keel.citations", []) or []:
+            doc = str(cite).split("#", 1)[0]
+            if doc not in docs:
+                docs.append(doc)
+    return docs
+
+
+def cases_from_traces(
+    app: App,
+    *,
+    limit: int = 100,
+    thread_id: str | None = None,
+    exclude: Collection[str] = (),
+) -> list[Case]:
+    """The app's most recent ``limit`` traced turns (of one thread, with ``thread_id``) as
+    evaluation cases, id ``trace-<trace id>``: the question as input, the answer given then as
+    the reference (review it), the documents it cited as reference documents, the trace, app
+    version and model as provenance. Turns without a question and ids in ``exclude`` are
+    left out (what ``keel evals from-traces`` appends)."""
+    cases: list[Case] = []
+    for row in app.tracing.list(limit=limit, thread_id=thread_id):
+        case_id = f"trace-{row['trace_id']}"
+        if not row.get("question") or case_id in exclude:
+            continue
+        record = app.turn_record(row["trace_id"]) or {}
+        cases.append(
+            Case(
+                id=case_id,
+                input=row["question"],
+                reference=row.get("answer") or None,
+                reference_doc_ids=_cited_docs(app, row["trace_id"]),
+                provenance={
+                    "source": "trace",
+                    "trace_id": row["trace_id"],
+                    "app_version": record.get("app_version"),
+                    "model": record.get("model"),
+                },
+            )
+        )
+    return cases
+
+
+def cases_from_feedback(
+    app: App, *, max_score: float | None = 0.5, exclude: Collection[str] = ()
+) -> list[Case]:
+    """Feedback scored at most ``max_score`` (0 bad .. 1 good; None: all of it) as evaluation
+    cases, oldest first, with their provenance: the correction, when given, is the reference
+    (the feedback-to-eval loop; what ``keel evals from-feedback`` appends). Feedback on a
+    turn without a question and ids in ``exclude`` are left out."""
+    from keel.ops.feedback_export import export_feedback
+
+    return [
+        Case(
+            id=c["id"],
+            input=c["input"],
+            reference=c.get("reference"),
+            reference_doc_ids=list(c.get("reference_doc_ids") or []),
+            provenance=dict(c.get("provenance") or {}),
+        )
+        for c in export_feedback(app.engine, max_score=max_score, turns=app.turn_record)
+        if c.get("input") and c["id"] not in exclude
+    ]
+
+
 __all__ = [
     "Case",
     "Dataset",
+    "case_ids",
+    "cases_from_feedback",
+    "cases_from_traces",
     "dataset_version",
     "load_dataset",
     "retrieval_selftests",
