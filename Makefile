@@ -6,7 +6,7 @@ KEEL   := $(VENV)/bin/keel
 STAMP  := $(VENV)/.keel-installed
 EXAMPLE := examples/support_bot
 
-.PHONY: install llm run run-llm test test-fast lint eval bench clean
+.PHONY: install llm run run-llm test test-fast lint docs eval bench clean
 
 install: $(STAMP)
 
@@ -81,6 +81,11 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks examples scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks examples scripts
 	$(VENV)/bin/mypy
+
+# The documentation site (MkDocs, warnings are errors); the reference pages are generated from
+# the code first (scripts/gen_docs.py, by the hook in mkdocs.yml).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: install
 	$(PY) benchmarks/retrieval_beir.py ../shared/data/scifact

@@ -1,5 +1,6 @@
-"""The README's tutorial (serve, feedback, export, eval, release, canary, promote) runs as
-written: its bash block is executed in a copy of the example app with a real gateway."""
+"""The docs' tutorial (docs/guides/releases.md: serve, feedback, export, eval, release,
+canary, promote) runs as written: its bash block is executed in a copy of the example app
+with a real gateway."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "guides" / "releases.md"
 
 
 def tutorial() -> str:
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("### Tutorial: the whole loop") :]
+    text = GUIDE.read_text(encoding="utf-8")
+    section = text[text.index("## Tutorial: the whole loop") :]
     found = re.search(r"```bash\n(.*?)```", section, re.S)
     assert found is not None, "the tutorial has a bash block"
     return found.group(1)
@@ -33,7 +34,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_the_readme_tutorial_runs(tmp_path: Path, model_cache_dir: Path) -> None:
+def test_the_docs_tutorial_runs(tmp_path: Path, model_cache_dir: Path) -> None:
     if shutil.which("curl") is None:
         pytest.skip("the tutorial uses curl, which is not installed")
     shutil.copytree(

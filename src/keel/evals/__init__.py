@@ -13,7 +13,13 @@ from keel._lazy import lazy_exports
 if TYPE_CHECKING:
     from keel.evals.check import SuiteGate, evaluate
     from keel.evals.compare import ModelComparison, compare_models
-    from keel.evals.datasets import Case, Dataset, load_dataset
+    from keel.evals.datasets import (
+        Case,
+        Dataset,
+        cases_from_feedback,
+        cases_from_traces,
+        load_dataset,
+    )
     from keel.evals.drift_reference import default_reference
     from keel.evals.judges import PairwiseJudge, RubricJudge, judge_model, ragas_llm
     from keel.evals.runner import CaseResult, RunResult, arun_suite, run_suite
@@ -24,6 +30,8 @@ _EXPORTS = {
     "Case": "keel.evals.datasets",
     "Dataset": "keel.evals.datasets",
     "load_dataset": "keel.evals.datasets",
+    "cases_from_traces": "keel.evals.datasets",
+    "cases_from_feedback": "keel.evals.datasets",
     "Suite": "keel.evals.suites",
     "load_suite": "keel.evals.suites",
     "run_suite": "keel.evals.runner",
@@ -53,6 +61,8 @@ __all__ = [
     "Suite",
     "SuiteGate",
     "arun_suite",
+    "cases_from_feedback",
+    "cases_from_traces",
     "compare_models",
     "default_reference",
     "evaluate",
