@@ -119,6 +119,10 @@ class App:
             search=lambda q, k: holder[0].search(q, k),
         )
         config = definition.config
+        snapshot = content.get("index_snapshot")
+        if isinstance(snapshot, str) and snapshot:  # the collection the release pinned
+            rag = config.rag.model_copy(update={"collection": snapshot})
+            config = config.model_copy(update={"rag": rag})
         resources = base.resources.for_release(config.rag.embeddings)
         app = cls(
             config, settings=base.settings, model=model, resources=resources, definition=definition
@@ -384,8 +388,12 @@ class App:
         }
 
     def release_content(self) -> dict[str, Any]:
-        """Everything that makes this app, for a release record."""
-        return self.definition.content(self.index_version(), self.git_commit)
+        """Everything that makes this app, for a release record, with the snapshot of the
+        collection it pins (made now if missing: :meth:`keel.knowledge.Knowledge.snapshot`)."""
+        snapshot = self.knowledge.snapshot()
+        content = self.definition.content(self.index_version(), self.git_commit)
+        content["index_snapshot"] = snapshot
+        return content
 
     @cached_property
     def prices(self) -> PriceTable:

@@ -169,6 +169,64 @@ class Knowledge:
             with lease:
                 yield
 
+    # -- snapshots (keel.rag.snapshots) ----------------------------------------------------------
+    def snapshot(self, collection: str | None = None) -> str:
+        """The snapshot of the collection at its current index version, made if missing
+        (under the collection's ingest lease, so no ingest changes it meanwhile); its name."""
+        from keel.rag.snapshots import snapshot_name
+
+        name = self.collection(collection)
+        with self._ingest_lock(name):
+            version = self.index_version(name)
+            snap = snapshot_name(name, version)
+            copy = self.manifest(snap)
+            if copy.current_version() == version:
+                return snap  # made before (the manifest is written last)
+            self.resources.drop_store(snap)  # a copy cut short
+            target = self.resources.store(snap)
+            source = self.resources.store(name)
+            for chunks, vectors in source.iter_embedded():  # type: ignore[attr-defined]
+                target.upsert(chunks, vectors)
+            self.manifest(name).copy_to(snap, version)
+        return snap
+
+    def snapshots(self, collection: str | None = None) -> list[str]:
+        """The snapshots of a collection that exist."""
+        from sqlalchemy import select
+
+        from keel.rag._tables import ingest_runs
+        from keel.rag.snapshots import SNAPSHOT_MARK
+
+        prefix = self.collection(collection) + SNAPSHOT_MARK
+        with self.resources.engine.connect() as conn:
+            names = conn.execute(
+                select(ingest_runs.c.collection)
+                .where(ingest_runs.c.collection.startswith(prefix, autoescape=True))
+                .distinct()
+            ).scalars()
+            return sorted(names)
+
+    def drop_snapshot(self, name: str) -> None:
+        """Delete a snapshot: its vectors, manifest and BM25 index."""
+        import shutil
+
+        from keel.rag.snapshots import is_snapshot
+
+        if not is_snapshot(name):
+            raise UsageError(f"{name!r} is not a snapshot")
+        self.resources.drop_store(name)
+        self.manifest(name).drop()
+        shutil.rmtree(self.resources.data_dir / "bm25" / name, ignore_errors=True)
+
+    def gc_snapshots(self, keep: Iterable[str], collection: str | None = None) -> list[str]:
+        """Delete the collection's snapshots not in ``keep`` (those releases reference);
+        returns what went."""
+        kept = set(keep)
+        gone = [name for name in self.snapshots(collection) if name not in kept]
+        for name in gone:
+            self.drop_snapshot(name)
+        return gone
+
     def _ingestor(self, collection: str | None) -> Ingestor:
         from keel.rag.chunking import Chunker
         from keel.rag.ingest import Ingestor

@@ -153,6 +153,14 @@ class Resources:
                 )
             return self._stores[name]
 
+    def drop_store(self, name: str) -> None:
+        """Delete a collection from the vector store (and forget its handle)."""
+        store = self.store(name)
+        with self.lock:
+            self._stores.pop(name, None)
+            self._bm25.pop(name, None)
+        store.drop()
+
     def bm25_index(self, name: str) -> BM25Index:
         """The BM25 index of a collection as stored (the caller rebuilds it when stale)."""
         from keel.rag.bm25 import BM25Index

@@ -218,3 +218,28 @@ def release_check(
             err.print("canary healthy (or not enough data yet)")
     if verdict.rollback:
         raise typer.Exit(1)
+
+
+@release_cli.command("gc")
+def release_gc(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Delete the index snapshots no release references (each release pins the collection
+    it was evaluated on)."""
+    with _errors():
+        app, store = _releases()
+        keep = {
+            str(r.content["index_snapshot"])
+            for r in store.list()
+            if r.content.get("index_snapshot")
+        }
+        gone = app.knowledge.gc_snapshots(keep)
+        if gone:
+            from keel.ops.audit import AuditLog
+
+            AuditLog(app.engine, app.name).record("cli", "snapshots.deleted", app.name,
+                                                  {"snapshots": gone})  # fmt: skip
+    if as_json:
+        _print_json({"deleted": gone, "kept": sorted(keep)})
+    else:
+        out.print(f"deleted {len(gone)} snapshot(s), {len(keep)} referenced")

@@ -252,6 +252,26 @@ class Manifest:
             ).scalar_one_or_none()
         return state in ("running", "failed")
 
+    def copy_to(self, collection: str, index_version: str) -> None:
+        """This manifest as ``collection``'s (a snapshot), with a finished run recording
+        ``index_version``: written last, so a copy cut short is never taken for whole."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(documents).where(documents.c.collection == collection))
+            rows = conn.execute(select(documents).where(documents.c.collection == self.collection))
+            copied = [{**row._mapping, "collection": collection} for row in rows]
+            if copied:
+                conn.execute(insert(documents), copied)
+            conn.execute(
+                insert(ingest_runs).values(
+                    collection=collection,
+                    state="done",
+                    started_at=_now(),
+                    finished_at=_now(),
+                    index_version=index_version,
+                    summary=json.dumps({"snapshot_of": self.collection}),
+                )
+            )
+
     def drop(self) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(documents).where(documents.c.collection == self.collection))

@@ -452,6 +452,25 @@ class ChromaStore:
                 return
             offset += len(page)
 
+    def iter_embedded(self, batch_size: int = 1000) -> Iterator[tuple[list[Chunk], np.ndarray]]:
+        """The collection's chunks with their vectors, a batch at a time (for a copy)."""
+        import numpy as np
+
+        offset = 0
+        while True:
+            with self._errors("read chunks"):
+                result = self._collection.get(
+                    include=["documents", "metadatas", "embeddings"],
+                    limit=batch_size,
+                    offset=offset,
+                )
+            page = self._chunks(result)
+            if page:
+                yield page, np.asarray(result["embeddings"], dtype=np.float32)
+            if len(page) < batch_size:
+                return
+            offset += len(page)
+
     def drop(self) -> None:
         from chromadb.errors import NotFoundError
 
