@@ -2,6 +2,7 @@
 
     python benchmarks/lifecycle.py [--data ../shared/data] [--resamples 50] [--alpha 0.01]
     python benchmarks/lifecycle.py --parts cache [--threshold 0.95]
+    python benchmarks/lifecycle.py --parts snapshot [--limit 5183]
 
 Drift (``keel.ops.drift.detect_drift``) on real query embeddings from the bundled model:
 
@@ -30,6 +31,10 @@ serves a wrong answer).
 * latency: a cache hit's wall time against a full run of the same app with the cache off
   (medians; each paraphrase's second question is also asked of the app with the cache off,
   just before the cache-on app answers it), as a ratio.
+
+Release snapshots (``keel.rag.snapshots``): SciFact's corpus ingested into an app, then the
+snapshot a release takes of it (vectors copied, nothing embedded again): its time against the
+ingest's, and the disk it adds (the embedded Chroma directory before and after).
 """
 
 from __future__ import annotations
@@ -216,6 +221,55 @@ def cache_benchmark(threshold: float | None) -> dict[str, object]:
     return out
 
 
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def snapshot_benchmark(data: Path, limit: int | None) -> None:
+    import tempfile
+
+    from keel.app import App
+    from keel.config import config_from_dict
+    from keel.settings import Settings
+
+    corpus = data / "scifact" / "corpus.jsonl"
+    with tempfile.TemporaryDirectory(prefix="keel-bench-snap-") as tmp:
+        work = Path(tmp)
+        lines = corpus.read_text(encoding="utf-8").splitlines()[:limit]
+        (work / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        app = App(
+            config_from_dict({"app": {"name": "snapshot-bench"}}, base_dir=work),
+            settings=Settings(data_dir=work / ".keel"),
+        )
+        try:
+            t0 = time.perf_counter()
+            report = app.ingest(["corpus.jsonl"])
+            ingest_s = time.perf_counter() - t0
+            chroma = work / ".keel" / "chroma"
+            before = _du(chroma)
+            t0 = time.perf_counter()
+            name = app.knowledge.snapshot()
+            snap_s = time.perf_counter() - t0
+            after = _du(chroma)
+            t0 = time.perf_counter()
+            again = app.knowledge.snapshot()  # already there: a manifest look-up
+            again_s = time.perf_counter() - t0
+            assert again == name
+            chunks = app.store().count()
+        finally:
+            app.close()
+    print(f"SciFact corpus: {len(report.added)} documents, {chunks} chunks")
+    print(f"ingest (embed + index)      {ingest_s:8.1f} s")
+    print(
+        f"snapshot (copy vectors)     {snap_s:8.1f} s   ratio snapshot/ingest {snap_s / ingest_s:.3f}"
+    )
+    print(f"snapshot again (exists)     {again_s * 1000:8.1f} ms")
+    print(
+        f"disk: collection {before / 1e6:.1f} MB, with the snapshot {after / 1e6:.1f} MB "
+        f"(x{after / before:.2f})"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -224,8 +278,9 @@ def main() -> int:
     parser.add_argument("--permutations", type=int, default=500)
     parser.add_argument("--sizes", type=int, nargs="+", default=[12, 24, 48])
     parser.add_argument(
-        "--parts", nargs="+", choices=["drift", "cache"], default=["drift", "cache"]
+        "--parts", nargs="+", choices=["drift", "cache", "snapshot"], default=["drift", "cache"]
     )
+    parser.add_argument("--limit", type=int, default=None, help="SciFact documents (snapshot).")
     parser.add_argument(
         "--threshold", type=float, default=None, help="Cache threshold (default: keel's)."
     )
@@ -253,6 +308,9 @@ def main() -> int:
     if "cache" in args.parts:
         print("\n== semantic cache ==")
         cache_benchmark(args.threshold)
+    if "snapshot" in args.parts:
+        print("\n== release snapshot ==")
+        snapshot_benchmark(args.data, args.limit)
     return 0
 
 
