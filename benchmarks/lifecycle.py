@@ -260,9 +260,8 @@ def snapshot_benchmark(data: Path, limit: int | None) -> None:
             app.close()
     print(f"SciFact corpus: {len(report.added)} documents, {chunks} chunks")
     print(f"ingest (embed + index)      {ingest_s:8.1f} s")
-    print(
-        f"snapshot (copy vectors)     {snap_s:8.1f} s   ratio snapshot/ingest {snap_s / ingest_s:.3f}"
-    )
+    ratio = snap_s / ingest_s
+    print(f"snapshot (copy vectors)     {snap_s:8.1f} s   ratio snapshot/ingest {ratio:.3f}")
     print(f"snapshot again (exists)     {again_s * 1000:8.1f} ms")
     print(
         f"disk: collection {before / 1e6:.1f} MB, with the snapshot {after / 1e6:.1f} MB "
