@@ -40,7 +40,7 @@ ALLOWED = {
     "guardrails": {"rag", "tools", "ops"},
     "ops": set(),
     "evals": {"app", "rag", "tools", "agents", "guardrails", "ops"},
-    "api": {"app", "worker", "rag", "tools", "agents", "guardrails", "ops", "evals"},
+    "api": {"app", "worker", "privacy", "rag", "tools", "agents", "guardrails", "ops", "evals"},
 }
 SHARED = {"errors", "settings", "config", "db", "testing", "_lazy"}
 

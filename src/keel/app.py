@@ -515,6 +515,7 @@ class App:
         instructions: str | None = None,
         client: ClientTools | None = None,
         response_format: ResponseFormat | None = None,
+        end_user: str | None = None,
     ) -> Answer:
         """One turn of the conversation in ``thread_id`` (a new thread when None).
 
@@ -533,11 +534,21 @@ class App:
         ``client.results`` answer those calls continues the turn (``question`` is then "").
         ``response_format``: the reply must be JSON of this shape
         (:mod:`keel.agents.structured`), else ``stop_reason = "invalid_output"``.
+        ``end_user``: the person the turn is for (OpenAI's ``user``), recorded on the
+        thread, the trace and any cache entry, so ``keel privacy`` can export or erase it.
         """
         from keel.agents.turn import TurnRequest
 
         request = TurnRequest(
-            scopes, owner, history, params, tool_choice, instructions, client, response_format
+            scopes,
+            owner,
+            history,
+            params,
+            tool_choice,
+            instructions,
+            client,
+            response_format,
+            end_user,
         )
         if ephemeral:
             return self.turns.ask_ephemeral(question, thread_id, request)
@@ -572,13 +583,22 @@ class App:
         instructions: str | None = None,
         client: ClientTools | None = None,
         response_format: ResponseFormat | None = None,
+        end_user: str | None = None,
     ) -> Iterator[StreamEvent]:
         """One turn as typed events (:mod:`keel.agents.events`), the last one ``Done``.
         What :meth:`stream` yields as dicts; arguments as for :meth:`ask`."""
         from keel.agents.turn import TurnRequest
 
         request = TurnRequest(
-            scopes, owner, history, params, tool_choice, instructions, client, response_format
+            scopes,
+            owner,
+            history,
+            params,
+            tool_choice,
+            instructions,
+            client,
+            response_format,
+            end_user,
         )
         return self.turns.stream(question, thread_id, request)
 
@@ -595,6 +615,7 @@ class App:
         instructions: str | None = None,
         client: ClientTools | None = None,
         response_format: ResponseFormat | None = None,
+        end_user: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """One turn, as events: ``token``, ``tool_call_delta`` (a tool call as the model
         streams it: ``index``, ``id`` and ``name`` on its first delta, ``args`` a piece of its
@@ -616,6 +637,7 @@ class App:
             instructions=instructions,
             client=client,
             response_format=response_format,
+            end_user=end_user,
         )
         return _as_dicts(events, to_dict)
 

@@ -29,6 +29,8 @@ threads = Table(
     Column("thread_id", String(256), primary_key=True),
     Column("app", String(256), nullable=False),
     Column("owner", String(256)),
+    # the person the thread is with (OpenAI's user, X-Keel-User), for export and erasure
+    Column("end_user", String(256), index=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -128,8 +130,9 @@ class ThreadIndex:
             return thread_id
         return stored
 
-    def touch(self, thread_id: str, owner: str | None) -> None:
-        """Record activity; a new thread belongs to ``owner``; another owner is refused."""
+    def touch(self, thread_id: str, owner: str | None, end_user: str | None = None) -> None:
+        """Record activity; a new thread belongs to ``owner``; another owner is refused.
+        ``end_user``: the person the turn is for (kept on the thread once given)."""
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
             row = conn.execute(
@@ -142,6 +145,7 @@ class ThreadIndex:
                             thread_id=thread_id,
                             app=self.app,
                             owner=owner,
+                            end_user=end_user,
                             created_at=now,
                             updated_at=now,
                         )
@@ -151,9 +155,10 @@ class ThreadIndex:
                 else:
                     return
             self.check_owner(thread_id, owner)
-            conn.execute(
-                update(threads).where(threads.c.thread_id == thread_id).values(updated_at=now)
-            )
+            values: dict[str, object] = {"updated_at": now}
+            if end_user:
+                values["end_user"] = end_user
+            conn.execute(update(threads).where(threads.c.thread_id == thread_id).values(**values))
 
     def owner_of(self, thread_id: str) -> tuple[bool, str | None]:
         with self.engine.connect() as conn:

@@ -90,6 +90,7 @@ class TurnRequest:
     instructions: str | None = None
     client: ClientTools | None = None
     response_format: ResponseFormat | None = None
+    end_user: str | None = None  # the person the turn is for (recorded for export/erasure)
 
     @property
     def personal(self) -> bool:
@@ -154,7 +155,7 @@ class TurnRunner:
         tid = thread_id or uuid.uuid4().hex
         if not tid or len(tid) > 200:
             raise UsageError("a thread id needs 1-200 characters")
-        self.parts.threads().touch(tid, request.owner)
+        self.parts.threads().touch(tid, request.owner, request.end_user)
         config = self.run_config(tid, request)
         cache = self.parts.cache
         if cache is not None and not request.personal:
@@ -264,13 +265,16 @@ class TurnRunner:
             else [],
         )
 
-    def _keep_in_cache(self, config: dict[str, Any], answer: Answer) -> None:
+    def _keep_in_cache(
+        self, config: dict[str, Any], answer: Answer, end_user: str | None = None
+    ) -> None:
         part = config["configurable"].get("keel_cache")
         cache = self.parts.cache
         if part is None or cache is None or not cache.reusable(answer):
             return
         values = self.parts.graph().get_state(config).values
-        cache.store(part, str(values.get("question", "")), values.get("messages", []), answer)
+        question = str(values.get("question", ""))
+        cache.store(part, question, values.get("messages", []), answer, end_user=end_user)
 
     # -- turns ---------------------------------------------------------------------------------
     def ask(self, question: str, thread_id: str | None, request: TurnRequest) -> Answer:
@@ -278,11 +282,14 @@ class TurnRunner:
         tid, config = self.prepare(thread_id, request)
         graph_input = self.start_input(question, tid, config, request)
         tracer = self.parts.tracer()
-        with tracer.span(tid, request.owner, question or None) as (span, trace_id):
+        with tracer.span(tid, request.owner, question or None, request.end_user) as (
+            span,
+            trace_id,
+        ):
             self.parts.graph().invoke(graph_input, config, durability=self.durability())
             answer = self.answer(tid, config, trace_id)
             tracer.finish(span, summary(answer))
-        self._keep_in_cache(config, answer)
+        self._keep_in_cache(config, answer, request.end_user)
         return answer
 
     def stream(
@@ -293,10 +300,15 @@ class TurnRunner:
         first event, so a bad request fails at the call, not mid-stream."""
         tid, config = self.prepare(thread_id, request)
         graph_input = self.start_input(question, tid, config, request)
-        return self._traced(graph_input, tid, config, request.owner, question)
+        return self._traced(graph_input, tid, config, request, question)
 
     def _traced(
-        self, graph_input: Any, tid: str, config: dict[str, Any], owner: str | None, question: str
+        self,
+        graph_input: Any,
+        tid: str,
+        config: dict[str, Any],
+        request: TurnRequest,
+        question: str,
     ) -> Iterator[StreamEvent]:
         """The stream inside the turn's span. The span's context is attached only around each
         step, so a consumer that resumes the generator from another thread (a web server's
@@ -307,9 +319,9 @@ class TurnRunner:
         from keel.ops.turn_trace import trace_id_of
 
         tracer = self.parts.tracer()
-        span = tracer.start(tid, owner, question)
+        span = tracer.start(tid, request.owner, question, request.end_user)
         ctx = trace.set_span_in_context(span)
-        events = self._events(graph_input, tid, config, trace_id_of(span))
+        events = self._events(graph_input, tid, config, trace_id_of(span), request.end_user)
         try:
             while True:
                 token = otel_context.attach(ctx)
@@ -330,7 +342,12 @@ class TurnRunner:
             span.end()
 
     def _events(
-        self, graph_input: Any, tid: str, config: dict[str, Any], trace_id: str
+        self,
+        graph_input: Any,
+        tid: str,
+        config: dict[str, Any],
+        trace_id: str,
+        end_user: str | None,
     ) -> Generator[StreamEvent, None, None]:
         from langchain_core.messages import AIMessageChunk
 
@@ -406,7 +423,7 @@ class TurnRunner:
         for citation in answer.citations:
             yield CitationFound(citation)
         if window is None or window.tripped is None:  # the user saw the answer unchanged
-            self._keep_in_cache(config, answer)
+            self._keep_in_cache(config, answer, end_user)
         yield Done(answer)
 
     def resume(
@@ -425,7 +442,7 @@ class TurnRunner:
             raise UsageError(f"thread {tid!r} has no call waiting for approval")
         resume = payload(pending)
         tracer = self.parts.tracer()
-        with tracer.span(tid, request.owner, None) as (span, trace_id):
+        with tracer.span(tid, request.owner, None, request.end_user) as (span, trace_id):
             self.parts.graph().invoke(Command(resume=resume), config, durability=self.durability())
             answer = self.answer(tid, config, trace_id)
             tracer.finish(span, summary(answer))

@@ -117,7 +117,9 @@ class Gateway:
             )
         if not key.allows(scope):
             try:
-                self.audit.record(key.id, "access.denied", request.url.path, {"scope": scope})
+                # the route, never the raw path (it may name a person or a thread)
+                route = getattr(request.scope.get("route"), "path", None) or request.url.path
+                self.audit.record(key.id, "access.denied", route, {"scope": scope})
             except StoreError:  # the request is refused all the same; the loss is logged
                 _log.error("access.denied by %s on %s not audited", key.id, request.url.path,
                            exc_info=True)  # fmt: skip

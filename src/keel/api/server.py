@@ -99,12 +99,8 @@ class Guardrail:
         tracer = self.gateway.app.tracing.tracer if path.startswith("/v1/") else None
         span_cm = (
             tracer.start_as_current_span(
-                f"{method} {path}",
-                attributes={
-                    "http.request.method": method,
-                    "url.path": path,
-                    "keel.request.id": request_id,
-                },
+                method,  # named after its route once routed (never a raw path: ids in it)
+                attributes={"http.request.method": method, "keel.request.id": request_id},
             )
             if tracer is not None
             else contextlib.nullcontext()
@@ -113,7 +109,12 @@ class Guardrail:
             await self._handle(scope, receive, send, send_with_headers, refuse, headers, cap)
             if span is not None:
                 route = scope.get("route")
-                span.set_attribute("http.route", getattr(route, "path", path))
+                template = getattr(route, "path", None)
+                # the raw path only when it holds no identifiers (a thread, a person, a job)
+                shown = path if template is None or "{" not in template else template
+                span.update_name(f"{method} {template or shown}")
+                span.set_attribute("http.route", template or shown)
+                span.set_attribute("url.path", shown)
                 span.set_attribute("http.response.status_code", status_holder["status"])
                 if status_holder["status"] >= 500:
                     from opentelemetry.trace import Status, StatusCode

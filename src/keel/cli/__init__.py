@@ -20,6 +20,7 @@ from . import (
     keys,
     knowledge,
     monitor,
+    privacy,
     project,
     release,
     serve,
@@ -58,6 +59,7 @@ for group, name in (
     (traces.traces_cli, "traces"),
     (feedback.feedback_cli, "feedback"),
     (guard.guard_cli, "guard"),
+    (privacy.privacy_cli, "privacy"),
 ):
     cli.add_typer(group, name=name)
 

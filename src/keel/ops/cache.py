@@ -59,6 +59,7 @@ cache_table = Table(
     Column("release", String(64), nullable=False),
     Column("index_version", String(64), nullable=False),
     Column("key_id", String(64)),
+    Column("end_user", String(256), index=True),  # whose question made the entry
     Column("question", Text, nullable=False),
     Column("embedding", LargeBinary, nullable=False),
     Column("payload", Text, nullable=False),
@@ -219,7 +220,13 @@ class SemanticCache:
 
     # -- writing ---------------------------------------------------------------------------------
     def store(
-        self, partition: Partition, question: str, vector: np.ndarray, payload: dict[str, Any]
+        self,
+        partition: Partition,
+        question: str,
+        vector: np.ndarray,
+        payload: dict[str, Any],
+        *,
+        end_user: str | None = None,
     ) -> int:
         """Keep an answer; the partition's oldest entries beyond ``max_entries`` go."""
         t = cache_table
@@ -233,6 +240,7 @@ class SemanticCache:
                     release=partition.release,
                     index_version=partition.index_version,
                     key_id=partition.key_id,
+                    end_user=end_user,
                     question=question,
                     embedding=blob,
                     payload=json.dumps(payload, ensure_ascii=False, default=str),

@@ -120,7 +120,13 @@ class TurnCache:
         )
 
     def store(
-        self, part: CachePartition, question: str, messages: Sequence[Any], answer: _Answered
+        self,
+        part: CachePartition,
+        question: str,
+        messages: Sequence[Any],
+        answer: _Answered,
+        *,
+        end_user: str | None = None,
     ) -> None:
         """Keep the answer when :meth:`reusable` and the thread holds just this question and
         the model's reply (no history before it, no tool calls, not changed on the way)."""
@@ -145,6 +151,7 @@ class TurnCache:
                 question,
                 self._embedder().embed_query(question),
                 payload,
+                end_user=end_user,
             )
         except Exception:  # never fail a turn that was answered
             _log.warning("semantic cache store failed", exc_info=True)

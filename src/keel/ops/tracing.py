@@ -91,6 +91,7 @@ traces_table = Table(
     Column("answer", Text),
     # schema version 2
     Column("release_id", String(32), index=True),
+    Column("end_user", String(256), index=True),
     Column("cache_hit", Boolean),
 )
 
@@ -257,6 +258,7 @@ def _summary(row: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, Any]
         "model": attrs.get("gen_ai.request.model"),
         "thread_id": attrs.get("keel.thread.id"),
         "key_id": attrs.get("keel.key.id"),
+        "end_user": attrs.get("enduser.id"),
         "guard_outcome": attrs.get(GUARD_OUTCOME),
         "input_tokens": num("gen_ai.usage.input_tokens"),
         "output_tokens": num("gen_ai.usage.output_tokens"),

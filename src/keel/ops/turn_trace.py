@@ -66,7 +66,9 @@ class TurnTracer:
             return self._redact_short(text)
         return self._redact(text)
 
-    def attributes(self, thread_id: str, owner: str | None) -> dict[str, Any]:
+    def attributes(
+        self, thread_id: str, owner: str | None, end_user: str | None = None
+    ) -> dict[str, Any]:
         who = self.identity
         index_version = who.index_version()
         attrs: dict[str, Any] = {
@@ -85,6 +87,8 @@ class TurnTracer:
             attrs["keel.release.id"] = who.release_id
         if owner:
             attrs["keel.key.id"] = owner
+        if end_user:
+            attrs["enduser.id"] = end_user
         commit = who.git_commit()
         if commit:
             attrs["keel.git.commit"] = commit
@@ -92,19 +96,27 @@ class TurnTracer:
 
     @contextmanager
     def span(
-        self, thread_id: str, owner: str | None, question: str | None
+        self,
+        thread_id: str,
+        owner: str | None,
+        question: str | None,
+        end_user: str | None = None,
     ) -> Iterator[tuple[Any, str]]:
         """The turn's span as the current span (a turn run in one call)."""
         with self.tracer.start_as_current_span(
-            TURN_SPAN, attributes=self.attributes(thread_id, owner)
+            TURN_SPAN, attributes=self.attributes(thread_id, owner, end_user)
         ) as span:
             if question is not None:
                 span.set_attribute("keel.input", self.capture(question) or "")
             yield span, trace_id_of(span)
 
-    def start(self, thread_id: str, owner: str | None, question: str) -> Any:
+    def start(
+        self, thread_id: str, owner: str | None, question: str, end_user: str | None = None
+    ) -> Any:
         """The turn's span, not made current (a stream attaches it around each step)."""
-        span = self.tracer.start_span(TURN_SPAN, attributes=self.attributes(thread_id, owner))
+        span = self.tracer.start_span(
+            TURN_SPAN, attributes=self.attributes(thread_id, owner, end_user)
+        )
         span.set_attribute("keel.input", self.capture(question) or "")
         return span
 

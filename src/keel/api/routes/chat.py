@@ -43,14 +43,33 @@ def chat(body: ChatRequest, request: Request) -> Any:
     ``token``, ``citation``, ``tool_call``, ``approval_required``, ``guardrail`` and ``done``
     (the whole answer, with usage and trace id)."""
     key = gateway(request).authenticate(request, "chat")
-    return chat_turn(request, key, body.message, body.thread_id, stream=body.stream)
+    end_user = end_user_of(request.headers.get("x-keel-user"))
+    return chat_turn(
+        request, key, body.message, body.thread_id, stream=body.stream, end_user=end_user
+    )
+
+
+def end_user_of(raw: str | None) -> str | None:
+    """The ``X-Keel-User`` header: the person a turn is for (1-256 printable characters)."""
+    if raw is None:
+        return None
+    if not 0 < len(raw) <= 256 or not raw.isprintable():
+        raise Problem(400, "X-Keel-User must be 1-256 printable characters")
+    return raw
 
 
 def chat_turn(
-    request: Request, key: ApiKey, message: str, thread_id: str | None, *, stream: bool
+    request: Request,
+    key: ApiKey,
+    message: str,
+    thread_id: str | None,
+    *,
+    stream: bool,
+    end_user: str | None = None,
 ) -> Any:
     """One turn for an authenticated key: the answer as a dict, or a streaming response of
-    server-sent events (``/v1/chat`` and the web console's playground)."""
+    server-sent events (``/v1/chat`` and the web console's playground). ``end_user``: the
+    person the turn is for (recorded on the thread, trace, usage and cache entries)."""
     gw = gateway(request)
     _check_length(request, message)
     client_tid = thread_id or _new_thread_id()
@@ -60,10 +79,10 @@ def chat_turn(
     if not stream:
         started = time.perf_counter()
         with gw.thread_lock(tid), gw.serving(app):
-            answer = app.ask(message, tid, scopes, owner=key.id)
+            answer = app.ask(message, tid, scopes, owner=key.id, end_user=end_user)
         data = answer.to_dict()
         data["thread_id"] = client_tid
-        gw.account(key, data, time.perf_counter() - started)
+        gw.account(key, data, time.perf_counter() - started, end_user=end_user)
         return data
 
     lock = gw.thread_lock(tid)
@@ -72,13 +91,13 @@ def chat_turn(
     started = time.perf_counter()
 
     def events() -> Iterator[str]:
-        events_in = app.events(message, tid, scopes, owner=key.id)
+        events_in = app.events(message, tid, scopes, owner=key.id, end_user=end_user)
         try:
             for event in events_in:
                 if isinstance(event, Done):
                     answer = event.answer.to_dict()
                     answer["thread_id"] = client_tid
-                    gw.account(key, answer, time.perf_counter() - started)
+                    gw.account(key, answer, time.perf_counter() - started, end_user=end_user)
                     yield sse("done", answer)
                     continue
                 data = to_dict(event)

@@ -237,6 +237,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                 instructions=turn.instructions,
                 client=turn.client,
                 response_format=turn.response_format,
+                end_user=body.user,
             )
         data = answer.to_dict()
         data["thread_id"] = client_tid
@@ -298,6 +299,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
             instructions=turn.instructions,
             client=turn.client,
             response_format=turn.response_format,
+            end_user=body.user,
         )
         # JSON is sent whole once checked (a reply sent back for a corrective retry is
         # never shown)

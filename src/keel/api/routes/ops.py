@@ -258,3 +258,25 @@ def usage(
     except ValueError as exc:
         raise Problem(400, f"day: not a date: {day!r}") from exc
     return {"keys": gw.ledger.per_key(wanted), "end_users": gw.ledger.per_end_user(wanted)}
+
+
+@router.get("/v1/users/{user_id}", summary="Everything held about one end user (admin keys)")
+def export_end_user(user_id: str, request: Request) -> dict[str, Any]:
+    """The person's threads, traces, feedback, usage and cache entries (``keel privacy
+    export``)."""
+    from keel.privacy import export_user
+
+    gw = gateway(request)
+    gw.authenticate(request, "admin")
+    return export_user(gw.app, user_id)
+
+
+@router.delete("/v1/users/{user_id}", summary="Erase one end user's data (admin keys)")
+def erase_end_user(user_id: str, request: Request) -> dict[str, Any]:
+    """Delete the person's threads and checkpoints, traces and spans, feedback, usage and
+    cache entries everywhere (``keel privacy erase``); answers what was removed."""
+    from keel.privacy import erase_user
+
+    gw = gateway(request)
+    key = gw.authenticate(request, "admin")
+    return {"erased": erase_user(gw.app, user_id, actor=key.id).to_dict()}

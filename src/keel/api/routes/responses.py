@@ -274,6 +274,7 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
             instructions=chat.instructions,
             client=chat.client,
             response_format=chat.response_format,
+            end_user=end_user,
         )
 
     if not body.stream:

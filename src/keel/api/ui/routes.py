@@ -272,7 +272,8 @@ def ui_chat(body: ChatRequest, request: Request) -> Any:
 
     key = api_key(request, "chat")
     check_csrf(request, request.headers.get(CSRF_HEADER))
-    return chat_turn(request, key, body.message, body.thread_id, stream=True)
+    # the console's signed-in key is the person at the keyboard
+    return chat_turn(request, key, body.message, body.thread_id, stream=True, end_user=key.id)
 
 
 @router.post("/ui/api/threads/{thread_id}/approvals")
