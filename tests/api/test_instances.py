@@ -190,7 +190,7 @@ def _wait_for(url: str, job_id: str, headers: dict[str, str], states: set[str]) 
 
 
 @pytest.mark.parametrize("shared", ["database", "redis", "postgres"])
-def test_jobs_run_on_a_separate_worker_and_survive_a_killed_one(
+def test_jobs_run_on_a_separate_worker(
     tmp_path: Path, model_cache_dir: Path, shared: str, request: pytest.FixtureRequest
 ) -> None:
     """A gateway that runs no worker queues the job; a `keel worker` process runs it; a worker
@@ -233,7 +233,7 @@ def test_jobs_run_on_a_separate_worker_and_survive_a_killed_one(
         done = _wait_for(gateway, job.json()["id"], headers, {"done", "failed"})
         assert done.get("state") == "done" and done["report"]["added"] == 1, done
         if shared != "database":
-            return  # a killed worker: once, on the database's queue (it takes a minute)
+            return  # a killed worker: here on SQLite, and in the fleet test below
 
         # a job long enough to kill its worker in the middle of it
         many = {
@@ -263,6 +263,181 @@ def test_jobs_run_on_a_separate_worker_and_survive_a_killed_one(
             timeout=120,
         )
         assert search.status_code == 200 and search.json()["hits"], search.text
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+        gen.close()
+
+
+def _fresh_pg_database(base: str) -> str:
+    from sqlalchemy import create_engine, text
+
+    name = f"keel_fleet_{os.getpid()}_{time.monotonic_ns() % 10**8}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return base.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.mark.chroma_server
+def test_a_fleet_on_postgres_redis_and_a_chroma_server(
+    tmp_path: Path,
+    model_server: Callable[..., Any],
+    model_cache_dir: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Two `keel serve` instances and a `keel worker`, separate processes sharing PostgreSQL,
+    Redis and a `chroma run` server: an upload posted to A finishes on the worker and reads
+    back on B; one thread is busy on both; a CLI ingest during a gateway ingest of the same
+    collection ends with what a clean run builds; the rate limit holds across both; a worker
+    killed mid-job leaves the job to the next one."""
+    db = _fresh_pg_database(request.getfixturevalue("pg_url"))
+    redis = request.getfixturevalue("redis_url")
+    chroma = request.getfixturevalue("chroma_server_url")
+    model_url = model_server("Slowly answered.", delay_s=1.5).url
+    (tmp_path / "keel.toml").write_text(
+        '[app]\nname = "fleet"\n[agent]\nretrieve = false\n'
+        f'[rag]\ncollection = "fleet-{time.monotonic_ns() % 10**8}"\n'
+        '[model]\nid = "openai:slow"\nmax_retries = 0\n'
+        "[limits]\nrequests_per_minute = 400\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KEEL_")},
+        "KEEL_DATA_DIR": str(tmp_path / ".keel"),
+        "KEEL_CACHE_DIR": str(model_cache_dir),
+        "KEEL_OPENAI_BASE_URL": model_url,
+        "KEEL_OPENAI_API_KEY": "local",
+        "KEEL_DATABASE_URL": db,
+        "KEEL_REDIS_URL": redis,
+        "KEEL_CHROMA_URL": chroma,
+        "KEEL_EMBEDDED_WORKER": "false",
+    }
+    config = ["--config", str(tmp_path / "keel.toml")]
+
+    def keys(scopes: str) -> dict[str, str]:
+        made = subprocess.run(
+            [*KEEL, *config, "keys", "create", "--name", scopes, "--scopes", scopes],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+
+    headers, limited = keys("admin"), keys("chat")
+    gen = _instances(tmp_path, env, 2)
+    a, b = next(gen)
+    workers = [_keel(tmp_path, env, "worker")]
+    try:
+        # an upload posted to A is run by the worker and followed to its end on B
+        files = {"files": ("faq.md", b"# FAQ\n\nRefunds take 30 days.\n", "text/markdown")}
+        job = httpx.post(f"{a}/v1/ingest", files=files, headers=headers, timeout=60)
+        assert job.status_code == 202, job.text
+        done = _wait_for(b, job.json()["id"], headers, {"done", "failed"})
+        assert done.get("state") == "done" and done["report"]["added"] == 1, done
+
+        # one thread is busy on both instances
+        statuses: dict[str, int] = {}
+        start = threading.Barrier(2)
+
+        def turn(url: str) -> None:
+            start.wait()
+            reply = httpx.post(
+                f"{url}/v1/chat",
+                json={"message": "hello", "thread_id": "fleet-thread"},
+                headers=headers,
+                timeout=60,
+            )
+            statuses[url] = reply.status_code
+
+        threads = [threading.Thread(target=turn, args=(u,)) for u in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(statuses.values()) == [200, 409], statuses
+        history = httpx.get(f"{b}/v1/threads/fleet-thread", headers=headers, timeout=30)
+        assert [m["role"] for m in history.json()["messages"]] in (
+            ["human", "ai"],
+            ["user", "assistant"],
+        ), history.text
+
+        # a CLI ingest while the worker ingests into the same collection
+        docs = tmp_path / "docs"
+        docs.mkdir()
+        for i in range(40):
+            (docs / f"cli-{i}.md").write_text(f"# CLI {i}\n\n" + "Shipping policy. " * 60)
+        posted = {
+            "documents": [
+                {"id": f"api-{i}.md", "text": f"API {i}. " + "Warranty terms. " * 60}
+                for i in range(40)
+            ]
+        }
+        job = httpx.post(f"{a}/v1/ingest", json=posted, headers=headers, timeout=60)
+        assert job.status_code == 202, job.text
+        cli = subprocess.run(
+            [*KEEL, *config, "ingest", str(docs), "--json"],
+            env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        )  # fmt: skip
+        assert cli.returncode == 0, cli.stderr
+        done = _wait_for(b, job.json()["id"], headers, {"done", "failed"})
+        assert done.get("state") == "done", done
+        from keel.app import App
+        from keel.settings import Settings
+
+        shared = App.from_config(
+            tmp_path / "keel.toml",
+            settings=Settings(
+                data_dir=tmp_path / ".keel", cache_dir=model_cache_dir, database_url=db,
+                chroma_url=chroma,
+            ),
+        )  # fmt: skip
+        clean = App.from_config(
+            tmp_path / "keel.toml",
+            settings=Settings(data_dir=tmp_path / ".clean", cache_dir=model_cache_dir),
+        )
+        try:
+            from keel.rag.types import Document
+            from keel.worker import IngestWork, UploadedFile, _items
+
+            upload = IngestWork(
+                "files", "x", True, files=[UploadedFile("faq.md", files["files"][1])]
+            )
+            with _items(clean, upload) as loaded:  # loaded as the worker loads an upload
+                clean.ingest_documents(loaded)
+            clean.ingest([str(docs)])
+            clean.ingest_documents(
+                Document(d["id"], d["text"], f"api/{d['id']}") for d in posted["documents"]
+            )
+            assert set(shared.manifest().entries()) == set(clean.manifest().entries())
+            assert shared.store().ids() == clean.store().ids()
+            assert not shared.manifest().last_run_interrupted()
+        finally:
+            shared.close()
+            clean.close()
+
+        # the rate limit holds across both instances (Redis)
+        codes = [
+            httpx.get(f"{(a, b)[i % 2]}/v1/models", headers=limited, timeout=30).status_code
+            for i in range(401)
+        ]
+        assert codes[:400].count(200) == 400 and codes[400] == 429, codes[-3:]
+
+        # a worker killed mid-job: the next worker finishes the job
+        many = {
+            "documents": [
+                {"id": f"bulk-{i}.md", "text": f"Bulk {i}. " + "Return policy text. " * 200}
+                for i in range(300)
+            ]
+        }
+        job = httpx.post(f"{a}/v1/ingest", json=many, headers=headers, timeout=60)
+        assert job.status_code == 202, job.text
+        running = _wait_for(b, job.json()["id"], headers, {"running", "done", "failed"})
+        assert running.get("state") == "running", running
+        workers[0].kill()
+        workers[0].wait()
+        workers.append(_keel(tmp_path, env, "worker"))
+        done = _wait_for(b, job.json()["id"], headers, {"done", "failed"})
+        assert done.get("state") == "done" and done["attempts"] == 2, done
     finally:
         for w in workers:
             w.kill()
