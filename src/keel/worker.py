@@ -107,7 +107,8 @@ def _huey(app: App) -> Huey:
     from huey import SqliteHuey
 
     app.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey(name, filename=str(app.data_dir / "queue.sqlite3"))
+    # several processes share the file: wait for its lock as long as keel.db does
+    return SqliteHuey(name, filename=str(app.data_dir / "queue.sqlite3"), timeout=30)
 
 
 class JobQueue:

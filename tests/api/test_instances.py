@@ -29,37 +29,47 @@ def _port() -> int:
 KEEL = [sys.executable, "-c", "from keel.cli import main; main()"]
 
 
+def _serve(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, Path]:
+    port = _port()
+    log_path = tmp_path / f"serve-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*KEEL, "--config", str(tmp_path / "keel.toml"), "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return proc, f"http://127.0.0.1:{port}", log_path
+
+
 def _instances(tmp_path: Path, env: dict[str, str], n: int) -> Iterator[list[str]]:
-    procs, urls = [], []
+    """n `keel serve` processes on one app, once each answers /healthz. A free port found by
+    binding port 0 can be taken by another socket before the server binds it: an instance that
+    exits for that reason starts again on another port; any other exit fails with its log."""
+    started = [_serve(tmp_path, env) for _ in range(n)]
     try:
-        for _ in range(n):
-            port = _port()
-            log = (tmp_path / f"serve-{port}.log").open("wb")
-            procs.append(
-                subprocess.Popen(
-                    [*KEEL, "--config", str(tmp_path / "keel.toml"), "serve", "--port", str(port)],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-            urls.append(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 120
-        for url in urls:
+        for i in range(n):
             while True:
+                proc, url, log_path = started[i]
                 try:
                     if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
                 assert time.monotonic() < deadline, "an instance did not start"
-                assert all(p.poll() is None for p in procs), "an instance exited"
+                if proc.poll() is not None:
+                    log = log_path.read_text(errors="replace")
+                    assert "address already in use" in log.lower(), (
+                        f"an instance exited:\n{log[-3000:]}"
+                    )
+                    started[i] = _serve(tmp_path, env)
                 time.sleep(0.2)
-        yield urls
+        yield [url for _, url, _ in started]
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        for proc, _, _ in started:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.parametrize("shared", ["database", "redis"])
