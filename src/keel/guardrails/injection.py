@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from keel.errors import ConfigError
+from keel.guardrails.injection_languages import EXTRA
 
 if TYPE_CHECKING:
     import numpy as np
@@ -367,6 +368,17 @@ HEURISTICS: tuple[Heuristic, ...] = (
     ),
 )
 
+
+def _in_other_languages(heuristic: Heuristic) -> Heuristic:
+    """``heuristic`` with its phrasings in other languages (``injection_languages``) added."""
+    extra = EXTRA.get(heuristic.name)
+    if extra is None:
+        return heuristic
+    pattern = re.compile(f"{heuristic.pattern.pattern}|{extra}", heuristic.pattern.flags)
+    return Heuristic(heuristic.name, pattern, heuristic.check)
+
+
+HEURISTICS = tuple(_in_other_languages(h) for h in HEURISTICS)
 HEURISTIC_NAMES: tuple[str, ...] = tuple(h.name for h in HEURISTICS)
 
 # In a document (a retrieved chunk, a tool result) these patterns are orders addressed to the
