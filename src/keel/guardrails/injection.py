@@ -39,7 +39,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,11 +73,22 @@ class Heuristic:
     name: str
     pattern: re.Pattern[str]
     check: Callable[[str], bool] | None = None
+    # the same family in other languages: tried only on texts holding one of ``anchors``
+    other_languages: re.Pattern[str] | None = None
+    anchors: tuple[str, ...] = ()
 
     def matches(self, text: str) -> bool:
         if self.check is None:
-            return self.pattern.search(text) is not None
-        return any(self.check(m.group(0)) for m in self.pattern.finditer(text))
+            if self.pattern.search(text) is not None:
+                return True
+        elif any(self.check(m.group(0)) for m in self.pattern.finditer(text)):
+            return True
+        if self.other_languages is None:
+            return False
+        lowered = text.lower()
+        return any(a in lowered for a in self.anchors) and (
+            self.other_languages.search(text) is not None
+        )
 
 
 def _mixed_base64(blob: str) -> bool:
@@ -371,11 +382,11 @@ HEURISTICS: tuple[Heuristic, ...] = (
 
 def _in_other_languages(heuristic: Heuristic) -> Heuristic:
     """``heuristic`` with its phrasings in other languages (``injection_languages``) added."""
-    extra = EXTRA.get(heuristic.name)
-    if extra is None:
+    if heuristic.name not in EXTRA:
         return heuristic
-    pattern = re.compile(f"{heuristic.pattern.pattern}|{extra}", heuristic.pattern.flags)
-    return Heuristic(heuristic.name, pattern, heuristic.check)
+    anchors, pattern = EXTRA[heuristic.name]
+    other = re.compile(pattern, heuristic.pattern.flags)
+    return replace(heuristic, other_languages=other, anchors=anchors)
 
 
 HEURISTICS = tuple(_in_other_languages(h) for h in HEURISTICS)
