@@ -10,7 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from keel.config import KeelConfig, load_config
 from keel.errors import UsageError
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from keel.ops.cost import PriceTable
     from keel.ops.tracing import Tracing
     from keel.ops.turn_trace import TurnTracer
+    from keel.rag.access import Readable
     from keel.rag.bm25 import BM25Index
     from keel.rag.embeddings import Embedder
     from keel.rag.ingest import Progress
@@ -200,11 +201,17 @@ class App:
         collection: str | None = None,
         progress: Progress | None = None,
         created_by: str | None = None,
+        labels: Sequence[str] = (),
     ) -> IngestReport:
         """Ingest documents made in code (or uploaded), with the same manifest and chunking.
-        ``created_by``: the API key ingesting, recorded on the documents it creates."""
+        ``created_by``: the API key ingesting, recorded on the documents it creates;
+        ``labels``: access labels every document gets besides its own."""
         return self.knowledge.ingest_documents(
-            documents, collection=collection, progress=progress, created_by=created_by
+            documents,
+            collection=collection,
+            progress=progress,
+            created_by=created_by,
+            labels=labels,
         )
 
     def search(
@@ -215,9 +222,14 @@ class App:
         where: Mapping[str, Any] | None = None,
         mode: Mode | None = None,
         collection: str | None = None,
+        readable: Readable | Literal["turn"] = "turn",
     ) -> list[Hit]:
-        """The ``k`` best chunks for ``query`` (hybrid by default), with citation data."""
-        return self.knowledge.search(query, k, where=where, mode=mode, collection=collection)
+        """The ``k`` best chunks for ``query`` (hybrid by default), with citation data.
+        ``readable``: the access labels the reader holds (None: every document; the default
+        is the running turn's reader, everything outside a turn)."""
+        return self.knowledge.search(
+            query, k, where=where, mode=mode, collection=collection, readable=readable
+        )
 
     # -- versions --------------------------------------------------------------------------------
     def index_version(self, collection: str | None = None) -> str:
@@ -460,13 +472,18 @@ class App:
             max_entries=c.max_entries,
         )
 
-    def _cache_partition(self, owner: str | None, scopes: Sequence[str] | None) -> CachePartition:
+    def _cache_partition(
+        self,
+        owner: str | None,
+        scopes: Sequence[str] | None,
+        readable: frozenset[str] | None = None,
+    ) -> CachePartition:
         from keel.ops.cache import partition_key
         from keel.ops.cache_policy import CachePartition
 
         index_version = self.index_version()
         release = self.release_id or self.version_for(index_version)
-        key = partition_key(self.name, release, index_version, owner, scopes)
+        key = partition_key(self.name, release, index_version, owner, scopes, readable)
         return CachePartition(key, release, index_version, owner)
 
     @cached_property
@@ -516,6 +533,7 @@ class App:
         client: ClientTools | None = None,
         response_format: ResponseFormat | None = None,
         end_user: str | None = None,
+        readable: Readable = None,
     ) -> Answer:
         """One turn of the conversation in ``thread_id`` (a new thread when None).
 
@@ -536,6 +554,9 @@ class App:
         (:mod:`keel.agents.structured`), else ``stop_reason = "invalid_output"``.
         ``end_user``: the person the turn is for (OpenAI's ``user``), recorded on the
         thread, the trace and any cache entry, so ``keel privacy`` can export or erase it.
+        ``readable``: the access labels the caller holds (:mod:`keel.rag.access`; None, for
+        trusted local use: every document): retrieval, the ``search_knowledge`` tool, the
+        cache and citations see only documents these labels allow.
         """
         from keel.agents.turn import TurnRequest
 
@@ -549,6 +570,7 @@ class App:
             client,
             response_format,
             end_user,
+            readable,
         )
         if ephemeral:
             return self.turns.ask_ephemeral(question, thread_id, request)
@@ -584,6 +606,7 @@ class App:
         client: ClientTools | None = None,
         response_format: ResponseFormat | None = None,
         end_user: str | None = None,
+        readable: Readable = None,
     ) -> Iterator[StreamEvent]:
         """One turn as typed events (:mod:`keel.agents.events`), the last one ``Done``.
         What :meth:`stream` yields as dicts; arguments as for :meth:`ask`."""
@@ -599,6 +622,7 @@ class App:
             client,
             response_format,
             end_user,
+            readable,
         )
         return self.turns.stream(question, thread_id, request)
 
@@ -616,6 +640,7 @@ class App:
         client: ClientTools | None = None,
         response_format: ResponseFormat | None = None,
         end_user: str | None = None,
+        readable: Readable = None,
     ) -> Iterator[dict[str, Any]]:
         """One turn, as events: ``token``, ``tool_call_delta`` (a tool call as the model
         streams it: ``index``, ``id`` and ``name`` on its first delta, ``args`` a piece of its
@@ -638,6 +663,7 @@ class App:
             client=client,
             response_format=response_format,
             end_user=end_user,
+            readable=readable,
         )
         return _as_dicts(events, to_dict)
 
@@ -678,8 +704,9 @@ class App:
         scopes: Sequence[str] | None = None,
         *,
         owner: str | None = None,
+        readable: Readable = None,
     ) -> Answer:
-        """Continue a thread paused for approval.
+        """Continue a thread paused for approval (``readable``: as for :meth:`ask`).
 
         ``decision``: ``"approve"`` or ``"reject"`` for every pending call, or a mapping from
         call id to ``"approve"``, ``"reject"``, ``{"action": "edit", "args": {...}}`` (or
@@ -691,7 +718,7 @@ class App:
         return self.turns.resume(
             thread_id,
             lambda pending: resolve_decisions(decision, pending),
-            TurnRequest(scopes, owner),
+            TurnRequest(scopes, owner, readable=readable),
         )
 
     def pending_approval(

@@ -282,6 +282,17 @@ class RagSection(_Strict):
         default=30.0, gt=0, le=3600, description="Seconds one PDF may take to parse."
     )
     pdf_max_pages: int = Field(default=2000, ge=1, description="Pages one PDF may have.")
+    labels: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Access labels by folder: a glob over document ids (paths relative to the "
+        'ingest root) to the labels its documents get, e.g. "internal/**" = ["staff"]. A '
+        "document with labels is readable by keys holding any one of them.",
+    )
+    default_labels: list[str] = Field(
+        default_factory=list,
+        description="Labels of documents that get none otherwise (no metadata.labels, no rule, "
+        "none on the ingest request). Empty: such documents are readable by every key.",
+    )
     embeddings: EmbeddingsSection = Field(default_factory=EmbeddingsSection)
     retrieval: RetrievalSection = Field(default_factory=RetrievalSection)
 

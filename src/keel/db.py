@@ -28,7 +28,7 @@ metadata = MetaData()
 """The one MetaData every keel table is declared on."""
 
 VERSION_TABLE = "keel_alembic_version"
-HEAD = "0006"
+HEAD = "0007"
 """The schema revision this Keel needs (the head of ``keel/migrations/versions``; a test
 keeps the two equal)."""
 

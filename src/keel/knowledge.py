@@ -11,13 +11,14 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from keel.config import KeelConfig
 from keel.errors import UsageError
 from keel.resources import Resources
 
 if TYPE_CHECKING:
+    from keel.rag.access import LabelPolicy, Readable
     from keel.rag.bm25 import BM25Index
     from keel.rag.ingest import Ingestor, Progress
     from keel.rag.manifest import Manifest
@@ -115,7 +116,7 @@ class Knowledge:
         scopes = [_relative_scope(root, t) for t in targets]
         with self._ingest_lock(collection):
             report = self._ingestor(collection).run(
-                items,
+                self._labelled(items),
                 prune=(lambda source: any(_within(source, s) for s in scopes)) if prune else None,
                 progress=progress,
             )
@@ -129,15 +130,37 @@ class Knowledge:
         collection: str | None = None,
         progress: Progress | None = None,
         created_by: str | None = None,
+        labels: Sequence[str] = (),
     ) -> IngestReport:
         """Ingest documents made in code (or uploaded), with the same manifest and chunking.
-        ``created_by``: the API key ingesting, recorded on the documents it creates."""
+        ``created_by``: the API key ingesting, recorded on the documents it creates;
+        ``labels``: access labels every document gets (besides its own and the rules')."""
+        from keel.rag.access import parse_labels
+
+        extra = parse_labels(labels)
         with self._ingest_lock(collection):
             ingestor = self._ingestor(collection)
             ingestor.created_by = created_by
-            report = ingestor.run(documents, progress=progress)
+            report = ingestor.run(self._labelled(documents, extra), progress=progress)
         self._audit_ingest(report, created_by or "cli")
         return report
+
+    @property
+    def label_policy(self) -> LabelPolicy:
+        """How documents get their access labels (``[rag.labels]``, ``[rag] default_labels``)."""
+        from keel.rag.access import LabelPolicy
+
+        rag = self.config.rag
+        return LabelPolicy.from_config(rag.labels, rag.default_labels)
+
+    def _labelled(
+        self, items: Iterable[Document | Skipped], extra: Sequence[str] = ()
+    ) -> Iterator[Document | Skipped]:
+        from keel.rag.types import Document
+
+        policy = self.label_policy
+        for item in items:
+            yield policy.apply(item, extra) if isinstance(item, Document) else item
 
     def _audit_ingest(self, report: IngestReport, actor: str) -> None:
         """Documents added, replaced or deleted go to the audit log (unchanged ones do not)."""
@@ -250,9 +273,15 @@ class Knowledge:
         where: Mapping[str, Any] | None = None,
         mode: Mode | None = None,
         collection: str | None = None,
+        readable: Readable | Literal["turn"] = "turn",
     ) -> list[Hit]:
-        """The ``k`` best chunks for ``query`` (hybrid by default), with citation data."""
-        return self.retriever(collection).search(query, k, where=where, mode=mode)
+        """The ``k`` best chunks for ``query`` (hybrid by default), with citation data, among
+        the chunks ``readable`` labels allow (None: all; "turn": the running turn's reader,
+        :func:`keel.rag.access.current_readable`)."""
+        from keel.rag.access import current_readable
+
+        reader = current_readable() if readable == "turn" else readable
+        return self.retriever(collection).search(query, k, where=where, mode=mode, readable=reader)
 
 
 def _relative_scope(root: Path, target: Path) -> str:

@@ -70,6 +70,7 @@ class IngestWork:
     admin: bool
     documents: list[dict[str, Any]] = field(default_factory=list)
     files: list[UploadedFile] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # access labels of every document
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -88,6 +89,7 @@ class IngestWork:
             admin=bool(data["admin"]),
             documents=list(data["documents"]),
             files=files,
+            labels=list(data.get("labels") or []),  # jobs queued before labels had none
         )
 
 
@@ -169,6 +171,7 @@ class JobQueue:
             report = self.app.ingest_documents(
                 items if work.admin else _owned(self.app, work.key_id, items),
                 created_by=work.key_id,
+                labels=work.labels,
             )
         return report.to_dict()
 
@@ -253,6 +256,7 @@ def _items(app: App, work: IngestWork) -> Iterator[Iterable[Document | Skipped]]
 
 
 def _document(data: dict[str, Any]) -> Document:
+    from keel.rag.access import label_metadata, without_labels
     from keel.rag.types import Document
 
     return Document(
@@ -261,7 +265,10 @@ def _document(data: dict[str, Any]) -> Document:
         source=str(data["source"]),
         title=str(data.get("title") or ""),
         format=data.get("format", "text"),
-        metadata=dict(data.get("metadata") or {}),
+        metadata={
+            **without_labels(data.get("metadata") or {}),
+            **(label_metadata(data["labels"]) if data.get("labels") else {}),
+        },
     )
 
 

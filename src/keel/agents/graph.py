@@ -59,6 +59,7 @@ from keel.agents.params import ModelParams
 from keel.agents.prompts import Prompts
 from keel.errors import GuardTripped
 from keel.ops import semconv
+from keel.rag.access import reading_as
 from keel.rag.types import Hit
 from keel.tools.policy import RunBudget, ToolCall, ToolOutcome, ToolPolicy
 from keel.tools.registry import Toolset
@@ -74,6 +75,12 @@ StopReason = Literal[
     "error",
 ]
 _ERROR_STATUSES = {"invalid", "error", "timeout"}
+
+
+def readable_of(config: RunnableConfig) -> frozenset[str] | None:
+    """The access labels of the turn's caller (``TurnRequest.readable``); None: all."""
+    labels = config.get("configurable", {}).get("keel_readable")
+    return frozenset(labels) if labels is not None else None
 
 
 class AgentState(TypedDict, total=False):
@@ -337,7 +344,8 @@ class Agent:
         with self._span(
             semconv.RETRIEVE_SPAN, **{semconv.RETRIEVE_QUERY: self.capture(state["question"])}
         ) as span:
-            found = self.search(state["question"])
+            with reading_as(readable_of(config)):
+                found = self.search(state["question"])
             _set(
                 span,
                 {
@@ -500,6 +508,12 @@ class Agent:
         return {"decisions": decisions}
 
     def tools(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        """Run the model's tool calls as the turn's reader (``search_knowledge`` sees only
+        the documents the caller may read)."""
+        with reading_as(readable_of(config)):
+            return self._tools(state, config)
+
+    def _tools(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         last = state["messages"][-1]
         assert isinstance(last, AIMessage)
         policy, budget, ctx = self.policy(config), self._budget(state), self.context(state, config)

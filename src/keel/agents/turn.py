@@ -91,6 +91,8 @@ class TurnRequest:
     client: ClientTools | None = None
     response_format: ResponseFormat | None = None
     end_user: str | None = None  # the person the turn is for (recorded for export/erasure)
+    # the access labels the caller may read (keel.rag.access); None: every document
+    readable: frozenset[str] | None = None
 
     @property
     def personal(self) -> bool:
@@ -132,6 +134,7 @@ class TurnRunner:
                 "keel_instructions": r.instructions or None,
                 "keel_client_tools": r.client,
                 "keel_response_format": r.response_format,
+                "keel_readable": sorted(r.readable) if r.readable is not None else None,
             },
             "recursion_limit": 4 * self.parts.max_steps + 10,
         }
@@ -159,7 +162,9 @@ class TurnRunner:
         config = self.run_config(tid, request)
         cache = self.parts.cache
         if cache is not None and not request.personal:
-            config["configurable"]["keel_cache"] = cache.partition(request.owner, request.scopes)
+            config["configurable"]["keel_cache"] = cache.partition(
+                request.owner, request.scopes, request.readable
+            )
         return tid, config
 
     def _ready_for_turn(self, tid: str, config: dict[str, Any]) -> None:

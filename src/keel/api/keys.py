@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,8 @@ api_keys = Table(
     Column("name", String(200), nullable=False),
     Column("hash", String(64), nullable=False),
     Column("scopes", Text, nullable=False),
+    # the access labels it may read, comma-separated (keel.rag.access); admin reads all
+    Column("labels", Text, nullable=False, server_default=""),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
 )
@@ -44,10 +47,21 @@ class ApiKey:
     scopes: frozenset[str]
     created_at: datetime
     revoked_at: datetime | None = None
+    labels: frozenset[str] = frozenset()
 
     @property
     def is_admin(self) -> bool:
         return "admin" in self.scopes
+
+    @property
+    def readable(self) -> frozenset[str] | None:
+        """The access labels this key reads (None: every document, for admin keys);
+        unlabelled documents are readable by every key."""
+        return None if self.is_admin else self.labels
+
+    def may_assign(self, labels: Iterable[str]) -> list[str]:
+        """The labels of ``labels`` this key may not put on a document (it holds the others)."""
+        return [] if self.is_admin else sorted(set(labels) - self.labels)
 
     def allows(self, scope: str) -> bool:
         return self.is_admin or scope in self.scopes
@@ -57,6 +71,7 @@ class ApiKey:
             "id": self.id,
             "name": self.name,
             "scopes": sorted(self.scopes),
+            "labels": sorted(self.labels),
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
         }
@@ -82,12 +97,18 @@ class KeyStore:
         self.engine = engine
         create_tables(engine, metadata, [api_keys])
 
-    def create(self, name: str, scopes: str | list[str]) -> tuple[str, ApiKey]:
-        """``(the plain key, shown once, its record)``."""
+    def create(
+        self, name: str, scopes: str | list[str], labels: str | Iterable[str] | None = None
+    ) -> tuple[str, ApiKey]:
+        """``(the plain key, shown once, its record)``; ``labels``: the access labels it
+        reads (:mod:`keel.rag.access`)."""
+        from keel.rag.access import parse_labels
+
         name = name.strip()
         if not name or len(name) > 200:
             raise UsageError("a key needs a name of 1-200 characters")
         parsed = parse_scopes(scopes)
+        readable = frozenset(parse_labels(labels))
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         now = datetime.now(UTC)
@@ -98,10 +119,11 @@ class KeyStore:
                     name=name,
                     hash=_hash(secret),
                     scopes=",".join(sorted(parsed)),
+                    labels=",".join(sorted(readable)),
                     created_at=now,
                 )
             )
-        return f"keel_{key_id}_{secret}", ApiKey(key_id, name, parsed, now)
+        return f"keel_{key_id}_{secret}", ApiKey(key_id, name, parsed, now, labels=readable)
 
     def verify(self, presented: str) -> ApiKey | None:
         match = _KEY.match(presented.strip())
@@ -124,6 +146,7 @@ class KeyStore:
             frozenset(s for s in row.scopes.split(",") if s),
             row.created_at,
             row.revoked_at,
+            frozenset(s for s in (row.labels or "").split(",") if s),
         )
 
     def list(self) -> list[ApiKey]:

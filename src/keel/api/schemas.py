@@ -96,11 +96,19 @@ class DocumentIn(BaseModel):
     title: str = ""
     metadata: dict[str, str | int | float | bool] = {}
     format: Literal["text", "markdown"] = "text"
+    labels: list[str] = Field(
+        default=[],
+        max_length=64,
+        description="Access labels of this document (a key assigns only labels it holds).",
+    )
 
 
 class IngestJson(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     documents: list[DocumentIn] = Field(min_length=1, max_length=10_000)
+    labels: list[str] = Field(
+        default=[], max_length=64, description="Access labels of every document of the request."
+    )
 
 
 class FeedbackRequest(BaseModel):

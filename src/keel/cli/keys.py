@@ -28,23 +28,39 @@ def keys_create(
     replace: Annotated[
         bool, typer.Option(help="Revoke the active keys with the same name first.")
     ] = False,
+    labels: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated access labels the key reads (e.g. staff,tenant-a): documents "
+            "with any of them, and unlabelled ones. Admin keys read everything."
+        ),
+    ] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Create a key. It is shown once: store it now."""
     with _errors():
+        from keel.api.keys import parse_scopes
+        from keel.rag.access import parse_labels
+
+        parse_scopes(scopes), parse_labels(labels)  # refused before anything is revoked
         store = _key_store()
         if replace:
             for old in store.list():
                 if old.name == name and old.revoked_at is None:
                     store.revoke(old.id)
                     _audit("key.revoked", old.id, {"name": old.name, "replaced": True})
-        plain, key = store.create(name, scopes)
-        _audit("key.created", key.id, {"name": key.name, "scopes": sorted(key.scopes)})
+        plain, key = store.create(name, scopes, labels)
+        _audit(
+            "key.created",
+            key.id,
+            {"name": key.name, "scopes": sorted(key.scopes), "labels": sorted(key.labels)},
+        )
     if as_json:
         _print_json({"key": plain, **key.to_dict()})
         return
     out.print(plain, markup=False)
-    err.print(f"key {key.id} ({', '.join(sorted(key.scopes))}): shown once, store it now")
+    reads = f"; reads {', '.join(sorted(key.labels))}" if key.labels else ""
+    err.print(f"key {key.id} ({', '.join(sorted(key.scopes))}{reads}): shown once, store it now")
 
 
 @keys_cli.command("list")

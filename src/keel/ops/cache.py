@@ -76,15 +76,25 @@ def partition_key(
     index_version: str,
     key_id: str | None,
     scopes: Sequence[str] | None,
+    readable: frozenset[str] | None = None,
 ) -> str:
-    """The partition of a turn: app, release, index version, API key and tool scopes.
+    """The partition of a turn: app, release, index version, API key, tool scopes and the
+    access labels the caller reads (an answer is only ever served to a reader of the same
+    documents).
 
     ``key_id=None`` (the trusted local caller) is not any key's id, and ``scopes=None`` (every
     scope) is not any list of scopes, so neither shares a partition with a key.
     """
-    blob = json.dumps(
-        [app, release, index_version, key_id, sorted(scopes) if scopes is not None else None]
-    )
+    parts: list[object] = [
+        app,
+        release,
+        index_version,
+        key_id,
+        sorted(scopes) if scopes is not None else None,
+    ]
+    if readable is not None:  # unchanged keys for readers of everything
+        parts.append(sorted(readable))
+    blob = json.dumps(parts)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

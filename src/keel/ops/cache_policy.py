@@ -77,7 +77,9 @@ class TurnCache:
         self,
         cache: Callable[[], Any],
         embedder: Callable[[], _Embedder],
-        partition_of: Callable[[str | None, Sequence[str] | None], CachePartition],
+        partition_of: Callable[
+            [str | None, Sequence[str] | None, frozenset[str] | None], CachePartition
+        ],
     ) -> None:
         self._cache = cache
         self._embedder = embedder

@@ -392,13 +392,34 @@ def _front_matter(text: str) -> tuple[Metadata, str] | None:
         loaded = {}
     if not isinstance(loaded, dict):
         return None
-    return _scalars(loaded, dates=True), text[match.end() :]
+    return _with_labels(loaded, dates=True), text[match.end() :]  # bad labels: skipped
+
+
+def _with_labels(values: dict[Any, Any], *, dates: bool = False) -> Metadata:
+    """:func:`_scalars`, and the access labels of a ``labels`` list (or comma-separated
+    string) as label keys (:mod:`keel.rag.access`)."""
+    from keel.rag.access import label_metadata, parse_labels
+
+    out = _scalars({k: v for k, v in values.items() if k != "labels"}, dates=dates)
+    raw = values.get("labels")
+    if raw is not None:
+        if not isinstance(raw, str | list):
+            raise UsageError("metadata.labels must be a list of strings")
+        labels = parse_labels(raw)
+        if labels:
+            out.update(label_metadata(labels))
+    return out
 
 
 def _scalars(values: dict[Any, Any], *, dates: bool = False) -> Metadata:
-    """Keep the str/int/float/bool values of a mapping (dates as ISO strings if ``dates``)."""
+    """Keep the str/int/float/bool values of a mapping (dates as ISO strings if ``dates``);
+    label keys are Keel's (:mod:`keel.rag.access`), never taken from a document."""
+    from keel.rag.access import LABEL_PREFIX
+
     out: Metadata = {}
     for key, value in values.items():
+        if str(key).startswith(LABEL_PREFIX):
+            continue
         if isinstance(value, str | int | float | bool):
             out[str(key)] = value
         elif dates and isinstance(value, _dt.date):
@@ -762,13 +783,17 @@ def _jsonl_record(raw: bytes, lineno: int, source: str) -> Document | Skipped | 
         return Skipped(where, "empty document")
     title = record.get("title")
     meta = record.get("metadata")
+    try:
+        metadata = _with_labels(meta) if isinstance(meta, dict) else {}
+    except UsageError as exc:
+        return Skipped(where, str(exc))
     return Document(
         id=doc_id,
         text=text,
         source=source,
         title=title.strip() if isinstance(title, str) else "",
         format="jsonl",
-        metadata=_scalars(meta) if isinstance(meta, dict) else {},
+        metadata=metadata,
     )
 
 

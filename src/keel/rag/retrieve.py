@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from keel.errors import UsageError
+from keel.rag.access import Readable, restrict
 from keel.rag.bm25 import BM25Index
 from keel.rag.embeddings import Embedder
 from keel.rag.filters import validate_where
@@ -41,7 +42,10 @@ class Retriever:
         *,
         where: Mapping[str, Any] | None = None,
         mode: Mode | None = None,
+        readable: Readable = None,
     ) -> list[Hit]:
+        """The ``k`` best chunks; only chunks ``readable`` allows (None: all), whatever
+        ``where`` says (:func:`keel.rag.access.restrict`)."""
         if not isinstance(query, str) or not query.strip():
             raise UsageError("the query is empty")
         k = self.k if k is None else k
@@ -50,7 +54,7 @@ class Retriever:
         mode = mode or self.mode
         if mode not in MODES:
             raise UsageError(f"unknown search mode {mode!r} (hybrid, dense or bm25)")
-        flt = validate_where(where)
+        flt = validate_where(restrict(validate_where(where), readable))
         depth = max(k, self.candidates)
 
         dense: list[tuple[Chunk, float]] = []

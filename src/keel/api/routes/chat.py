@@ -79,7 +79,9 @@ def chat_turn(
     if not stream:
         started = time.perf_counter()
         with gw.thread_lock(tid), gw.serving(app):
-            answer = app.ask(message, tid, scopes, owner=key.id, end_user=end_user)
+            answer = app.ask(
+                message, tid, scopes, owner=key.id, end_user=end_user, readable=key.readable
+            )
         data = answer.to_dict()
         data["thread_id"] = client_tid
         gw.account(key, data, time.perf_counter() - started, end_user=end_user)
@@ -91,7 +93,9 @@ def chat_turn(
     started = time.perf_counter()
 
     def events() -> Iterator[str]:
-        events_in = app.events(message, tid, scopes, owner=key.id, end_user=end_user)
+        events_in = app.events(
+            message, tid, scopes, owner=key.id, end_user=end_user, readable=key.readable
+        )
         try:
             for event in events_in:
                 if isinstance(event, Done):
@@ -193,6 +197,7 @@ def resume_turn(request: Request, key: ApiKey, thread_id: str, decision: Any) ->
             decision,
             gw.tool_scopes(key),
             owner=key.id,
+            readable=key.readable,
         )
     data = answer.to_dict()
     data["thread_id"] = thread_id

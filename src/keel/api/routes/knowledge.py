@@ -14,6 +14,8 @@ from keel.api.keys import ApiKey
 from keel.api.problems import COMMON, Problem, documented
 from keel.api.routes._common import gateway
 from keel.api.schemas import IngestJson, SearchRequest
+from keel.errors import UsageError
+from keel.rag.access import LABEL_PREFIX, parse_labels
 from keel.worker import IngestWork, UploadedFile
 
 _log = logging.getLogger(__name__)
@@ -24,8 +26,10 @@ router = APIRouter(tags=["knowledge"], responses=documented(*COMMON))
 @router.post("/v1/search", summary="Hybrid search with citations")
 def search(body: SearchRequest, request: Request) -> dict[str, Any]:
     gw = gateway(request)
-    gw.authenticate(request, "chat")
-    hits = gw.app.search(body.query, body.k, where=body.where, mode=body.mode)
+    key = gw.authenticate(request, "chat")
+    hits = gw.app.search(
+        body.query, body.k, where=body.where, mode=body.mode, readable=key.readable
+    )
     return {"hits": [h.to_dict() for h in hits]}
 
 
@@ -48,19 +52,26 @@ async def ingest(request: Request) -> dict[str, Any]:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise Problem(422, f"{where}: {first['msg']}") from None
-        docs: list[dict[str, Any]] = [
-            {
-                "id": _namespaced(d.id, key),
-                "text": d.text,
-                "source": f"api/{_namespaced(d.id, key)}",
-                "title": d.title,
-                "format": "markdown" if d.format == "markdown" else "text",
-                "metadata": dict(d.metadata),
-            }
-            for d in body.documents
-        ]
+        labels = _labels(key, body.labels, default=False)
+        for d in body.documents:
+            if any(k.startswith(LABEL_PREFIX) for k in d.metadata):
+                raise Problem(422, f"metadata keys '{LABEL_PREFIX}...' are Keel's: use 'labels'")
+        docs: list[dict[str, Any]] = []
+        for d in body.documents:
+            own = _labels(key, d.labels, default=not labels)
+            docs.append(
+                {
+                    "id": _namespaced(d.id, key),
+                    "text": d.text,
+                    "source": f"api/{_namespaced(d.id, key)}",
+                    "title": d.title,
+                    "format": "markdown" if d.format == "markdown" else "text",
+                    "metadata": dict(d.metadata),
+                    "labels": list(own),
+                }
+            )
         _check_creators(gw, key, [str(d["id"]) for d in docs])
-        work = IngestWork("documents", key.id, key.is_admin, documents=docs)
+        work = IngestWork("documents", key.id, key.is_admin, documents=docs, labels=list(labels))
         return gw.submit(work).to_dict()
     if ctype != "multipart/form-data":
         raise Problem(415, "send multipart/form-data files or application/json documents")
@@ -88,8 +99,26 @@ async def _ingest_files(gw: Gateway, key: ApiKey, form: Any) -> dict[str, Any]:
         if total > cap:
             raise Problem(413, f"uploads are larger than {cap} bytes")
         files.append(UploadedFile(name, data))
-    work = IngestWork("files", key.id, key.is_admin, files=files)
+    raw = [v for v in form.getlist("labels") if isinstance(v, str)]
+    labels = _labels(key, [label for v in raw for label in v.split(",")])
+    work = IngestWork("files", key.id, key.is_admin, files=files, labels=list(labels))
     return gw.submit(work).to_dict()
+
+
+def _labels(key: ApiKey, raw: list[str], *, default: bool = True) -> tuple[str, ...]:
+    """Access labels a request gives its documents: checked (422), only labels the key holds
+    (403). None given by a key that has labels (and is not admin): the key's own, when
+    ``default``, so what a tenant uploads stays the tenant's."""
+    try:
+        labels = parse_labels(raw)
+    except UsageError as exc:
+        raise Problem(422, str(exc)) from None
+    refused = key.may_assign(labels)
+    if refused:
+        raise Problem(403, f"this key may not assign the label {refused[0]!r}", labels=refused)
+    if not labels and default and not key.is_admin:
+        return tuple(sorted(key.labels))
+    return labels
 
 
 def _file_name(raw: str | None) -> str:

@@ -238,6 +238,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
                 client=turn.client,
                 response_format=turn.response_format,
                 end_user=body.user,
+                readable=key.readable,
             )
         data = answer.to_dict()
         data["thread_id"] = client_tid
@@ -300,6 +301,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
             client=turn.client,
             response_format=turn.response_format,
             end_user=body.user,
+            readable=key.readable,
         )
         # JSON is sent whole once checked (a reply sent back for a corrective retry is
         # never shown)

@@ -275,6 +275,7 @@ def create_response(body: ResponsesRequest, request: Request) -> Any:
             client=chat.client,
             response_format=chat.response_format,
             end_user=end_user,
+            readable=key.readable,
         )
 
     if not body.stream:
