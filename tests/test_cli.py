@@ -92,3 +92,27 @@ def test_keel_error_message_is_one_line(runner: CliRunner, tmp_path: Path) -> No
     result = runner.invoke(cli, ["--config", str(tmp_path / "nope.toml"), "search", "x"])
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:")
+
+
+def test_keys_create_with_labels_and_bad_labels(runner: CliRunner, tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    assert runner.invoke(cli, ["init", str(demo)]).exit_code == 0
+    config = str(demo / "keel.toml")
+    made = runner.invoke(
+        cli,
+        ["--config", config, "keys", "create", "--name", "acme", "--labels", "tenant-acme,staff"],
+    )
+    assert made.exit_code == 0, made.output
+    listed = runner.invoke(cli, ["--config", config, "keys", "list", "--json"])
+    (key,) = json.loads(listed.stdout)
+    assert key["labels"] == ["staff", "tenant-acme"] and key["revoked_at"] is None
+    plain = runner.invoke(cli, ["--config", config, "keys", "list"])
+    assert "labels=staff,tenant-acme" in plain.stdout
+    bad = runner.invoke(
+        cli,
+        ["--config", config, "keys", "create", "--name", "acme", "--replace", "--labels", "a b"],
+    )
+    assert bad.exit_code == 2 and "invalid label 'a b'" in bad.output
+    assert "Traceback" not in bad.output
+    (still,) = json.loads(runner.invoke(cli, ["--config", config, "keys", "list", "--json"]).stdout)
+    assert still["revoked_at"] is None  # refused before the old key was revoked

@@ -111,6 +111,11 @@ def test_jsonl_labels_become_label_keys_and_bad_ones_skip_the_record(tmp_path: P
     assert items["a"].metadata == {"lang": "en", "keel_label:staff": True}
     assert "invalid label" in next(i.reason for k, i in items.items() if k not in ("a", "c"))
     assert items["c"].metadata == {}  # label keys are never taken from a document
+    (tmp_path / "runbook.md").write_text(
+        "---\nlabels: [staff, oncall]\n---\n# Runbook\n\nRestart it.\n"
+    )
+    (doc,) = iter_documents([tmp_path / "runbook.md"], root=tmp_path)
+    assert isinstance(doc, Document) and labels_of(doc.metadata) == ("oncall", "staff")
 
 
 # --- a gateway with two tenants -------------------------------------------------------------

@@ -75,7 +75,10 @@ def keys_list(
         return
     for k in keys:
         state = "revoked" if k.revoked_at else "active"
-        out.print(f"{k.id}  {k.name}  {','.join(sorted(k.scopes))}  {state}", markup=False)
+        reads = f"  labels={','.join(sorted(k.labels))}" if k.labels else ""
+        out.print(
+            f"{k.id}  {k.name}  {','.join(sorted(k.scopes))}  {state}{reads}", markup=False
+        )
 
 
 @keys_cli.command("revoke")
