@@ -16,6 +16,7 @@ Tracing (:class:`keel.ops.turn_trace.TurnTracer`) and the semantic cache's polic
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import (
     AsyncGenerator,
@@ -385,7 +386,11 @@ class TurnRunner:
         tracer = self.parts.tracer()
         with tracer.span(tid, request.owner, question, request.end_user) as (span, trace_id):
             graph = self._async_graph()
-            await graph.ainvoke(graph_input, config, durability=self.durability())
+            try:
+                await graph.ainvoke(graph_input, config, durability=self.durability())
+            except asyncio.CancelledError:  # the caller's task was cancelled: so is the turn
+                span.set_attribute("keel.stop_reason", "cancelled")
+                raise
             answer = await _in_thread(self.answer, tid, config, trace_id)
             tracer.finish(span, summary(answer))
         if keep:
@@ -455,8 +460,6 @@ class TurnRunner:
     ) -> AsyncGenerator[StreamEvent, None]:
         """:meth:`_traced` for :meth:`astream` (the context attached around each step too:
         each ``anext`` may come from another task)."""
-        import asyncio
-
         from opentelemetry import context as otel_context
 
         tracer, span, ctx, trace_id = self._open_span(tid, request, question)
@@ -588,8 +591,6 @@ _T = TypeVar("_T")
 async def _in_thread(func: Callable[..., _T], *args: Any) -> _T:
     """A blocking step of a turn on the async path, in a worker thread (with the caller's
     context: the turn's span, the trace id)."""
-    import asyncio
-
     return await asyncio.to_thread(func, *args)
 
 
