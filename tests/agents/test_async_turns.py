@@ -263,3 +263,30 @@ def test_cancelling_the_task_of_an_async_turn_cancels_the_turn(make: Any) -> Non
 
     asyncio.run(host())
     assert _stop_reasons(app, tid) == ["cancelled"]
+
+
+def test_hooks_run_off_the_loop_on_the_async_path_and_still_apply(make: Any) -> None:
+    from keel.agents.hooks import Hooks
+
+    app = make([call("whereami", {}), "the answer"])
+    threads: dict[str, int] = {}
+
+    def at(point: str, value: Any) -> Any:
+        threads[point] = threading.get_ident()
+        return value
+
+    app.hooks = Hooks(
+        input=[lambda text, ctx: at("input", text.replace("secret", "[hidden]"))],
+        tool_args=[lambda c, ctx: at("tool_args", c)],
+        tool_result=[lambda o, ctx: at("tool_result", o)],
+        output=[lambda text, ctx: at("output", text.upper())],
+    )
+
+    async def host() -> tuple[Any, int]:
+        return await app.aask("my secret question"), threading.get_ident()
+
+    answer, loop_thread = asyncio.run(host())
+    assert answer.text == "THE ANSWER" and answer.tool_calls[0]["status"] == "ok"
+    assert sorted(threads) == ["input", "output", "tool_args", "tool_result"]
+    assert loop_thread not in threads.values()  # guards never block the loop
+    assert app.history(answer.thread_id)[0].text == "my [hidden] question"
