@@ -9,6 +9,14 @@ and without retrieval (the app has no knowledge). Runs alternate between the two
 noise hits both alike. Prints the median per-invoke times and their ratio (target <= 1.5),
 and, for information, the same for ``App.ask`` with keel's default SQLite checkpointer and
 thread index.
+
+    python benchmarks/agent_overhead.py --async [--n 60]
+
+The async path against the sync one, in one run, on keel's default SQLite checkpointer and
+thread index: the median per turn of ``App.aask`` (the graph's ``ainvoke``) next to
+``App.ask`` (alternating, one turn at a time), then 64 concurrent turns of an async host
+with a model that waits 20 ms per call: ``asyncio.gather`` of ``App.aask`` against
+``asyncio.to_thread(App.ask)`` (what ``aask`` did before it had an async path).
 """
 
 from __future__ import annotations
@@ -50,11 +58,89 @@ def script(n: int) -> list[Any]:
     return out
 
 
+def respond(messages: list[Any]) -> Any:
+    """One tool call for a new question, then the answer (whatever order turns run in)."""
+    if isinstance(messages[-1], HumanMessage):
+        return ScriptedChatModel.tool_call("lookup_order", {"order_id": "ORD-1"})
+    return "Shipped."
+
+
+def _app(work: Path, name: str, model: Any) -> App:
+    from keel.definition import AppDefinition
+    from keel.tools.registry import Toolset
+
+    config = config_from_dict({"agent": {"retrieve": False}}, base_dir=work)
+    definition = AppDefinition(config, lambda q, k: [], toolset=Toolset([lookup_order]))
+    return App(config, settings=Settings(data_dir=work / name), model=model, definition=definition)
+
+
+def async_part(n: int) -> int:
+    """``App.aask`` next to ``App.ask``: per turn, then 64 concurrent turns."""
+    import asyncio
+
+    work = Path(tempfile.mkdtemp(prefix="keel-bench-async-"))
+    warm = 10
+    app = _app(work, ".keel", ScriptedChatModel(script=[respond] * (4 * (n + warm))))
+    sync_t: list[float] = []
+    async_t: list[float] = []
+
+    # one loop for every async turn; the sync turns run between them, outside it (a sync
+    # turn inside a running loop cannot run its tools: ToolPolicy.execute_sync)
+    loop = asyncio.new_event_loop()
+    for i in range(n + warm):
+        t0 = time.perf_counter()
+        assert app.ask("where is ORD-1?").text == "Shipped."
+        t1 = time.perf_counter()
+        assert loop.run_until_complete(app.aask("where is ORD-1?")).text == "Shipped."
+        t2 = time.perf_counter()
+        if i >= warm:
+            sync_t.append(t1 - t0)
+            async_t.append(t2 - t1)
+    loop.close()
+    s, a = (statistics.median(x) * 1000 for x in (sync_t, async_t))
+    print(f"turns per path: {n} (after {warm} warm-up), 2 model calls + 1 tool call each,")
+    print("SQLite checkpoints and thread index, one turn at a time")
+    print(f"App.ask  (sync path)          median {s:7.2f} ms")
+    print(f"App.aask (graph's async path) median {a:7.2f} ms")
+    print(f"ratio async / sync: {a / s:.2f}")
+    app.close()
+
+    turns, delay = 64, 0.02
+    busy = _app(
+        work, ".keel-busy", ScriptedChatModel(script=[respond] * (8 * turns), delay_s=delay)
+    )
+
+    async def concurrent(use_async: bool) -> float:
+        def question(i: int) -> Any:
+            if use_async:
+                return busy.aask("where is ORD-1?", uuid.uuid4().hex)
+            return asyncio.to_thread(busy.ask, "where is ORD-1?", uuid.uuid4().hex)
+
+        t0 = time.perf_counter()
+        answers = await asyncio.gather(*(question(i) for i in range(turns)))
+        assert all(x.text == "Shipped." for x in answers)
+        return time.perf_counter() - t0
+
+    threaded = asyncio.run(concurrent(False))
+    awaited = asyncio.run(concurrent(True))
+    print(f"{turns} concurrent turns, model waits {delay * 1000:.0f} ms per call (2 per turn):")
+    print(f"gather of to_thread(App.ask)  {threaded * 1000:7.0f} ms")
+    print(f"gather of App.aask            {awaited * 1000:7.0f} ms")
+    print(f"ratio async / threads: {awaited / threaded:.2f}")
+    busy.close()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=300, help="invokes per agent")
+    parser.add_argument("--n", type=int, default=None, help="invokes per agent (or path)")
+    parser.add_argument(
+        "--async", dest="run_async", action="store_true", help="the async path against the sync"
+    )
     args = parser.parse_args()
-    n, warm = args.n, 20
+    if args.run_async:
+        return async_part(args.n or 60)
+    n, warm = args.n or 300, 20
 
     from langchain.agents import create_agent
     from langchain_core.tools import StructuredTool

@@ -363,6 +363,12 @@ class App:
         return self.agent.build(checkpointer=self._checkpointer)
 
     @cached_property
+    def _async_graph(self) -> Any:
+        """The same graph for ``ainvoke``/``astream`` (:meth:`aask`, :meth:`astream`), with
+        the same checkpointer: a thread goes on from either."""
+        return self.agent.build(checkpointer=self._checkpointer, run_async=True)
+
+    @cached_property
     def threads(self) -> ThreadIndex:
         from keel.agents.checkpoints import ThreadIndex
 
@@ -515,6 +521,7 @@ class App:
                 writes=lambda: any(t.side_effects == "write" for t in self.toolset),
                 cache=cache,
                 release_id=self.release_id,
+                async_graph=lambda: self._async_graph,
             )
         )
 
@@ -581,16 +588,45 @@ class App:
         question: str,
         thread_id: str | None = None,
         scopes: Sequence[str] | None = None,
-        **options: Any,
+        *,
+        owner: str | None = None,
+        history: list[Any] | None = None,
+        ephemeral: bool = False,
+        params: ModelParams | None = None,
+        tool_choice: ToolChoice | None = None,
+        instructions: str | None = None,
+        client: ClientTools | None = None,
+        response_format: ResponseFormat | None = None,
+        end_user: str | None = None,
+        readable: Readable = None,
     ) -> Answer:
-        """:meth:`ask` for async hosts: the turn runs in a worker thread, so the event loop
-        is never blocked (the checkpointers and model clients Keel ships are synchronous)."""
-        import asyncio
-        import contextvars
-        import functools
+        """:meth:`ask` for async hosts, on the graph's async path: the model is called with
+        ``ainvoke`` and coroutine tools are awaited on the running loop; what blocks (the
+        thread index, checkpoints, retrieval, guards, citations) runs in worker threads, so
+        the loop is never blocked and concurrent turns interleave. Arguments as for
+        :meth:`ask` (an ``ephemeral`` turn runs the sync path in a worker thread)."""
+        from keel.agents.turn import TurnRequest
 
-        call = functools.partial(self.ask, question, thread_id, scopes, **options)
-        return await asyncio.to_thread(contextvars.copy_context().run, call)
+        request = TurnRequest(
+            scopes,
+            owner,
+            history,
+            params,
+            tool_choice,
+            instructions,
+            client,
+            response_format,
+            end_user,
+            readable,
+        )
+        if ephemeral:
+            import asyncio
+            import contextvars
+
+            ctx = contextvars.copy_context()
+            ask = self.turns.ask_ephemeral
+            return await asyncio.to_thread(ctx.run, ask, question, thread_id, request)
+        return await self.turns.aask(question, thread_id, request)
 
     def events(
         self,
@@ -672,30 +708,40 @@ class App:
         question: str,
         thread_id: str | None = None,
         scopes: Sequence[str] | None = None,
-        **options: Any,
+        *,
+        owner: str | None = None,
+        history: list[Any] | None = None,
+        params: ModelParams | None = None,
+        tool_choice: ToolChoice | None = None,
+        instructions: str | None = None,
+        client: ClientTools | None = None,
+        response_format: ResponseFormat | None = None,
+        end_user: str | None = None,
+        readable: Readable = None,
     ) -> AsyncIterator[StreamEvent]:
-        """:meth:`events` for async hosts: each step of the turn runs in a worker thread (the
-        turn's checks run before the first event, as for :meth:`events`). Closing the
-        iterator early cancels the turn, as a client that goes away does."""
-        import asyncio
-        import contextvars
+        """:meth:`events` for async hosts, on the graph's async path (as :meth:`aask`); the
+        turn's checks run before the first event. Closing the iterator early cancels the
+        turn, as a client that goes away does."""
+        from keel.agents.turn import TurnRequest
 
-        ctx = contextvars.copy_context()
-        events = await asyncio.to_thread(
-            ctx.run, lambda: self.events(question, thread_id, scopes, **options)
+        request = TurnRequest(
+            scopes,
+            owner,
+            history,
+            params,
+            tool_choice,
+            instructions,
+            client,
+            response_format,
+            end_user,
+            readable,
         )
-
-        def step() -> StreamEvent | None:
-            return next(events, None)
-
+        events = await self.turns.astream(question, thread_id, request)
         try:
-            while True:
-                event = await asyncio.to_thread(ctx.run, step)
-                if event is None:
-                    return
+            async for event in events:
                 yield event
         finally:
-            await asyncio.to_thread(ctx.run, _close, events)
+            await events.aclose()
 
     def resume(
         self,
@@ -716,6 +762,24 @@ class App:
         from keel.agents.turn import TurnRequest
 
         return self.turns.resume(
+            thread_id,
+            lambda pending: resolve_decisions(decision, pending),
+            TurnRequest(scopes, owner, readable=readable),
+        )
+
+    async def aresume(
+        self,
+        thread_id: str,
+        decision: Any,
+        scopes: Sequence[str] | None = None,
+        *,
+        owner: str | None = None,
+        readable: Readable = None,
+    ) -> Answer:
+        """:meth:`resume` for async hosts, on the graph's async path (as :meth:`aask`)."""
+        from keel.agents.turn import TurnRequest
+
+        return await self.turns.aresume(
             thread_id,
             lambda pending: resolve_decisions(decision, pending),
             TurnRequest(scopes, owner, readable=readable),

@@ -5,6 +5,7 @@ on embedded and server Chroma; and the rules that give documents their labels.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -241,7 +242,7 @@ def test_the_search_knowledge_tool_reads_as_the_caller(
         "",
         tool_calls=[{"id": "s1", "name": "search_knowledge", "args": {"query": "Zebra plan"}}],
     )
-    model = ScriptedChatModel(script=[call, "done", call, "done"])
+    model = ScriptedChatModel(script=[call, "done", call, "done", call, "done"])
     app = make_app(CONFIG, model=model)
     app.ingest()
     as_b = app.ask("find the Zebra plan", readable=frozenset({"tenant-b"}))
@@ -249,6 +250,10 @@ def test_the_search_knowledge_tool_reads_as_the_caller(
     assert results and not any("Zebra plan for tenant A" in r for r in results)
     as_a = app.ask("find the Zebra plan", readable=frozenset({"tenant-a"}))
     assert any("Zebra plan for tenant A" in tc["content"] for tc in as_a.to_dict()["tool_calls"])
+    # the async path (the tool step on the caller's event loop) reads as the caller too
+    as_b_async = asyncio.run(app.aask("find the Zebra plan", readable=frozenset({"tenant-b"})))
+    results = [tc["content"] for tc in as_b_async.to_dict()["tool_calls"]]
+    assert results and not any("Zebra plan for tenant A" in r for r in results)
 
 
 def test_keys_assign_only_labels_they_hold_and_tenant_uploads_stay_theirs(

@@ -2,8 +2,10 @@
 
 SQLite (langgraph-checkpoint-sqlite) in ``.keel/checkpoints.db`` by default; PostgreSQL
 (langgraph-checkpoint-postgres) when ``KEEL_DATABASE_URL`` points at Postgres, so several
-gateway instances share threads. The ``keel_threads`` table (in the keel database) records
-each thread's owner and last activity, for listing, ownership checks and retention.
+gateway instances share threads. Both savers have async methods too
+(:mod:`keel.agents.savers`), for the graph's async path (``App.aask``, ``App.astream``).
+The ``keel_threads`` table (in the keel database) records each thread's owner and last
+activity, for listing, ownership checks and retention.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def open_checkpointer(
     from keel.db import normalise_url
 
     if database_url is None or normalise_url(database_url).startswith("sqlite"):
-        from langgraph.checkpoint.sqlite import SqliteSaver
+        from keel.agents.savers import KeelSqliteSaver
 
         if database_url is None:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -56,16 +58,17 @@ def open_checkpointer(
         # WAL + NORMAL: a commit survives the process being killed (the tests kill it), not a
         # power cut; FULL would fsync on every checkpoint, several per turn.
         conn.execute("PRAGMA synchronous=NORMAL")
-        saver = SqliteSaver(conn)
+        saver = KeelSqliteSaver(conn)
         saver.setup()
         return saver, conn.close
     url = normalise_url(database_url)
     if not url.startswith("postgresql"):
         raise ConfigError(f"threads need SQLite or PostgreSQL, not {url.split(':', 1)[0]}")
     try:
-        from langgraph.checkpoint.postgres import PostgresSaver
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
+
+        from keel.agents.savers import KeelPostgresSaver
     except ImportError as exc:
         raise ConfigError("Postgres threads need langgraph-checkpoint-postgres") from exc
     conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
@@ -76,7 +79,7 @@ def open_checkpointer(
         open=True,
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
     )
-    saver_pg = PostgresSaver(pool)
+    saver_pg = KeelPostgresSaver(pool)
     saver_pg.setup()
     return saver_pg, pool.close
 

@@ -29,13 +29,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypedDict
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypedDict, TypeVar
 
 from langchain_core.messages import (
     AIMessage,
@@ -395,6 +396,22 @@ class Agent:
         return prompt
 
     def model(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        call = self._model_call(state, config)
+        with self._model_span(call) as span:
+            started, attempts = time.perf_counter(), list[ModelAttempt]()
+            model_id, response = call.chain.invoke(call.prompt, config, attempts)
+            return self._model_answered(state, call, span, started, attempts, model_id, response)
+
+    async def amodel(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        """:meth:`model` on the running event loop (the async graph's ``model`` step)."""
+        call = self._model_call(state, config)
+        with self._model_span(call) as span:
+            started, attempts = time.perf_counter(), list[ModelAttempt]()
+            model_id, response = await call.chain.ainvoke(call.prompt, config, attempts)
+            return self._model_answered(state, call, span, started, attempts, model_id, response)
+
+    def _model_call(self, state: AgentState, config: RunnableConfig) -> _ModelCall:
+        """What a model step sends: the prompt, and the chain bound to the visible tools."""
         tools = self.policy(config).visible().to_openai()
         client = client_tools.from_config(config)
         if client is not None:  # offered beside the app's own; never run here
@@ -409,39 +426,51 @@ class Agent:
         choice = conf.get("keel_tool_choice") if state.get("steps", 0) == 0 else None
         chain = self.chain.bind(tools, params=params, tool_choice=choice, response_format=fmt)
         primary = self.chain.models[0][0] if self.chain.models else "unknown"
-        with self._span(
-            f"chat {primary}",
-            **{"gen_ai.operation.name": "chat", "gen_ai.request.model": primary},
-        ) as span:
-            started = time.perf_counter()
-            attempts: list[ModelAttempt] = []
-            model_id, response = chain.invoke(prompt, config, attempts)
-            elapsed = time.perf_counter() - started
-            response = unique_call_ids(response, state["messages"])
-            meta = getattr(response, "usage_metadata", None)
-            calls = [*response.tool_calls, *response.invalid_tool_calls]
-            finish = str(
-                response.response_metadata.get("finish_reason")
-                or ("tool_calls" if calls else "stop")
-            )
-            _set(
-                span,
-                {
-                    "gen_ai.response.model": model_id,
-                    "gen_ai.usage.input_tokens": int(meta["input_tokens"]) if meta else None,
-                    "gen_ai.usage.output_tokens": int(meta["output_tokens"]) if meta else None,
-                    "gen_ai.response.finish_reasons": [finish],
-                    "keel.tools.offered": [t["function"]["name"] for t in tools],
-                    "gen_ai.input.messages": _messages_json(prompt)
-                    if self.capture_prompts
-                    else None,
-                    "gen_ai.output.messages": self.capture(response.text),
-                },
-            )
+        handed = client.names if client is not None else frozenset()
+        return _ModelCall(chain, prompt, tools, handed, primary)
+
+    def _model_span(self, call: _ModelCall) -> Any:
+        return self._span(
+            f"chat {call.primary}",
+            **{"gen_ai.operation.name": "chat", "gen_ai.request.model": call.primary},
+        )
+
+    def _model_answered(
+        self,
+        state: AgentState,
+        call: _ModelCall,
+        span: Any,
+        started: float,
+        attempts: list[ModelAttempt],
+        model_id: str,
+        response: Any,
+    ) -> dict[str, Any]:
+        """The state update of a model step that answered (and its span's attributes)."""
+        elapsed = time.perf_counter() - started
+        response = unique_call_ids(response, state["messages"])
+        meta = getattr(response, "usage_metadata", None)
+        calls = [*response.tool_calls, *response.invalid_tool_calls]
+        finish = str(
+            response.response_metadata.get("finish_reason") or ("tool_calls" if calls else "stop")
+        )
+        _set(
+            span,
+            {
+                "gen_ai.response.model": model_id,
+                "gen_ai.usage.input_tokens": int(meta["input_tokens"]) if meta else None,
+                "gen_ai.usage.output_tokens": int(meta["output_tokens"]) if meta else None,
+                "gen_ai.response.finish_reasons": [finish],
+                "keel.tools.offered": [t["function"]["name"] for t in call.tools],
+                "gen_ai.input.messages": _messages_json(call.prompt)
+                if self.capture_prompts
+                else None,
+                "gen_ai.output.messages": self.capture(response.text),
+            },
+        )
         usage = dict(state.get("usage", {}))
         for key in ("input_tokens", "output_tokens", "total_tokens"):
             usage[key] = usage.get(key, 0) + int((meta or {}).get(key, 0) or 0)
-        calls = [
+        model_calls = [
             {
                 "model": a.model,
                 "seconds": round(a.seconds, 6),
@@ -452,13 +481,12 @@ class Agent:
             for a in attempts
             for ok in [not a.error]
         ]
-        handed = client.names if client is not None else frozenset()
         return {
             "messages": [response],
             "client_calls": [
                 {"id": tc["id"], "name": tc["name"], "args": tc["args"]}
                 for tc in response.tool_calls
-                if tc["name"] in handed
+                if tc["name"] in call.handed
             ],
             "steps": state.get("steps", 0) + 1,
             "usage": usage,
@@ -466,7 +494,7 @@ class Agent:
             "finish_reason": finish,
             "model_id": model_id,
             "model_seconds": state.get("model_seconds", 0.0) + elapsed,
-            "model_calls": [*state.get("model_calls", []), *calls],
+            "model_calls": [*state.get("model_calls", []), *model_calls],
             "reask_note": "",
             "stop_reason": "",  # a reask is over once the model answered again
         }
@@ -514,88 +542,60 @@ class Agent:
             return self._tools(state, config)
 
     def _tools(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
-        last = state["messages"][-1]
-        assert isinstance(last, AIMessage)
-        policy, budget, ctx = self.policy(config), self._budget(state), self.context(state, config)
-        decisions = state.get("decisions", {})
-        messages: list[ToolMessage] = []
-        outcomes = list(state.get("outcomes", []))
-        errors = state.get("tool_errors", 0)
-        for call, outcome in self._server_calls(last, state):
-            if (
-                outcome is None
-                and policy.requires_approval(call)
-                and (policy.check(call, budget) is None)
-            ):
-                decision = decisions.get(call.id, {"action": "reject"})
-                action = decision.get("action")
-                if action == "edit" and isinstance(decision.get("args"), dict):
-                    call = ToolCall(call.id, call.name, dict(decision["args"]))
-                elif action != "approve":
-                    outcome = ToolOutcome.rejected(call, str(decision.get("reason", "")))
-            with self._span(
-                f"execute_tool {call.name}",
-                **{
-                    "gen_ai.operation.name": "execute_tool",
-                    "gen_ai.tool.name": call.name,
-                    "gen_ai.tool.call.id": call.id,
-                },
-            ) as span:
+        run = _ToolRun.of(self, state, config)
+        for call, outcome in run.planned():
+            with self._tool_span(call) as span:
                 try:
                     if outcome is None:
-                        checked = self.hooks.run_tool_args(call, ctx)
+                        checked = self.hooks.run_tool_args(call, run.ctx)
                         if isinstance(checked, ToolOutcome):
                             outcome = checked
                         else:
-                            outcome = policy.execute_sync(checked, budget)
-                    outcome = self.hooks.run_tool_result(outcome, ctx)
+                            outcome = run.policy.execute_sync(checked, run.budget)
+                    outcome = self.hooks.run_tool_result(outcome, run.ctx)
                 except GuardTripped as trip:
-                    outcome = ToolOutcome(
-                        call=call, status="refused", content=trip.message, error=str(trip)
-                    )
-                    ctx.record(trip.point or "tool", "guard", "tripped", message=trip.message)
-                _set(
-                    span,
-                    {
-                        "keel.tool.status": outcome.status,
-                        "keel.tool.result_size": len(outcome.content),
-                        "keel.tool.error": outcome.error,
-                        "keel.tool.arguments": self.capture(json.dumps(call.args, default=str)),
-                        "keel.tool.result": self.capture(outcome.content),
-                    },
-                )
-                if span is not None and not outcome.ok:
-                    from opentelemetry.trace import Status, StatusCode
+                    outcome = run.tripped(call, trip)
+                run.record(call, outcome, span)
+        return run.update()
 
-                    span.set_status(Status(StatusCode.ERROR, outcome.status))
-            if outcome.status in _ERROR_STATUSES:
-                errors += 1
-            outcomes.append(
-                {
-                    "id": call.id,
-                    "name": call.name,
-                    "args": call.args,
-                    "status": outcome.status,
-                    "content": outcome.content,
-                    "error": outcome.error,
-                    "seconds": round(outcome.seconds, 4),
-                }
-            )
-            messages.append(
-                ToolMessage(
-                    outcome.content,
-                    tool_call_id=call.id,
-                    name=call.name,
-                    status="success" if outcome.ok else "error",
-                )
-            )
-        return {
-            "messages": messages,
-            "outcomes": outcomes,
-            "tool_counts": dict(budget.counts),
-            "tool_errors": errors,
-            **self._recorded(state, ctx),
-        }
+    async def atools(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        """:meth:`tools` on the running event loop: a coroutine tool is awaited on it (a sync
+        one runs in its own thread, as always); the ``tool_args`` and ``tool_result`` hooks,
+        when there are any, run in a worker thread. As the turn's reader, as :meth:`tools`."""
+        with reading_as(readable_of(config)):
+            return await self._atools(state, config)
+
+    async def _atools(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        run = _ToolRun.of(self, state, config)
+        hooks = self.hooks
+        for call, outcome in run.planned():
+            with self._tool_span(call) as span:
+                try:
+                    if outcome is None:
+                        checked = await _off_loop(
+                            hooks.tool_args, hooks.run_tool_args, call, run.ctx
+                        )
+                        if isinstance(checked, ToolOutcome):
+                            outcome = checked
+                        else:
+                            outcome = await run.policy.execute(checked, run.budget)
+                    outcome = await _off_loop(
+                        hooks.tool_result, hooks.run_tool_result, outcome, run.ctx
+                    )
+                except GuardTripped as trip:
+                    outcome = run.tripped(call, trip)
+                run.record(call, outcome, span)
+        return run.update()
+
+    def _tool_span(self, call: ToolCall) -> Any:
+        return self._span(
+            f"execute_tool {call.name}",
+            **{
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": call.name,
+                "gen_ai.tool.call.id": call.id,
+            },
+        )
 
     @staticmethod
     def _server_calls(
@@ -769,25 +769,51 @@ class Agent:
     def after_results(self, state: AgentState) -> str:
         return "finalize" if self._stopped(state) else "model"
 
+    def _nodes(self, run_async: bool) -> dict[str, Any]:
+        if not run_async:
+            return {
+                "start": self.start,
+                "cache": self.cache_lookup,
+                "retrieve": self.retrieve,
+                "model": self.model,
+                "approve": self.approve,
+                "tools": self.tools,
+                "finalize": self.finalize,
+                "handoff": self.handoff,
+                "results": self.results,
+            }
+        h = self.hooks
+        return {
+            "start": _threaded(self.start) if h.input else self.start,
+            "cache": _threaded(self.cache_lookup),
+            "retrieve": _threaded(self.retrieve),
+            "model": self.amodel,
+            "approve": self.approve,  # inline: LangGraph's interrupt() needs the step's context
+            "tools": self.atools,
+            "finalize": _threaded(self.finalize) if h.output else self.finalize,
+            "handoff": self.handoff,
+            "results": _threaded(self.results) if h.tool_result else self.results,
+        }
+
     @property
     def _checks_input(self) -> bool:
         # ``start`` only where it has work: a step costs LangGraph about 0.15 ms
         return bool(self.hooks.input) or self.cache is not None
 
-    def build(self, checkpointer: Any = None) -> Any:
+    def build(self, checkpointer: Any = None, *, run_async: bool = False) -> Any:
+        """The compiled graph. ``run_async``: the graph for ``ainvoke``/``astream`` (the
+        same steps, edges and state, so either graph continues the other's threads): the
+        model is called with ``ainvoke`` and tools are awaited on the running loop; the
+        steps that block (retrieval, the cache, steps running guards) run in a worker
+        thread, and the cheap ones inline."""
         graph = StateGraph(AgentState)
         checks_input = self._checks_input
-        if checks_input:
-            graph.add_node("start", self.start)
-        if self.cache is not None:
-            graph.add_node("cache", self.cache_lookup)
-        graph.add_node("retrieve", self.retrieve)
-        graph.add_node("model", self.model)
-        graph.add_node("approve", self.approve)
-        graph.add_node("tools", self.tools)
-        graph.add_node("finalize", self.finalize)
-        graph.add_node("handoff", self.handoff)
-        graph.add_node("results", self.results)
+        for name, node in self._nodes(run_async).items():
+            if name == "start" and not checks_input:
+                continue
+            if name == "cache" and self.cache is None:
+                continue
+            graph.add_node(name, node)
         graph.add_conditional_edges(
             START, self.entry, ["results", "start" if checks_input else self._first_step()]
         )
@@ -806,6 +832,140 @@ class Agent:
         graph.add_conditional_edges("tools", self.after_tools, ["model", "finalize", "handoff"])
         graph.add_conditional_edges("finalize", self.after_finalize, ["model", END])
         return graph.compile(checkpointer=checkpointer)
+
+
+@dataclass(frozen=True)
+class _ModelCall:
+    """What one model step sends (:meth:`Agent.model`, :meth:`Agent.amodel`)."""
+
+    chain: ModelChain  # bound to the tools offered
+    prompt: list[BaseMessage]
+    tools: list[dict[str, Any]]  # offered, the client's included
+    handed: frozenset[str]  # the client's tools: calls to them go to the client
+    primary: str
+
+
+@dataclass
+class _ToolRun:
+    """One ``tools`` step (:meth:`Agent.tools`, :meth:`Agent.atools`): the calls to run,
+    with the approvals given applied, and what they did."""
+
+    agent: Agent
+    state: AgentState
+    policy: ToolPolicy
+    budget: RunBudget
+    ctx: RunContext
+    outcomes: list[dict[str, Any]]
+    errors: int
+    messages: list[ToolMessage] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, agent: Agent, state: AgentState, config: RunnableConfig) -> _ToolRun:
+        return cls(
+            agent,
+            state,
+            agent.policy(config),
+            agent._budget(state),
+            agent.context(state, config),
+            list(state.get("outcomes", [])),
+            state.get("tool_errors", 0),
+        )
+
+    def planned(self) -> Iterator[tuple[ToolCall, ToolOutcome | None]]:
+        """Each call as it will run (edited arguments) or its outcome when it will not
+        (rejected, unreadable); checked against the budget as the previous calls left it."""
+        last = self.state["messages"][-1]
+        assert isinstance(last, AIMessage)
+        policy, budget = self.policy, self.budget
+        decisions = self.state.get("decisions", {})
+        for call, outcome in self.agent._server_calls(last, self.state):
+            if (
+                outcome is None
+                and policy.requires_approval(call)
+                and (policy.check(call, budget) is None)
+            ):
+                decision = decisions.get(call.id, {"action": "reject"})
+                action = decision.get("action")
+                if action == "edit" and isinstance(decision.get("args"), dict):
+                    call = ToolCall(call.id, call.name, dict(decision["args"]))
+                elif action != "approve":
+                    outcome = ToolOutcome.rejected(call, str(decision.get("reason", "")))
+            yield call, outcome
+
+    def tripped(self, call: ToolCall, trip: GuardTripped) -> ToolOutcome:
+        self.ctx.record(trip.point or "tool", "guard", "tripped", message=trip.message)
+        return ToolOutcome(call=call, status="refused", content=trip.message, error=str(trip))
+
+    def record(self, call: ToolCall, outcome: ToolOutcome, span: Any) -> None:
+        capture = self.agent.capture
+        _set(
+            span,
+            {
+                "keel.tool.status": outcome.status,
+                "keel.tool.result_size": len(outcome.content),
+                "keel.tool.error": outcome.error,
+                "keel.tool.arguments": capture(json.dumps(call.args, default=str)),
+                "keel.tool.result": capture(outcome.content),
+            },
+        )
+        if span is not None and not outcome.ok:
+            from opentelemetry.trace import Status, StatusCode
+
+            span.set_status(Status(StatusCode.ERROR, outcome.status))
+        if outcome.status in _ERROR_STATUSES:
+            self.errors += 1
+        self.outcomes.append(
+            {
+                "id": call.id,
+                "name": call.name,
+                "args": call.args,
+                "status": outcome.status,
+                "content": outcome.content,
+                "error": outcome.error,
+                "seconds": round(outcome.seconds, 4),
+            }
+        )
+        self.messages.append(
+            ToolMessage(
+                outcome.content,
+                tool_call_id=call.id,
+                name=call.name,
+                status="success" if outcome.ok else "error",
+            )
+        )
+
+    def update(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "outcomes": self.outcomes,
+            "tool_counts": dict(self.budget.counts),
+            "tool_errors": self.errors,
+            **self.agent._recorded(self.state, self.ctx),
+        }
+
+
+_T = TypeVar("_T")
+
+
+async def _off_loop(hooks: Sequence[Any], run: Callable[..., _T], *args: Any) -> _T:
+    """``run(*args)``: inline when there are no ``hooks`` for it to run, else in a worker
+    thread (guards may embed text or call a service: the loop must not wait on them)."""
+    if not hooks:
+        return run(*args)
+    return await asyncio.to_thread(run, *args)
+
+
+def _threaded(
+    step: Callable[[AgentState, RunnableConfig], dict[str, Any]],
+) -> Callable[[AgentState, RunnableConfig], Awaitable[dict[str, Any]]]:
+    """A blocking step of the async graph, run in a worker thread (the context, and with
+    it the turn's span, goes along)."""
+
+    async def run(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        return await asyncio.to_thread(step, state, config)
+
+    run.__name__ = run.__qualname__ = getattr(step, "__name__", "step")
+    return run
 
 
 CUT_OFF = "(This turn was interrupted before it finished.)"

@@ -14,9 +14,10 @@ next model at once.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -198,8 +199,8 @@ class ModelChain:
         tools = [_for_provider(t, compatible) for t in self.tools]
         return model.bind_tools(tools, tool_choice=_choice_for(self.tool_choice, tools, compatible))
 
-    def _wait(self, attempt: int) -> None:
-        self.sleep(self.backoff_s * (2**attempt) * (0.5 + random.random() / 2))
+    def _backoff(self, attempt: int) -> float:
+        return float(self.backoff_s * 2**attempt * (0.5 + random.random() / 2))
 
     def invoke(
         self,
@@ -213,30 +214,93 @@ class ModelChain:
         Under LangGraph's ``stream_mode="messages"`` the tokens of this call stream out
         through the callbacks in ``config``.
         """
-        failures: list[tuple[str, str]] = []
-        kwargs = self.params.kwargs() if self.params else {}
-        for model_id, model in self.models:
-            bound = self._bound(model)
-            extra = self.response_format.provider_kwargs(model) if self.response_format else {}
-            for attempt in range(self.max_retries + 1):
-                started = time.perf_counter()
-                try:
-                    message = bound.invoke(messages, config=config, **kwargs, **extra)
-                except Exception as exc:
-                    error = f"{type(exc).__name__}: {exc}"[:300]
-                    failures.append((model_id, error))
-                    if attempts is not None:
-                        attempts.append(
-                            ModelAttempt(model_id, time.perf_counter() - started, error)
-                        )
-                    if attempt < self.max_retries and is_retryable(exc):
-                        self._wait(attempt)
-                        continue
+        run = _ChainRun(self, attempts)
+        for t in run.tries():
+            try:
+                message = t.bound.invoke(messages, config=config, **t.kwargs)
+            except Exception as exc:
+                wait = run.failed(t, exc)
+                if wait is not None:
+                    self.sleep(wait)
+                continue
+            run.succeeded(t)
+            return t.model_id, message
+        raise run.error()
+
+    async def ainvoke(
+        self,
+        messages: list[BaseMessage],
+        config: Any = None,
+        attempts: list[ModelAttempt] | None = None,
+    ) -> tuple[str, BaseMessage]:
+        """:meth:`invoke` on the running event loop (the model's ``ainvoke``; backoff with
+        ``asyncio.sleep``, unless a ``sleep`` of one's own was set)."""
+        run = _ChainRun(self, attempts)
+        for t in run.tries():
+            try:
+                message = await t.bound.ainvoke(messages, config=config, **t.kwargs)
+            except Exception as exc:
+                wait = run.failed(t, exc)
+                if wait is not None:
+                    if self.sleep is time.sleep:
+                        await asyncio.sleep(wait)
+                    else:
+                        self.sleep(wait)
+                continue
+            run.succeeded(t)
+            return t.model_id, message
+        raise run.error()
+
+
+@dataclass
+class _Try:
+    model_id: str
+    bound: Any
+    kwargs: dict[str, Any]
+    attempt: int
+    started: float
+
+
+class _ChainRun:
+    """One call of a chain, for :meth:`ModelChain.invoke` and :meth:`ModelChain.ainvoke`:
+    which model to try next, what failed, and how long to wait before a retry."""
+
+    def __init__(self, chain: ModelChain, attempts: list[ModelAttempt] | None) -> None:
+        self.chain = chain
+        self.attempts = attempts
+        self.failures: list[tuple[str, str]] = []
+        self._retry = False
+
+    def tries(self) -> Iterator[_Try]:
+        chain = self.chain
+        kwargs = chain.params.kwargs() if chain.params else {}
+        for model_id, model in chain.models:
+            bound = chain._bound(model)
+            extra = chain.response_format.provider_kwargs(model) if chain.response_format else {}
+            for attempt in range(chain.max_retries + 1):
+                self._retry = False
+                yield _Try(model_id, bound, {**kwargs, **extra}, attempt, time.perf_counter())
+                if not self._retry:  # answered (the caller returned) or not worth a retry
                     break
-                if attempts is not None:
-                    attempts.append(ModelAttempt(model_id, time.perf_counter() - started))
-                return model_id, message
-        raise ModelError(_summary(failures), failures)
+
+    def failed(self, t: _Try, exc: Exception) -> float | None:
+        """Record a failed call; the seconds to wait before retrying the same model, or
+        None to go on to the next one."""
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        self.failures.append((t.model_id, error))
+        if self.attempts is not None:
+            self.attempts.append(ModelAttempt(t.model_id, time.perf_counter() - t.started, error))
+        if t.attempt < self.chain.max_retries and is_retryable(exc):
+            self._retry = True
+            return self.chain._backoff(t.attempt)
+        return None
+
+    def succeeded(self, t: _Try) -> None:
+        if self.attempts is not None:
+            self.attempts.append(ModelAttempt(t.model_id, time.perf_counter() - t.started))
+
+    def error(self) -> ModelError:
+        return ModelError(_summary(self.failures), self.failures)
 
 
 def _for_provider(tool: dict[str, Any], compatible: bool) -> dict[str, Any]:

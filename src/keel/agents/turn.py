@@ -5,7 +5,9 @@ graph (:mod:`keel.agents.graph`) runs it, inside the turn's span. :meth:`TurnRun
 yields the turn's typed events (:mod:`keel.agents.events`); :meth:`TurnRunner.ask` runs the
 same turn in one call and returns its :class:`~keel.agents.answer.Answer`;
 :meth:`TurnRunner.ask_ephemeral` runs a turn that is not kept (evaluation) and
-:meth:`TurnRunner.resume` continues a thread paused for approval. :class:`keel.App` is the
+:meth:`TurnRunner.resume` continues a thread paused for approval. :meth:`TurnRunner.aask`,
+:meth:`TurnRunner.astream` and :meth:`TurnRunner.aresume` are the same turns on a running
+event loop, on the graph's async path (``ainvoke``/``astream``). :class:`keel.App` is the
 facade over it; the HTTP routes and the console encode its events.
 
 Tracing (:class:`keel.ops.turn_trace.TurnTracer`) and the semantic cache's policy
@@ -14,10 +16,19 @@ Tracing (:class:`keel.ops.turn_trace.TurnTracer`) and the semantic cache's polic
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from keel.agents.events import (
     ApprovalRequired,
@@ -76,6 +87,9 @@ class TurnParts:
     writes: Callable[[], bool]  # any tool with side effects: checkpoint each step
     cache: TurnCache | None = None
     release_id: str | None = None
+    # the graph built for ainvoke/astream (:meth:`keel.agents.graph.Agent.build`), same
+    # checkpointer; None: the async methods are not available
+    async_graph: Callable[[], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -282,19 +296,110 @@ class TurnRunner:
         cache.store(part, question, values.get("messages", []), answer, end_user=end_user)
 
     # -- turns ---------------------------------------------------------------------------------
+    # Each turn is: checks and set-up (sync, shared), the graph's run (``invoke``/``stream`` on
+    # the sync path, ``ainvoke``/``astream`` on the async one), then the answer and the cache
+    # (sync, shared). The async path runs the shared sync steps in a worker thread: they read
+    # the thread index and the checkpoints and may embed text, and the loop must not wait.
+    def _begin(
+        self, question: str, thread_id: str | None, request: TurnRequest
+    ) -> tuple[str, dict[str, Any], Any]:
+        """The checks and set-up before a turn's first step: ``(thread id, run config,
+        graph input)``."""
+        tid, config = self.prepare(thread_id, request)
+        return tid, config, self.start_input(question, tid, config, request)
+
+    def _begin_resume(
+        self,
+        thread_id: str,
+        payload: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        request: TurnRequest,
+    ) -> tuple[str, dict[str, Any], Any]:
+        from langgraph.types import Command
+
+        tid, config = self.prepare(thread_id, request)
+        pending = self.pending(config)
+        if not pending:
+            raise UsageError(f"thread {tid!r} has no call waiting for approval")
+        return tid, config, Command(resume=payload(pending))
+
+    def _async_graph(self) -> Any:
+        if self.parts.async_graph is None:
+            raise UsageError("this turn runner has no async graph (TurnParts.async_graph)")
+        return self.parts.async_graph()
+
     def ask(self, question: str, thread_id: str | None, request: TurnRequest) -> Answer:
         """One turn in one call."""
-        tid, config = self.prepare(thread_id, request)
-        graph_input = self.start_input(question, tid, config, request)
+        tid, config, graph_input = self._begin(question, thread_id, request)
+        return self._run(graph_input, tid, config, request, question or None, keep=True)
+
+    async def aask(self, question: str, thread_id: str | None, request: TurnRequest) -> Answer:
+        """:meth:`ask` on the running event loop: the graph runs with ``ainvoke`` (the model
+        with ``ainvoke``, coroutine tools awaited on this loop)."""
+        tid, config, graph_input = await _in_thread(self._begin, question, thread_id, request)
+        return await self._arun(graph_input, tid, config, request, question or None, keep=True)
+
+    def resume(
+        self,
+        thread_id: str,
+        payload: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        request: TurnRequest,
+    ) -> Answer:
+        """Continue a thread paused for approval; ``payload`` turns the pending calls into
+        the resume payload (:func:`keel.app.resolve_decisions`)."""
+        tid, config, command = self._begin_resume(thread_id, payload, request)
+        return self._run(command, tid, config, request, None, keep=False)
+
+    async def aresume(
+        self,
+        thread_id: str,
+        payload: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        request: TurnRequest,
+    ) -> Answer:
+        """:meth:`resume` on the running event loop (as :meth:`aask`)."""
+        tid, config, command = await _in_thread(self._begin_resume, thread_id, payload, request)
+        return await self._arun(command, tid, config, request, None, keep=False)
+
+    def _run(
+        self,
+        graph_input: Any,
+        tid: str,
+        config: dict[str, Any],
+        request: TurnRequest,
+        question: str | None,
+        *,
+        keep: bool,
+    ) -> Answer:
         tracer = self.parts.tracer()
-        with tracer.span(tid, request.owner, question or None, request.end_user) as (
-            span,
-            trace_id,
-        ):
+        with tracer.span(tid, request.owner, question, request.end_user) as (span, trace_id):
             self.parts.graph().invoke(graph_input, config, durability=self.durability())
             answer = self.answer(tid, config, trace_id)
             tracer.finish(span, summary(answer))
-        self._keep_in_cache(config, answer, request.end_user)
+        if keep:
+            self._keep_in_cache(config, answer, request.end_user)
+        return answer
+
+    async def _arun(
+        self,
+        graph_input: Any,
+        tid: str,
+        config: dict[str, Any],
+        request: TurnRequest,
+        question: str | None,
+        *,
+        keep: bool,
+    ) -> Answer:
+        tracer = self.parts.tracer()
+        with tracer.span(tid, request.owner, question, request.end_user) as (span, trace_id):
+            graph = self._async_graph()
+            try:
+                await graph.ainvoke(graph_input, config, durability=self.durability())
+            except asyncio.CancelledError:  # the caller's task was cancelled: so is the turn
+                span.set_attribute("keel.stop_reason", "cancelled")
+                raise
+            answer = await _in_thread(self.answer, tid, config, trace_id)
+            tracer.finish(span, summary(answer))
+        if keep:
+            await _in_thread(self._keep_in_cache, config, answer, request.end_user)
         return answer
 
     def stream(
@@ -303,9 +408,18 @@ class TurnRunner:
         """One turn as typed events, the last one :class:`~keel.agents.events.Done`. The
         checks (thread id, empty question, a thread waiting for approval) run before the
         first event, so a bad request fails at the call, not mid-stream."""
-        tid, config = self.prepare(thread_id, request)
-        graph_input = self.start_input(question, tid, config, request)
+        tid, config, graph_input = self._begin(question, thread_id, request)
         return self._traced(graph_input, tid, config, request, question)
+
+    async def astream(
+        self, question: str, thread_id: str | None, request: TurnRequest
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """:meth:`stream` on the running event loop (the graph's ``astream``): awaiting it
+        runs the checks (a bad request fails here) and gives the events' async iterator.
+        Closing the iterator early (``aclose``) or cancelling the task reading it cancels
+        the turn, and its span says so."""
+        tid, config, graph_input = await _in_thread(self._begin, question, thread_id, request)
+        return self._atraced(graph_input, tid, config, request, question)
 
     def _traced(
         self,
@@ -319,14 +433,9 @@ class TurnRunner:
         step, so a consumer that resumes the generator from another thread (a web server's
         thread pool) never detaches a context it did not attach."""
         from opentelemetry import context as otel_context
-        from opentelemetry import trace
 
-        from keel.ops.turn_trace import trace_id_of
-
-        tracer = self.parts.tracer()
-        span = tracer.start(tid, request.owner, question, request.end_user)
-        ctx = trace.set_span_in_context(span)
-        events = self._events(graph_input, tid, config, trace_id_of(span), request.end_user)
+        tracer, span, ctx, trace_id = self._open_span(tid, request, question)
+        events = self._events(graph_input, tid, config, trace_id, request.end_user)
         try:
             while True:
                 token = otel_context.attach(ctx)
@@ -346,6 +455,52 @@ class TurnRunner:
             events.close()
             span.end()
 
+    async def _atraced(
+        self,
+        graph_input: Any,
+        tid: str,
+        config: dict[str, Any],
+        request: TurnRequest,
+        question: str,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """:meth:`_traced` for :meth:`astream` (the context attached around each step too:
+        each ``anext`` may come from another task)."""
+        from opentelemetry import context as otel_context
+
+        tracer, span, ctx, trace_id = self._open_span(tid, request, question)
+        events = self._aevents(graph_input, tid, config, trace_id, request.end_user)
+        try:
+            while True:
+                token = otel_context.attach(ctx)
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    otel_context.detach(token)
+                if isinstance(event, Done):
+                    tracer.finish(span, summary(event.answer))
+                yield event
+        except (GeneratorExit, asyncio.CancelledError):
+            span.set_attribute("keel.stop_reason", "cancelled")
+            raise
+        finally:
+            await events.aclose()
+            span.end()
+
+    def _open_span(
+        self, tid: str, request: TurnRequest, question: str
+    ) -> tuple[TurnTracer, Any, Any, str]:
+        """A streamed turn's span (ended by its stream): ``(tracer, span, the context with
+        it, trace id)``."""
+        from opentelemetry import trace
+
+        from keel.ops.turn_trace import trace_id_of
+
+        tracer = self.parts.tracer()
+        span = tracer.start(tid, request.owner, question, request.end_user)
+        return tracer, span, trace.set_span_in_context(span), trace_id_of(span)
+
     def _events(
         self,
         graph_input: Any,
@@ -354,104 +509,41 @@ class TurnRunner:
         trace_id: str,
         end_user: str | None,
     ) -> Generator[StreamEvent, None, None]:
-        from langchain_core.messages import AIMessageChunk
-
-        from keel.agents.graph import hit_from_dict
-        from keel.agents.hooks import RunContext
-        from keel.errors import GuardTripped
-
-        scopes = config["configurable"].get("keel_scopes")
-        ctx = RunContext(
-            app=self.parts.app_name,
-            thread_id=tid,
-            scopes=frozenset(scopes) if scopes is not None else None,
-            question=str(graph_input.get("question", "")) if isinstance(graph_input, dict) else "",
-        )
-        guards = self.parts.guards()
-        window = guards.stream_guard(ctx) if guards else None
-
+        seen = _TurnEvents(self.parts, graph_input, tid, config)
         for mode, payload in self.parts.graph().stream(
-            graph_input,
-            config,
-            stream_mode=["messages", "updates"],
-            durability=self.durability(),
+            graph_input, config, stream_mode=["messages", "updates"], durability=self.durability()
         ):
-            if mode == "messages":
-                chunk, meta = payload
-                if not (
-                    isinstance(chunk, AIMessageChunk) and meta.get("langgraph_node") == "model"
-                ):
-                    continue
-                for part in chunk.tool_call_chunks:  # a call as the model writes it
-                    yield ToolCallDelta(
-                        index=part.get("index"),
-                        id=part.get("id"),
-                        name=part.get("name"),
-                        args=part.get("args") or "",
-                    )
-                if not chunk.text:
-                    continue
-                try:
-                    text = chunk.text if window is None else window.feed(chunk.text)
-                except GuardTripped as trip:  # shown no further; the run finishes its turn
-                    yield Guardrail(trip.result if isinstance(trip.result, dict) else {})
-                    continue
-                if text:
-                    yield Token(text)
-                continue
-            if not isinstance(payload, dict):
-                continue
-            if payload.get("retrieve"):
-                ctx.hits = [hit_from_dict(h) for h in payload["retrieve"].get("hits", [])]
-            cached = payload.get("cache")
-            if cached and cached.get("cache", {}).get("hit"):  # the cached answer, at once
-                yield Token(cached["answer"])
-            tools = payload.get("tools")
-            if tools:
-                new = len(tools.get("messages", []))
-                for outcome in tools.get("outcomes", [])[-new:] if new else []:
-                    yield ToolCallDone(outcome)
+            yield from seen.feed(mode, payload)
         answer = self.answer(tid, config, trace_id)
-        if window is not None and window.tripped is None:
-            try:
-                rest = window.flush()
-            except GuardTripped as trip:
-                yield Guardrail(trip.result if isinstance(trip.result, dict) else {})
-            else:
-                if rest:
-                    yield Token(rest)
-        for event in answer.events:
-            if event.get("outcome") == "fail" and event.get("point") != "output":
-                yield Guardrail(event)
-        if answer.pending_approval:
-            yield ApprovalRequired(tid, answer.pending_approval)
-        for citation in answer.citations:
-            yield CitationFound(citation)
-        if window is None or window.tripped is None:  # the user saw the answer unchanged
+        yield from seen.ending(answer)
+        if seen.unchanged:
             self._keep_in_cache(config, answer, end_user)
         yield Done(answer)
 
-    def resume(
+    async def _aevents(
         self,
-        thread_id: str,
-        payload: Callable[[list[dict[str, Any]]], dict[str, Any]],
-        request: TurnRequest,
-    ) -> Answer:
-        """Continue a thread paused for approval; ``payload`` turns the pending calls into
-        the resume payload (:func:`keel.app.resolve_decisions`)."""
-        from langgraph.types import Command
-
-        tid, config = self.prepare(thread_id, request)
-        pending = self.pending(config)
-        if not pending:
-            raise UsageError(f"thread {tid!r} has no call waiting for approval")
-        resume = payload(pending)
-        tracer = self.parts.tracer()
-        with tracer.span(tid, request.owner, None, request.end_user) as (span, trace_id):
-            self.parts.graph().invoke(Command(resume=resume), config, durability=self.durability())
-            answer = self.answer(tid, config, trace_id)
-            tracer.finish(span, summary(answer))
-        return answer
+        graph_input: Any,
+        tid: str,
+        config: dict[str, Any],
+        trace_id: str,
+        end_user: str | None,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        seen = _TurnEvents(self.parts, graph_input, tid, config)
+        stream = self._async_graph().astream(
+            graph_input, config, stream_mode=["messages", "updates"], durability=self.durability()
+        )
+        try:
+            async for mode, payload in stream:
+                for event in seen.feed(mode, payload):
+                    yield event
+        finally:
+            await stream.aclose()  # an early close cancels the run now, not when collected
+        answer = await _in_thread(self.answer, tid, config, trace_id)
+        for event in seen.ending(answer):
+            yield event
+        if seen.unchanged:
+            await _in_thread(self._keep_in_cache, config, answer, end_user)
+        yield Done(answer)
 
     def ask_ephemeral(
         self,
@@ -477,7 +569,15 @@ class TurnRunner:
         if len(tid) > 200:
             raise UsageError("a thread id needs 1-200 characters")
         config = self.run_config(
-            tid, TurnRequest(request.scopes, None, None, request.params, request.tool_choice)
+            tid,
+            TurnRequest(
+                request.scopes,
+                None,
+                None,
+                request.params,
+                request.tool_choice,
+                readable=request.readable,
+            ),
         )
         tracer = self.parts.tracer()
         history = list(request.history) if request.history else None
@@ -496,3 +596,101 @@ class TurnRunner:
 def summary(answer: Answer) -> dict[str, Any]:
     """The fields of an answer the turn span summarises (without copying its hits)."""
     return {k: getattr(answer, k) for k in _SUMMARY_FIELDS}
+
+
+_T = TypeVar("_T")
+
+
+async def _in_thread(func: Callable[..., _T], *args: Any) -> _T:
+    """A blocking step of a turn on the async path, in a worker thread (with the caller's
+    context: the turn's span, the trace id)."""
+    return await asyncio.to_thread(func, *args)
+
+
+class _TurnEvents:
+    """What a turn's graph stream (modes ``messages`` and ``updates``) means as typed events:
+    one reading for :meth:`TurnRunner.stream` and :meth:`TurnRunner.astream`."""
+
+    def __init__(
+        self, parts: TurnParts, graph_input: Any, tid: str, config: dict[str, Any]
+    ) -> None:
+        from keel.agents.hooks import RunContext
+
+        scopes = config["configurable"].get("keel_scopes")
+        self.ctx = RunContext(
+            app=parts.app_name,
+            thread_id=tid,
+            scopes=frozenset(scopes) if scopes is not None else None,
+            question=str(graph_input.get("question", "")) if isinstance(graph_input, dict) else "",
+        )
+        guards = parts.guards()
+        self.tid = tid
+        self.window = guards.stream_guard(self.ctx) if guards else None
+
+    @property
+    def unchanged(self) -> bool:
+        """The user saw the answer as the model wrote it (no output guard cut the stream)."""
+        return self.window is None or self.window.tripped is None
+
+    def feed(self, mode: str, payload: Any) -> Iterator[StreamEvent]:
+        from langchain_core.messages import AIMessageChunk
+
+        from keel.agents.graph import hit_from_dict
+        from keel.errors import GuardTripped
+
+        if mode == "messages":
+            chunk, meta = payload
+            if not (isinstance(chunk, AIMessageChunk) and meta.get("langgraph_node") == "model"):
+                return
+            for part in chunk.tool_call_chunks:  # a call as the model writes it
+                yield ToolCallDelta(
+                    index=part.get("index"),
+                    id=part.get("id"),
+                    name=part.get("name"),
+                    args=part.get("args") or "",
+                )
+            if not chunk.text:
+                return
+            window = self.window
+            try:
+                text = chunk.text if window is None else window.feed(chunk.text)
+            except GuardTripped as trip:  # shown no further; the run finishes its turn
+                yield Guardrail(trip.result if isinstance(trip.result, dict) else {})
+                return
+            if text:
+                yield Token(text)
+            return
+        if not isinstance(payload, dict):
+            return
+        if payload.get("retrieve"):
+            self.ctx.hits = [hit_from_dict(h) for h in payload["retrieve"].get("hits", [])]
+        cached = payload.get("cache")
+        if cached and cached.get("cache", {}).get("hit"):  # the cached answer, at once
+            yield Token(cached["answer"])
+        tools = payload.get("tools")
+        if tools:
+            new = len(tools.get("messages", []))
+            for outcome in tools.get("outcomes", [])[-new:] if new else []:
+                yield ToolCallDone(outcome)
+
+    def ending(self, answer: Answer) -> Iterator[StreamEvent]:
+        """The events after the graph's run, before :class:`Done`: the rest of the guarded
+        window, the guards that failed, the calls waiting for approval, the citations."""
+        from keel.errors import GuardTripped
+
+        window = self.window
+        if window is not None and window.tripped is None:
+            try:
+                rest = window.flush()
+            except GuardTripped as trip:
+                yield Guardrail(trip.result if isinstance(trip.result, dict) else {})
+            else:
+                if rest:
+                    yield Token(rest)
+        for event in answer.events:
+            if event.get("outcome") == "fail" and event.get("point") != "output":
+                yield Guardrail(event)
+        if answer.pending_approval:
+            yield ApprovalRequired(self.tid, answer.pending_approval)
+        for citation in answer.citations:
+            yield CitationFound(citation)

@@ -76,9 +76,7 @@ def keys_list(
     for k in keys:
         state = "revoked" if k.revoked_at else "active"
         reads = f"  labels={','.join(sorted(k.labels))}" if k.labels else ""
-        out.print(
-            f"{k.id}  {k.name}  {','.join(sorted(k.scopes))}  {state}{reads}", markup=False
-        )
+        out.print(f"{k.id}  {k.name}  {','.join(sorted(k.scopes))}  {state}{reads}", markup=False)
 
 
 @keys_cli.command("revoke")
