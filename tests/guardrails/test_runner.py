@@ -201,3 +201,36 @@ def test_warm_loads_what_the_configured_guards_need_before_any_request() -> None
     )
     guarded.warm()
     assert loaded == ["embedder"]
+
+
+def test_a_chunk_retrieved_again_reuses_its_context_verdict() -> None:
+    """The context point's rules are pure functions of the chunk here (a length rule), so a
+    chunk seen before is not validated again: same outcome, marked cached."""
+    from keel.agents.hooks import RunContext
+    from keel.rag.types import Hit
+
+    r = runner(context={"length": {"on_fail": "filter", "max_chars": 40}})
+    calls: list[str] = []
+    check = r.check
+
+    def counting(point: str, text: str, **kw: Any) -> Any:
+        calls.append(text)
+        return check(point, text, **kw)
+
+    r.check = counting  # type: ignore[method-assign]
+    short = Hit("a", "a#0", "Refunds take 30 days.", 1.0, "a.md")
+    long = Hit("b", "b#0", "x" * 80, 0.5, "b.md")
+    for turn in range(3):
+        ctx = RunContext(app="t", thread_id=f"t{turn}", scopes=None)
+        assert [h.chunk_id for h in r.on_context([short, long], ctx)] == ["a#0"]
+        outcomes = [(e["chunk_id"], e["outcome"]) for e in ctx.events if e["name"] == "length"]
+        assert outcomes == [("a#0", "pass"), ("b#0", "fail")]
+        cached = [
+            e.get("details", {}).get("cached", False) for e in ctx.events if "latency_ms" in e
+        ]
+        assert cached == [turn > 0, turn > 0]
+    assert calls == [short.text, long.text]  # each validated once
+
+    # a rule that reads the turn (pii placeholders) is never reused
+    fresh = runner(context={"pii": {"on_fail": "fix"}, "length": {"max_chars": 400}})
+    assert fresh._context_is_pure is False

@@ -17,7 +17,9 @@ events, for traces. Hub telemetry is off before any guard runs.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -174,6 +176,12 @@ def build_rules(section: GuardsSection) -> dict[str, list[Rule]]:
     return rules
 
 
+# Validators whose verdict on a text depends on nothing else (not on the turn's memory of
+# placeholders, the question or the passages): a retrieved chunk's verdict can be kept.
+PURE_VALIDATORS = frozenset({"injection", "length", "topic_denylist"})
+VERDICTS_KEPT = 4096  # chunks whose context verdict a runner keeps (least recently used go)
+
+
 class GuardRunner:
     """Runs the configured guards; :meth:`hooks` plugs them into the agent graph."""
 
@@ -187,6 +195,9 @@ class GuardRunner:
         self.services = services
         self.external = external
         self.rules = build_rules(section)
+        self._context_is_pure = all(r.validator in PURE_VALIDATORS for r in self.rules["context"])
+        self._verdicts: OrderedDict[str, tuple[str | None, tuple[Decision, ...]]] = OrderedDict()
+        self._verdicts_lock = threading.Lock()
 
     def __bool__(self) -> bool:
         return any(self.rules.values())
@@ -331,10 +342,41 @@ class GuardRunner:
     def on_input(self, text: str, ctx: RunContext) -> str:
         return self._stop_or_text("input", text, ctx)
 
+    def _context_check(self, text: str, ctx: RunContext) -> tuple[str | None, list[Decision]]:
+        """The context rules on one retrieved chunk. When every rule is a pure function of the
+        text (:data:`PURE_VALIDATORS`), the verdict on a chunk is kept (bounded, per process)
+        and a chunk retrieved again costs no validation: its decisions come back with
+        ``details.cached`` and the lookup's latency."""
+        if not self._context_is_pure:
+            return self.check("context", text, memory=ctx.memory)
+        started = time.perf_counter()
+        hit = text in self._verdicts
+        result, decisions = self._verdict(text)
+        if not hit:
+            return result, list(decisions)
+        latency = (time.perf_counter() - started) * 1000
+        return result, [
+            replace(d, latency_ms=latency, details={**d.details, "cached": True}) for d in decisions
+        ]
+
+    def _verdict(self, text: str) -> tuple[str | None, tuple[Decision, ...]]:
+        with self._verdicts_lock:
+            found = self._verdicts.get(text)
+            if found is not None:
+                self._verdicts.move_to_end(text)
+                return found
+        result, decisions = self.check("context", text, memory={})
+        verdict = (result, tuple(decisions))
+        with self._verdicts_lock:
+            self._verdicts[text] = verdict
+            while len(self._verdicts) > VERDICTS_KEPT:
+                self._verdicts.popitem(last=False)
+        return verdict
+
     def on_context(self, hits: list[Hit], ctx: RunContext) -> list[Hit]:
         kept: list[Hit] = []
         for hit in hits:
-            result, decisions = self.check("context", hit.text, memory=ctx.memory)
+            result, decisions = self._context_check(hit.text, ctx)
             for d in decisions:
                 ctx.events.append({**d.event(), "chunk_id": hit.chunk_id})
             if result is None:
