@@ -373,6 +373,11 @@ class GuardRunner:
                 self._verdicts.popitem(last=False)
         return verdict
 
+    def clear_verdicts(self) -> None:
+        """Forget the kept context verdicts (the next sight of each chunk validates it)."""
+        with self._verdicts_lock:
+            self._verdicts.clear()
+
     def on_context(self, hits: list[Hit], ctx: RunContext) -> list[Hit]:
         kept: list[Hit] = []
         for hit in hits:
