@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from keel.agents.citations import cited_numbers
+from keel.agents.events import Done, Token
 from keel.agents.graph import hit_from_dict
 from keel.agents.params import ModelParams
 from keel.app import App
@@ -78,6 +79,29 @@ def test_a_generated_answer_has_citations_usage_and_cost(bot: App) -> None:
     assert all(c["chunk_id"] in given for c in answer.citations)
     if not cited_numbers(answer.text):
         assert all(c["attributed"] for c in answer.citations)
+
+
+def test_the_async_path_answers_and_streams_from_the_real_server(bot: App) -> None:
+    """App.aask and App.astream on LangGraph's async path (ainvoke/astream on this loop), with
+    the model called through the OpenAI client's async API: a cited answer, a real stream,
+    and the thread's history kept across the two."""
+    import asyncio
+
+    async def run() -> tuple[Any, list[Any]]:
+        first = await bot.aask("How long do I have to ask for a refund on an annual plan?")
+        events = [e async for e in bot.astream("And on a monthly plan?", first.thread_id)]
+        return first, events
+
+    first, events = asyncio.run(run())
+    assert first.stop_reason == "done" and first.text.strip() and first.citations
+    assert first.usage["output_tokens"] > 0
+    done = events[-1]
+    assert isinstance(done, Done)
+    tokens = [e.text for e in events if isinstance(e, Token)]
+    assert "".join(tokens).strip() and "".join(tokens) == done.answer.text
+    assert len(tokens) > 1  # really streamed
+    history = bot.history(first.thread_id)
+    assert [type(m).__name__ for m in history].count("HumanMessage") == 2
 
 
 def test_max_tokens_cuts_a_reply_and_says_length(bot: App) -> None:
