@@ -63,6 +63,7 @@ class _ScriptState:
         self.script = script
         self.position = 0
         self.calls: list[list[BaseMessage]] = []
+        self.started = 0  # calls that have begun, counted before any delay
         self.lock = threading.Lock()
 
     def next(self, messages: Sequence[BaseMessage]) -> ScriptEntry:
@@ -127,6 +128,11 @@ class ScriptedChatModel(BaseChatModel):
     def calls(self) -> list[list[BaseMessage]]:
         """The messages of every call so far, in order (shared with bound copies)."""
         return self._state.calls
+
+    @property
+    def started(self) -> int:
+        """Calls that have begun, counted before ``delay_s`` (a test can wait for one)."""
+        return self._state.started
 
     @property
     def remaining(self) -> int:
@@ -211,6 +217,7 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        self._state.started += 1
         if self.delay_s:
             time.sleep(self.delay_s)
         return ChatResult(generations=[ChatGeneration(message=self._reply(messages))])
@@ -222,6 +229,7 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        self._state.started += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         return ChatResult(generations=[ChatGeneration(message=self._reply(messages))])
@@ -233,6 +241,7 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        self._state.started += 1
         if self.delay_s:
             time.sleep(self.delay_s)
         for chunk in self._chunks(self._reply(messages)):
@@ -247,6 +256,7 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        self._state.started += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         for chunk in self._chunks(self._reply(messages)):

@@ -256,7 +256,10 @@ def test_cancelling_the_task_of_an_async_turn_cancels_the_turn(make: Any) -> Non
 
     async def host() -> None:
         task = asyncio.create_task(app.aask("slow?", tid))
-        await asyncio.sleep(0.5)
+        for _ in range(2000):  # cancel once the model call is under way, not before the turn
+            if app.model.started:
+                break
+            await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
