@@ -205,3 +205,94 @@ def test_openai_agents_sdk_function_tool_and_output_type(
     )
     result = asyncio.run(Runner.run(agent, "weather in Paris?"))
     assert result.final_output == Weather(city="Paris", sky="sunny")
+
+
+def test_openai_streams_client_tool_calls_on_both_apis(served: Callable[..., Any]) -> None:
+    """Streamed, a client tool call arrives as the APIs' own stream events: ``delta.tool_calls``
+    on chat completions, ``function_call`` output items and argument deltas on responses."""
+    import openai
+
+    base, key = served([weather_call(), from_result, weather_call(), from_result])
+    client = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
+
+    messages: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
+    with client.chat.completions.stream(
+        model="bot", messages=messages, tools=[WEATHER_TOOL]
+    ) as stream:
+        for _ in stream:
+            pass
+        done = stream.get_final_completion()
+    assert done.choices[0].finish_reason == "tool_calls"
+    call = done.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert (call.function.name, json.loads(call.function.arguments)) == (  # type: ignore[union-attr]
+        "get_weather",
+        {"city": "Paris"},
+    )
+    messages += [
+        {"role": "assistant", "tool_calls": [call.model_dump(exclude_none=True)]},
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
+    chunks = client.chat.completions.create(
+        model="bot", messages=messages, tools=[WEATHER_TOOL], stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert json.loads(text) == {"city": "Paris", "sky": "sunny"}
+
+    tool: Any = {"type": "function", **WEATHER_TOOL["function"]}
+    with client.responses.stream(model="bot", input="weather in Paris?", tools=[tool]) as events:
+        kinds = [event.type for event in events]
+        first = events.get_final_response()
+    assert "response.output_item.added" in kinds
+    assert "response.function_call_arguments.done" in kinds
+    assert kinds[-1] == "response.completed"
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
+    with client.responses.stream(
+        model="bot",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny"}],
+        tools=[tool],
+    ) as events:
+        deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+        second = events.get_final_response()
+    assert (
+        json.loads("".join(deltas))
+        == json.loads(second.output_text)
+        == {
+            "city": "Paris",
+            "sky": "sunny",
+        }
+    )
+
+
+def test_openai_agents_sdk_streams_a_tool_using_agent_on_responses(
+    served: Callable[..., Any],
+) -> None:
+    import openai
+    from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    base, key = served([weather_call(), from_result])
+    client = openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0)
+    agent = Agent(
+        name="weather",
+        instructions="Answer with the weather.",
+        model=OpenAIResponsesModel(model="bot", openai_client=client),
+        tools=[function_tool(get_weather)],
+        output_type=Weather,
+    )
+
+    async def run() -> tuple[Any, list[str]]:
+        result = Runner.run_streamed(agent, "weather in Paris?")
+        kinds = [
+            event.item.type
+            async for event in result.stream_events()
+            if event.type == "run_item_stream_event"
+        ]
+        return result.final_output, kinds
+
+    final, kinds = asyncio.run(run())
+    assert final == Weather(city="Paris", sky="sunny")
+    assert kinds[:2] == ["tool_call_item", "tool_call_output_item"]
