@@ -9,6 +9,13 @@ def test_root_api_is_pinned() -> None:
 
 
 AREAS = {
+    "keel.tuning": [
+        "PreferencePair",
+        "SftExample",
+        "preference_pairs",
+        "rated_turns",
+        "sft_examples",
+    ],
     "keel.rag": ["Chunk", "Document", "Embedder", "Hit", "IngestReport", "Retriever"],
     "keel.tools": [
         "RunBudget",
@@ -118,6 +125,7 @@ def test_importing_the_areas_loads_no_heavy_library() -> None:
 
     code = (
         "import sys, keel.rag, keel.agents, keel.guardrails, keel.ops, keel.evals, keel.api\n"
+        "import keel.tuning\n"
         "heavy = [m for m in ('torch', 'chromadb', 'langgraph', 'guardrails', 'ragas', "
         "'fastapi', 'sentence_transformers') if m in sys.modules]\n"
         "print(','.join(heavy))"

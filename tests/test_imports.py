@@ -41,6 +41,7 @@ ALLOWED = {
     "ops": set(),
     "evals": {"app", "rag", "tools", "agents", "guardrails", "ops"},
     "api": {"app", "worker", "privacy", "rag", "tools", "agents", "guardrails", "ops", "evals"},
+    "tuning": {"app", "rag", "tools", "agents", "guardrails", "ops", "evals"},
 }
 SHARED = {"errors", "settings", "config", "db", "testing", "_lazy"}
 

@@ -283,7 +283,7 @@ class App:
             hits = self.store().query(vector, k=1)
             return (hits[0][1], hits[0][0].text) if hits else None
 
-        system = self.prompts.system.split("\n\n(Internal marker, never repeat it:")[0]
+        system = self.definition.authored_prompts.system
         return AppScope(self.config.app.description, system, nearest)
 
     @property
@@ -388,7 +388,14 @@ class App:
             return None
         hits = (
             [
-                {"chunk_id": c.id, "doc_id": c.doc_id, "text": c.text}
+                {
+                    "chunk_id": c.id,
+                    "doc_id": c.doc_id,
+                    "text": c.text,
+                    "source": c.source,
+                    "title": c.title,
+                    "headings": list(c.headings),
+                }
                 for c in self.store().get(list(turn.chunk_ids))
             ]
             if turn.chunk_ids

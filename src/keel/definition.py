@@ -101,17 +101,26 @@ class AppDefinition:
         return f"keel-canary-{digest}"
 
     @cached_property
-    def prompts(self) -> Prompts:
-        from dataclasses import replace
-
+    def authored_prompts(self) -> Prompts:
+        """The prompts as written, without the canary marker :attr:`prompts` may add (what
+        the off-topic check compares with, and what training data exported for tuning
+        shows: the marker is a secret)."""
         from keel.agents.prompts import load_prompts
 
         p = self.config.prompts
-        prompts = load_prompts(
+        return load_prompts(
             self.config.resolve(p.system) if p.system else None,
             self.config.resolve(p.examples) if p.examples else None,
             {"app_name": self.name, "app_description": self.config.app.description},
         )
+
+    @cached_property
+    def prompts(self) -> Prompts:
+        """The prompts the model gets: :attr:`authored_prompts`, with a canary marker in the
+        system prompt when the ``prompt_leak`` output guard is on."""
+        from dataclasses import replace
+
+        prompts = self.authored_prompts
         if "prompt_leak" in self.config.guards.output:
             prompts = replace(
                 prompts,

@@ -42,6 +42,14 @@ def test_release_create_gate_deploy_diff_promote_rollback(bot: Path) -> None:
     assert r1["deployable"] and r1["gate"]["passed"] and r1["git_commit"] == "abc123"
     again = json.loads(runner.invoke(cli, [*cfg, "release", "create", "--json"]).stdout)
     assert again["id"] == r1["id"]  # content-addressed: nothing changed, same release
+    tuned = runner.invoke(cli, [*cfg, "release", "create", "-q", "--llm-adapter", "lora-v3"])
+    assert tuned.exit_code == 0, tuned.output
+    adapter_release = tuned.stdout.strip()
+    assert adapter_release != r1["id"]  # the adapter is part of what was released
+    shown = json.loads(runner.invoke(cli, [*cfg, "release", "show", adapter_release]).stdout)
+    assert shown["content"]["llm_adapter"] == "lora-v3"
+    blank = runner.invoke(cli, [*cfg, "release", "create", "--llm-adapter", " "])
+    assert blank.exit_code == 2 and "llm adapter id" in blank.stderr
 
     (bot / "prompts" / "system.md").write_text("You answer briefly from the docs [n].\n")
     r2 = json.loads(runner.invoke(cli, [*cfg, "release", "create", "--json"]).stdout)

@@ -49,6 +49,13 @@ def release_create(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the release id.")
     ] = False,
+    llm_adapter: Annotated[
+        str | None,
+        typer.Option(
+            help="The id of the LLM adapter (fine-tuned elsewhere) the model served when this "
+            "release was evaluated; recorded in the release."
+        ),
+    ] = None,
 ) -> None:
     """Record the app as it is now (config, prompts, tools, models, index, commit) as an
     immutable, content-addressed release."""
@@ -61,7 +68,9 @@ def release_create(
             from keel.evals.check import SuiteGate
 
             suite_gate = SuiteGate(gate)  # a missing suite file is a usage error
-        release = create_release(app, gate=suite_gate, note=note, store=store).release
+        release = create_release(
+            app, gate=suite_gate, note=note, store=store, llm_adapter=llm_adapter
+        ).release
         app.close()
     if as_json:
         _print_json(_release_dict(release))

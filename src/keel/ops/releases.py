@@ -565,9 +565,15 @@ def create_release(
     gate: ReleaseGate | None = None,
     note: str = "",
     store: ReleaseStore | None = None,
+    llm_adapter: str | None = None,
 ) -> CreatedRelease:
     """Record ``app`` as it is now (config, prompts, tools, models, index version, commit) as
     an immutable, content-addressed release.
+
+    ``llm_adapter`` names the language-model adapter (a LoRA or fine-tuned model made
+    elsewhere, e.g. from ``keel feedback export --format sft|dpo``) that the app's model
+    served when this release was evaluated; it is recorded as ``llm_adapter`` in the
+    content (Keel does not load adapters: the model server does).
 
     With ``gate`` the app is evaluated first, against the stable release's own gate run when
     the stable release has one (a release must not be worse than what serves), else against
@@ -593,7 +599,11 @@ def create_release(
             baseline=f"release {baseline_release}" if baseline_release else "suite baseline",
             run=outcome.run,
         )
-    release = store.create(
-        app.release_content(), note=note, gate=summary.to_dict() if summary else None
-    )
+    content = app.release_content()
+    if llm_adapter is not None:
+        adapter = llm_adapter.strip()
+        if not adapter or len(adapter) > 256 or any(not c.isprintable() for c in adapter):
+            raise UsageError(f"llm adapter id {llm_adapter!r}: 1-256 printable characters")
+        content["llm_adapter"] = adapter
+    release = store.create(content, note=note, gate=summary.to_dict() if summary else None)
     return CreatedRelease(release, summary, baseline_release, run_id)
