@@ -235,7 +235,7 @@ def off_topic(data: Path, app: Any) -> dict[str, Any]:
 
     runner = GuardRunner(
         GuardsSection(input={"off_topic": {"on_fail": "noop"}}),
-        Services(embedder=lambda: app.embedder, scope=lambda: app._scope),
+        Services(embedder=lambda: app.embedder, scope=lambda: app._assembly.scope),
     )
     rule = runner.rules["input"][0]
     own = [

@@ -34,15 +34,13 @@ if TYPE_CHECKING:
     from keel.agents.prompts import Prompts
     from keel.agents.structured import ResponseFormat
     from keel.agents.turn import TurnRunner
+    from keel.assembly import TurnAssembly
     from keel.definition import AppDefinition
     from keel.guardrails.runner import GuardRunner
-    from keel.guardrails.scope import AppScope
     from keel.knowledge import Knowledge
     from keel.ops.cache import SemanticCache
-    from keel.ops.cache_policy import CachePartition
     from keel.ops.cost import PriceTable
     from keel.ops.tracing import Tracing
-    from keel.ops.turn_trace import TurnTracer
     from keel.rag.access import Readable
     from keel.rag.bm25 import BM25Index
     from keel.rag.embeddings import Embedder
@@ -257,122 +255,45 @@ class App:
     def canary(self) -> str:
         return self.definition.canary
 
-    @cached_property
-    def guards(self) -> GuardRunner:
-        """The guards of ``[guards]`` in keel.toml, at the agent's hook points."""
-        from keel.guardrails.runner import GuardRunner, Services
-
-        def external(name: str) -> bool:
-            tool = self.toolset.get(name)
-            return name == "http_get" or (tool is not None and tool.side_effects == "write")
-
-        services = Services(
-            embedder=lambda: self.embedder,
-            system_prompt=lambda: self.prompts.system,
-            canary=self.canary,
-            scope=lambda: self._scope,
-        )
-        return GuardRunner(self.config.guards, services, external)
-
-    @cached_property
-    def _scope(self) -> AppScope:
-        """What the app is for, for the off-topic check (keel.guardrails.scope)."""
-        from keel.guardrails.scope import AppScope
-
-        def nearest(vector: Any) -> tuple[float, str] | None:
-            hits = self.store().query(vector, k=1)
-            return (hits[0][1], hits[0][0].text) if hits else None
-
-        system = self.definition.authored_prompts.system
-        return AppScope(self.config.app.description, system, nearest)
-
     @property
     def toolset(self) -> Toolset:
         """The app's tools: ``[tools] enabled`` in keel.toml, which is also the allowlist."""
         return self.definition.toolset
 
     @cached_property
-    def agent(self) -> Agent:
-        from keel.agents.graph import Agent, AgentConfig
-        from keel.agents.models import ModelChain, build_model, model_name
+    def _assembly(self) -> TurnAssembly:
+        """Guards, agent, graphs, tracer, cache and turn pipeline (:mod:`keel.assembly`)."""
+        from keel.assembly import AppParts, TurnAssembly
 
-        m = self.config.model
-
-        def build(model_id: str) -> Any:
-            return build_model(
-                model_id,
-                embedder=lambda: self.embedder,
-                settings=self.settings,
-                timeout_s=m.timeout_s,
-                connect_timeout_s=m.connect_timeout_s,
-                first_token_timeout_s=m.first_token_timeout_s,
-            )
-
-        primary = (model_name(self.model), self.model) if self.model is not None else None
-        models = [primary or (m.id, build(m.id)), *[(f, build(f)) for f in m.fallbacks]]
-        a = self.config.agent
-        return Agent(
-            app_name=self.name,
-            chain=ModelChain(models, max_retries=m.max_retries, params=m.params() or None),
-            prompts=self.prompts,
-            toolset=self.toolset,
-            search=self._search_for_agent if a.retrieve else None,
-            hooks=self._hooks(),
-            tracer=self.tracing.tracer if self.config.tracing.enabled else None,
-            capture=self._capture,
-            capture_prompts=self.config.tracing.capture == "full",
-            cache=self.turns.cache_step if self.config.cache.enabled else None,
-            config=AgentConfig(
-                max_steps=a.max_steps,
-                max_tool_calls=a.max_tool_calls,
-                max_tool_errors=a.max_tool_errors,
-                retrieve=a.retrieve,
-            ),
+        parts = AppParts(
+            config=self.config,
+            settings=self.settings,
+            definition=self.definition,
+            resources=self.resources,
+            knowledge=self.knowledge,
+            model=lambda: self.model,
+            hooks=lambda: self.hooks,
+            release_id=lambda: self.release_id,
         )
-
-    def _hooks(self) -> Hooks:
-        """Guards first, then any hooks set on the app by hand."""
-        from keel.agents.hooks import POINTS, Hooks
-
-        g = self.guards
-        guards = Hooks(
-            input=[g.on_input] if g.rules["input"] else [],
-            context=[g.on_context] if g.rules["context"] else [],
-            tool_args=[g.on_tool_args] if g.rules["tool_args"] else [],
-            tool_result=[g.on_tool_result] if g.rules["tool_result"] else [],
-            output=[g.on_output] if g.rules["output"] else [],
-        )
-        if self.hooks is None:
-            return guards
-        return Hooks(**{p: [*getattr(guards, p), *getattr(self.hooks, p)] for p in POINTS})
-
-    def _search_for_agent(self, question: str) -> list[Hit]:
-        from keel.rag.manifest import EMPTY_INDEX_VERSION
-
-        if self.index_version() == EMPTY_INDEX_VERSION:
-            return []  # no knowledge ingested: do not even load the embedding model
-        return self.search(question)
+        return TurnAssembly(parts)
 
     @property
-    def _checkpointer(self) -> Any:
-        return self.resources.checkpointer
+    def guards(self) -> GuardRunner:
+        """The guards of ``[guards]`` in keel.toml, at the agent's hook points."""
+        return self._assembly.guards
 
-    @cached_property
+    @property
+    def agent(self) -> Agent:
+        return self._assembly.agent
+
+    @property
     def graph(self) -> Any:
         """The compiled LangGraph graph, with the app's checkpointer."""
-        return self.agent.build(checkpointer=self._checkpointer)
+        return self._assembly.graph
 
-    @cached_property
-    def _async_graph(self) -> Any:
-        """The same graph for ``ainvoke``/``astream`` (:meth:`aask`, :meth:`astream`), with
-        the same checkpointer: a thread goes on from either."""
-        return self.agent.build(checkpointer=self._checkpointer, run_async=True)
-
-    @cached_property
+    @property
     def threads(self) -> ThreadIndex:
-        from keel.agents.checkpoints import ThreadIndex
-
-        return ThreadIndex(self.engine, self.name)
+        return self._assembly.threads
 
     @property
     def tracing(self) -> Tracing:
@@ -382,35 +303,7 @@ class App:
     def turn_record(self, trace_id: str) -> dict[str, Any] | None:
         """What a traced turn asked, answered and retrieved (for feedback and evaluation):
         :meth:`keel.ops.tracing.Tracing.turn` with its chunks read back from the store."""
-        self.tracing.flush()
-        turn = self.tracing.turn(trace_id)
-        if turn is None:
-            return None
-        hits = (
-            [
-                {
-                    "chunk_id": c.id,
-                    "doc_id": c.doc_id,
-                    "text": c.text,
-                    "source": c.source,
-                    "title": c.title,
-                    "headings": list(c.headings),
-                }
-                for c in self.store().get(list(turn.chunk_ids))
-            ]
-            if turn.chunk_ids
-            else []
-        )
-        return {
-            "question": turn.question,
-            "answer": turn.answer,
-            "hits": hits,
-            "app_version": turn.app_version,
-            "index_version": turn.index_version,
-            "model": turn.model,
-            "prompt_versions": turn.prompt_versions,
-            "git_commit": turn.git_commit,
-        }
+        return self._assembly.turn_record(trace_id)
 
     def release_content(self) -> dict[str, Any]:
         """Everything that makes this app, for a release record, with the snapshot of the
@@ -420,117 +313,26 @@ class App:
         content["index_snapshot"] = snapshot
         return content
 
-    @cached_property
+    @property
     def prices(self) -> PriceTable:
         """Token prices per model: keel's defaults, overridden by ``[costs.prices]``."""
-        from keel.ops.cost import PriceTable
+        return self._assembly.prices
 
-        return PriceTable(self.config.costs.prices)
-
-    @cached_property
+    @property
     def git_commit(self) -> str | None:
         """The commit the app runs from: ``KEEL_GIT_COMMIT``, else ``git rev-parse HEAD``."""
-        if self.settings.git_commit:
-            return self.settings.git_commit
-        import subprocess
-
-        try:
-            out = subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=self.config.base_dir,
-                capture_output=True,
-                text=True,
-                timeout=5,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        return self._assembly.git_commit
 
     # -- the turn pipeline ------------------------------------------------------------------------
-    @cached_property
-    def _turn_tracer(self) -> TurnTracer:
-        from keel.guardrails.redaction import redact_text
-        from keel.ops.turn_trace import AppIdentity, TurnTracer
-
-        p = self.prompts
-        identity = AppIdentity(
-            name=self.name,
-            model_id=lambda: self.agent.chain.models[0][0],
-            index_version=self.index_version,
-            version_for=self.version_for,
-            prompt_versions=lambda: {
-                "system_version": p.system_version,
-                "examples_version": p.examples_version,
-            },
-            release_id=self.release_id,
-            git_commit=lambda: self.git_commit,
-        )
-        return TurnTracer(self.tracing.tracer, identity, self.config.tracing.capture, redact_text)
-
-    def _capture(self, text: str) -> str | None:
-        """What of a text goes on a span (``[tracing] capture``)."""
-        return self._turn_tracer.capture(text)
-
-    @cached_property
+    @property
     def cache(self) -> SemanticCache:
         """The semantic cache (``[cache]``); consulted by turns only when enabled."""
-        from keel.ops.cache import SemanticCache
+        return self._assembly.cache
 
-        c = self.config.cache
-        return SemanticCache(
-            self.engine,
-            self.name,
-            threshold=c.threshold,
-            ttl_s=c.ttl_s,
-            max_entries=c.max_entries,
-        )
-
-    def _cache_partition(
-        self,
-        owner: str | None,
-        scopes: Sequence[str] | None,
-        readable: frozenset[str] | None = None,
-    ) -> CachePartition:
-        from keel.ops.cache import partition_key
-        from keel.ops.cache_policy import CachePartition
-
-        index_version = self.index_version()
-        release = self.release_id or self.version_for(index_version)
-        key = partition_key(self.name, release, index_version, owner, scopes, readable)
-        return CachePartition(key, release, index_version, owner)
-
-    @cached_property
+    @property
     def turns(self) -> TurnRunner:
         """The turn pipeline every surface runs turns through (:mod:`keel.agents.turn`)."""
-        from keel.agents.turn import TurnParts, TurnRunner
-        from keel.ops.cache_policy import TurnCache
-
-        cache = (
-            TurnCache(lambda: self.cache, lambda: self.embedder, self._cache_partition)
-            if self.config.cache.enabled
-            else None
-        )
-        a = self.config.agent
-        return TurnRunner(
-            TurnParts(
-                graph=lambda: self.graph,
-                ephemeral_graph=lambda: self._ephemeral_graph,
-                checkpointer=lambda: self._checkpointer,
-                threads=lambda: self.threads,
-                guards=lambda: self.guards,
-                tracer=lambda: self._turn_tracer,
-                embedder=lambda: self.embedder,
-                doc_hashes=lambda ids: self.manifest().hashes(ids),
-                prices=lambda: self.prices,
-                app_name=self.name,
-                max_steps=a.max_steps,
-                citation_threshold=a.citation_threshold,
-                writes=lambda: any(t.side_effects == "write" for t in self.toolset),
-                cache=cache,
-                release_id=self.release_id,
-                async_graph=lambda: self._async_graph,
-            )
-        )
+        return self._assembly.turns
 
     def ask(
         self,
@@ -807,7 +609,7 @@ class App:
 
     def delete_thread(self, thread_id: str, *, owner: str | None = None) -> None:
         self.threads.check_owner(thread_id, owner)
-        self._checkpointer.delete_thread(thread_id)
+        self.resources.checkpointer.delete_thread(thread_id)
         self.threads.forget(thread_id)
 
     def prune_threads(self, older_than_days: float | None = None) -> list[str]:
@@ -817,7 +619,7 @@ class App:
             raise UsageError("no retention period: set threads.retention_days in keel.toml")
         gone = self.threads.idle_since(days)
         for tid in gone:
-            self._checkpointer.delete_thread(tid)
+            self.resources.checkpointer.delete_thread(tid)
             self.threads.forget(tid)
         return gone
 
@@ -841,12 +643,6 @@ class App:
         if any(report.values()):
             AuditLog(self.engine, self.name).record("keel", "retention.pruned", self.name, report)
         return report
-
-    # -- ephemeral turns (evaluation) --------------------------------------------------------------
-    @cached_property
-    def _ephemeral_graph(self) -> Any:
-        """The agent graph without a checkpointer, for turns that are not kept."""
-        return self.agent.build(checkpointer=None)
 
 
 def _as_dicts(
