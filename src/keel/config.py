@@ -10,7 +10,14 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from keel.agents.params import ModelParams
 from keel.errors import ConfigError
@@ -257,6 +264,34 @@ class EmbeddingsSection(_Strict):
     backend: Literal["auto", "torch", "onnx"] = "auto"
     batch_size: int = Field(default=64, ge=1, le=4096)
     device: str = "cpu"
+    allow_ungated: bool = Field(
+        default=False,
+        description='Use a tuned model (model = "tuned:<id>") that did not pass its gate.',
+    )
+
+
+class RerankSection(_Strict):
+    enabled: bool = Field(
+        default=False, description="Rescore the best fused candidates with a cross-encoder."
+    )
+    model: str = Field(
+        default="",
+        description='The cross-encoder: "tuned:<id>" (made by keel tune reranker) or a local '
+        "sentence-transformers CrossEncoder folder.",
+    )
+    candidates: int = Field(
+        default=20, ge=1, le=1000, description="How many fused candidates it rescores."
+    )
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    allow_ungated: bool = Field(
+        default=False, description="Use a tuned reranker that did not pass its gate."
+    )
+
+    @model_validator(mode="after")
+    def _model_when_enabled(self) -> RerankSection:
+        if self.enabled and not self.model.strip():
+            raise ValueError("enabled = true needs model (keel tune reranker makes one)")
+        return self
 
 
 class RetrievalSection(_Strict):
@@ -295,6 +330,7 @@ class RagSection(_Strict):
     )
     embeddings: EmbeddingsSection = Field(default_factory=EmbeddingsSection)
     retrieval: RetrievalSection = Field(default_factory=RetrievalSection)
+    rerank: RerankSection = Field(default_factory=RerankSection)
 
     def pdf_budget(self) -> PdfBudget:
         """The per-document budget PDFs are parsed under (in a child process)."""

@@ -10,11 +10,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from keel.config import KeelConfig
-from keel.errors import UsageError
+from keel.errors import ConfigError, UsageError
 from keel.resources import Resources
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from keel.rag.bm25 import BM25Index
     from keel.rag.ingest import Ingestor, Progress
     from keel.rag.manifest import Manifest
+    from keel.rag.rerank import Reranker
     from keel.rag.retrieve import Mode, Retriever
     from keel.rag.store import VectorStore
     from keel.rag.types import Document, Hit, IngestReport, Skipped
@@ -45,8 +47,23 @@ class Knowledge:
         from keel.rag.store import validate_collection_name
 
         if collection is None:
-            return self.config.rag.collection
+            return self.default_collection
         return validate_collection_name(collection)
+
+    @property
+    def default_collection(self) -> str:
+        """``[rag] collection``; with a tuned embedding model (``tuned:<id>``) a collection of
+        its own, ``<collection>.<id>``, since its vectors are not comparable with the base
+        model's: the base model's collection stays as it was, for a rollback."""
+        from keel.rag.snapshots import is_snapshot
+
+        rag = self.config.rag
+        model = rag.embeddings.model
+        if model.startswith("tuned:") and not is_snapshot(rag.collection):  # a release's copy
+            from keel.rag.store import validate_collection_name
+
+            return validate_collection_name(f"{rag.collection}.{model.removeprefix('tuned:')}")
+        return rag.collection
 
     def store(self, collection: str | None = None) -> VectorStore:
         return self.resources.store(self.collection(collection))
@@ -81,7 +98,33 @@ class Knowledge:
             k=r.k,
             candidates=r.candidates,
             rrf_k=r.rrf_k,
+            reranker=self.reranker,
         )
+
+    @cached_property
+    def reranker(self) -> Reranker | None:
+        """The cross-encoder of ``[rag.rerank]`` (None when it is off)."""
+        from keel.rag.rerank import Reranker
+
+        cfg = self.config.rag.rerank
+        if not cfg.enabled:
+            return None
+        model, model_id = cfg.model, cfg.model
+        if model.startswith("tuned:"):
+            artefact = self.resources.artefacts.resolve(
+                model, "reranker", allow_ungated=cfg.allow_ungated
+            )
+            model, model_id = str(artefact.path), artefact.ref
+        else:
+            path = Path(model).expanduser()
+            path = path if path.is_absolute() else self.config.base_dir / path
+            if not (path / "config.json").is_file():
+                raise ConfigError(
+                    f"[rag.rerank] model {cfg.model!r}: not a tuned:<id> artefact nor a "
+                    "local cross-encoder folder"
+                )
+            model, model_id = str(path), str(path)
+        return Reranker(model, model_id, candidates=cfg.candidates, batch_size=cfg.batch_size)
 
     # -- knowledge -----------------------------------------------------------------------------
     def ingest(

@@ -18,6 +18,7 @@ from keel.rag.access import Readable, restrict
 from keel.rag.bm25 import BM25Index
 from keel.rag.embeddings import Embedder
 from keel.rag.filters import validate_where
+from keel.rag.rerank import Reranker
 from keel.rag.store import VectorStore
 from keel.rag.types import Chunk, Hit
 
@@ -34,6 +35,7 @@ class Retriever:
     k: int = 5
     candidates: int = 50
     rrf_k: int = 60
+    reranker: Reranker | None = None  # rescores the best fused candidates ([rag.rerank])
 
     def search(
         self,
@@ -76,7 +78,7 @@ class Retriever:
                 for cid, (rank, _) in positions.items():
                     fused[cid] = fused.get(cid, 0.0) + 1.0 / (self.rrf_k + rank)
             ranked = sorted(fused.items(), key=lambda item: (-item[1], item[0]))
-        ranked = ranked[:k]
+        ranked = ranked[: max(k, self.reranker.candidates) if self.reranker else k]
 
         chunks = {c.id: c for c, _ in dense}
         if lexical:
@@ -115,4 +117,6 @@ class Retriever:
                     bm25_score=float(b[1]) if b else None,
                 )
             )
+        if self.reranker is not None:
+            return self.reranker.rerank(query, hits, k)
         return hits
