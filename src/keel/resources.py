@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from keel.config import EmbeddingsSection
 from keel.settings import Settings
 
+TUNED = "tuned:"  # a model named by its artefact id (keel.tuning.artefacts.PREFIX)
+
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from keel.rag.bm25 import BM25Index
     from keel.rag.embeddings import Embedder
     from keel.rag.store import VectorStore
+    from keel.tuning.artefacts import ArtefactStore
 
 __all__ = ["Resources"]
 
@@ -94,8 +97,11 @@ class Resources:
         from keel.rag.embeddings import Embedder, EmbeddingCache
 
         emb = self.embeddings
-        model = emb.model
-        if not Path(model).is_absolute() and (self.base_dir / model).exists():
+        model, model_id = emb.model, None
+        if model.startswith(TUNED):  # an artefact of keel tune embeddings
+            artefact = self.artefacts.resolve(model, "embeddings", allow_ungated=emb.allow_ungated)
+            model, model_id = str(artefact.path), artefact.ref
+        elif not Path(model).is_absolute() and (self.base_dir / model).exists():
             model = str(self.base_dir / model)
         return Embedder(
             model,
@@ -104,7 +110,15 @@ class Resources:
             device=emb.device,
             cache=EmbeddingCache(self.engine),
             cache_dir=self.settings.cache_dir,
+            model_id=model_id,
         )
+
+    @property
+    def artefacts(self) -> ArtefactStore:
+        """The tuned models under the data directory (:mod:`keel.tuning.artefacts`)."""
+        from keel.tuning.artefacts import ArtefactStore
+
+        return ArtefactStore(self.data_dir)
 
     @cached_property
     def tracing(self) -> Tracing:

@@ -27,6 +27,7 @@ from . import (
     threads,
     tools,
     traces,
+    tune,
 )
 from ._common import cli
 
@@ -60,6 +61,7 @@ for group, name in (
     (feedback.feedback_cli, "feedback"),
     (guard.guard_cli, "guard"),
     (privacy.privacy_cli, "privacy"),
+    (tune.tune_cli, "tune"),
 ):
     cli.add_typer(group, name=name)
 

@@ -10,7 +10,6 @@ in ``evals/`` beside ``keel.toml`` whose ``app`` is this app).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from keel.errors import UsageError
@@ -61,35 +60,13 @@ def _from_release(app: Any) -> DriftReference | None:
 
 def _from_suite(app: Any) -> DriftReference | None:
     from keel.evals.datasets import load_dataset
-    from keel.evals.suites import load_suite
+    from keel.evals.suites import app_suite
 
-    base = Path(app.config.base_dir)
-    folder = base / "evals"
-    if not folder.is_dir():
+    suite = app_suite(app, purpose="the drift reference")
+    if suite is None:
         return None
-    config = _config_file(app)
-    suites = []
-    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-        try:
-            suite = load_suite(path)
-        except Exception:  # not a suite file (or a broken one): not a reference
-            continue
-        if config is None or suite.app_path.resolve() == config:
-            suites.append(suite)
-    if not suites:
-        return None
-    if len(suites) > 1:
-        names = ", ".join(str(s.path) for s in suites)
-        raise UsageError(f"several eval suites could be the drift reference ({names}): give one")
-    suite = suites[0]
     questions = _unique(c.input for c in load_dataset(suite.dataset_path).cases)
     return DriftReference(questions, f"the app's eval suite {suite.name} ({suite.dataset_path})")
-
-
-def _config_file(app: Any) -> Path | None:
-    base = Path(app.config.base_dir)
-    candidate = base / "keel.toml"
-    return candidate.resolve() if candidate.is_file() else None
 
 
 def _unique(items: Any) -> list[str]:

@@ -168,3 +168,31 @@ def load_suite(path: str | Path) -> Suite:
 
 
 __all__ = ["Suite", "load_suite"]
+
+
+def app_suite(app: Any, *, purpose: str) -> Suite | None:
+    """The app's eval suite: the one suite file in ``evals/`` beside its keel.toml whose
+    ``app`` is this app (None when there is none; :class:`UsageError` naming them when there
+    are several: ``purpose`` says what it was wanted for)."""
+    from keel.errors import UsageError
+
+    base = Path(app.config.base_dir)
+    folder = base / "evals"
+    if not folder.is_dir():
+        return None
+    config = base / "keel.toml"
+    config_file = config.resolve() if config.is_file() else None
+    suites = []
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            suite = load_suite(path)
+        except Exception:  # not a suite file (or a broken one)
+            continue
+        if config_file is None or suite.app_path.resolve() == config_file:
+            suites.append(suite)
+    if not suites:
+        return None
+    if len(suites) > 1:
+        names = ", ".join(str(s.path) for s in suites)
+        raise UsageError(f"several eval suites could be {purpose} ({names}): give one")
+    return suites[0]

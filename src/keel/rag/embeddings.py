@@ -143,8 +143,13 @@ class Embedder:
         device: str = "cpu",
         cache: EmbeddingCache | None = None,
         cache_dir: Path | None = None,
+        model_id: str | None = None,
     ) -> None:
+        """``model_id``: the stable id of a model loaded from a folder (a tuned artefact's
+        ``tuned:<id>``), recorded on collections and caches instead of the folder's path."""
         self.model_id, self._load_from = resolve_model(model)
+        if model_id is not None:
+            self.model_id = model_id
         if backend not in ("auto", "torch", "onnx"):
             raise ConfigError(f"unknown embeddings backend {backend!r} (auto, torch or onnx)")
         if backend == "onnx" and not onnx_available():
@@ -163,6 +168,11 @@ class Embedder:
         self.tokenizer_lock = threading.Lock()
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
         self.encoded = 0  # texts actually run through the model (not served by a cache)
+
+    @property
+    def load_from(self) -> str:
+        """Where the model's weights are (a folder, or a Hugging Face cache name)."""
+        return self._load_from
 
     # -- model -------------------------------------------------------------------------------
     @property

@@ -1,0 +1,170 @@
+"""Tuned models as artefacts: content-addressed folders under the app's data directory.
+
+``<data_dir>/tuned/<kind>/<id>/`` holds the model files and ``keel-artefact.json``, the
+manifest: the kind (``embeddings`` or ``reranker``), the base model, the hash of the training
+data, the hyper-parameters, the gate's figures and verdict, and when it was made. The id is
+the SHA-256 of the model's files (the first 16 hex digits): the same weights are the same
+artefact, whatever made them. An app uses one by naming it in keel.toml
+(``[rag.embeddings] model = "tuned:<id>"``); a release records that config, so rolling back a
+release goes back to the model it named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from keel.errors import ConfigError, UsageError
+
+__all__ = ["PREFIX", "Artefact", "ArtefactStore", "GateFigures", "Kind"]
+
+Kind = Literal["embeddings", "reranker"]
+KINDS: tuple[Kind, ...] = ("embeddings", "reranker")
+PREFIX = "tuned:"
+MANIFEST = "keel-artefact.json"
+
+
+@dataclass(frozen=True)
+class GateFigures:
+    """What the gate measured: the tuned model against the current one, per query paired."""
+
+    metric: str
+    on: str  # what the queries were: "suite <name> (held out)" or "held-out synthetic ..."
+    queries: int
+    before: float
+    after: float
+    ci_low: float
+    ci_high: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Artefact:
+    id: str
+    kind: Kind
+    base_model: str
+    training_data_hash: str
+    pairs: Mapping[str, int]  # training pairs per source
+    params: Mapping[str, Any]
+    train_seconds: float
+    created_at: str
+    gate: GateFigures | None = None
+    path: Path = field(default=Path(), compare=False)
+
+    @property
+    def deployable(self) -> bool:
+        return self.gate is not None and self.gate.passed
+
+    @property
+    def ref(self) -> str:
+        """How keel.toml names it."""
+        return f"{PREFIX}{self.id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("path")
+        out["deployable"] = self.deployable
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: Path) -> Artefact:
+        gate = data.get("gate")
+        return cls(
+            id=str(data["id"]),
+            kind=data["kind"],
+            base_model=str(data["base_model"]),
+            training_data_hash=str(data["training_data_hash"]),
+            pairs=dict(data.get("pairs") or {}),
+            params=dict(data.get("params") or {}),
+            train_seconds=float(data.get("train_seconds") or 0.0),
+            created_at=str(data["created_at"]),
+            gate=GateFigures(**gate) if isinstance(gate, Mapping) else None,
+            path=path,
+        )
+
+
+def _files_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        digest.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class ArtefactStore:
+    """The tuned artefacts of one data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir) / "tuned"
+
+    def add(self, kind: Kind, model_dir: Path, **manifest: Any) -> Artefact:
+        """Move a trained model folder in as an artefact (the same files: the one already
+        there, with this manifest)."""
+        artefact_id = _files_digest(model_dir)
+        target = self.root / kind / artefact_id
+        artefact = Artefact(
+            id=artefact_id,
+            kind=kind,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            path=target,
+            **manifest,
+        )
+        (model_dir / MANIFEST).write_text(json.dumps(artefact.to_dict(), indent=2) + "\n")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(model_dir, target)
+        return artefact
+
+    def list(self, kind: Kind | None = None) -> list[Artefact]:
+        """Every artefact, newest first."""
+        found = []
+        for k in [kind] if kind else list(KINDS):
+            folder = self.root / k
+            if folder.is_dir():
+                for path in folder.iterdir():
+                    if (path / MANIFEST).is_file():
+                        found.append(self._read(path))
+        return sorted(found, key=lambda a: (a.created_at, a.id), reverse=True)
+
+    def _read(self, path: Path) -> Artefact:
+        try:
+            return Artefact.from_dict(json.loads((path / MANIFEST).read_text()), path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"artefact {path.name}: unreadable manifest ({exc})") from exc
+
+    def get(self, ref: str, kind: Kind | None = None) -> Artefact:
+        """An artefact by id, id prefix or ``tuned:<id>``; :class:`UsageError` if there is
+        none or several."""
+        wanted = ref.removeprefix(PREFIX).strip()
+        if not wanted or not all(c in "0123456789abcdef" for c in wanted):
+            raise UsageError(f"{ref!r} is not an artefact id (hex digits, or tuned:<id>)")
+        matches = [a for a in self.list(kind) if a.id.startswith(wanted)]
+        if not matches:
+            raise UsageError(f"no tuned {kind or 'artefact'} {wanted!r} under {self.root}")
+        if len({a.id for a in matches}) > 1:
+            raise UsageError(f"artefact id {wanted!r} is ambiguous: give more digits")
+        return matches[0]
+
+    def resolve(self, ref: str, kind: Kind, *, allow_ungated: bool) -> Artefact:
+        """The artefact a config names, refused (:class:`ConfigError`) when it is missing or
+        did not pass its gate and ``allow_ungated`` is off."""
+        try:
+            artefact = self.get(ref, kind)
+        except UsageError as exc:
+            raise ConfigError(str(exc)) from None
+        if not artefact.deployable and not allow_ungated:
+            raise ConfigError(
+                f"tuned {kind} {artefact.id} did not pass its gate (keel tune show "
+                f"{artefact.id}); set allow_ungated = true in its config section to use it anyway"
+            )
+        return artefact

