@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import text
 
 from keel.api.keys import ApiKey
@@ -13,7 +13,30 @@ from keel.api.problems import COMMON, Problem, documented
 from keel.api.routes._common import gateway
 from keel.api.schemas import FeedbackRequest
 
-router = APIRouter(tags=["operations"], responses=documented(*COMMON))
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """A query parameter the route does not declare is refused (400), not ignored."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None or not request.query_params:
+        return
+    known = _query_names(dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise Problem(400, f"unknown query parameter: {', '.join(unknown)}")
+
+
+router = APIRouter(
+    tags=["operations"],
+    responses=documented(*COMMON),
+    dependencies=[Depends(refuse_unknown_query)],
+)
 
 
 @router.post("/v1/feedback", status_code=201, summary="Feedback on an answer, by trace id")
