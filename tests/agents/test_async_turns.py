@@ -293,3 +293,15 @@ def test_hooks_run_off_the_loop_on_the_async_path_and_still_apply(make: Any) -> 
     assert sorted(threads) == ["input", "output", "tool_args", "tool_result"]
     assert loop_thread not in threads.values()  # guards never block the loop
     assert app.history(answer.thread_id)[0].text == "my [hidden] question"
+
+
+def test_a_sync_ask_inside_a_running_loop_runs_its_tools(make: Any) -> None:
+    # a notebook cell or an async app calling the sync facade: the tool call must not fail
+    app = make([call("whereami", {}), "Done."])
+
+    async def host() -> Any:
+        return app.ask("where?", thread_id=f"sync-in-loop-{uuid.uuid4().hex[:8]}")
+
+    answer = asyncio.run(host())
+    assert answer.text == "Done." and answer.tool_calls[0]["status"] == "ok"
+    assert [s[0] for s in _module(app).SEEN] == ["whereami"]

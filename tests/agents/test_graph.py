@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
+from keel.agents.checkpoints import serializer
 from keel.agents.hooks import Hooks, RunContext
 from keel.app import App
 from keel.errors import GuardTripped, ModelError, UsageError
+from keel.guardrails.events import GuardEvent
+from keel.rag.types import Hit
 from keel.testing import ScriptedChatModel
+from keel.tools.records import ToolCallRecord
 
 call = ScriptedChatModel.tool_call
 
@@ -327,3 +332,46 @@ def test_the_start_step_is_in_the_graph_only_when_it_has_work(
     guards = {"guards": {"input": {"pii": {"on_fail": "fix"}}}}
     guarded = make_app(guards, model=ScriptedChatModel(script=["ok"]))
     assert "start" in guarded.graph.nodes
+
+
+def test_the_state_holds_typed_records_and_checkpoints_revive_only_keel_types(
+    make_app: Callable[..., App],
+    tools_dir: Path,
+    tmp_path: Path,
+    write: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    write(tmp_path, {"docs/a.md": "# Refunds\n\nRefunds take 30 days.\n"})
+    refund = call("refund_order", {"order_id": "A", "amount": 5.0})
+    app = tool_app(
+        make_app, tools_dir, [call("lookup_order", {"order_id": "A"}), refund, "Refunded."]
+    )
+    app.hooks = Hooks(input=[lambda text, ctx: ctx.record("input", "mine", "pass") or text])  # type: ignore[func-returns-value]
+    app.ingest()
+    paused = app.ask("refund A", thread_id="t-typed")
+    assert paused.stop_reason == "approval_required"
+    # the pause wrote a checkpoint and the resume reads it back: typed records survive it
+    done = app.resume("t-typed", "approve")
+    values = app.graph.get_state({"configurable": {"thread_id": "t-typed"}}).values
+    assert values["hits"] and all(isinstance(h, Hit) for h in values["hits"])
+    assert values["hits"][0].dense_rank is not None  # nothing lost on the way (ranks)
+    records = values["outcomes"]
+    assert [type(r) for r in records] == [ToolCallRecord, ToolCallRecord]
+    assert [(r.name, r.status) for r in records] == [("lookup_order", "ok"), ("refund_order", "ok")]
+    assert values["events"] == [GuardEvent("input", "mine", "pass", {})]
+    # the answer keeps its documented dicts
+    assert done.tool_calls[1]["name"] == "refund_order" and done.hits[0]["doc_id"] == "docs/a.md"
+    assert {"point": "input", "name": "mine", "outcome": "pass"} in done.events
+    assert "Deserializing unregistered type" not in caplog.text
+
+    # a checkpoint that names any other class is not revived (it would import and call it)
+    serde = serializer()
+    blob = serde.dumps_typed({"x": Path("/tmp"), "y": Hit("d", "c", "t", 1.0, "s")})
+    assert serde.loads_typed(blob) == {"x": Path("/tmp"), "y": Hit("d", "c", "t", 1.0, "s")}
+    foreign = serde.dumps_typed({"z": Foreign(1)})
+    assert not isinstance(serde.loads_typed(foreign)["z"], Foreign)
+
+
+@dataclass
+class Foreign:
+    a: int

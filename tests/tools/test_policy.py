@@ -240,15 +240,15 @@ def test_results_are_truncated_to_max_result_chars() -> None:
     assert run(policy, "echo", {"text": "y" * 100}, RunBudget()).content == "y" * 100
 
 
-def test_execute_sync_refuses_inside_a_running_loop() -> None:
+def test_execute_sync_inside_a_running_loop_runs_the_call_on_a_loop_of_its_own() -> None:
     policy = ToolPolicy(TOOLS)
 
-    async def inside() -> None:
-        with pytest.raises(UsageError, match="await execute"):
-            policy.execute_sync(ToolCall("1", "echo", {"text": "x"}), RunBudget())
+    async def inside() -> ToolOutcome:
+        return policy.execute_sync(ToolCall("1", "echo", {"text": "x"}), RunBudget())
 
-    asyncio.run(inside())
-    assert CALLS == []
+    out = asyncio.run(inside())
+    assert out.ok and out.content == "x"
+    assert ("echo", {"text": "x"}) in CALLS
 
 
 def test_requires_approval_and_rejected_outcome() -> None:

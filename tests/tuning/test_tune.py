@@ -113,6 +113,7 @@ def test_rerank_stage_orders_the_fused_candidates_by_the_cross_encoder(
     plain = App.from_config(bot / "keel.toml")
     assert plain.knowledge.reranker is None  # off unless configured
     fused = plain.search("How do I get a refund?", 8, readable=None)
+    fused_12 = plain.search("How do I get a refund?", 12, readable=None)
     plain.close()
 
     toml = bot / "keel.toml"
@@ -122,7 +123,11 @@ def test_rerank_stage_orders_the_fused_candidates_by_the_cross_encoder(
     app = App.from_config(bot / "keel.toml")
     reranked = app.search("How do I get a refund?", 3, readable=None)
     scores = app.knowledge.reranker.scores("How do I get a refund?", [h.text for h in fused])
+    # more than `candidates`: the 8 best fused reordered, the rest after them as fused
+    longer = app.search("How do I get a refund?", 12, readable=None)
     app.close()
+    assert {h.chunk_id for h in longer[:8]} == {h.chunk_id for h in fused}
+    assert [h.chunk_id for h in longer[8:]] == [h.chunk_id for h in fused_12[8:]]
     expected = sorted(zip(scores, [h.chunk_id for h in fused], strict=True), key=lambda s: -s[0])
     assert [h.chunk_id for h in reranked] == [cid for _, cid in expected[:3]]
     assert [h.score for h in reranked] == pytest.approx([s for s, _ in expected[:3]])

@@ -38,6 +38,23 @@ threads = Table(
 )
 
 
+# What a checkpoint may revive besides LangGraph's safe types (messages, datetimes, ...):
+# the agent state's own types. Anything else in a stored checkpoint is refused, so a row
+# written into the checkpoint database cannot make the server import and call other code.
+STATE_TYPES = (
+    ("keel.rag.types", "Hit"),
+    ("keel.tools.records", "ToolCallRecord"),
+    ("keel.guardrails.events", "GuardEvent"),
+)
+
+
+def serializer() -> Any:
+    """LangGraph's serializer, reviving only its safe types and :data:`STATE_TYPES`."""
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    return JsonPlusSerializer(allowed_msgpack_modules=STATE_TYPES)
+
+
 def open_checkpointer(
     database_url: str | None, data_dir: Path
 ) -> tuple[BaseCheckpointSaver[Any], Callable[[], None]]:
@@ -58,7 +75,7 @@ def open_checkpointer(
         # WAL + NORMAL: a commit survives the process being killed (the tests kill it), not a
         # power cut; FULL would fsync on every checkpoint, several per turn.
         conn.execute("PRAGMA synchronous=NORMAL")
-        saver = KeelSqliteSaver(conn)
+        saver = KeelSqliteSaver(conn, serde=serializer())
         saver.setup()
         return saver, conn.close
     url = normalise_url(database_url)
@@ -79,7 +96,7 @@ def open_checkpointer(
         open=True,
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
     )
-    saver_pg = KeelPostgresSaver(pool)
+    saver_pg = KeelPostgresSaver(pool, serde=serializer())
     saver_pg.setup()
     return saver_pg, pool.close
 

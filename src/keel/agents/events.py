@@ -9,7 +9,8 @@ The events, in the order a turn produces them:
 - :class:`Token`: a piece of the answer the user may see (after the output guards' window);
 - :class:`ToolCallDelta`: a tool call as the model streams it (``index``; ``id`` and ``name``
   on its first delta; ``args`` a piece of its JSON arguments; the ids are the model's own);
-- :class:`ToolCallDone`: a tool call's outcome, once run (ids made unique by Keel);
+- :class:`ToolCallDone`: a tool call's :class:`~keel.tools.records.ToolCallRecord`, once
+  run (ids made unique by Keel);
 - :class:`Guardrail`: a guard that failed (its result: ``point``, ``validator``, ...);
 - :class:`ApprovalRequired`: calls waiting for a person (resume the thread);
 - :class:`CitationFound`: one citation of the final answer;
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from keel.agents.answer import Answer
+    from keel.tools.records import ToolCallRecord
 
 __all__ = [
     "ApprovalRequired",
@@ -55,10 +57,16 @@ class ToolCallDelta:
 
 @dataclass(frozen=True, slots=True)
 class ToolCallDone:
-    """A tool call's outcome (``id``, ``name``, ``args``, ``status``, ``result``, ...)."""
+    """A tool call, run: its :class:`~keel.tools.records.ToolCallRecord` (``id``, ``name``,
+    ``args``, ``status``, ``content``, ``error``, ``seconds``)."""
 
     type: ClassVar[str] = "tool_call"
-    outcome: Mapping[str, Any]
+    record: ToolCallRecord
+
+    @property
+    def outcome(self) -> dict[str, Any]:
+        """The record as the documented dict (what :func:`to_dict` sends)."""
+        return self.record.to_dict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +116,8 @@ def to_dict(event: StreamEvent) -> dict[str, Any]:
                 "name": event.name,
                 "args": event.args,
             }
-        case ToolCallDone(outcome=outcome):
-            return {"type": "tool_call", **outcome}
+        case ToolCallDone(record=record):
+            return {"type": "tool_call", **record.to_dict()}
         case Guardrail(result=result):
             return {"type": "guardrail", **result}
         case ApprovalRequired(thread_id=tid, calls=calls):

@@ -33,7 +33,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypedDict, TypeVar
@@ -59,10 +59,12 @@ from keel.agents.models import ModelAttempt, ModelChain
 from keel.agents.params import ModelParams
 from keel.agents.prompts import Prompts
 from keel.errors import GuardTripped
+from keel.guardrails.events import GuardEvent
 from keel.ops import semconv
 from keel.rag.access import reading_as
 from keel.rag.types import Hit
 from keel.tools.policy import RunBudget, ToolCall, ToolOutcome, ToolPolicy
+from keel.tools.records import ToolCallRecord
 from keel.tools.registry import Toolset
 
 StopReason = Literal[
@@ -87,13 +89,13 @@ def readable_of(config: RunnableConfig) -> frozenset[str] | None:
 class AgentState(TypedDict, total=False):
     messages: Annotated[list[AnyMessage], add_messages]
     question: str
-    hits: list[dict[str, Any]]
+    hits: list[Hit]
     steps: int
     tool_counts: dict[str, int]
     tool_errors: int
-    outcomes: list[dict[str, Any]]
+    outcomes: list[ToolCallRecord]
     decisions: dict[str, dict[str, Any]]
-    events: list[dict[str, Any]]
+    events: list[GuardEvent]
     answer: str
     stop_reason: str
     guard_message: str
@@ -158,20 +160,24 @@ def turn_input(question: str, history: list[AnyMessage] | None = None) -> dict[s
     }
 
 
-def hit_from_dict(d: dict[str, Any]) -> Hit:
-    return Hit(
-        doc_id=d["doc_id"],
-        chunk_id=d["chunk_id"],
-        text=d["text"],
-        score=d["score"],
-        source=d["source"],
-        title=d.get("title", ""),
-        headings=tuple(d.get("headings", ())),
-        start=d.get("start", 0),
-        end=d.get("end", 0),
-        page=d.get("page", 0),
-        metadata=d.get("metadata", {}),
-    )
+def hit_from_dict(d: Hit | Mapping[str, Any]) -> Hit:
+    """A :class:`Hit` from its dict (an answer's ``hits``) or itself."""
+    return Hit.of(d)
+
+
+def state_hits(state: Mapping[str, Any]) -> list[Hit]:
+    """The turn's hits (typed; a checkpoint of an older Keel held their dicts)."""
+    return [Hit.of(h) for h in state.get("hits", [])]
+
+
+def state_outcomes(state: Mapping[str, Any]) -> list[ToolCallRecord]:
+    """The turn's tool calls (typed; a checkpoint of an older Keel held their dicts)."""
+    return [ToolCallRecord.of(o) for o in state.get("outcomes", [])]
+
+
+def state_events(state: Mapping[str, Any]) -> list[GuardEvent]:
+    """The turn's guard and hook decisions (typed; older checkpoints held dicts)."""
+    return [GuardEvent.of(e) for e in state.get("events", [])]
 
 
 REFUSAL_TEXT = "I don't know: the documents I have do not answer this."
@@ -228,17 +234,18 @@ class Agent:
             _set(span, attributes)
             yield span
 
-    def _guard_spans(self, events: list[dict[str, Any]]) -> None:
+    def _guard_spans(self, events: Sequence[GuardEvent]) -> None:
         """One span per guard decision, placed where it ran (its latency is known)."""
         if self.tracer is None:
             return
         now = time.time_ns()
         for event in events:
-            if "latency_ms" not in event:
+            latency_ms = event.get("latency_ms")
+            if latency_ms is None:
                 continue
             span = self.tracer.start_span(
                 f"{semconv.GUARD_SPAN_PREFIX} {event.get('name')}",
-                start_time=now - int(float(event["latency_ms"]) * 1e6),
+                start_time=now - int(float(latency_ms) * 1e6),
             )
             _set(
                 span,
@@ -265,7 +272,7 @@ class Agent:
             thread_id=str(conf.get("thread_id", "")),
             scopes=frozenset(scopes) if scopes is not None else None,
             question=state.get("question", ""),
-            hits=[hit_from_dict(h) for h in state.get("hits", [])],
+            hits=state_hits(state),
             memory=dict(state.get("guard_memory", {})),
         )
 
@@ -277,8 +284,9 @@ class Agent:
 
     def _recorded(self, state: AgentState, ctx: RunContext) -> dict[str, Any]:
         """What hooks left behind: their decisions, and their memory for later turns."""
-        self._guard_spans(ctx.events)
-        return {"events": [*state.get("events", []), *ctx.events], "guard_memory": ctx.memory}
+        new = [GuardEvent.of(e) for e in ctx.events]  # a hook may have appended a dict
+        self._guard_spans(new)
+        return {"events": [*state_events(state), *new], "guard_memory": ctx.memory}
 
     def _tripped(self, state: AgentState, ctx: RunContext, trip: GuardTripped) -> dict[str, Any]:
         ctx.record(trip.point or "guard", "guard", "tripped", message=trip.message)
@@ -306,7 +314,7 @@ class Agent:
     def cache_lookup(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         """The semantic cache: a hit ends the turn with the cached answer."""
         first_turn = len(state["messages"]) == 1
-        guards_passed = all(e.get("outcome") == "pass" for e in state.get("events", []))
+        guards_passed = all(e.outcome == "pass" for e in state_events(state))
         if self.cache is None or not first_turn or not guards_passed:
             return {}
         with self._span("keel.cache") as span:
@@ -333,7 +341,7 @@ class Agent:
         return {
             "messages": [AIMessage(text)],
             "answer": text,
-            "hits": list(payload.get("hits", [])),
+            "hits": [Hit.of(h) for h in payload.get("hits", [])],
             "model_id": str(payload.get("model", "")),
             "stop_reason": "done",
             "cache": mark,
@@ -360,7 +368,7 @@ class Agent:
             hits = self.hooks.run_context(found, ctx)
         except GuardTripped as trip:
             return self._tripped(state, ctx, trip)
-        return {"hits": [h.to_dict() for h in hits], **self._recorded(state, ctx)}
+        return {"hits": list(hits), **self._recorded(state, ctx)}
 
     def prompt(
         self,
@@ -374,7 +382,7 @@ class Agent:
         ``response_format``: the shape the reply must have, said after them."""
         messages = list(state["messages"])
         current = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
-        hits = [hit_from_dict(h) for h in state.get("hits", [])]
+        hits = state_hits(state)
         turn = HumanMessage(render_user_turn(state["question"], hits))
         client = [SystemMessage(client_instructions(instructions))] if instructions else []
         if response_format is not None:
@@ -855,7 +863,7 @@ class _ToolRun:
     policy: ToolPolicy
     budget: RunBudget
     ctx: RunContext
-    outcomes: list[dict[str, Any]]
+    outcomes: list[ToolCallRecord]
     errors: int
     messages: list[ToolMessage] = field(default_factory=list)
 
@@ -867,7 +875,7 @@ class _ToolRun:
             agent.policy(config),
             agent._budget(state),
             agent.context(state, config),
-            list(state.get("outcomes", [])),
+            state_outcomes(state),
             state.get("tool_errors", 0),
         )
 
@@ -915,15 +923,15 @@ class _ToolRun:
         if outcome.status in _ERROR_STATUSES:
             self.errors += 1
         self.outcomes.append(
-            {
-                "id": call.id,
-                "name": call.name,
-                "args": call.args,
-                "status": outcome.status,
-                "content": outcome.content,
-                "error": outcome.error,
-                "seconds": round(outcome.seconds, 4),
-            }
+            ToolCallRecord(
+                id=call.id,
+                name=call.name,
+                args=call.args,
+                status=outcome.status,
+                content=outcome.content,
+                error=outcome.error,
+                seconds=round(outcome.seconds, 4),
+            )
         )
         self.messages.append(
             ToolMessage(

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from keel.guardrails.events import GuardEvent
 from keel.rag.types import Hit
 from keel.tools.policy import ToolCall, ToolOutcome
 
@@ -31,11 +32,11 @@ class RunContext:
     scopes: frozenset[str] | None
     question: str = ""
     hits: list[Hit] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[GuardEvent] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)  # kept across the thread's turns
 
     def record(self, point: str, name: str, outcome: str, **details: Any) -> None:
-        self.events.append({"point": point, "name": name, "outcome": outcome, **details})
+        self.events.append(GuardEvent(point, name, outcome, details))
 
 
 InputHook = Callable[[str, RunContext], str]

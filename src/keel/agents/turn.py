@@ -239,19 +239,20 @@ class TurnRunner:
     ) -> Answer:
         from keel.agents.answer import Answer
         from keel.agents.citations import citations as cite
-        from keel.agents.graph import hit_from_dict
+        from keel.agents.graph import state_events, state_hits, state_outcomes
 
         p = self.parts
+        hits = state_hits(values)
         text = values.get("answer", "") if pending is None else ""
         # unknown (a server that did not report it) is {}, never zeros
         usage = {} if values.get("usage_unknown") else dict(values.get("usage", {}))
         stop_reason = "approval_required" if pending else values.get("stop_reason", "done")
         citations = cite(
             text,
-            [hit_from_dict(h) for h in values.get("hits", [])],
+            hits,
             # a model's own answer that cites nothing it was given is attributed; a guard's
             # or a limit's message never is
-            embedder=p.embedder() if stop_reason == "done" and values.get("hits") else None,
+            embedder=p.embedder() if stop_reason == "done" and hits else None,
             question=str(values.get("question", "")),
             threshold=p.citation_threshold,
         )
@@ -266,7 +267,7 @@ class TurnRunner:
             trace_id=trace_id,
             stop_reason=stop_reason,
             citations=citations,
-            tool_calls=list(values.get("outcomes", [])),
+            tool_calls=[r.to_dict() for r in state_outcomes(values)],
             pending_approval=pending,
             usage=usage,
             finish_reason=values.get("finish_reason") or None,
@@ -274,8 +275,8 @@ class TurnRunner:
             model_seconds=round(float(values.get("model_seconds", 0.0)), 6),
             model_calls=list(values.get("model_calls", [])),
             cost_usd=p.prices().cost(model_id, usage) if model_id and usage else None,
-            events=list(values.get("events", [])),
-            hits=list(values.get("hits", [])),
+            events=[e.to_dict() for e in state_events(values)],
+            hits=[h.to_dict() for h in hits],
             release_id=p.release_id,
             cache_hit=bool(values.get("cache", {}).get("hit")),
             cache=dict(values["cache"]) if values.get("cache") else None,
@@ -635,7 +636,7 @@ class _TurnEvents:
     def feed(self, mode: str, payload: Any) -> Iterator[StreamEvent]:
         from langchain_core.messages import AIMessageChunk
 
-        from keel.agents.graph import hit_from_dict
+        from keel.agents.graph import state_hits, state_outcomes
         from keel.errors import GuardTripped
 
         if mode == "messages":
@@ -663,15 +664,15 @@ class _TurnEvents:
         if not isinstance(payload, dict):
             return
         if payload.get("retrieve"):
-            self.ctx.hits = [hit_from_dict(h) for h in payload["retrieve"].get("hits", [])]
+            self.ctx.hits = state_hits(payload["retrieve"])
         cached = payload.get("cache")
         if cached and cached.get("cache", {}).get("hit"):  # the cached answer, at once
             yield Token(cached["answer"])
         tools = payload.get("tools")
         if tools:
             new = len(tools.get("messages", []))
-            for outcome in tools.get("outcomes", [])[-new:] if new else []:
-                yield ToolCallDone(outcome)
+            for record in state_outcomes(tools)[-new:] if new else []:
+                yield ToolCallDone(record)
 
     def ending(self, answer: Answer) -> Iterator[StreamEvent]:
         """The events after the graph's run, before :class:`Done`: the rest of the guarded

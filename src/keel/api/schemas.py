@@ -38,13 +38,37 @@ class Citation(BaseModel):
     )
 
 
+class ToolCallOut(BaseModel):
+    """One tool call of the turn and its outcome (a ``keel.tools.ToolCallRecord``)."""
+
+    id: str
+    name: str
+    args: dict[str, Any]
+    status: str = Field(description="ok, rejected, refused, error, timeout, ...")
+    content: str = Field(description="What the model was given back.")
+    error: str | None = None
+    seconds: float = 0.0
+
+
+class GuardEventOut(BaseModel):
+    """What a guard or hook decided (a ``keel.guardrails.GuardEvent``); Keel's guards add
+    ``action``, ``latency_ms``, ``reason`` and, where they apply, ``details``, ``chunk_id``,
+    ``tool``, ``argument``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    point: str = Field(description="input, context, tool_args, tool_result or output")
+    name: str = Field(description="The validator or hook.")
+    outcome: str = Field(description="pass, fail, fixed, tripped, dropped, ...")
+
+
 class ChatResponse(BaseModel):
     text: str
     thread_id: str
     trace_id: str
     stop_reason: str
     citations: list[Citation]
-    tool_calls: list[dict[str, Any]]
+    tool_calls: list[ToolCallOut]
     pending_approval: list[dict[str, Any]] | None
     usage: dict[str, int]
     model: str
@@ -55,7 +79,7 @@ class ChatResponse(BaseModel):
         "seconds, input_tokens, output_tokens, error (empty when it answered).",
     )
     cost_usd: float | None = None
-    events: list[dict[str, Any]]
+    events: list[GuardEventOut]
     release_id: str | None = None
     cache_hit: bool = Field(default=False, description="The semantic cache answered.")
     cache: dict[str, Any] | None = Field(

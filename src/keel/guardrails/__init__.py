@@ -14,6 +14,7 @@ from keel._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from keel.guardrails.checks import GuardCheck, check
+    from keel.guardrails.events import GuardEvent
     from keel.guardrails.redaction import redact_text
     from keel.guardrails.runner import GuardRunner, structured_guard
     from keel.guardrails.validators import (
@@ -45,11 +46,13 @@ _EXPORTS = {
     "redact_text": "keel.guardrails.redaction",
     "check": "keel.guardrails.checks",
     "GuardCheck": "keel.guardrails.checks",
+    "GuardEvent": "keel.guardrails.events",
 }
 __all__ = [
     "VALIDATORS",
     "GroundingValidator",
     "GuardCheck",
+    "GuardEvent",
     "GuardRunner",
     "InjectionValidator",
     "JsonSchemaValidator",

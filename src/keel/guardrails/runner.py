@@ -43,7 +43,6 @@ class RunContext(Protocol):
 
     question: str
     hits: list[Hit]
-    events: list[dict[str, Any]]
     memory: dict[str, Any]
 
     def record(self, point: str, name: str, outcome: str, **details: Any) -> None: ...
@@ -325,7 +324,7 @@ class GuardRunner:
             point, text, memory=ctx.memory, passages=passages, question=ctx.question
         )
         for d in decisions:
-            ctx.events.append(d.event())
+            ctx.record(**d.event())
         if result is None:
             failed = decisions[-1]
             if failed.action == "reask":
@@ -383,7 +382,7 @@ class GuardRunner:
         for hit in hits:
             result, decisions = self._context_check(hit.text, ctx)
             for d in decisions:
-                ctx.events.append({**d.event(), "chunk_id": hit.chunk_id})
+                ctx.record(**d.event(), chunk_id=hit.chunk_id)
             if result is None:
                 ctx.record("context", "quarantine", "dropped", chunk_id=hit.chunk_id)
                 continue
@@ -402,7 +401,7 @@ class GuardRunner:
                 continue
             result, decisions = self.check("tool_args", value, memory=ctx.memory, rules=rules)
             for d in decisions:
-                ctx.events.append({**d.event(), "tool": call.name, "argument": key})
+                ctx.record(**d.event(), tool=call.name, argument=key)
             if result is None:
                 reason = decisions[-1].reason
                 return ToolOutcome(
@@ -420,7 +419,7 @@ class GuardRunner:
             return outcome
         result, decisions = self.check("tool_result", outcome.content, memory=ctx.memory)
         for d in decisions:
-            ctx.events.append({**d.event(), "tool": outcome.call.name})
+            ctx.record(**d.event(), tool=outcome.call.name)
         if result is None:
             return replace(
                 outcome,

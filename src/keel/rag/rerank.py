@@ -3,10 +3,11 @@ orders them by its score (``[rag.rerank]``, off unless configured).
 
 Hybrid retrieval ranks chunks by two cheap signals; a cross-encoder reads the question and
 the passage together, which ranks better and costs one model pass per candidate, so it sees
-only the ``candidates`` best fused chunks. ``Hit.score`` becomes the cross-encoder's score;
-the hit keeps its dense and BM25 ranks. No pretrained cross-encoder ships offline, so the
-model is one that ``keel tune reranker`` trained (or a local sentence-transformers
-``CrossEncoder`` folder).
+only the ``candidates`` best fused chunks. ``Hit.score`` of those becomes the cross-encoder's
+score; a search for more than ``candidates`` chunks gets the rest after them in their fused
+order (and score). Every hit keeps its dense and BM25 ranks. No pretrained cross-encoder
+ships offline, so the model is one that ``keel tune reranker`` trained (or a local
+sentence-transformers ``CrossEncoder`` folder).
 """
 
 from __future__ import annotations

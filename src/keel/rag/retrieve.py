@@ -117,6 +117,7 @@ class Retriever:
                     bm25_score=float(b[1]) if b else None,
                 )
             )
-        if self.reranker is not None:
-            return self.reranker.rerank(query, hits, k)
+        if self.reranker is not None:  # the best `candidates` reordered; any others follow as fused
+            n = self.reranker.candidates
+            return (self.reranker.rerank(query, hits[:n], n) + hits[n:])[:k]
         return hits

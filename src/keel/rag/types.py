@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,33 @@ class Hit:
     bm25_rank: int | None = None
     dense_score: float | None = None
     bm25_score: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.headings, tuple):  # a list, from JSON or a checkpoint
+            object.__setattr__(self, "headings", tuple(self.headings))
+
+    @classmethod
+    def of(cls, value: Hit | Mapping[str, Any]) -> Hit:
+        """A hit from itself or from its :meth:`to_dict` (a cache entry, an old checkpoint)."""
+        if isinstance(value, Hit):
+            return value
+        return cls(
+            doc_id=value["doc_id"],
+            chunk_id=value["chunk_id"],
+            text=value["text"],
+            score=value["score"],
+            source=value["source"],
+            title=value.get("title", ""),
+            headings=tuple(value.get("headings", ())),
+            start=value.get("start", 0),
+            end=value.get("end", 0),
+            page=value.get("page", 0),
+            metadata=value.get("metadata", {}),
+            dense_rank=value.get("dense_rank"),
+            bm25_rank=value.get("bm25_rank"),
+            dense_score=value.get("dense_score"),
+            bm25_score=value.get("bm25_score"),
+        )
 
     @property
     def citation(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from keel.tools.builtin import calculator, make_http_get, make_search_knowledge
 from keel.tools.policy import RunBudget, Status, ToolCall, ToolOutcome, ToolPolicy
+from keel.tools.records import ToolCallRecord
 from keel.tools.registry import Tool, ToolArgumentError, Toolset, get_tool, tool
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "Tool",
     "ToolArgumentError",
     "ToolCall",
+    "ToolCallRecord",
     "ToolOutcome",
     "ToolPolicy",
     "Toolset",

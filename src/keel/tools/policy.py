@@ -13,6 +13,7 @@ up the budget, so the model can correct them and retry.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import time
@@ -255,13 +256,17 @@ class ToolPolicy:
         )
 
     def execute_sync(self, call: ToolCall, budget: RunBudget) -> ToolOutcome:
-        """:meth:`execute` from sync code (a fresh event loop); inside a running loop, await
-        :meth:`execute` instead."""
+        """:meth:`execute` from sync code, on a fresh event loop. Called from a thread whose
+        loop is running (a sync ``App.ask`` in a notebook or an async app), the call gets a
+        loop of its own on a worker thread and this thread waits for it; an async host
+        should rather ``await`` :meth:`execute` (``App.aask``), which does not block its
+        loop."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(self.execute(call, budget))
-        raise UsageError("execute_sync() cannot run inside an event loop; await execute() instead")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, self.execute(call, budget)).result()
 
     def _render(self, result: Any) -> str:
         text = render_result(result)
