@@ -63,7 +63,13 @@ def _gate_line(artefact) -> str:  # type: ignore[no-untyped-def]
     g = artefact.gate
     if g is None:
         return "no gate figures"
-    verdict = "PASSED (deployable)" if g.passed else "not significant (not deployable)"
+    verdict = (
+        "PASSED (deployable)"
+        if g.passed
+        else "significantly worse (not deployable)"
+        if g.ci_high < 0
+        else "not significant (not deployable)"
+    )
     return (
         f"gate on {g.queries} queries ({g.on}): {g.metric} {g.before:.4f} -> {g.after:.4f}, "
         f"95% CI of the gain [{g.ci_low:+.4f}, {g.ci_high:+.4f}]: {verdict}"

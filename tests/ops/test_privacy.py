@@ -45,9 +45,8 @@ BLOCKER = textwrap.dedent(
 )
 
 
-def test_cli_ingest_ask_eval_serve_and_chat_make_no_outbound_connection(
-    tmp_path: Path, model_cache_dir: Path
-) -> None:
+def _blocked_env(tmp_path: Path, model_cache_dir: Path) -> tuple[dict[str, str], Path]:
+    """The environment of a keel process whose outbound connections are blocked and logged."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCKER)
@@ -59,6 +58,13 @@ def test_cli_ingest_ask_eval_serve_and_chat_make_no_outbound_connection(
         "KEEL_CACHE_DIR": str(model_cache_dir),
         "HOME": str(tmp_path / "home"),  # no ~/.guardrailsrc or other user settings
     }
+    return env, log
+
+
+def test_cli_ingest_ask_eval_serve_and_chat_make_no_outbound_connection(
+    tmp_path: Path, model_cache_dir: Path
+) -> None:
+    env, log = _blocked_env(tmp_path, model_cache_dir)
     keel = [sys.executable, "-m", "keel.cli"]
 
     def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -118,5 +124,33 @@ def test_cli_ingest_ask_eval_serve_and_chat_make_no_outbound_connection(
     finally:
         server.terminate()
         server.wait(timeout=20)
+    attempts = log.read_text() if log.exists() else ""
+    assert attempts == "", f"outbound connections were attempted:\n{attempts}"
+
+
+def test_keel_tune_trains_and_gates_with_no_outbound_connection(
+    tmp_path: Path, model_cache_dir: Path
+) -> None:
+    """Training (the Hugging Face trainer, sentence-transformers) runs offline: no hub, no
+    telemetry, no experiment tracker."""
+    env, log = _blocked_env(tmp_path, model_cache_dir)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "keel.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+
+    assert run("init", "app").returncode == 0
+    config = str(tmp_path / "app" / "keel.toml")
+    assert run("--config", config, "ingest").returncode == 0
+    for kind in ("embeddings", "reranker"):
+        tuned = run("--config", config, "tune", kind, "--max-pairs", "8", "--batch-size", "8")
+        assert tuned.returncode == 0, tuned.stderr
+        assert f"tuned {kind}" in tuned.stdout and "deployable" in tuned.stdout
     attempts = log.read_text() if log.exists() else ""
     assert attempts == "", f"outbound connections were attempted:\n{attempts}"

@@ -65,7 +65,9 @@ def test_tune_embeddings_gate_artefact_and_config(bot: Path) -> None:
     assert artefact["pairs"]["corpus"] > 0 and len(artefact["training_data_hash"]) == 16
     gate = artefact["gate"]
     assert gate["metric"] == "ndcg@10" and gate["on"].startswith("suite support-bot")
-    assert gate["passed"] == (gate["ci_low"] > 0) == artefact["deployable"]
+    assert (
+        gate["passed"] == (gate["ci_low"] > 0 and gate["queries"] >= 10) == artefact["deployable"]
+    )
 
     listed = json.loads(runner.invoke(cli, [*cfg, "tune", "list", "--json"]).stdout)
     assert [a["id"] for a in listed] == [artefact["id"]]

@@ -49,6 +49,7 @@ def _run(
     suite: Path | None,
     as_json: bool,
 ) -> None:
+    from keel.tuning.gate import MIN_QUERIES
     from keel.tuning.train import TrainParams
     from keel.tuning.tune import TuneRequest, parse_sources, tune
 
@@ -85,6 +86,14 @@ def _run(
         if kind == "embeddings":
             out.print("then keel ingest (a tuned model indexes into a collection of its own)")
         out.print("and keel release create --gate <suite> to ship it")
+    elif g is not None and g.queries < MIN_QUERIES:
+        out.print(
+            f"not deployable: {g.queries} held-out queries are too few to judge (at least "
+            f"{MIN_QUERIES}; add eval cases with reference_doc_ids)",
+            markup=False,
+        )
+    elif g is not None and g.ci_high < 0:
+        out.print("not deployable: it is significantly worse than the current model", markup=False)
     else:
         out.print("not deployable: the gain is not significant", markup=False)
 

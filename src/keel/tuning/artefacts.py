@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -118,11 +119,21 @@ class ArtefactStore:
             path=target,
             **manifest,
         )
-        (model_dir / MANIFEST).write_text(json.dumps(artefact.to_dict(), indent=2) + "\n")
+        text = json.dumps(artefact.to_dict(), indent=2) + "\n"
+        (model_dir / MANIFEST).write_text(text)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(model_dir, target)
+        try:
+            os.rename(model_dir, target)  # atomic; fails when the folder is there already
+        except OSError:
+            if not (target / MANIFEST).is_file():
+                raise
+            # The same weights are there already (another run, perhaps another process, made
+            # them; a server may be loading them): their files stay, the manifest is replaced
+            # in one step, and this run's copy goes.
+            staged = target / f".{MANIFEST}.{os.getpid()}.{time.time_ns()}"
+            staged.write_text(text)
+            os.replace(staged, target / MANIFEST)
+            shutil.rmtree(model_dir, ignore_errors=True)
         return artefact
 
     def list(self, kind: Kind | None = None) -> list[Artefact]:

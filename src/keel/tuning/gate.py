@@ -68,6 +68,11 @@ def rank_documents(
     return rank
 
 
+# Fewer held-out queries than this never make an artefact deployable, whatever the interval
+# says: a bootstrap over a handful of queries is no evidence.
+MIN_QUERIES = 10
+
+
 def judge(
     queries: Sequence[Query],
     before: Ranker,
@@ -77,7 +82,8 @@ def judge(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> GateFigures:
-    """nDCG@10 of ``before`` and ``after`` on ``queries``, paired per query."""
+    """nDCG@10 of ``before`` and ``after`` on ``queries``, paired per query; passed when the
+    95% interval of the gain lies above zero on at least :data:`MIN_QUERIES` queries."""
     if not queries:
         raise ValueError("the gate has no queries to measure on")
     old, new = [], []
@@ -96,5 +102,5 @@ def judge(
         after=float(np.mean(new)),
         ci_low=low,
         ci_high=high,
-        passed=low > 0,
+        passed=low > 0 and len(queries) >= MIN_QUERIES,
     )
