@@ -308,6 +308,7 @@ def stack(embedder: Any, data: Path | None = None) -> dict[str, Any]:
 
     from keel.agents.hooks import RunContext
     from keel.app import App
+    from keel.rag.types import Hit
     from keel.settings import Settings, get_settings
 
     base = Path(tempfile.mkdtemp(prefix="keel-bench-guards-"))
@@ -339,9 +340,7 @@ def stack(embedder: Any, data: Path | None = None) -> dict[str, Any]:
             embedder.embed_query(question)
             t0 = time.perf_counter()
             runner.on_input(question, ctx)
-            from keel.agents.graph import hit_from_dict
-
-            ctx.hits = runner.on_context([hit_from_dict(h) for h in a.hits], ctx)
+            ctx.hits = runner.on_context([Hit.of(h) for h in a.hits], ctx)
             runner.on_output(a.text, ctx)
             (cold if round_no == 0 else times).append((time.perf_counter() - t0) * 1000)
     # round 0 validates every retrieved chunk; later rounds retrieve the same chunks, whose

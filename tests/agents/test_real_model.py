@@ -15,12 +15,12 @@ import pytest
 
 from keel.agents.citations import cited_numbers
 from keel.agents.events import Done, Token
-from keel.agents.graph import hit_from_dict
 from keel.agents.params import ModelParams
 from keel.app import App
 from keel.config import load_config
 from keel.rag.sentences import split_sentences
 from keel.rag.support import support_scores
+from keel.rag.types import Hit
 from keel.settings import Settings
 
 pytestmark = pytest.mark.llm
@@ -71,7 +71,7 @@ def test_a_generated_answer_has_citations_usage_and_cost(bot: App) -> None:
     assert answer.finish_reason in ("stop", "length")
     # cited by the model or, when it did not, attributed by Keel: never empty when the
     # passages support the answer, and every citation is a passage the model was given
-    hits = [hit_from_dict(h) for h in answer.hits]
+    hits = [Hit.of(h) for h in answer.hits]
     support = support_scores(split_sentences(answer.text), [h.text for h in hits], bot.embedder)
     assert support.max() >= 0.55  # this answer is supported (else the test would prove nothing)
     given = {h.chunk_id for h in hits}

@@ -160,11 +160,6 @@ def turn_input(question: str, history: list[AnyMessage] | None = None) -> dict[s
     }
 
 
-def hit_from_dict(d: Hit | Mapping[str, Any]) -> Hit:
-    """A :class:`Hit` from its dict (an answer's ``hits``) or itself."""
-    return Hit.of(d)
-
-
 def state_hits(state: Mapping[str, Any]) -> list[Hit]:
     """The turn's hits (typed; a checkpoint of an older Keel held their dicts)."""
     return [Hit.of(h) for h in state.get("hits", [])]
