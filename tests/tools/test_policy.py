@@ -251,6 +251,23 @@ def test_execute_sync_inside_a_running_loop_runs_the_call_on_a_loop_of_its_own()
     assert ("echo", {"text": "x"}) in CALLS
 
 
+def test_execute_sync_on_a_loop_of_its_own_keeps_what_the_turn_may_read() -> None:
+    from keel.rag.access import current_readable, reading_as
+
+    @tool
+    def labels() -> str:
+        """The labels this call may read."""
+        return ",".join(sorted(current_readable() or ["everything"]))
+
+    policy = ToolPolicy(Toolset([labels]))
+
+    async def inside() -> ToolOutcome:
+        with reading_as(frozenset({"billing"})):
+            return policy.execute_sync(ToolCall("1", "labels", {}), RunBudget())
+
+    assert asyncio.run(inside()).content == "billing"  # not "everything"
+
+
 def test_requires_approval_and_rejected_outcome() -> None:
     policy = ToolPolicy(TOOLS.approval_required(["refund"]))
     call = ToolCall("9", "refund", {"order_id": "A", "amount": 1})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import dataclasses
 import json
 import time
@@ -265,8 +266,9 @@ class ToolPolicy:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(self.execute(call, budget))
+        context = contextvars.copy_context()  # what the turn may read goes with the call
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, self.execute(call, budget)).result()
+            return pool.submit(context.run, asyncio.run, self.execute(call, budget)).result()
 
     def _render(self, result: Any) -> str:
         text = render_result(result)
