@@ -189,6 +189,14 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="training batch (--tune)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (--tune)")
     args = parser.parse_args()
+    kinds = {k.strip() for k in args.tune_kinds.split(",") if k.strip()}
+    if not kinds or kinds - {"embeddings", "reranker"}:
+        parser.error(f"--tune-kinds {args.tune_kinds!r}: embeddings, reranker or both")
+    if not args.tune and (
+        args.reranker_pairs is not None or args.tune_kinds != "embeddings,reranker"
+    ):
+        parser.error("--tune-kinds and --reranker-pairs need --tune")
+    args.tune_kinds = kinds
     folder = args.folder.resolve()
     if not (folder / "corpus.jsonl").is_file():
         print(f"error: {folder} has no corpus.jsonl", file=sys.stderr)
