@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 _MODELS: dict[tuple[str, str, str, str], SentenceTransformer] = {}
 _MODELS_LOCK = threading.Lock()
 
+QUERY_CACHE_SIZE = 1024  # recent queries and claims kept in memory (see Embedder.embed_queries)
 BUNDLED_ALIASES = frozenset({"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"})
 
 
@@ -167,6 +168,7 @@ class Embedder:
         # borrowed"): every use of the model (and of its tokenizer, see tokenizer_lock) holds it
         self.tokenizer_lock = threading.Lock()
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._queries_lock = threading.Lock()
         self.encoded = 0  # texts actually run through the model (not served by a cache)
 
     @property
@@ -282,18 +284,37 @@ class Embedder:
 
     def embed_query(self, text: str) -> np.ndarray:
         """One query's vector; recent queries are kept in memory."""
-        hit = self._queries.get(text)
-        if hit is not None:
-            self._queries.move_to_end(text)
-            return hit
-        vector: np.ndarray = self.encode([text])[0]
-        self._queries[text] = vector
-        if len(self._queries) > 1024:
-            self._queries.popitem(last=False)
+        vector: np.ndarray = self.embed_queries([text])[0]
         return vector
 
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Short texts' vectors (queries, an answer's claims) through the in-memory cache of
+        recent ones that :meth:`embed_query` uses, so a text embedded earlier in a turn (a
+        claim the grounding guard scored, which citation attribution scores again) is not run
+        through the model twice. The ones not cached are embedded in one batch."""
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        with self._queries_lock:
+            for i, text in enumerate(texts):
+                hit = self._queries.get(text)
+                if hit is None:
+                    missing.setdefault(text, []).append(i)
+                else:
+                    self._queries.move_to_end(text)
+                    out[i] = hit
+        if missing:
+            vectors = self.encode(list(missing))
+            with self._queries_lock:
+                for (text, rows), vector in zip(missing.items(), vectors, strict=True):
+                    out[rows] = vector
+                    self._queries[text] = vector
+                while len(self._queries) > QUERY_CACHE_SIZE:
+                    self._queries.popitem(last=False)
+        return out
+
     def clear_query_cache(self) -> None:
-        self._queries.clear()
+        with self._queries_lock:
+            self._queries.clear()
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_id, "backend": self.backend, "batch_size": self.batch_size}

@@ -3,14 +3,20 @@
 One implementation for the two places that ask: the grounding guard (is every claim supported
 by some passage?) and citation attribution (which passages support each claim, when a model
 did not cite them itself). A claim quoted from a passage (after normalising case, spacing,
-markup and citation markers) is supported by it with score 1; the others are scored by the
-cosine similarity of their embedding to the passage's most similar sentence. Passage
-sentences are embedded through :meth:`Embedder.embed_documents`, whose cache serves the
-popular chunks after the first time.
+markup and citation markers) is supported by it with score 1. A near-quote, a claim of
+:data:`NEAR_QUOTE_MIN_WORDS` words or more of whose word pairs (bigrams, in order) at least
+:data:`NEAR_QUOTE` are found in one passage (a rendered table row, two sentences joined, a
+word changed), is supported with that share as its score, without the embedding model. The
+others are scored by the cosine similarity of their embedding to the passage's most similar
+sentence. Passage sentences are embedded through :meth:`Embedder.embed_documents`, whose
+cache serves the popular chunks after the first time; claims through
+:meth:`Embedder.embed_queries`, whose in-memory cache serves a claim scored a second time in
+the same turn (the grounding guard, then citation attribution).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -28,6 +34,9 @@ _MARKUP = re.compile(r"[*`]+")
 _SPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 
+NEAR_QUOTE = 0.9  # share of a claim's word bigrams found in one passage to call it a near-quote
+NEAR_QUOTE_MIN_WORDS = 6  # shorter claims are quoted exactly or go to the embedding model
+
 
 def normalise(text: str) -> str:
     """Lower case, single spaces, no markdown emphasis: for "is this quoted?" checks."""
@@ -36,6 +45,19 @@ def normalise(text: str) -> str:
 
 def without_citations(text: str) -> str:
     return CITATION_MARKS.sub("", text)
+
+
+def _bigrams(text: str) -> list[tuple[str, str]]:
+    words = _WORD.findall(text.lower())
+    return list(itertools.pairwise(words))
+
+
+def near_quote(claim: str, passage_bigrams: set[tuple[str, str]]) -> float:
+    """The share of ``claim``'s word bigrams found in a passage's (0 for a short claim)."""
+    grams = _bigrams(claim)
+    if len(grams) + 1 < NEAR_QUOTE_MIN_WORDS:
+        return 0.0
+    return sum(g in passage_bigrams for g in grams) / len(grams)
 
 
 def support_scores(
@@ -54,16 +76,21 @@ def support_scores(
         sentences += found
         owners += [j] * len(found)
     haystacks = [normalise(p) for p in passages]
+    grams = [set(_bigrams(p)) for p in passages]
     todo: list[int] = []
     for i, claim in enumerate(claims):
         plain = normalise(without_citations(claim))
         quoted = [j for j, hay in enumerate(haystacks) if plain and plain in hay]
         if quoted:
             scores[i, quoted] = 1.0
+            continue
+        near = [near_quote(without_citations(claim), g) for g in grams]
+        if max(near) >= NEAR_QUOTE:
+            scores[i] = [x if x >= NEAR_QUOTE else 0.0 for x in near]
         else:
             todo.append(i)
     if todo:
-        claim_v = embedder.encode([without_citations(claims[i]) for i in todo])
+        claim_v = embedder.embed_queries([without_citations(claims[i]) for i in todo])
         sentence_v = embedder.embed_documents(sentences)
         sims = claim_v @ sentence_v.T  # [todo, sentences]
         owner = np.asarray(owners)

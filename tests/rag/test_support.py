@@ -1,0 +1,107 @@
+"""How passages support an answer's claims (keel.rag.support): quotes and near-quotes are
+scored without the embedding model, the others by embedding, and a claim is embedded once
+per turn however many times it is scored (the grounding guard, then citation attribution)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keel.agents.citations import attribute
+from keel.db import make_engine
+from keel.guardrails.validators import GroundingValidator
+from keel.rag.embeddings import Embedder, EmbeddingCache
+from keel.rag.support import NEAR_QUOTE, _bigrams, near_quote, support_scores
+from keel.rag.types import Hit
+
+PASSAGES = [
+    "| Plan | Refund window |\n|---|---|\n| Annual | 30 days after the purchase or renewal |",
+    "Two-factor authentication is turned on in Settings > Security > Two-factor. It asks "
+    "for a code from an authenticator app at every sign-in.",
+    "Exports are ZIP files of Markdown notes, made from Settings > Data > Export.",
+]
+
+
+@pytest.fixture()
+def embedder(tmp_path: Path, model_cache_dir: Path) -> Embedder:
+    # the app's embedder: passage sentences cached in the database, as in a served app
+    return Embedder(cache=EmbeddingCache(make_engine(None, tmp_path)), cache_dir=model_cache_dir)
+
+
+def test_quotes_and_near_quotes_need_no_embedding(embedder: Embedder) -> None:
+    claims = [
+        "Exports are ZIP files of Markdown notes, made from Settings > Data > Export.",  # quoted
+        # two sentences of one passage joined, a word dropped: a near-quote
+        "Two-factor authentication is turned on in Settings > Security > Two-factor and asks "
+        "for a code from an authenticator app at every sign-in.",
+        # a rendered table row
+        "Annual: 30 days after the purchase or renewal.",
+    ]
+    before = embedder.encoded
+    scores = support_scores(claims, PASSAGES, embedder)
+    assert embedder.encoded == before  # not one claim (nor passage sentence) was embedded
+    assert scores[0].tolist() == [0.0, 0.0, 1.0]
+    assert scores[1, 1] >= NEAR_QUOTE and scores[1, [0, 2]].tolist() == [0.0, 0.0]
+    assert scores[2, 0] >= NEAR_QUOTE
+
+
+def test_paraphrases_and_short_claims_go_to_the_embedding_model(embedder: Embedder) -> None:
+    # short: three of its four bigrams are in passage 2, but four words are too few to trust
+    assert near_quote("Exports are ZIP files", {("exports", "are"), ("are", "zip")}) == 0.0
+    claims = [
+        "You can download all your notes as a ZIP archive from the data settings.",
+        "Exports are made in Settings and come as ZIP files.",  # the passage's words, reordered
+        "ZIP files of Markdown notes",  # quoted, however short
+    ]
+    support_scores(["Nothing here is like the passages."], PASSAGES, embedder)  # their sentences
+    before = embedder.encoded
+    scores = support_scores(claims, PASSAGES, embedder)
+    assert embedder.encoded - before == 2  # the two paraphrases went to the model
+    assert int(np.argmax(scores[0])) == 2 and int(np.argmax(scores[1])) == 2
+    assert scores[2].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_a_changed_fact_is_not_a_near_quote(embedder: Embedder) -> None:
+    passage = "Annual plans can be refunded in full within 30 days of the purchase or renewal."
+    changed = "Annual plans can be refunded in full within 90 days of the purchase or renewal."
+    assert near_quote(changed, set()) == 0.0
+    share = near_quote(changed, set(_bigrams(passage)))
+    assert 0.7 < share < NEAR_QUOTE  # two of its thirteen bigrams differ: embedded instead
+
+
+def test_a_turn_embeds_each_claim_once(embedder: Embedder) -> None:
+    answer = (
+        "You can download all your notes as a ZIP archive from the data settings. "
+        "Turning on two-factor sign-in happens under the security settings."
+    )
+    hits = [
+        Hit(doc_id=f"d{i}", chunk_id=f"c{i}", text=t, score=1.0, source=f"docs/d{i}.md")
+        for i, t in enumerate(PASSAGES)
+    ]
+    meta = {
+        "keel_embedder": embedder,
+        "keel_passages": PASSAGES,
+        "keel_question": "How do I export my notes?",
+        "keel_report": {},
+    }
+    before = embedder.encoded
+    assert GroundingValidator(on_fail="fix").validate(answer, dict(meta)).outcome == "pass"
+    guarded = embedder.encoded - before
+    assert guarded >= 2  # the two paraphrased claims (and the passages' sentences, once)
+    assert attribute(answer, hits, embedder) == [3, 2]
+    assert embedder.encoded - before == guarded  # attribution embedded nothing again
+
+
+def test_embed_queries_shares_embed_querys_cache(embedder: Embedder) -> None:
+    texts = ["alpha claim here", "beta claim here", "alpha claim here"]
+    before = embedder.encoded
+    vectors = embedder.embed_queries(texts)
+    assert embedder.encoded - before == 2  # the duplicate is embedded once
+    assert np.allclose(vectors[0], vectors[2])
+    assert np.allclose(vectors, embedder.encode(texts), atol=1e-5)
+    before = embedder.encoded
+    assert np.allclose(embedder.embed_query("beta claim here"), vectors[1])
+    assert embedder.embed_queries([]).shape == (0, embedder.dimension)
+    assert embedder.encoded == before
