@@ -8,6 +8,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -51,6 +52,25 @@ def test_pairs_come_from_the_training_side_only(bot: Path) -> None:
         assert p.positive not in held and p.query not in p.positive  # no string match
         assert p.negative != p.positive
     assert len(synthetic_queries(chunks, 3)) >= len(pairs.pairs)
+
+
+def test_an_eval_question_is_searched_once(bot: Path) -> None:
+    from keel.app import App
+
+    app = App.from_config(bot / "keel.toml")
+    chunks = list(app.store().iter_chunks())
+    asked: list[str] = []
+
+    def search(query: str) -> list[Any]:
+        asked.append(query)
+        return app.search(query, 10, readable=None)
+
+    cases = [("How do I get a refund on an annual plan?", ["docs/billing.md"])]
+    pairs = build_pairs(chunks, search, sources=("evals",), seed=3, eval_cases=cases)
+    app.close()
+    assert [p.source for p in pairs.pairs] == ["evals"]
+    assert pairs.pairs[0].positive in {c.text for c in chunks if c.doc_id == "docs/billing.md"}
+    assert asked == [cases[0][0]]  # its positive and its hard negative come from one search
 
 
 def test_tune_embeddings_gate_artefact_and_config(bot: Path) -> None:

@@ -141,6 +141,14 @@ def build_pairs(
     ids)`` already restricted to the training half; ``rated_questions`` are ``(question,
     passage)`` of well-rated turns. ``max_pairs`` caps the corpus pairs (a seeded sample)."""
     by_id = {c.id: c for c in chunks}
+    found: dict[str, list[Hit]] = {}
+
+    def searched(query: str) -> list[Hit]:
+        # an eval case's question is searched for its positive and again for its negative
+        if query not in found:
+            found[query] = search(query)
+        return found[query]
+
     wanted: list[tuple[str, str, str | None, Source]] = []  # query, positive, doc id, source
     if "corpus" in sources:
         made = [
@@ -153,7 +161,7 @@ def build_pairs(
         wanted += made  # type: ignore[arg-type]
     if "evals" in sources:
         for question, refs in eval_cases:
-            hits = [h for h in search(question) if h.doc_id in set(refs)]
+            hits = [h for h in searched(question) if h.doc_id in set(refs)]
             first = (
                 hits[0].chunk_id
                 if hits
@@ -166,7 +174,8 @@ def build_pairs(
     out = PairSet()
     for n, (query, positive, doc_id, source) in enumerate(wanted, start=1):
         negative = next(
-            (h.text for h in search(query) if h.doc_id != doc_id and h.text != positive), None
+            (h.text for h in searched(query) if h.doc_id != doc_id and h.text != positive),
+            None,
         )
         if negative is not None:
             out.pairs.append(TrainingPair(query, positive, negative, source))
