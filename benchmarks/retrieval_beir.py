@@ -13,6 +13,12 @@ it fine-tunes the embedding model, re-indexes the corpus with it (a collection o
 and measures dense and hybrid again; then trains a reranker from the same kind of pairs and
 measures hybrid with it. It prints the tuning and indexing times, the gate's verdict on
 held-out documents, and every row side by side.
+
+``--tune-from evals`` (or ``corpus,evals``) also gives ``keel tune`` an eval suite made of
+another split's queries (``--train-split``, default ``train``; never the measured split): its
+cases name their relevant documents, half of them (by a hash of the case id) are training
+pairs and the other half is what the gate measures on, as `keel tune --from evals` does with
+an app's own suite.
 """
 
 from __future__ import annotations
@@ -76,29 +82,56 @@ def _gate_line(artefact) -> str:  # type: ignore[no-untyped-def]
     )
 
 
+def write_suite(folder: Path, split: str, base: Path) -> Path:
+    """An eval suite of ``split``'s queries with their relevant documents, for ``--from evals``."""
+    import json
+
+    queries = load_queries(folder)
+    qrels = load_qrels(folder, split)
+    base.mkdir(parents=True, exist_ok=True)
+    with (base / f"{split}-cases.jsonl").open("w", encoding="utf-8") as f:
+        for qid in sorted(qrels):
+            refs = sorted(d for d, g in qrels[qid].items() if g > 0)
+            if qid in queries and refs:
+                case = {"id": qid, "input": queries[qid], "reference_doc_ids": refs}
+                f.write(json.dumps(case) + "\n")
+    suite = base / f"{split}-suite.yaml"
+    suite.write_text(
+        f"name: beir-{split}\ndataset: {split}-cases.jsonl\nmetrics:\n  recall_at_k: {{k: 10}}\n",
+        encoding="utf-8",
+    )
+    return suite
+
+
 def tune_and_measure(args, folder, base, app, todo, qrels):  # type: ignore[no-untyped-def]
-    """Tune embeddings and a reranker from the corpus, then measure them on the split."""
+    """Tune embeddings and a reranker, then measure them on the split."""
     from keel.tuning.train import TrainParams
     from keel.tuning.tune import TuneRequest, tune
 
     params = TrainParams(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    suite = write_suite(folder, args.train_split, base) if "evals" in args.tune_from else None
+    sources = tuple(args.tune_from)
     rag = {"paths": ["corpus.jsonl"], "retrieval": {"candidates": 100}}
     rows = {}
 
     emb = None
     if "embeddings" in args.tune_kinds:
-        print("\ntuning the embedding model from the corpus ...", flush=True)
+        print(f"\ntuning the embedding model from {', '.join(sources)} ...", flush=True)
         t0 = time.perf_counter()
         emb = tune(
             app,
             TuneRequest(
-                kind="embeddings", sources=("corpus",), params=params, max_pairs=args.max_pairs
+                kind="embeddings",
+                sources=sources,
+                params=params,
+                max_pairs=args.max_pairs,
+                suite=suite,
             ),
             progress=_progress,
         )
         tune_s = time.perf_counter() - t0
         print(
-            f"tuned embeddings {emb.id}: {sum(emb.pairs.values())} pairs, trained in "
+            f"tuned embeddings {emb.id}: {emb.pairs} pairs, trained in "
             f"{emb.train_seconds:.0f}s, whole keel tune {tune_s:.0f}s\n{_gate_line(emb)}",
             flush=True,
         )
@@ -123,15 +156,16 @@ def tune_and_measure(args, folder, base, app, todo, qrels):  # type: ignore[no-u
 
     if "reranker" not in args.tune_kinds:
         return rows
-    print("\ntraining a reranker from the corpus ...", flush=True)
+    print(f"\ntraining a reranker from {', '.join(sources)} ...", flush=True)
     t0 = time.perf_counter()
     rr = tune(
         app,
         TuneRequest(
             kind="reranker",
-            sources=("corpus",),
+            sources=sources,
             params=params,
             max_pairs=args.reranker_pairs or args.max_pairs,
+            suite=suite,
         ),
         progress=_progress,
     )
@@ -185,6 +219,17 @@ def main() -> int:
         default="embeddings,reranker",
         help="what --tune trains: embeddings, reranker or both (comma-separated)",
     )
+    parser.add_argument(
+        "--tune-from",
+        default="corpus",
+        help="training sources of --tune: corpus, evals or both (comma-separated); evals is "
+        "an eval suite made of --train-split's queries",
+    )
+    parser.add_argument(
+        "--train-split",
+        default="train",
+        help="the split --tune-from evals makes the eval suite of (never the measured one)",
+    )
     parser.add_argument("--epochs", type=int, default=1, help="training epochs (--tune)")
     parser.add_argument("--batch-size", type=int, default=32, help="training batch (--tune)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (--tune)")
@@ -192,11 +237,20 @@ def main() -> int:
     kinds = {k.strip() for k in args.tune_kinds.split(",") if k.strip()}
     if not kinds or kinds - {"embeddings", "reranker"}:
         parser.error(f"--tune-kinds {args.tune_kinds!r}: embeddings, reranker or both")
+    sources = {k.strip() for k in args.tune_from.split(",") if k.strip()}
+    if not sources or sources - {"corpus", "evals"}:
+        parser.error(f"--tune-from {args.tune_from!r}: corpus, evals or both")
     if not args.tune and (
-        args.reranker_pairs is not None or args.tune_kinds != "embeddings,reranker"
+        args.reranker_pairs is not None
+        or args.tune_kinds != "embeddings,reranker"
+        or args.tune_from != "corpus"
+        or args.train_split != "train"
     ):
-        parser.error("--tune-kinds and --reranker-pairs need --tune")
+        parser.error("--tune-kinds, --tune-from, --train-split and --reranker-pairs need --tune")
+    if "evals" in sources and args.train_split == args.split:
+        parser.error(f"--train-split {args.train_split!r} is the measured split")
     args.tune_kinds = kinds
+    args.tune_from = [s for s in ("corpus", "evals") if s in sources]
     folder = args.folder.resolve()
     if not (folder / "corpus.jsonl").is_file():
         print(f"error: {folder} has no corpus.jsonl", file=sys.stderr)
