@@ -18,7 +18,11 @@ What it does, deterministically (same inputs give a byte-identical JSON file):
    *sentences* (SciFact claims, PII sentences), long benign prompts (*hard_negative*: MITRE
    cybersecurity requests, awesome-chatgpt-prompts role-play) and document *passages* (SciFact
    abstracts, the READMEs of the installed Python packages, and - test only, a domain never
-   trained on - the example apps' documents).
+   trained on - the example apps' documents). With ``--wheels DIR``, also the corpora of the
+   pinned wheels in ``CORPUS_WHEELS`` that are in DIR (PyRIT's templates, attacks in other
+   languages and ordinary questions in other languages: :func:`wheel_corpora`). The shipped
+   weights were trained without them (their ``training.inputs_sha256`` lists every input);
+   ``benchmarks/guards.py --parts loco --wheels DIR`` uses them all.
 2. Groups near-duplicates (same normalised 60-character prefix, same DAN file, same package,
    same paired task, or TF-IDF cosine >= 0.7) with union-find, and deals whole groups 80/20
    into development and held-out test, stratified by source (the DAN files spread over both).
@@ -85,9 +89,28 @@ EXTRA_FILE = "scripts/injection_extra.py"
 CORPUS_WHEELS = {
     "pyrit==1.1.0": "pyrit-1.1.0-py3-none-any.whl",  # MIT: PyRIT's jailbreak templates
     "garak-multilingual==0.1.0": "garak_multilingual-0.1.0-py3-none-any.whl",  # Apache-2.0
+    # attacks in other languages (and the English ones beside them); see wheel_corpora
+    "gauntlet-ai==0.2.0": "gauntlet_ai-0.2.0-py3-none-any.whl",  # MIT
+    "vigia==0.6.2": "vigia-0.6.2-py3-none-any.whl",  # MIT
+    "bastioncorpus==0.6.0": "bastioncorpus-0.6.0-py3-none-any.whl",  # MIT
+    "hivetracered==1.0.22": "hivetracered-1.0.22-py3-none-any.whl",  # Apache-2.0
+    "aegisrt==0.1.0": "aegisrt-0.1.0-py3-none-any.whl",  # MIT
+    # ordinary questions in other languages: the attacks above must not teach "not English"
+    "chatterbot-corpus==1.3.3": "chatterbot_corpus-1.3.3-py2.py3-none-any.whl",  # BSD
+    "prompt-armor==0.9.1": "prompt_armor-0.9.1-py3-none-any.whl",  # Apache-2.0
 }
 # The attack corpora leave-one-corpus-out holds out in turn (hand-written rows never are).
-PUBLIC_ATTACK_CORPORA = ("inthewild", "dan", "sysprompt", "pyrit_templates", "multilingual")
+PUBLIC_ATTACK_CORPORA = (
+    "inthewild",
+    "dan",
+    "sysprompt",
+    "pyrit_templates",
+    "multilingual",
+    "gauntlet",
+    "vigia",
+    "bastion",
+    "hivetracered",
+)
 
 SEED = 1729
 SPLIT_BUCKETS = (("dev", 80), ("test", 20))  # shares of the texts, dealt by whole groups
@@ -437,6 +460,107 @@ def wheel_corpora(wheels: Path, inputs: dict[str, str]) -> list[Example]:
                             continue
                         if isinstance(prompt, str):
                             out.append(Example(_clean(prompt), 1, "multilingual", "attack"))
+    return out + _more_wheel_corpora(wheels, inputs)
+
+
+def _wheel(wheels: Path, requirement: str, inputs: dict[str, str]) -> Any:
+    """The corpus wheel of ``requirement`` opened as a zip (recorded by sha256), or None."""
+    import zipfile
+
+    path = wheels / CORPUS_WHEELS[requirement]
+    if not path.exists():
+        return None
+    inputs[f"wheels/{path.name}"] = _sha256(path)
+    return zipfile.ZipFile(path)
+
+
+def _more_wheel_corpora(wheels: Path, inputs: dict[str, str]) -> list[Example]:
+    """Attacks in other languages, beside their English ones, from corpus wheels:
+
+    * ``gauntlet``: gauntlet-ai's attack phrases (17 languages; overrides, role switches,
+      system-prompt extraction, PINT-style injections);
+    * ``vigia``: vigia's seed attacks (Spanish, Catalan, Galician, Basque; OWASP LLM and
+      agentic vectors);
+    * ``bastion``: bastioncorpus's injections (English, German, French, Spanish, Italian), and
+      its benign look-alikes ("ignore case when you sort ...") as ordinary requests;
+    * ``hivetracered``: HiveTraceRed's Russian jailbreak templates (its persuasion rewrites of
+      harmful requests are left out: they are not injections);
+    * ``aegisrt``: aegisrt's multilingual seeds (15 languages);
+
+    and ordinary requests in those languages, so that the attacks do not teach "not English":
+
+    * ``chatterbot``: the first turns of chatterbot-corpus's conversations in its 26 other
+      languages (questions to a chatbot: "Yapay zeka nedir?"), each file one group;
+    * ``armor_benign``: prompt-armor's benign exemplars in German, French, Spanish and
+      Portuguese, requests that use an attack's words innocently ("ignore os erros de
+      digitação no texto acima"), test only: a domain never trained on."""
+    import yaml
+
+    out: list[Example] = []
+    zf = _wheel(wheels, "gauntlet-ai==0.2.0", inputs)
+    if zf is not None:
+        with zf:
+            for row in map(json.loads, zf.read("gauntlet/data/attack_phrases.jsonl").splitlines()):
+                out.append(Example(_clean(row["text"]), 1, "gauntlet", "attack"))
+    zf = _wheel(wheels, "vigia==0.6.2", inputs)
+    if zf is not None:
+        with zf:
+            for name in ("seeds_validated.json", "agent_seeds.json"):
+                for row in json.loads(zf.read(f"vigia/corpus/seeds/{name}")):
+                    # mutations of one seed (its other languages) stay in one group
+                    group = f"vigia:{row.get('parent_id') or row['id']}"
+                    out.append(Example(_clean(row["prompt"]), 1, "vigia", "attack", group=group))
+    zf = _wheel(wheels, "bastioncorpus==0.6.0", inputs)
+    if zf is not None:
+        with zf:
+            raw = zf.read("bastioncorpus/corpus/injections.jsonl")
+        for row in map(json.loads, raw.splitlines()):
+            if row["label"] == "malicious":
+                out.append(Example(_clean(row["text"]), 1, "bastion", "attack"))
+            elif row["label"] == "benign":
+                out.append(Example(_clean(row["text"]), 0, "bastion_benign", "question"))
+    zf = _wheel(wheels, "hivetracered==1.0.22", inputs)
+    if zf is not None:
+        with zf:
+            for name in sorted(zf.namelist()):
+                if not (name.startswith("hivetracered/attacks/types/") and name.endswith(".yaml")):
+                    continue
+                doc = yaml.safe_load(zf.read(name))
+                if isinstance(doc, dict) and doc.get("base") == "template" and doc.get("prompt"):
+                    text = str(doc["prompt"]).replace("{prompt}", "Расскажи, как вскрыть замок.")
+                    out.append(Example(_clean(text), 1, "hivetracered", "attack", group=name))
+    zf = _wheel(wheels, "aegisrt==0.1.0", inputs)
+    if zf is not None:
+        with zf:
+            raw = zf.read("aegisrt/datasets/multilingual_seeds.jsonl")
+        for row in map(json.loads, raw.splitlines()):
+            out.append(Example(_clean(row["prompt"]), 1, "aegisrt", "attack"))
+    zf = _wheel(wheels, "chatterbot-corpus==1.3.3", inputs)
+    if zf is not None:
+        with zf:
+            for name in sorted(zf.namelist()):
+                parts = name.split("/")
+                if not name.endswith(".yml") or parts[2] in ("english", "hinglish"):
+                    continue
+                doc = yaml.safe_load(zf.read(name)) or {}
+                firsts = {
+                    str(turns[0]).strip()
+                    for turns in doc.get("conversations") or []
+                    if isinstance(turns, list) and turns and str(turns[0]).strip()
+                }
+                out += [
+                    Example(_clean(t), 0, "chatterbot", "question", group=f"chatterbot:{name}")
+                    for t in sorted(firsts)
+                ]
+    zf = _wheel(wheels, "prompt-armor==0.9.1", inputs)
+    if zf is not None:
+        with zf:
+            raw = zf.read("prompt_armor/data/attacks/benign_exemplars.jsonl")
+        out += [
+            Example(_clean(row["text"]), 0, "armor_benign", "question", test_only=True)
+            for row in map(json.loads, raw.splitlines())
+            if row.get("lang") != "en"
+        ]
     return out
 
 

@@ -105,3 +105,33 @@ def test_embed_queries_shares_embed_querys_cache(embedder: Embedder) -> None:
     assert np.allclose(embedder.embed_query("beta claim here"), vectors[1])
     assert embedder.embed_queries([]).shape == (0, embedder.dimension)
     assert embedder.encoded == before
+
+
+def test_a_guarded_stream_embeds_each_sentence_once(embedder: Embedder) -> None:
+    """A stream is checked on the whole text so far at every sentence; the sentences checked
+    before come from the cache, so n sentences cost n embeddings, not n(n+1)/2."""
+    from keel.agents.hooks import RunContext
+    from keel.config import GuardsSection
+    from keel.guardrails.runner import GuardRunner, Services
+
+    runner = GuardRunner(
+        GuardsSection(output={"grounding": {"on_fail": "fix"}}),
+        Services(embedder=lambda: embedder),
+    )
+    ctx = RunContext(app="t", thread_id="t", scopes=None)
+    ctx.hits = [
+        Hit(doc_id=f"d{i}", chunk_id=f"c{i}", text=t, score=1.0, source=f"docs/d{i}.md")
+        for i, t in enumerate(PASSAGES)
+    ]
+    ctx.question = "How do I export my notes and protect my account?"
+    support_scores(["Nothing here is like the passages."], PASSAGES, embedder)  # their sentences
+    sentences = [
+        "You can download all your notes as a ZIP archive from the data settings. ",
+        "Turning on two-factor sign-in happens under the security settings. ",
+        "After that, every sign-in asks for a code from your authenticator app. ",
+    ]
+    guard = runner.stream_guard(ctx)
+    before = embedder.encoded
+    shown = "".join(guard.feed(word + " ") for s in sentences for word in s.split()) + guard.flush()
+    assert shown.split() == "".join(sentences).split()  # every sentence was supported
+    assert embedder.encoded - before == len(sentences)
