@@ -114,21 +114,20 @@ def tune_and_measure(args, folder, base, app, todo, qrels):  # type: ignore[no-u
     rag = {"paths": ["corpus.jsonl"], "retrieval": {"candidates": 100}}
     rows = {}
 
+    def request(kind: str, max_pairs: int) -> TuneRequest:
+        return TuneRequest(
+            kind=kind,  # type: ignore[arg-type]
+            sources=sources,
+            params=params,
+            max_pairs=max_pairs,
+            suite=suite,
+        )
+
     emb = None
     if "embeddings" in args.tune_kinds:
         print(f"\ntuning the embedding model from {', '.join(sources)} ...", flush=True)
         t0 = time.perf_counter()
-        emb = tune(
-            app,
-            TuneRequest(
-                kind="embeddings",
-                sources=sources,
-                params=params,
-                max_pairs=args.max_pairs,
-                suite=suite,
-            ),
-            progress=_progress,
-        )
+        emb = tune(app, request("embeddings", args.max_pairs), progress=_progress)
         tune_s = time.perf_counter() - t0
         print(
             f"tuned embeddings {emb.id}: {emb.pairs} pairs, trained in "
@@ -158,17 +157,7 @@ def tune_and_measure(args, folder, base, app, todo, qrels):  # type: ignore[no-u
         return rows
     print(f"\ntraining a reranker from {', '.join(sources)} ...", flush=True)
     t0 = time.perf_counter()
-    rr = tune(
-        app,
-        TuneRequest(
-            kind="reranker",
-            sources=sources,
-            params=params,
-            max_pairs=args.reranker_pairs or args.max_pairs,
-            suite=suite,
-        ),
-        progress=_progress,
-    )
+    rr = tune(app, request("reranker", args.reranker_pairs or args.max_pairs), progress=_progress)
     print(
         f"reranker {rr.id}: trained in {rr.train_seconds:.0f}s, whole keel tune "
         f"{time.perf_counter() - t0:.0f}s\n{_gate_line(rr)}",
