@@ -10,7 +10,10 @@ data is, store by store:
   turn of their threads;
 - feedback on those traces (``keel_feedback``: ratings, comments, corrections);
 - usage per end user (``keel_usage_end_users``);
-- semantic cache entries their questions made (``keel_semantic_cache``).
+- semantic cache entries their questions made (``keel_semantic_cache``);
+- tuned models trained on their feedback (``keel tune --from feedback``): erasure withdraws
+  them (:meth:`keel.tuning.artefacts.ArtefactStore.withdraw`), since the weights were learnt
+  from their questions; a config naming one is then refused until a new one is trained.
 
 :func:`export_user` gathers all of it as JSON; :func:`erase_user` deletes it everywhere and
 records the erasure in the audit log under a hash of the id (never the id itself). Eval
@@ -45,6 +48,7 @@ class Erasure:
     feedback: int
     usage: int
     cache_entries: int
+    artefacts: int = 0  # tuned models trained on their feedback, withdrawn
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -145,6 +149,7 @@ def erase_user(app: App, user: str, *, actor: str = "cli") -> Erasure:
     from keel.ops.cost import end_user_usage_table
     from keel.ops.feedback import feedback
     from keel.ops.tracing import spans_table, traces_table
+    from keel.tuning.artefacts import ArtefactStore
 
     _check(user)
     app.tracing.flush()
@@ -166,6 +171,9 @@ def erase_user(app: App, user: str, *, actor: str = "cli") -> Erasure:
         n_usage = conn.execute(delete(usage).where(usage.c.end_user == user)).rowcount
         c = cache_table
         n_cache = conn.execute(delete(c).where(c.c.app == app.name, c.c.end_user == user)).rowcount
+    withdrawn = ArtefactStore(app.data_dir).withdraw(
+        trace_ids, f"trained on feedback of {subject_ref(user)}, whose data was erased"
+    )
     done = Erasure(
         threads=len(tids),
         traces=int(n_traces or 0),
@@ -173,6 +181,7 @@ def erase_user(app: App, user: str, *, actor: str = "cli") -> Erasure:
         feedback=int(n_feedback or 0),
         usage=int(n_usage or 0),
         cache_entries=int(n_cache or 0),
+        artefacts=len(withdrawn),
     )
     AuditLog(app.engine, app.name).record(
         actor, "privacy.erased", subject_ref(user), done.to_dict()

@@ -157,3 +157,29 @@ def test_rerank_stage_orders_the_fused_candidates_by_the_cross_encoder(
     toml.write_text(toml.read_text().replace(f'model = "{folder}"', 'model = ""'))
     refused = CliRunner().invoke(cli, ["--config", str(toml), "search", "x"])
     assert refused.exit_code == 2 and "needs model" in refused.stderr
+
+
+def test_a_model_tuned_on_feedback_names_its_traces_and_erasure_withdraws_it(bot: Path) -> None:
+    from keel.app import App
+    from keel.ops.feedback import FeedbackStore
+    from keel.privacy import erase_user
+    from keel.tuning.artefacts import ArtefactStore
+    from keel.tuning.train import TrainParams
+    from keel.tuning.tune import TuneRequest, tune
+
+    app = App.from_config(bot / "keel.toml")
+    answer = app.ask("How do I reset my password?", end_user="ada")
+    FeedbackStore(app.engine).add(answer.trace_id, 1.0)
+    app.tracing.flush()
+    request = TuneRequest(
+        kind="embeddings",
+        sources=("corpus", "feedback"),
+        params=TrainParams(batch_size=8),
+        max_pairs=16,
+    )
+    artefact = tune(app, request)
+    assert artefact.pairs["feedback"] == 1 and artefact.feedback_traces == (answer.trace_id,)
+    assert erase_user(app, "ada").artefacts == 1
+    withdrawn = ArtefactStore(app.data_dir).get(artefact.id)
+    assert withdrawn.withdrawn and not withdrawn.deployable
+    app.close()

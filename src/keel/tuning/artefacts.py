@@ -16,8 +16,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -57,11 +57,15 @@ class Artefact:
     train_seconds: float
     created_at: str
     gate: GateFigures | None = None
+    # the traces whose rated turns were training pairs (``--from feedback``): erasing a
+    # person's data withdraws the artefacts trained on it (:meth:`ArtefactStore.withdraw`)
+    feedback_traces: tuple[str, ...] = ()
+    withdrawn: str | None = None  # why it may no longer be used, once withdrawn
     path: Path = field(default=Path(), compare=False)
 
     @property
     def deployable(self) -> bool:
-        return self.gate is not None and self.gate.passed
+        return self.gate is not None and self.gate.passed and self.withdrawn is None
 
     @property
     def ref(self) -> str:
@@ -87,8 +91,17 @@ class Artefact:
             train_seconds=float(data.get("train_seconds") or 0.0),
             created_at=str(data["created_at"]),
             gate=GateFigures(**gate) if isinstance(gate, Mapping) else None,
+            feedback_traces=tuple(str(t) for t in data.get("feedback_traces") or ()),
+            withdrawn=str(data["withdrawn"]) if data.get("withdrawn") else None,
             path=path,
         )
+
+
+def _replace_manifest(folder: Path, text: str) -> None:
+    """Write an artefact's manifest in one step (a server may be reading it)."""
+    staged = folder / f".{MANIFEST}.{os.getpid()}.{time.time_ns()}"
+    staged.write_text(text)
+    os.replace(staged, folder / MANIFEST)
 
 
 def _files_digest(folder: Path) -> str:
@@ -130,11 +143,22 @@ class ArtefactStore:
             # The same weights are there already (another run, perhaps another process, made
             # them; a server may be loading them): their files stay, the manifest is replaced
             # in one step, and this run's copy goes.
-            staged = target / f".{MANIFEST}.{os.getpid()}.{time.time_ns()}"
-            staged.write_text(text)
-            os.replace(staged, target / MANIFEST)
+            _replace_manifest(target, text)
             shutil.rmtree(model_dir, ignore_errors=True)
         return artefact
+
+    def withdraw(self, trace_ids: Collection[str], reason: str) -> list[Artefact]:
+        """Withdraw every artefact trained on feedback of one of ``trace_ids`` (a person's
+        data being erased): it stays on disk for the record, is no longer deployable, and a
+        config naming it is refused, ``allow_ungated`` or not. Returns those withdrawn now."""
+        wanted = set(trace_ids)
+        done = []
+        for artefact in self.list() if wanted else []:
+            if artefact.withdrawn is None and wanted.intersection(artefact.feedback_traces):
+                withdrawn = replace(artefact, withdrawn=reason)
+                _replace_manifest(artefact.path, json.dumps(withdrawn.to_dict(), indent=2) + "\n")
+                done.append(withdrawn)
+        return done
 
     def list(self, kind: Kind | None = None) -> list[Artefact]:
         """Every artefact, newest first."""
@@ -173,6 +197,11 @@ class ArtefactStore:
             artefact = self.get(ref, kind)
         except UsageError as exc:
             raise ConfigError(str(exc)) from None
+        if artefact.withdrawn is not None:
+            raise ConfigError(
+                f"tuned {kind} {artefact.id} was withdrawn ({artefact.withdrawn}); train a new "
+                f"one with keel tune {kind}"
+            )
         if not artefact.deployable and not allow_ungated:
             raise ConfigError(
                 f"tuned {kind} {artefact.id} did not pass its gate (keel tune show "

@@ -90,12 +90,13 @@ def _eval_cases(app: App, suite_path: Path | None, needed: bool) -> _EvalSplit |
     )
 
 
-def _rated_questions(app: App) -> list[tuple[str, str]]:
+def _rated_turns(app: App) -> list[tuple[str, str, str]]:
+    """``(question, first passage, trace id)`` of the well-rated turns."""
     from keel.ops.canary import NEGATIVE_BELOW
     from keel.ops.feedback_export import export_feedback
 
     return [
-        (str(c["input"]), str(c["contexts"][0]))
+        (str(c["input"]), str(c["contexts"][0]), str(c["trace_id"]))
         for c in export_feedback(app.engine, turns=app.turn_record)
         if c.get("input") and c.get("contexts") and c["score"] >= NEGATIVE_BELOW
     ]
@@ -129,13 +130,14 @@ def tune(app: App, request: TuneRequest, *, progress: Progress | None = None) ->
     def search(query: str) -> list[Any]:
         return app.knowledge.search(query, 10, readable=None)
 
+    rated = _rated_turns(app) if "feedback" in request.sources else []
     pairs: PairSet = build_pairs(
         chunks,
         search,
         sources=request.sources,
         seed=seed,
         eval_cases=split.train if split else (),
-        rated_questions=_rated_questions(app) if "feedback" in request.sources else (),
+        rated_questions=[(question, passage) for question, passage, _ in rated],
         max_pairs=request.max_pairs,
         progress=lambda done, total: report("pairs", done, total),
     )
@@ -170,6 +172,7 @@ def tune(app: App, request: TuneRequest, *, progress: Progress | None = None) ->
             params={**request.params.to_dict(), "max_pairs": request.max_pairs},
             train_seconds=round(seconds, 1),
             gate=figures,
+            feedback_traces=tuple(sorted({trace for _, _, trace in rated})),
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
