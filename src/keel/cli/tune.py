@@ -143,7 +143,13 @@ def tune_list(as_json: JsonOpt = False) -> None:
     for a in found:
         g = a.gate
         figure = f"nDCG@10 {g.before:.3f} -> {g.after:.3f}" if g else "not gated"
-        state = "deployable" if a.deployable else "not deployable"
+        state = (
+            f"withdrawn: {a.withdrawn}"
+            if a.withdrawn
+            else "deployable"
+            if a.deployable
+            else "not deployable"
+        )
         out.print(f"{a.id}  {a.kind:<10} {a.created_at}  {figure}  {state}", markup=False)
     if not found:
         err.print("no tuned artefacts (keel tune embeddings makes one)")
