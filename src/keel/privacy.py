@@ -12,8 +12,8 @@ data is, store by store:
 - usage per end user (``keel_usage_end_users``);
 - semantic cache entries their questions made (``keel_semantic_cache``);
 - tuned models trained on their feedback (``keel tune --from feedback``): erasure withdraws
-  them (:meth:`keel.tuning.artefacts.ArtefactStore.withdraw`), since the weights were learnt
-  from their questions; a config naming one is then refused until a new one is trained.
+  them (:meth:`keel.tuning.artefacts.ArtefactStore.withdraw`): the weights, learnt from their
+  questions, are deleted, and a config naming one is refused until a new one is trained.
 
 :func:`export_user` gathers all of it as JSON; :func:`erase_user` deletes it everywhere and
 records the erasure in the audit log under a hash of the id (never the id itself). Eval

@@ -110,6 +110,8 @@ def test_erasing_a_person_withdraws_the_models_trained_on_their_feedback(
     assert report.artefacts == 1 and report.to_dict()["artefacts"] == 1
     withdrawn = store.get(trained_on_ada)
     assert not withdrawn.deployable and "erased" in (withdrawn.withdrawn or "")
+    assert [p.name for p in withdrawn.path.iterdir()] == [MANIFEST]  # the weights are gone
+    assert (store.get(not_on_ada).path / "model.safetensors").is_file()
     assert "ada" not in (withdrawn.withdrawn or "")  # the record names a hash, not the person
     for allow in (False, True):  # an erasure is not a gate: allow_ungated does not bring it back
         with pytest.raises(ConfigError, match="withdrawn"):

@@ -149,14 +149,21 @@ class ArtefactStore:
 
     def withdraw(self, trace_ids: Collection[str], reason: str) -> list[Artefact]:
         """Withdraw every artefact trained on feedback of one of ``trace_ids`` (a person's
-        data being erased): it stays on disk for the record, is no longer deployable, and a
-        config naming it is refused, ``allow_ungated`` or not. Returns those withdrawn now."""
+        data being erased): its weights, learnt from that data, are deleted; its manifest
+        stays as the record, saying why; a config naming it is refused, ``allow_ungated`` or
+        not. Returns those withdrawn now."""
         wanted = set(trace_ids)
         done = []
         for artefact in self.list() if wanted else []:
             if artefact.withdrawn is None and wanted.intersection(artefact.feedback_traces):
                 withdrawn = replace(artefact, withdrawn=reason)
                 _replace_manifest(artefact.path, json.dumps(withdrawn.to_dict(), indent=2) + "\n")
+                for path in artefact.path.iterdir():
+                    if path.name != MANIFEST:
+                        if path.is_dir():
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            path.unlink(missing_ok=True)
                 done.append(withdrawn)
         return done
 
