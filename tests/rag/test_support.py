@@ -49,7 +49,7 @@ def test_quotes_and_near_quotes_need_no_embedding(embedder: Embedder) -> None:
 
 def test_paraphrases_and_short_claims_go_to_the_embedding_model(embedder: Embedder) -> None:
     # short: three of its four bigrams are in passage 2, but four words are too few to trust
-    assert near_quote("Exports are ZIP files", {("exports", "are"), ("are", "zip")}) == 0.0
+    assert near_quote("Exports are ZIP files", [{("exports", "are"), ("are", "zip")}]) == [0.0]
     claims = [
         "You can download all your notes as a ZIP archive from the data settings.",
         "Exports are made in Settings and come as ZIP files.",  # the passage's words, reordered
@@ -66,8 +66,8 @@ def test_paraphrases_and_short_claims_go_to_the_embedding_model(embedder: Embedd
 def test_a_changed_fact_is_not_a_near_quote(embedder: Embedder) -> None:
     passage = "Annual plans can be refunded in full within 30 days of the purchase or renewal."
     changed = "Annual plans can be refunded in full within 90 days of the purchase or renewal."
-    assert near_quote(changed, set()) == 0.0
-    share = near_quote(changed, set(_bigrams(passage)))
+    assert near_quote(changed, [set()]) == [0.0]
+    (share,) = near_quote(changed, [set(_bigrams(passage))])
     assert 0.7 < share < NEAR_QUOTE  # two of its thirteen bigrams differ: embedded instead
 
 

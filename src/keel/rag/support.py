@@ -52,12 +52,13 @@ def _bigrams(text: str) -> list[tuple[str, str]]:
     return list(itertools.pairwise(words))
 
 
-def near_quote(claim: str, passage_bigrams: set[tuple[str, str]]) -> float:
-    """The share of ``claim``'s word bigrams found in a passage's (0 for a short claim)."""
+def near_quote(claim: str, passage_bigrams: Sequence[set[tuple[str, str]]]) -> list[float]:
+    """Per passage, the share of ``claim``'s word bigrams found in its bigrams (all 0 for a
+    claim shorter than :data:`NEAR_QUOTE_MIN_WORDS`)."""
     grams = _bigrams(claim)
     if len(grams) + 1 < NEAR_QUOTE_MIN_WORDS:
-        return 0.0
-    return sum(g in passage_bigrams for g in grams) / len(grams)
+        return [0.0] * len(passage_bigrams)
+    return [sum(g in found for g in grams) / len(grams) for found in passage_bigrams]
 
 
 def support_scores(
@@ -84,7 +85,7 @@ def support_scores(
         if quoted:
             scores[i, quoted] = 1.0
             continue
-        near = [near_quote(without_citations(claim), g) for g in grams]
+        near = near_quote(without_citations(claim), grams)
         if max(near) >= NEAR_QUOTE:
             scores[i] = [x if x >= NEAR_QUOTE else 0.0 for x in near]
         else:

@@ -57,8 +57,8 @@ class Artefact:
     train_seconds: float
     created_at: str
     gate: GateFigures | None = None
-    # the traces whose rated turns were training pairs (``--from feedback``): erasing a
-    # person's data withdraws the artefacts trained on it (:meth:`ArtefactStore.withdraw`)
+    # the traces whose rated turns were offered as training pairs (``--from feedback``):
+    # erasing a person's data withdraws the artefacts trained on it (ArtefactStore.withdraw)
     feedback_traces: tuple[str, ...] = ()
     withdrawn: str | None = None  # why it may no longer be used, once withdrawn
     path: Path = field(default=Path(), compare=False)
