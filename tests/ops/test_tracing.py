@@ -267,6 +267,33 @@ def test_a_version_1_trace_store_is_upgraded_in_place(tmp_path: Path) -> None:
     StoreExporter(engine)  # and usable
 
 
+def test_a_process_that_loses_the_race_to_record_the_schema_version_finds_it_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes starting on one new database (seen in CI with two instances on
+    PostgreSQL: a duplicate key on keel_schema_versions) both read "no version"; the other
+    one migrates in between, here deterministically, and this one must not fail."""
+    from sqlalchemy import create_engine, inspect
+
+    from keel.ops import tracing
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'race.db'}")
+    real = tracing.create_tables
+    raced: list[bool] = []
+
+    def create_tables(engine_: Any, metadata_: Any, tables: list[Any]) -> None:
+        real(engine_, metadata_, tables)
+        if tracing.spans_table in tables and not raced:
+            raced.append(True)
+            tracing.migrate(engine_)  # the other process, all the way
+
+    monkeypatch.setattr(tracing, "create_tables", create_tables)
+    assert tracing.migrate(engine) == 2 and raced
+    assert {"release_id", "cache_hit"} <= {
+        c["name"] for c in inspect(engine).get_columns("keel_traces")
+    }
+
+
 def test_span_names_are_spelled_once() -> None:
     """Span names and guard attribute keys live in keel.ops.semconv; no other module spells
     them (they are read back by the trace store, the CLI, the console and monitoring)."""

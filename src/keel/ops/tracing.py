@@ -126,7 +126,26 @@ MIGRATIONS: list[tuple[int, Sequence[Table], Callable[[Connection], None] | None
 
 
 def migrate(engine: Engine) -> int:
-    """Create or upgrade the tracing tables; returns the schema version now in place."""
+    """Create or upgrade the tracing tables; returns the schema version now in place.
+
+    Processes that start on one new database at once (``keel serve --workers N``, two
+    instances) race to record the version: the one that loses rolls back, reads the version
+    the winner wrote and finds nothing left to do."""
+    import time
+
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(20):
+        try:
+            return _migrate(engine)
+        except IntegrityError:
+            if attempt == 19:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _migrate(engine: Engine) -> int:
     create_tables(engine, metadata, [schema_versions])
     with engine.begin() as conn:
         current = conn.execute(
