@@ -37,10 +37,17 @@ from _common import load_qrels, load_queries, ndcg_at, percentile, recall_at, te
 TARGET = 0.74  # issue 20: hybrid nDCG@10 on SciFact test with models that run on this CPU
 
 
+HYBRIDS = ("hybrid", "hybrid convex")  # hybrid mode with each fusion ([rag.retrieval] fusion)
+
+
 def measure(app, todo, qrels, modes, chunks, label=""):  # type: ignore[no-untyped-def]
-    """nDCG@10 per mode, printing one row per mode."""
+    """nDCG@10 per mode, printing one row per mode; "hybrid" fuses by RRF, "hybrid convex"
+    by the convex combination at the default dense_weight (never tuned on the split)."""
     results = {}
-    for mode in modes:
+    retrieval = app.config.rag.retrieval
+    for row in modes:
+        mode, _, fusion = row.partition(" ")
+        app.config.rag.retrieval = retrieval.model_copy(update={"fusion": fusion or "rrf"})
         ndcgs, recalls, times = [], [], []
         app.embedder.clear_query_cache()  # every mode pays for its query embeddings
         for qid, text in todo:
@@ -50,6 +57,8 @@ def measure(app, todo, qrels, modes, chunks, label=""):  # type: ignore[no-untyp
             ranked = list(dict.fromkeys(h.doc_id for h in hits))
             ndcgs.append(ndcg_at(ranked, qrels[qid]))
             recalls.append(recall_at(ranked, qrels[qid]))
+        app.config.rag.retrieval = retrieval
+        mode = row
         results[mode] = statistics.fmean(ndcgs)
         name = f"{label}{mode}"
         print(
@@ -111,7 +120,7 @@ def tune_and_measure(args, folder, base, app, todo, qrels):  # type: ignore[no-u
     params = TrainParams(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     suite = write_suite(folder, args.train_split, base) if "evals" in args.tune_from else None
     sources = tuple(args.tune_from)
-    rag = {"paths": ["corpus.jsonl"], "retrieval": {"candidates": 100}}
+    rag = {"paths": ["corpus.jsonl"], "retrieval": {"candidates": 100, "fusion": args.fusion}}
     rows = {}
 
     def request(kind: str, max_pairs: int) -> TuneRequest:
@@ -147,7 +156,7 @@ def tune_and_measure(args, folder, base, app, todo, qrels):  # type: ignore[no-u
             {
                 f"tuned {k}": v
                 for k, v in measure(
-                    tuned, todo, qrels, ("dense", "hybrid"), args.chunks, "tuned "
+                    tuned, todo, qrels, ("dense", *HYBRIDS), args.chunks, "tuned "
                 ).items()
             }
         )
@@ -176,8 +185,8 @@ def tune_and_measure(args, folder, base, app, todo, qrels):  # type: ignore[no-u
             workdir=base,
         )
         reranked.search("warm up", 5)
-        found = measure(reranked, todo, qrels, ("hybrid",), args.chunks, f"{label}+rerank ")
-        rows[f"{label}+rerank hybrid"] = found["hybrid"]
+        found = measure(reranked, todo, qrels, HYBRIDS, args.chunks, f"{label}+rerank ")
+        rows.update({f"{label}+rerank {k}": v for k, v in found.items()})
         reranked.close()
     return rows
 
@@ -219,6 +228,13 @@ def main() -> int:
         default="train",
         help="the split --tune-from evals makes the eval suite of (never the measured one)",
     )
+    parser.add_argument(
+        "--fusion",
+        choices=("rrf", "convex"),
+        default="convex",
+        help="the app's [rag.retrieval] fusion, which keel tune's gate ranks with (both are "
+        "measured either way; default: convex, what keel init writes)",
+    )
     parser.add_argument("--epochs", type=int, default=1, help="training epochs (--tune)")
     parser.add_argument("--batch-size", type=int, default=32, help="training batch (--tune)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (--tune)")
@@ -247,7 +263,9 @@ def main() -> int:
 
     base = args.workdir.resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="keel-bench-"))
     app = temp_app(
-        folder, {"paths": ["corpus.jsonl"], "retrieval": {"candidates": 100}}, workdir=base
+        folder,
+        {"paths": ["corpus.jsonl"], "retrieval": {"candidates": 100, "fusion": args.fusion}},
+        workdir=base,
     )
     started = time.perf_counter()
     report = app.ingest()
@@ -265,7 +283,7 @@ def main() -> int:
     app.search("warm up", 5)  # load the BM25 index and the model before timing
     print(f"{len(todo)} {args.split} queries\n")
     print(f"{'mode':<22} {'nDCG@10':>8} {'recall@10':>10} {'p50 ms':>8} {'p95 ms':>8}")
-    results = measure(app, todo, qrels, ("dense", "bm25", "hybrid"), args.chunks)
+    results = measure(app, todo, qrels, ("dense", "bm25", *HYBRIDS), args.chunks)
     if args.tune:
         results.update(tune_and_measure(args, folder, base, app, todo, qrels))
         print(f"\n{'nDCG@10 side by side':<22} {'':>8}")

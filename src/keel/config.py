@@ -298,7 +298,26 @@ class RetrievalSection(_Strict):
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
     k: int = Field(default=5, ge=1, le=1000)
     candidates: int = Field(default=50, ge=1, le=10000)
-    rrf_k: int = Field(default=60, ge=1)
+    rrf_k: int = Field(default=60, ge=1, description='The constant of fusion = "rrf".')
+    fusion: Literal["rrf", "convex"] = Field(
+        default="rrf",
+        description="How hybrid mode fuses its dense and BM25 lists: reciprocal rank fusion, "
+        "or a convex combination of min-max normalised scores (dense_weight).",
+    )
+    dense_weight: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description='fusion = "convex": the dense list\'s weight (BM25 gets the rest).',
+    )
+
+    @model_validator(mode="after")
+    def _fusion_settings(self) -> RetrievalSection:
+        if self.fusion == "rrf" and "dense_weight" in self.model_fields_set:
+            raise ValueError('dense_weight applies to fusion = "convex" only (fusion is "rrf")')
+        if self.fusion == "convex" and "rrf_k" in self.model_fields_set:
+            raise ValueError('rrf_k applies to fusion = "rrf" only (fusion is "convex")')
+        return self
 
 
 class RagSection(_Strict):

@@ -98,6 +98,8 @@ class Knowledge:
             k=r.k,
             candidates=r.candidates,
             rrf_k=r.rrf_k,
+            fusion=r.fusion,
+            dense_weight=r.dense_weight,
             reranker=self.reranker,
         )
 

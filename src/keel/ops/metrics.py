@@ -35,9 +35,9 @@ results; turns the cache does not consult (cache off, follow-up turns) count in 
 cache hit records no model latency and no retrieval (neither ran).
 
 The empty-result rate is ``keel_retrieval_empty_total / keel_retrieval_requests_total``. The
-top-score buckets resolve both RRF scores (hybrid mode: about 0.016 for a first rank in one
-list, 0.033 in both with ``rrf_k = 60``) and cosine similarities (dense mode, 0..1); BM25
-scores above 1 land in ``+Inf``.
+top-score buckets resolve RRF scores (hybrid mode with ``fusion = "rrf"``: about 0.016 for a
+first rank in one list, 0.033 in both with ``rrf_k = 60``), convex fusion scores (0..1) and
+cosine similarities (dense mode, 0..1); BM25 scores above 1 land in ``+Inf``.
 
 Label values are bounded: they are names from the configuration (model ids, tool and
 validator names, hook points, statuses), never user text; each is cut to 64 characters, and a

@@ -1,10 +1,10 @@
-"""Hybrid retrieval: dense (vector store) and BM25, fused by reciprocal rank fusion.
+"""Hybrid retrieval: dense (vector store) and BM25, fused into one ranking.
 
-Each retriever returns up to ``candidates`` chunks; RRF scores a chunk ``sum(1 / (rrf_k +
-rank))`` over the lists it appears in (rank from 1), which needs no score calibration between
-cosine similarities and BM25 scores. ``Hit.score`` is the RRF score in hybrid mode, the cosine
-similarity in dense mode and the BM25 score in BM25 mode; every hit also carries its rank and
-score in each list. The same metadata filter applies to both sides.
+Each retriever returns up to ``candidates`` chunks, fused by reciprocal rank fusion or by a
+convex combination of normalised scores (:mod:`keel.rag.fusion`). ``Hit.score`` is the fused
+score in hybrid mode, the cosine similarity in dense mode and the BM25 score in BM25 mode;
+every hit also carries its rank and score in each list. The same metadata filter applies to
+both sides.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from keel.rag.access import Readable, restrict
 from keel.rag.bm25 import BM25Index
 from keel.rag.embeddings import Embedder
 from keel.rag.filters import validate_where
+from keel.rag.fusion import Fusion, fuse
 from keel.rag.rerank import Reranker
 from keel.rag.store import VectorStore
 from keel.rag.types import Chunk, Hit
@@ -35,6 +36,8 @@ class Retriever:
     k: int = 5
     candidates: int = 50
     rrf_k: int = 60
+    fusion: Fusion = "rrf"
+    dense_weight: float = 0.5  # convex fusion: the dense list's share
     reranker: Reranker | None = None  # rescores the best fused candidates ([rag.rerank])
 
     def search(
@@ -73,10 +76,13 @@ class Retriever:
         elif mode == "bm25":
             ranked = [(cid, s) for cid, s, _ in lexical]
         else:
-            fused: dict[str, float] = {}
-            for positions in (dense_pos, lex_pos):
-                for cid, (rank, _) in positions.items():
-                    fused[cid] = fused.get(cid, 0.0) + 1.0 / (self.rrf_k + rank)
+            fused = fuse(
+                [(c.id, s) for c, s in dense],
+                [(cid, s) for cid, s, _ in lexical],
+                method=self.fusion,
+                rrf_k=self.rrf_k,
+                dense_weight=self.dense_weight,
+            )
             ranked = sorted(fused.items(), key=lambda item: (-item[1], item[0]))
         ranked = ranked[: max(k, self.reranker.candidates) if self.reranker else k]
 

@@ -4,7 +4,7 @@ current one, on queries it was never trained on, judged by the paired bootstrap 
 mean gain in nDCG@10 lies above zero.
 
 Documents are ranked as the app ranks them: by their best chunk in the app's retrieval mode
-(dense, or dense fused with the app's BM25 index by reciprocal rank fusion).
+(dense, or dense fused with the app's BM25 index by the app's fusion, :mod:`keel.rag.fusion`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from keel.evals.gate import paired_bootstrap_ci
+from keel.rag.fusion import Fusion, fuse
 from keel.tuning.artefacts import GateFigures
 from keel.tuning.pairs import Query
 
@@ -37,12 +38,14 @@ def rank_documents(
     vectors: np.ndarray[Any, Any],
     embed_query: Callable[[str], np.ndarray[Any, Any]],
     *,
-    bm25: Callable[[str, int], list[str]] | None,
+    bm25: Callable[[str, int], list[tuple[str, float]]] | None,
     depth: int,
     rrf_k: int,
+    fusion: Fusion = "rrf",
+    dense_weight: float = 0.5,
 ) -> Ranker:
     """A ranker over chunks embedded as ``vectors`` (rows normalised), fused with ``bm25``
-    (chunk ids, best first) when given."""
+    (``(chunk id, score)``, best first) when given."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     unit = vectors / np.where(norms == 0, 1.0, norms)
     position = {cid: i for i, cid in enumerate(chunk_ids)}
@@ -50,15 +53,14 @@ def rank_documents(
     def rank(query: str) -> list[str]:
         q = embed_query(query)
         q = q / (np.linalg.norm(q) or 1.0)
-        top = np.argsort(-(unit @ q), kind="stable")[:depth]
-        fused: dict[int, float] = {}
-        for r, i in enumerate(top, start=1):
-            fused[int(i)] = 1.0 / (rrf_k + r)
-        if bm25 is not None:
-            for r, cid in enumerate(bm25(query, depth), start=1):
-                if cid in position:
-                    i = position[cid]
-                    fused[i] = fused.get(i, 0.0) + 1.0 / (rrf_k + r)
+        sims = unit @ q
+        top = np.argsort(-sims, kind="stable")[:depth]
+        dense = [(int(i), float(sims[i])) for i in top]
+        if bm25 is None:
+            fused = {i: s for i, s in dense}
+        else:
+            lexical = [(position[cid], s) for cid, s in bm25(query, depth) if cid in position]
+            fused = fuse(dense, lexical, method=fusion, rrf_k=rrf_k, dense_weight=dense_weight)
         docs: list[str] = []
         for i, _ in sorted(fused.items(), key=lambda item: (-item[1], item[0])):
             if chunk_docs[i] not in docs:

@@ -202,8 +202,8 @@ def _rankers(
         if r.mode == "hybrid":
             index = app.knowledge.bm25(None)
 
-            def bm25(query: str, depth: int) -> list[str]:
-                return [cid for cid, _, _ in index.search(query, depth)]
+            def bm25(query: str, depth: int) -> list[tuple[str, float]]:
+                return [(cid, score) for cid, score, _ in index.search(query, depth)]
 
         tuned = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
         texts = [c.text for c in chunks]
@@ -211,18 +211,22 @@ def _rankers(
         docs = [c.doc_id for c in chunks]
         ids = [c.id for c in chunks]
         depth = max(r.candidates, 10)
-        before = rank_documents(
-            docs, ids, vectors, app.embedder.embed_query, bm25=bm25, depth=depth, rrf_k=r.rrf_k
-        )
-        after = rank_documents(
-            docs,
-            ids,
-            new_vectors,
-            lambda q: tuned.encode(q, normalize_embeddings=True),
-            bm25=bm25,
-            depth=depth,
-            rrf_k=r.rrf_k,
-        )
+
+        def ranker(vectors: Any, embed: Callable[[str], Any]) -> Callable[[str], list[str]]:
+            return rank_documents(
+                docs,
+                ids,
+                vectors,
+                embed,
+                bm25=bm25,
+                depth=depth,
+                rrf_k=r.rrf_k,
+                fusion=r.fusion,
+                dense_weight=r.dense_weight,
+            )
+
+        before = ranker(vectors, app.embedder.embed_query)
+        after = ranker(new_vectors, lambda q: tuned.encode(q, normalize_embeddings=True))
         return before, after
 
     from keel.rag.rerank import Reranker
