@@ -294,18 +294,22 @@ class RerankSection(_Strict):
         return self
 
 
+_RRF_K = 60
+_DENSE_WEIGHT = 0.5
+
+
 class RetrievalSection(_Strict):
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
     k: int = Field(default=5, ge=1, le=1000)
     candidates: int = Field(default=50, ge=1, le=10000)
-    rrf_k: int = Field(default=60, ge=1, description='The constant of fusion = "rrf".')
+    rrf_k: int = Field(default=_RRF_K, ge=1, description='The constant of fusion = "rrf".')
     fusion: Literal["rrf", "convex"] = Field(
         default="rrf",
         description="How hybrid mode fuses its dense and BM25 lists: reciprocal rank fusion, "
         "or a convex combination of min-max normalised scores (dense_weight).",
     )
     dense_weight: float = Field(
-        default=0.5,
+        default=_DENSE_WEIGHT,
         ge=0,
         le=1,
         description='fusion = "convex": the dense list\'s weight (BM25 gets the rest).',
@@ -313,9 +317,11 @@ class RetrievalSection(_Strict):
 
     @model_validator(mode="after")
     def _fusion_settings(self) -> RetrievalSection:
-        if self.fusion == "rrf" and "dense_weight" in self.model_fields_set:
+        # A value other than its default is refused where it would do nothing (the default
+        # itself is what a dumped config carries, so a dump validates again).
+        if self.fusion == "rrf" and self.dense_weight != _DENSE_WEIGHT:
             raise ValueError('dense_weight applies to fusion = "convex" only (fusion is "rrf")')
-        if self.fusion == "convex" and "rrf_k" in self.model_fields_set:
+        if self.fusion == "convex" and self.rrf_k != _RRF_K:
             raise ValueError('rrf_k applies to fusion = "rrf" only (fusion is "convex")')
         return self
 

@@ -54,6 +54,10 @@ def test_settings_another_fusion_does_not_use_are_refused(
         make_app({"rag": {"retrieval": {"dense_weight": 0.7}}})
     with pytest.raises(ConfigError, match='rrf_k applies to fusion = "rrf"'):
         make_app({"rag": {"retrieval": {"fusion": "convex", "rrf_k": 10}}})
+    # a dumped config carries every default, and validates again
+    config = make_app({"rag": {"retrieval": {"fusion": "convex", "dense_weight": 0.7}}}).config
+    assert type(config).model_validate(config.model_dump()).rag.retrieval.dense_weight == 0.7
+    assert type(config).model_validate(make_app().config.model_dump()).rag.retrieval.fusion == "rrf"
     with pytest.raises(ConfigError, match="dense_weight"):
         make_app({"rag": {"retrieval": {"fusion": "convex", "dense_weight": 1.5}}})
     with pytest.raises(ConfigError, match="fusion"):
