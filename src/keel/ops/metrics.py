@@ -165,7 +165,7 @@ class Metrics:
         )
         self.retrieval_top_score = Histogram(
             "keel_retrieval_top_score",
-            "Score of the best hit of a retrieval (RRF, cosine or BM25 by mode).",
+            "Score of the best hit of a retrieval (fused, cosine or BM25 by mode).",
             buckets=TOP_SCORE_BUCKETS,
             registry=r,
         )

@@ -22,10 +22,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Literal, TypeVar
 
-__all__ = ["FUSIONS", "Fusion", "fuse"]
+__all__ = ["Fusion", "fuse"]
 
 Fusion = Literal["rrf", "convex"]
-FUSIONS: tuple[Fusion, ...] = ("rrf", "convex")
 
 K = TypeVar("K", bound=Hashable)
 
