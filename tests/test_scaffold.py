@@ -326,3 +326,43 @@ def test_cli_init_no_guards(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["init", str(tmp_path / "guarded")])
     assert result.exit_code == 0, result.output
     assert "injection" in load_config(tmp_path / "guarded" / "keel.toml").guards.input
+
+
+def test_a_generative_model_gets_output_grounding(tmp_path: Path) -> None:
+    init_app(tmp_path / "app", model="openai:gpt-4o-mini")
+    config = load_config(tmp_path / "app" / "keel.toml")
+    assert config.model.id == "openai:gpt-4o-mini"
+    assert config.guards.output["grounding"] == {"on_fail": "fix"}
+    assert _policy(config) == {  # the rest of the policy is the default one
+        **{p: dict(r) for p, r in DEFAULT_POLICY.items()},
+        "output": {**DEFAULT_POLICY["output"], "grounding": "fix"},
+    }
+    init_app(tmp_path / "extractive", model="keel:extractive")  # the default, said out loud
+    extractive = load_config(tmp_path / "extractive" / "keel.toml")
+    assert "grounding" not in extractive.guards.output
+    init_app(tmp_path / "bare", model="openai:gpt-4o-mini", guards=False)
+    bare = load_config(tmp_path / "bare" / "keel.toml")
+    assert bare.model.id == "openai:gpt-4o-mini" and not bare.guards.output
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        ("keel:foo", "unknown embedded model"),
+        ("gpt-4o", "needs <provider>:<model>"),
+        ("openai:", "needs <provider>:<model>"),
+        ('openai:a"b', "is not usable"),
+        ("  ", "is not usable"),
+    ],
+)
+def test_an_unusable_model_id_is_refused_and_nothing_written(
+    tmp_path: Path, model: str, reason: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from keel.cli import cli
+
+    result = CliRunner().invoke(cli, ["init", str(tmp_path / "app"), "--model", model])
+    assert result.exit_code == 2 and reason in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "app").exists()

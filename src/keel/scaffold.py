@@ -88,15 +88,52 @@ def _conflicts(directory: Path, targets: list[PurePosixPath], force: bool) -> st
     return None
 
 
-def _keel_toml(template: str, app_name: str, guards: bool) -> str:
+_EXTRACTIVE = "keel:extractive"
+_MODEL_LINE = f'id = "{_EXTRACTIVE}"\n'
+_GROUNDING_OFF = re.compile(
+    r"^# With a generative model .*?\n# \[guards\.output\.grounding\]\n# on_fail = \"fix\"\n",
+    re.M | re.S,
+)
+_GROUNDING_ON = (
+    "# The model is generative: sentences the retrieved passages do not support are dropped.\n"
+    '[guards.output.grounding]\non_fail = "fix"\n'
+)
+
+
+def check_model_id(model: str) -> str:
+    """``model`` as ``keel.toml``'s ``[model] id`` takes it; :class:`UsageError` when it is
+    not one (the model itself is reached only when the app runs)."""
+    model = model.strip()
+    if not model or not model.isprintable() or any(c in model for c in '"\\'):
+        raise UsageError(f"model id {model!r} is not usable (e.g. openai:gpt-4o-mini)")
+    if model.startswith("keel:") and model != _EXTRACTIVE:
+        raise UsageError(f"unknown embedded model {model!r} (known: {_EXTRACTIVE})")
+    provider, _, name = model.partition(":")
+    if model != _EXTRACTIVE and (not provider or not name):
+        raise UsageError(f"model id {model!r} needs <provider>:<model>, e.g. openai:gpt-4o-mini")
+    return model
+
+
+def _keel_toml(template: str, app_name: str, guards: bool, model: str | None = None) -> str:
     text = template.replace(_NAME_PLACEHOLDER, app_name)
-    if _POLICY.search(text) is None:  # pragma: no cover - a packaging mistake
-        raise UsageError("the keel app template has no guard policy block (broken installation)")
+    if _POLICY.search(text) is None or _MODEL_LINE not in text:  # pragma: no cover
+        raise UsageError("the keel app template is broken (reinstall keel)")
+    if model is not None and model != _EXTRACTIVE:
+        text = text.replace(_MODEL_LINE, f'id = "{model}"\n', 1)
+        # a generative model writes sentences of its own: grounding checks them
+        text, found = _GROUNDING_OFF.subn(_GROUNDING_ON, text)
+        if found != 1:  # pragma: no cover - a packaging mistake
+            raise UsageError("the keel app template is broken (reinstall keel)")
     return text if guards else _POLICY.sub(_NO_POLICY, text)
 
 
 def init_app(
-    directory: Path, *, name: str | None = None, force: bool = False, guards: bool = True
+    directory: Path,
+    *,
+    name: str | None = None,
+    force: bool = False,
+    guards: bool = True,
+    model: str | None = None,
 ) -> list[Path]:
     """Create a working Keel app in ``directory`` (created if missing).
 
@@ -106,6 +143,8 @@ def init_app(
             reduced to ``[a-z0-9-]``.
         force: Overwrite the scaffold's own files when they exist. Other files are never touched.
         guards: Write the default guard policy into ``keel.toml`` (``False``: no validator).
+        model: ``[model] id`` (default ``keel:extractive``). A generative model also gets
+            output grounding in the guard policy.
 
     Returns:
         The files written, sorted.
@@ -121,6 +160,8 @@ def init_app(
             raise UsageError(f"app name {name!r} has no letters or digits")
     else:
         app_name = sanitize_app_name(directory.resolve().name) or DEFAULT_APP_NAME
+    if model is not None:
+        model = check_model_id(model)
 
     files = template_files()
     targets = sorted(files)
@@ -132,7 +173,7 @@ def init_app(
     for rel in targets:
         data = files[rel].read_bytes()
         if rel == PurePosixPath("keel.toml"):
-            data = _keel_toml(data.decode("utf-8"), app_name, guards).encode("utf-8")
+            data = _keel_toml(data.decode("utf-8"), app_name, guards, model).encode("utf-8")
         contents[rel] = data
 
     written: list[Path] = []

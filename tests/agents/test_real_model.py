@@ -232,3 +232,33 @@ def test_the_server_is_sent_max_tokens_and_an_explicit_tool_choice(
     assert payload["tool_choice"] == "auto"
     email = next(t for t in payload["tools"] if t["function"]["name"] == "open_ticket")
     assert "pattern" not in json.dumps(email)
+
+
+def test_an_app_made_by_keel_init_model_grounds_the_real_models_answers(
+    tmp_path: Path, llm_settings: Settings, llm_model: dict[str, Any]
+) -> None:
+    """`keel init --model openai:...` writes the default policy with output grounding; on the
+    real model the answer's sentences are checked against the retrieved passages."""
+    from keel.scaffold import init_app
+
+    init_app(tmp_path / "app", model=llm_model["id"])
+    config = load_config(tmp_path / "app" / "keel.toml")
+    assert config.model.id == llm_model["id"] and "grounding" in config.guards.output
+    raw = config.model_dump()
+    raw["model"] = llm_model  # the same id, with short deterministic replies
+    raw["tools"] = {"enabled": []}
+    app = App(
+        type(config).model_validate({**raw, "base_dir": tmp_path / "app"}), settings=llm_settings
+    )
+    try:
+        app.ingest()
+        answer = app.ask("How do I add documents to the app?")
+        ran = {(e["point"], e["name"]) for e in answer.events if "point" in e}
+        assert ("output", "grounding") in ran, answer.events
+        grounding = next(e for e in answer.events if e["name"] == "grounding")
+        details = grounding.get("details") or {}
+        # the fix drops every sentence it found unsupported from the answer the user gets
+        assert "unsupported" in details, grounding
+        assert not [s for s in details["unsupported"] if s in answer.text], answer.text
+    finally:
+        app.close()

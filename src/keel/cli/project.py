@@ -19,12 +19,19 @@ def init(
     guards: Annotated[
         bool, typer.Option("--guards/--no-guards", help="Write the default guard policy.")
     ] = True,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="The model id (default: keel:extractive), e.g. openai:gpt-4o-mini; a "
+            "generative model also gets output grounding."
+        ),
+    ] = None,
 ) -> None:
     """Create a working app: keel.toml, prompts, tools.py, docs/ and evals/."""
     from keel.scaffold import init_app
 
     with _errors():
-        written = init_app(directory, name=name, force=force, guards=guards)
+        written = init_app(directory, name=name, force=force, guards=guards, model=model)
     err.print(f"Created a Keel app in {directory} ({len(written)} files). Next:")
     err.print(f'  cd {directory}\n  keel ingest docs\n  keel search "how do I add documents?"')
 
