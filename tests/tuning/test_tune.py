@@ -95,6 +95,8 @@ def test_tune_embeddings_gate_artefact_and_config(bot: Path) -> None:
     assert shown["id"] == artefact["id"] and Path(shown["path"], "keel-artefact.json").is_file()
     assert runner.invoke(cli, [*cfg, "tune", "show", "abc123"]).exit_code == 2
 
+    release = [*cfg, "release", "create", "--json"]
+    before = json.loads(runner.invoke(cli, release).stdout)  # the base model's release
     toml = bot / "keel.toml"
     base = toml.read_text()
     toml.write_text(base + f'\n[rag.embeddings]\nmodel = "tuned:{artefact["id"]}"\n')
@@ -108,6 +110,37 @@ def test_tune_embeddings_gate_artefact_and_config(bot: Path) -> None:
     assert f"support-bot.{artefact['id']}" in ingested.output  # a collection of its own
     hits = json.loads(runner.invoke(cli, search).stdout)
     assert hits and hits[0]["doc_id"]
+
+    # The tuned model ships in a release, with the index it made; rolling back serves the
+    # base model and its index again.
+    made = runner.invoke(cli, release)
+    assert made.exit_code == 0, made.output
+    tuned = json.loads(made.stdout)
+    assert tuned["id"] != before["id"]
+    content = json.loads(runner.invoke(cli, [*cfg, "release", "show", tuned["id"]]).stdout)[
+        "content"
+    ]
+    assert content["config"]["rag"]["embeddings"]["model"] == f"tuned:{artefact['id']}"
+    assert content["index_snapshot"].startswith(f"support-bot.{artefact['id']}")
+    from keel.app import App
+
+    disk = App.from_config(bot / "keel.toml")
+    try:
+        served = App.from_release(tuned["id"], content, base=disk)
+        assert served.embedder.model_id == f"tuned:{artefact['id']}"
+        assert served.search("refund", 3)[0].doc_id == hits[0]["doc_id"]
+        served.close()
+    finally:
+        disk.close()
+    for step in (
+        ["release", "deploy", before["id"]],
+        ["release", "deploy", tuned["id"], "--canary", "0.5"],
+        ["release", "rollback", "--reason", "tuned model worse in production"],
+    ):
+        done = runner.invoke(cli, [*cfg, *step])
+        assert done.exit_code == 0, done.output
+    state = json.loads(runner.invoke(cli, [*cfg, "release", "list", "--json"]).stdout)["state"]
+    assert state["stable"] == before["id"] and state["canary"] is None
     toml.write_text(base + '\n[rag.embeddings]\nmodel = "tuned:0123"\n')
     missing = runner.invoke(cli, search)
     assert missing.exit_code == 2 and "no tuned embeddings" in missing.stderr
