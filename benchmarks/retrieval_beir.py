@@ -233,7 +233,7 @@ def main() -> int:
         choices=("rrf", "convex"),
         default="convex",
         help="the app's [rag.retrieval] fusion, which keel tune's gate ranks with (both are "
-        "measured either way; default: convex, what keel init writes)",
+        "measured either way; default: convex, the better one here)",
     )
     parser.add_argument("--epochs", type=int, default=1, help="training epochs (--tune)")
     parser.add_argument("--batch-size", type=int, default=32, help="training batch (--tune)")

@@ -110,16 +110,10 @@ def test_keel_toml_sets_every_config_key_to_its_default(tmp_path: Path) -> None:
     # The guard policy: free-form [guards.<point>.<validator>] tables, not config keys.
     policy = {k for k in _toml_keys(raw) if k.count(".") == 3 and k.startswith("guards.")}
     assert policy
-    # A new app fuses hybrid results by their scores, which refuses reciprocal rank fusion's
-    # constant: the one place the scaffold differs from the defaults (old apps keep RRF).
-    assert raw["rag"]["retrieval"].pop("fusion") == "convex"
-    chosen = {"rag.retrieval.fusion", "rag.retrieval.rrf_k"}
-    assert _toml_keys(raw) - optional - policy == _keys(KeelConfig) - chosen
+    assert _toml_keys(raw) - optional - policy == _keys(KeelConfig)
     defaults = KeelConfig().model_dump()
     for section in ("model", "rag", "tools", "agent"):
         for key, value in raw[section].items():
-            if isinstance(value, dict):
-                value = {**defaults[section][key], **value}
             assert value == defaults[section][key], f"{section}.{key}"
 
 
