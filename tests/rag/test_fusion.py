@@ -81,13 +81,20 @@ def test_the_app_searches_with_the_configured_fusion(
     query = "invoices emailed monthly"
     by_rrf, by_convex = rrf.search(query, k=3), convex.search(query, k=3)
     assert by_rrf[0].doc_id == by_convex[0].doc_id == "docs/invoices.md"
-    # each hit's fused score is recomputable from its two list scores
-    dense = sorted(
-        ((h.chunk_id, h.dense_score) for h in by_convex if h.dense_score is not None),
-        key=lambda x: -x[1],
-    )
-    assert by_convex[0].score == pytest.approx(0.6 * 1.0 + 0.4 * 1.0)  # first in both lists
-    assert all(0.0 <= h.score <= 1.0 for h in by_convex) and dense
+    # three one-chunk documents: the hits are every candidate of both lists, so each hit's
+    # fused score is recomputable from its two list scores
+    assert len(by_convex) == 3
+
+    def scaled(values: list[float | None]) -> list[float]:
+        found = [v for v in values if v is not None]
+        lo, hi = min(found), max(found)
+        return [0.0 if v is None else (v - lo) / (hi - lo) if hi > lo else 1.0 for v in values]
+
+    dense = scaled([h.dense_score for h in by_convex])
+    lexical = scaled([h.bm25_score for h in by_convex])
+    expected = [0.6 * d + 0.4 * b for d, b in zip(dense, lexical, strict=True)]
+    assert [h.score for h in by_convex] == pytest.approx(expected)
+    assert by_convex[0].score == pytest.approx(1.0)  # first in both lists
     assert by_rrf[0].score == pytest.approx(2 / 61)
 
 

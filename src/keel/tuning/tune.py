@@ -212,11 +212,11 @@ def _rankers(
         ids = [c.id for c in chunks]
         depth = max(r.candidates, 10)
 
-        def ranker(vectors: Any, embed: Callable[[str], Any]) -> Callable[[str], list[str]]:
+        def ranker(rows: Any, embed: Callable[[str], Any]) -> Callable[[str], list[str]]:
             return rank_documents(
                 docs,
                 ids,
-                vectors,
+                rows,
                 embed,
                 bm25=bm25,
                 depth=depth,
