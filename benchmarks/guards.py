@@ -25,7 +25,9 @@
    and secrets on the question (its embedding is computed once, by retrieval, and reused by
    the detector, so it is not counted here), context injection on the retrieved chunks,
    output secrets and prompt leakage on the answer: the example's default policy, and the
-   same with output grounding (the policy for a generative model). On the bot's extractive
+   same with output grounding (the policy for a generative model), scored with the int8
+   support encoder (``rag.embeddings.support``) and, side by side, with the float model
+   (``grounding_full_encoder``; the ratio of the two p50s is printed). On the bot's extractive
    answers, and with ``--generative`` also on SmolLM2's answers to the same questions
    (llama.cpp's server from the `make llm` lane, stopped before the timing). Each turn's
    answer sentences are new (their vectors are dropped from the embedder's in-memory cache
@@ -36,6 +38,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import statistics
@@ -375,11 +378,22 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
             "output": {**policy.model_dump()["output"], "grounding": {"on_fail": "fix"}},
         }
     )
+    services = app.guards.services  # grounding scores with the int8 support encoder
+    full = dataclasses.replace(services, support=services.embedder)  # ... or the float model
     result: dict[str, Any] = {}
     for answers_from, answers in sets.items():
-        for name, section in (("default", policy), ("grounding", grounded)):
-            runner = GuardRunner(section, app.guards.services, app.guards.external)
+        for name, section, using in (
+            ("default", policy, services),
+            ("grounding", grounded, services),
+            ("grounding_full_encoder", grounded, full),
+        ):
+            runner = GuardRunner(section, using, app.guards.external)
             result[f"{answers_from}/{name}"] = _time_stack(runner, app.name, questions, answers)
+        ratio = (
+            result[f"{answers_from}/grounding"]["p50_ms"]
+            / result[f"{answers_from}/grounding_full_encoder"]["p50_ms"]
+        )
+        result[f"{answers_from}/grounding_int8_over_full_p50"] = round(ratio, 3)
     if data is not None:
         result["off_topic"] = off_topic(data, app)
     app.close()
@@ -394,6 +408,7 @@ def _time_stack(
     from keel.rag.types import Hit
 
     embedder = runner.services.embedder()  # the app's, whose caches the guards use
+    encoders = {id(e): e for e in (embedder, runner.services.support_embedder())}.values()
 
     times: list[float] = []
     cold: list[float] = []
@@ -404,7 +419,7 @@ def _time_stack(
             # Retrieval embeds the question first; the injection detector reuses that vector
             # (embed_query's cache), so it is retrieval's cost, not the guards'.
             embedder.embed_query(question)
-            cached = set(embedder._queries)
+            cached = {id(e): set(e._queries) for e in encoders}
             t0 = time.perf_counter()
             runner.on_input(question, ctx)
             ctx.hits = runner.on_context([Hit.of(h) for h in a.hits], ctx)
@@ -414,8 +429,9 @@ def _time_stack(
             # this turn embedded (the in-memory cache also keeps the chunks' vectors, which
             # real traffic keeps too).
             chunks = {w for h in a.hits for w in windows(Hit.of(h).text)}
-            for text in set(embedder._queries) - cached - chunks:
-                embedder._queries.pop(text, None)
+            for e in encoders:
+                for text in set(e._queries) - cached[id(e)] - chunks:
+                    e._queries.pop(text, None)
     # round 0 validates every retrieved chunk; later rounds retrieve the same chunks, whose
     # context verdicts the runner kept (as popular chunks are in real traffic)
     return {
@@ -508,16 +524,24 @@ def main() -> int:
         result["stack"] = stack(data, generative=args.generative)
         s = result["stack"]
         print("\nthe support bot's guard policy per turn (input, context, output; p50 <= 10):")
+        labels = {
+            "default": "default policy",
+            "grounding": "+ grounding (int8 encoder)",
+            "grounding_full_encoder": "+ grounding (float encoder)",
+        }
         for key, r in s.items():
-            if key == "off_topic":
+            answers_from, _, policy = key.partition("/")
+            if policy not in labels:
                 continue
-            answers_from, policy = key.split("/")
-            label = "default policy" if policy == "default" else "default + output grounding"
+            label = labels[policy]
             print(
                 f"  {answers_from:<10} answers, {label:<27} p50 {r['p50_ms']:6.2f} ms, "
                 f"p99 {r['p99_ms']:6.2f} ms; chunks never seen before p50 "
                 f"{r['first_time_chunks_p50_ms']:6.2f} ms"
             )
+        for key, ratio in s.items():
+            if key.endswith("/grounding_int8_over_full_p50"):
+                print(f"  {key.split('/')[0]} answers: grounding p50, int8 / float encoder {ratio}")
         o = s["off_topic"]
         print(
             f"off-topic check (threshold {o['threshold']}): own eval questions flagged "

@@ -82,6 +82,7 @@ class TurnAssembly:
 
         services = Services(
             embedder=lambda: self.parts.resources.embedder,
+            support=lambda: self.parts.resources.support_embedder,
             system_prompt=lambda: self.parts.definition.prompts.system,
             canary=self.parts.definition.canary,
             scope=lambda: self.scope,
@@ -294,7 +295,7 @@ class TurnAssembly:
                 threads=lambda: self.threads,
                 guards=lambda: self.guards,
                 tracer=lambda: self.turn_tracer,
-                embedder=lambda: resources.embedder,
+                support_embedder=lambda: resources.support_embedder,
                 doc_hashes=lambda ids: knowledge.manifest(None).hashes(ids),
                 prices=lambda: self.prices,
                 app_name=self.name,

@@ -262,12 +262,28 @@ class EmbeddingsSection(_Strict):
         "name already in the Hugging Face cache.",
     )
     backend: Literal["auto", "torch", "onnx"] = "auto"
+    support: Literal["auto", "int8", "full"] = Field(
+        default="auto",
+        description="The encoder that scores how well retrieved passages support an answer's "
+        "sentences (output grounding, citation attribution): 'int8' (an int8 copy of this "
+        "model's ONNX export, about twice as fast), 'full' (the model as retrieval uses it), "
+        "'auto' (int8 when the ONNX backend is in use).",
+    )
     batch_size: int = Field(default=64, ge=1, le=4096)
     device: str = "cpu"
     allow_ungated: bool = Field(
         default=False,
         description='Use a tuned model (model = "tuned:<id>") that did not pass its gate.',
     )
+
+    @model_validator(mode="after")
+    def _int8_needs_onnx(self) -> EmbeddingsSection:
+        if self.support == "int8" and self.backend == "torch":
+            raise ValueError(
+                'support = "int8" is an ONNX model: it needs backend = "onnx" or "auto" '
+                '(or support = "full" on torch)'
+            )
+        return self
 
 
 class RerankSection(_Strict):

@@ -74,7 +74,7 @@ class Resources:
         child._owner = self
         shared = ["engine", "tracing", "checkpointer", "leases"]
         if embeddings == self.embeddings:
-            shared.append("embedder")
+            shared += ["embedder", "support_embedder"]
             child._stores = self._stores
             child._bm25 = self._bm25
             child.lock = self.lock
@@ -111,6 +111,32 @@ class Resources:
             cache=EmbeddingCache(self.engine),
             cache_dir=self.settings.cache_dir,
             model_id=model_id,
+        )
+
+    @cached_property
+    def support_embedder(self) -> Embedder:
+        """The encoder of :mod:`keel.rag.support` (output grounding, citation attribution):
+        the int8 copy of :attr:`embedder` (``rag.embeddings.support``), or the embedder."""
+        from keel.errors import ConfigError
+        from keel.rag.embeddings import Embedder, EmbeddingCache
+
+        base, mode = self.embedder, self.embeddings.support
+        if mode == "int8" and base.backend != "onnx":
+            raise ConfigError(
+                'rag.embeddings.support = "int8" needs the onnx backend (backend = "torch" here, '
+                "or onnxruntime and optimum are not installed)"
+            )
+        if mode == "full" or (mode == "auto" and base.backend != "onnx"):
+            return base
+        return Embedder(
+            base.load_from,
+            backend="onnx",
+            batch_size=base.batch_size,
+            device=base.device,
+            cache=EmbeddingCache(self.engine),
+            cache_dir=self.settings.cache_dir,
+            model_id=base.model_id,
+            quantized=True,
         )
 
     @property

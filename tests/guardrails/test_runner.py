@@ -202,6 +202,15 @@ def test_warm_loads_what_the_configured_guards_need_before_any_request() -> None
     guarded.warm()
     assert loaded == ["embedder"]
 
+    def support() -> Any:
+        loaded.append("support")
+        return Probe()
+
+    loaded.clear()
+    services = Services(embedder=embedder, support=support)
+    GuardRunner(GuardsSection(output={"grounding": {"on_fail": "fix"}}), services).warm()
+    assert loaded == ["support"]  # grounding scores with the support encoder alone
+
 
 def test_a_chunk_retrieved_again_reuses_its_context_verdict() -> None:
     """The context point's rules are pure functions of the chunk here (a length rule), so a

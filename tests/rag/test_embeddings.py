@@ -7,7 +7,15 @@ import pytest
 
 from keel.db import make_engine
 from keel.errors import ConfigError
-from keel.rag.embeddings import Embedder, EmbeddingCache, onnx_available, resolve_model
+from keel.rag.embeddings import (
+    QUANTIZED_FILE,
+    QUANTIZED_SUFFIX,
+    Embedder,
+    EmbeddingCache,
+    onnx_available,
+    resolve_model,
+)
+from keel.rag.types import content_hash
 
 
 @pytest.fixture
@@ -60,3 +68,32 @@ def test_model_resolution_and_errors(tmp_path: Path) -> None:
         _ = Embedder("no-such-org/no-such-model-xyz", backend="torch").dimension
     with pytest.raises(ConfigError):
         Embedder(backend="tensorflow")
+
+
+@pytest.mark.skipif(not onnx_available(), reason="onnxruntime/optimum not installed")
+def test_quantized_embedder_is_close_to_the_float_model_under_its_own_id(
+    tmp_path: Path, model_cache_dir: Path
+) -> None:
+    texts = [
+        "Refunds are possible within 30 days of the purchase.",
+        "Two-factor authentication is turned on in the security settings.",
+        "Quarterly revenue grew by four percent.",
+    ]
+    cache = EmbeddingCache(make_engine(None, tmp_path))
+    full = Embedder(cache=cache, cache_dir=model_cache_dir)
+    int8 = Embedder(cache=cache, cache_dir=model_cache_dir, quantized=True)
+    assert int8.model_id == "all-MiniLM-L6-v2" + QUANTIZED_SUFFIX != full.model_id
+    a, b = full.embed_documents(texts), int8.embed_documents(texts)
+    assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    cosine = np.sum(a * b, axis=1)
+    assert cosine.min() > 0.9 and not np.allclose(a, b, atol=1e-4)  # close, not the same
+    # each text is still nearest to its own float vector
+    assert list((b @ a.T).argmax(axis=1)) == [0, 1, 2]
+    # cached apart: the float model's entries never serve the int8 model, nor the reverse
+    assert set(cache.get_many(int8.model_id, [content_hash(t) for t in texts])) == {
+        content_hash(t) for t in texts
+    }
+    # the int8 export is kept in the cache folder for the next process
+    assert any(model_cache_dir.glob(f"onnx/*/onnx/{QUANTIZED_FILE}"))
+    with pytest.raises(ConfigError, match="onnx backend"):
+        Embedder(backend="torch", quantized=True)

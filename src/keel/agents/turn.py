@@ -78,7 +78,7 @@ class TurnParts:
     threads: Callable[[], ThreadIndex]
     guards: Callable[[], GuardRunner | None]
     tracer: Callable[[], TurnTracer]
-    embedder: Callable[[], Any]
+    support_embedder: Callable[[], Any]  # citation attribution's (keel.rag.support)
     doc_hashes: Callable[[Iterable[str]], Mapping[str, str | None]]
     prices: Callable[[], PriceTable]
     app_name: str
@@ -252,7 +252,7 @@ class TurnRunner:
             hits,
             # a model's own answer that cites nothing it was given is attributed; a guard's
             # or a limit's message never is
-            embedder=p.embedder() if stop_reason == "done" and hits else None,
+            embedder=p.support_embedder() if stop_reason == "done" and hits else None,
             question=str(values.get("question", "")),
             threshold=p.citation_threshold,
         )

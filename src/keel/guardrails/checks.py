@@ -65,15 +65,18 @@ class GuardCheck:
         return sum(1 for v in self.verdicts if v.flagged)
 
 
-def _default_embedder() -> Callable[[], Embedder]:
+def _default_embedder(*, support: bool = False) -> Callable[[], Embedder]:
+    """The bundled model from the settings; ``support``: as an app's default support encoder
+    (``rag.embeddings.support = "auto"``: its int8 copy when ONNX is installed)."""
     built: list[Embedder] = []
 
     def embedder() -> Embedder:
         if not built:
-            from keel.rag.embeddings import Embedder
+            from keel.rag.embeddings import Embedder, onnx_available
             from keel.settings import get_settings
 
-            built.append(Embedder(cache_dir=get_settings().cache_dir))
+            quantized = support and onnx_available()
+            built.append(Embedder(cache_dir=get_settings().cache_dir, quantized=quantized))
         return built[0]
 
     return embedder
@@ -91,7 +94,8 @@ def check(
     """Run the validator ``validator`` (a name in ``VALIDATORS``) with ``options`` on each of
     ``texts`` (a string is split into lines); blank texts are skipped. ``passages`` are the
     grounding context (the ``grounding`` validator). ``embedder`` gives the embedding model
-    the validators that need one use (default: built on first use, from the settings).
+    the validators that need one use (default: built on first use, from the settings, and
+    for grounding the int8 support encoder a new app scores with).
     ``on_verdict`` is called with each verdict as soon as it is known."""
     from keel.guardrails.runner import GuardRunner, Services
     from keel.guardrails.validators import VALIDATORS
@@ -102,7 +106,9 @@ def check(
     lines = texts.splitlines() if isinstance(texts, str) else list(texts)
     runner = GuardRunner(
         GuardsSection(input={validator: merged}),
-        Services(embedder if embedder is not None else _default_embedder()),
+        Services(embedder, support=embedder)
+        if embedder is not None
+        else Services(_default_embedder(), support=_default_embedder(support=True)),
     )
     (rule,) = runner.rules["input"]
     context = list(passages)

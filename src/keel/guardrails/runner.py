@@ -124,7 +124,13 @@ class Services:
     canary: str = ""
     # What the app is for (off-topic check): description, system prompt, knowledge lookup.
     scope: Callable[[], AppScope] | None = None
+    # The encoder grounding scores support with (default: ``embedder``), see
+    # :attr:`keel.resources.Resources.support_embedder`.
+    support: Callable[[], Embedder] | None = None
     _injection: Any = None
+
+    def support_embedder(self) -> Embedder:
+        return (self.support or self.embedder)()
 
     def injection(self) -> Any:
         if self._injection is None:
@@ -208,8 +214,10 @@ class GuardRunner:
         from keel.guardrails.validators import NEEDS_EMBEDDER
 
         names = {rule.validator for rules in self.rules.values() for rule in rules}
-        if names & NEEDS_EMBEDDER:
+        if names & (NEEDS_EMBEDDER - {"grounding"}):
             self.services.embedder()
+        if "grounding" in names:
+            getattr(self.services.support_embedder(), "model", None)  # loads (exports) it
         if "injection" in names:
             self.services.injection()
 
@@ -224,7 +232,9 @@ class GuardRunner:
             "keel_memory": memory,
             "keel_point": rule.point,
         }
-        if rule.validator in NEEDS_EMBEDDER:
+        if rule.validator == "grounding":
+            meta["keel_embedder"] = self.services.support_embedder()
+        elif rule.validator in NEEDS_EMBEDDER:
             meta["keel_embedder"] = self.services.embedder()
         if rule.validator == "injection":
             meta["keel_injection"] = self.services.injection()
