@@ -20,6 +20,11 @@
 2. PII: precision, recall and F2 per entity type on ``pii/presidio_synth_dev.json``.
    Target: F2 >= 0.90 for EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, IBAN_CODE, US_SSN,
    IP_ADDRESS (the other types reported as they are).
+2b. Support encoder: the grounding score with the int8 support encoder
+   (``rag.embeddings.support``) and with the float model, side by side, on SciFact's test
+   claims, each with an abstract judged relevant (label 1) and a random one (label 0): AUC,
+   accuracy at grounding's default threshold, how often the two make the same decision, and
+   the time to embed one claim with each.
 3. Latency per validator on a 2 KB text (p50, p99), through guardrails-ai Guards.
 4. The whole input + output stack for one turn of the support bot, p50: input injection, PII
    and secrets on the question (its embedding is computed once, by retrieval, and reused by
@@ -238,6 +243,80 @@ DRIFT = (
 )
 
 
+def support_encoder(data: Path) -> dict[str, Any]:
+    """The grounding score (:func:`keel.rag.support.support_scores`) with the int8 support
+    encoder and with the float model, side by side, on SciFact's test claims: each claim with
+    an abstract judged relevant to it (label 1) and with a random abstract (label 0, seed 0).
+    Nothing is tuned here: the threshold is grounding's default."""
+    import random
+
+    import numpy as np
+
+    from keel.guardrails.validators import GroundingOptions
+    from keel.rag.embeddings import Embedder
+    from keel.rag.support import support_scores
+    from keel.settings import get_settings
+
+    scifact = data / "scifact"
+    corpus = {}
+    for line in (scifact / "corpus.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        corpus[row["_id"]] = f"{row.get('title', '')}. {row['text']}".strip()
+    queries = {}
+    for line in (scifact / "queries.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        queries[row["_id"]] = row["text"]
+    rng, ids, seen = random.Random(0), sorted(corpus), set()
+    pairs: list[tuple[str, str, int]] = []
+    for line in (scifact / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        qid, cid, _ = line.split("\t")
+        if qid in seen:
+            continue
+        seen.add(qid)
+        pairs += [(queries[qid], corpus[cid], 1), (queries[qid], corpus[rng.choice(ids)], 0)]
+    labels = np.array([y for _, _, y in pairs])
+    threshold = GroundingOptions().threshold
+    cache_dir = get_settings().cache_dir
+    encoders = {
+        "float": Embedder(cache_dir=cache_dir),
+        "int8": Embedder(cache_dir=cache_dir, quantized=True),
+    }
+    scores: dict[str, np.ndarray] = {}
+    times: dict[str, list[float]] = {name: [] for name in encoders}
+    for name, enc in encoders.items():
+        enc.encode(["warm up"])
+        scores[name] = np.array(
+            [float(support_scores([c], [a], enc).max()) for c, a, _ in pairs], dtype=np.float64
+        )
+    for claim, _, _ in pairs[::2]:  # one claim at a time, alternating, as a turn embeds them
+        for name, enc in encoders.items():
+            t0 = time.perf_counter()
+            enc.encode([claim])
+            times[name].append((time.perf_counter() - t0) * 1000)
+
+    def auc(s: np.ndarray) -> float:
+        pos, neg = s[labels == 1], s[labels == 0]
+        return float(
+            (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+        )
+
+    out: dict[str, Any] = {"pairs": len(pairs), "threshold": threshold}
+    for name, s in scores.items():
+        out[name] = {
+            "auc": round(auc(s), 4),
+            "accuracy": round(float(((s >= threshold) == labels).mean()), 4),
+            "sentence_p50_ms": round(statistics.median(times[name]), 3),
+        }
+    f, q = scores["float"], scores["int8"]
+    out["same_decision"] = round(float(((f >= threshold) == (q >= threshold)).mean()), 4)
+    out["mean_abs_diff"] = round(float(np.abs(f - q).mean()), 4)
+    out["max_abs_diff"] = round(float(np.abs(f - q).max()), 4)
+    out["sentence_p50_int8_over_float"] = round(
+        out["int8"]["sentence_p50_ms"] / out["float"]["sentence_p50_ms"], 3
+    )
+    return out
+
+
 def off_topic(data: Path, app: Any) -> dict[str, Any]:
     """The support bot's off-topic check on its own questions and on requests it is not for."""
     from keel.config import GuardsSection
@@ -446,8 +525,8 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument(
         "--parts",
-        default="injection,loco,context,pii,latency,stack",
-        help="comma-separated subset of: injection, loco, context, pii, latency, stack",
+        default="injection,loco,context,pii,latency,support,stack",
+        help="comma-separated subset of: injection, loco, context, pii, latency, support, stack",
     )
     parser.add_argument(
         "--wheels",
@@ -520,6 +599,23 @@ def main() -> int:
         print("\nvalidator latency on a 2 KB text (through guardrails-ai):")
         for name, t in result["latency"].items():
             print(f"  {name:<15} p50 {t['p50_ms']:7.3f} ms   p99 {t['p99_ms']:7.3f} ms")
+    if "support" in parts:
+        result["support"] = u = support_encoder(data)
+        print(
+            f"\ngrounding score on {u['pairs']} SciFact claim-abstract pairs (relevant vs random), "
+            f"threshold {u['threshold']}:"
+        )
+        for name in ("float", "int8"):
+            m = u[name]
+            print(
+                f"  {name:<5} encoder  AUC {m['auc']:.4f}  accuracy {m['accuracy']:.4f}  "
+                f"one sentence p50 {m['sentence_p50_ms']:.2f} ms"
+            )
+        print(
+            f"  int8 vs float: same decision {u['same_decision']:.1%}, score |diff| mean "
+            f"{u['mean_abs_diff']} max {u['max_abs_diff']}; time ratio "
+            f"{u['sentence_p50_int8_over_float']}"
+        )
     if "stack" in parts:
         result["stack"] = stack(data, generative=args.generative)
         s = result["stack"]

@@ -14,7 +14,7 @@ from keel.db import make_engine
 from keel.guardrails.validators import GroundingValidator
 from keel.rag.embeddings import Embedder, EmbeddingCache
 from keel.rag.support import NEAR_QUOTE, _bigrams, near_quote, support_scores
-from keel.rag.types import Hit
+from keel.rag.types import Hit, content_hash
 
 PASSAGES = [
     "| Plan | Refund window |\n|---|---|\n| Annual | 30 days after the purchase or renewal |",
@@ -105,6 +105,21 @@ def test_embed_queries_shares_embed_querys_cache(embedder: Embedder) -> None:
     assert np.allclose(embedder.embed_query("beta claim here"), vectors[1])
     assert embedder.embed_queries([]).shape == (0, embedder.dimension)
     assert embedder.encoded == before
+
+
+def test_embed_sentences_keeps_passage_sentences_in_memory_over_the_database_cache(
+    embedder: Embedder,
+) -> None:
+    texts = ["Exports are ZIP files.", "Refunds take five days.", "Exports are ZIP files."]
+    before = embedder.encoded
+    first = embedder.embed_sentences(texts)
+    assert embedder.encoded - before == 2 and np.allclose(first[0], first[2])
+    assert embedder.cache is not None
+    stored = embedder.cache.get_many(embedder.model_id, [content_hash(t) for t in texts])
+    assert len(stored) == 2  # written through to the database cache for other processes
+    embedder.cache = None  # now only the in-memory cache can serve them
+    again = embedder.embed_sentences(texts[:2])
+    assert embedder.encoded - before == 2 and np.allclose(again, first[:2])
 
 
 def test_a_guarded_stream_embeds_each_sentence_once(embedder: Embedder) -> None:

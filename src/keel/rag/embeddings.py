@@ -50,6 +50,7 @@ _MODELS: dict[tuple[str, str, str, str, bool], SentenceTransformer] = {}
 _MODELS_LOCK = threading.Lock()
 
 QUERY_CACHE_SIZE = 1024  # recent queries and claims kept in memory (see Embedder.embed_queries)
+SENTENCE_CACHE_SIZE = 8192  # recent passage sentences kept in memory (Embedder.embed_sentences)
 # The dynamic int8 configuration (optimum's AutoQuantizationConfig) of quantized embedders
 QUANTIZATION = "avx512_vnni"
 QUANTIZED_FILE = f"model_qint8_{QUANTIZATION}.onnx"
@@ -188,6 +189,7 @@ class Embedder:
         self.tokenizer_lock = threading.Lock()
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
         self._queries_lock = threading.Lock()
+        self._sentences: OrderedDict[str, np.ndarray] = OrderedDict()
         self.encoded = 0  # texts actually run through the model (not served by a cache)
 
     @property
@@ -335,6 +337,31 @@ class Embedder:
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for i, h in enumerate(hashes):
             out[i] = known[h] if h in known else fresh[h]
+        return out
+
+    def embed_sentences(self, texts: Sequence[str]) -> np.ndarray:
+        """Passage sentences' vectors (what grounding compares an answer's sentences with):
+        :meth:`embed_documents`, behind an in-memory cache of the most recent
+        :data:`SENTENCE_CACHE_SIZE`, since the popular chunks' sentences come back turn after
+        turn. The vectors are a function of the text alone, so a process may keep them."""
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        with self._queries_lock:
+            for i, text in enumerate(texts):
+                hit = self._sentences.get(text)
+                if hit is None:
+                    missing.setdefault(text, []).append(i)
+                else:
+                    self._sentences.move_to_end(text)
+                    out[i] = hit
+        if missing:
+            vectors = self.embed_documents(list(missing))
+            with self._queries_lock:
+                for (text, rows), vector in zip(missing.items(), vectors, strict=True):
+                    out[rows] = vector
+                    self._sentences[text] = vector
+                while len(self._sentences) > SENTENCE_CACHE_SIZE:
+                    self._sentences.popitem(last=False)
         return out
 
     def embed_query(self, text: str) -> np.ndarray:

@@ -8,10 +8,10 @@ markup and citation markers) is supported by it with score 1. A near-quote, a cl
 :data:`NEAR_QUOTE` are found in one passage (a rendered table row, two sentences joined, a
 word changed), is supported with that share as its score, without the embedding model. The
 others are scored by the cosine similarity of their embedding to the passage's most similar
-sentence. Passage sentences are embedded through :meth:`Embedder.embed_documents`, whose
-cache serves the popular chunks after the first time; claims through
-:meth:`Embedder.embed_queries`, whose in-memory cache serves a claim scored a second time in
-the same turn (the grounding guard, then citation attribution).
+sentence. Passage sentences are embedded through :meth:`Embedder.embed_sentences`, whose
+caches (in memory, then the database's) serve the popular chunks after the first time; claims
+through :meth:`Embedder.embed_queries`, whose in-memory cache serves a claim scored a second
+time in the same turn (the grounding guard, then citation attribution).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def support_scores(
             todo.append(i)
     if todo:
         claim_v = embedder.embed_queries([without_citations(claims[i]) for i in todo])
-        sentence_v = embedder.embed_documents(sentences)
+        sentence_v = embedder.embed_sentences(sentences)
         sims = claim_v @ sentence_v.T  # [todo, sentences]
         owner = np.asarray(owners)
         for j in range(len(passages)):
