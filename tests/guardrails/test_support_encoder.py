@@ -15,9 +15,7 @@ from keel.errors import ConfigError
 from keel.rag.embeddings import QUANTIZED_SUFFIX, onnx_available
 from keel.testing import ScriptedChatModel
 
-DOC = (
-    "# Exports\n\nExports are ZIP files of Markdown notes, made from Settings > Data > Export.\n"
-)
+DOC = "# Exports\n\nExports are ZIP files of Markdown notes, made from Settings > Data > Export.\n"
 PARAPHRASE = "You can download all your notes as a ZIP archive from the data settings."
 INVENTED = "Every export is also emailed to the billing contact of the account."
 GUARDS = {"output": {"grounding": {"on_fail": "fix"}}}
