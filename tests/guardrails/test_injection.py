@@ -16,9 +16,13 @@ import pytest
 
 from keel.errors import ConfigError
 from keel.guardrails.injection import (
+    _NGRAM_ENCODING,
+    FORMAT,
     HEURISTIC_NAMES,
     WEIGHTS_PATH,
+    CharNgrams,
     InjectionDetector,
+    char_ngram_vectorizer,
     heuristic_reasons,
     load_weights,
     windows,
@@ -180,6 +184,80 @@ def test_weights_for_another_embedding_model_are_refused(tmp_path: Path) -> None
     other.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="trained on"):
         InjectionDetector(Embedder(backend="torch"), weights=other)
+
+
+def _weights_file(tmp_path: Path, data: dict[str, Any], name: str) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _with_ngrams(data: dict[str, Any], weights: Any) -> dict[str, Any]:
+    """A format 2 copy of a format 1 weights file, with this n-gram block."""
+    block = {
+        "analyzer": "char_wb",
+        "ngram_range": [3, 5],
+        "n_features": len(weights),
+        "lowercase": True,
+        "norm": "l2",
+        "decimals": 6,
+        "encoding": _NGRAM_ENCODING,
+        "weights": CharNgrams.encode_weights(weights, 6),
+    }
+    return {**data, "format": 2, "model": {**data["model"], "char_ngrams": block}}
+
+
+def test_the_character_ngram_block_is_scored_at_run_time(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    """An n-gram block round-trips through its encoding and moves the scores: zero weights
+    score like the dense model alone (format 1), and weight on the buckets of a word raises
+    the score of the text holding it and of no other."""
+    data = json.loads(WEIGHTS_PATH.read_text())
+    assert FORMAT == 2 and data["format"] in (1, 2)
+    dense = {**data, "format": 1, "model": {k: v for k, v in data["model"].items()}}
+    dense["model"].pop("char_ngrams", None)
+    n = 2**16
+    weights = np.round(np.random.default_rng(0).normal(size=n), 6)
+    block = _with_ngrams(dense, weights)["model"]["char_ngrams"]
+    assert np.array_equal(CharNgrams.from_data(block).weights, weights)
+
+    texts = ["Merci pour les consignes de sécurité.", "Quel temps fera-t-il demain ?"]
+    plain = InjectionDetector(embedder, weights=_weights_file(tmp_path, dense, "1.json"))
+    zero = _weights_file(tmp_path, _with_ngrams(dense, np.zeros(n)), "z.json")
+    zeroed = InjectionDetector(embedder, weights=zero)
+    before = [r.score for r in zeroed.score_many(texts)]
+    assert [r.score for r in plain.score_many(texts)] == before
+
+    boosted = np.zeros(n)
+    boosted[char_ngram_vectorizer((3, 5), n).transform(["consignes"]).indices] = 50.0
+    word = _weights_file(tmp_path, _with_ngrams(dense, boosted), "w.json")
+    after = [r.score for r in InjectionDetector(embedder, weights=word).score_many(texts)]
+    assert before[0] < 0.5 < 0.99 < after[0]
+    assert after[1] == before[1]  # none of the n-grams of "consignes" is in it
+
+
+def test_weights_files_without_their_ngram_block_or_with_a_broken_one_are_refused(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    data = json.loads(WEIGHTS_PATH.read_text())
+    dense = {**data, "format": 1, "model": {k: v for k, v in data["model"].items()}}
+    dense["model"].pop("char_ngrams", None)
+    good = _with_ngrams(dense, np.zeros(2**16))
+    missing = {**good, "model": dense["model"]}
+    with pytest.raises(ConfigError, match="needs a character n-gram block"):
+        InjectionDetector(embedder, weights=_weights_file(tmp_path, missing, "m.json"))
+    extra = {**good, "format": 1}
+    with pytest.raises(ConfigError, match="cannot have a character n-gram block"):
+        InjectionDetector(embedder, weights=_weights_file(tmp_path, extra, "e.json"))
+    short = _with_ngrams(dense, np.zeros(10))
+    short["model"]["char_ngrams"]["n_features"] = 2**16
+    with pytest.raises(ConfigError, match="has 10 weights"):
+        InjectionDetector(embedder, weights=_weights_file(tmp_path, short, "s.json"))
+    block = {**good["model"]["char_ngrams"], "analyzer": "word"}
+    other = {**good, "model": {**good["model"], "char_ngrams": block}}
+    with pytest.raises(ConfigError, match="unsupported character n-gram block"):
+        InjectionDetector(embedder, weights=_weights_file(tmp_path, other, "o.json"))
 
 
 # -- behaviour ----------------------------------------------------------------------------------

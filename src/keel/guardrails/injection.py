@@ -13,9 +13,14 @@ How a text is scored:
   same cached vector retrieval uses) or from the caller. MiniLM reads only 256 tokens, so longer
   texts are read in overlapping 800-character windows (stride 600, at most 8, spread to cover
   both ends); the text's score is its highest window's.
+* **Character n-grams** (weights format 2 only; the shipped weights are format 1, without
+  them): hashed character 3- to 5-grams of each window (NFKC-normalised, lower-cased;
+  scikit-learn's ``HashingVectorizer``, imported when such a detector is made), so that attacks
+  in other languages share sub-word cues with the ones in training.
 * **Model**: logistic regression over ``[embedding, heuristic indicators, log(1 + window
-  length)]``, trained by ``scripts/train_injection_detector.py`` and shipped as plain weights in
-  ``_data/injection.json``; it is scored here with numpy alone.
+  length)]`` (plus the n-gram block in format 2), trained by
+  ``scripts/train_injection_detector.py`` and shipped as plain weights in
+  ``_data/injection.json``; it is scored here with numpy.
 
 The thresholds in the weights file were chosen on a validation split for a 1 % and a 3 % false
 positive rate; 3 % is the default for requests (user input). Retrieved chunks and tool results
@@ -55,7 +60,11 @@ if TYPE_CHECKING:
     FloatArray = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 
 WEIGHTS_PATH = Path(__file__).parent / "_data" / "injection.json"
-FORMAT = 1
+# 1: one dense weight vector over [embedding, heuristics, log length]; 2: the same, plus the
+# hashed character n-gram block (``model.char_ngrams``), which format 1 files do not have
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
+_NGRAM_ENCODING = "zlib+base64 int32 little-endian, units of 10**-decimals"
 
 LONG_TEXT = 1000  # characters; longer texts are read in windows
 WINDOW = 800
@@ -501,14 +510,96 @@ def feature_matrix(
 
 
 def window_probabilities(
-    features: FloatArray, weights: FloatArray, bias: float
+    features: FloatArray,
+    weights: FloatArray,
+    bias: float,
+    extra: FloatArray | None = None,
 ) -> npt.NDArray[np.float64]:
-    """The logistic model's probability for each feature row."""
+    """The logistic model's probability for each feature row; ``extra`` (one value per row)
+    is added to the linear score (the character n-gram block's share)."""
     import numpy as np
 
     z = np.asarray(features, dtype=np.float64) @ np.asarray(weights, dtype=np.float64) + bias
+    if extra is not None:
+        z = z + np.asarray(extra, dtype=np.float64)
     out: npt.NDArray[np.float64] = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid, overflow-free
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class CharNgrams:
+    """The hashed character n-gram block of the model: which n-grams (``ngram_range``,
+    ``n_features`` hash buckets, ``char_wb``: n-grams inside word boundaries, l2-normalised
+    counts, no alternating sign) of each NFKC-normalised, lower-cased window, and the weight of
+    every bucket (buckets that never occur in training weigh 0)."""
+
+    ngram_range: tuple[int, int]
+    n_features: int
+    weights: Any  # numpy float64 vector of n_features
+
+    @classmethod
+    def from_data(cls, block: dict[str, Any]) -> CharNgrams:
+        """Read the ``model.char_ngrams`` block of a weights file: the weights, rounded to
+        ``10**-decimals``, as little-endian int32 multiples of that unit, zlib-compressed and
+        base64-encoded (``encode_weights``)."""
+        import zlib
+
+        import numpy as np
+
+        settings = (block.get("analyzer"), block.get("norm"), block.get("lowercase"))
+        if settings != ("char_wb", "l2", True) or block.get("encoding") != _NGRAM_ENCODING:
+            raise ConfigError(f"unsupported character n-gram block {settings}")
+        low, high = (int(v) for v in block["ngram_range"])
+        n = int(block["n_features"])
+        try:
+            raw = zlib.decompress(base64.b64decode(block["weights"], validate=True))
+        except (binascii.Error, zlib.error) as exc:
+            raise ConfigError(f"the character n-gram weights cannot be decoded: {exc}") from exc
+        units = np.frombuffer(raw, dtype="<i4")
+        if units.size != n:
+            raise ConfigError(f"the character n-gram block has {units.size} weights, not {n}")
+        weights = units.astype(np.float64) / 10.0 ** int(block["decimals"])
+        return cls((low, high), n, weights)
+
+    @staticmethod
+    def encode_weights(weights: Any, decimals: int) -> str:
+        """The inverse of :meth:`from_data`'s decoding (used by the training script)."""
+        import zlib
+
+        import numpy as np
+
+        units = np.rint(np.asarray(weights, dtype=np.float64) * 10.0**decimals).astype("<i4")
+        return base64.b64encode(zlib.compress(units.tobytes(), 9)).decode("ascii")
+
+    @functools.cached_property
+    def vectorizer(self) -> Any:
+        return char_ngram_vectorizer(self.ngram_range, self.n_features)
+
+    def logits(self, pieces: Sequence[str]) -> npt.NDArray[np.float64]:
+        """This block's share of the linear score of each window."""
+        import numpy as np
+
+        out: npt.NDArray[np.float64] = np.asarray(
+            self.vectorizer.transform([normalise(p) for p in pieces]) @ self.weights,
+            dtype=np.float64,
+        )
+        return out
+
+
+def char_ngram_vectorizer(ngram_range: tuple[int, int], n_features: int) -> Any:
+    """scikit-learn's ``HashingVectorizer`` as the detector uses it (imported here, lazily)."""
+    import numpy as np
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(
+        analyzer="char_wb",
+        ngram_range=ngram_range,
+        n_features=n_features,
+        alternate_sign=False,
+        norm="l2",
+        lowercase=True,
+        dtype=np.float64,
+    )
 
 
 def text_scores(
@@ -518,11 +609,13 @@ def text_scores(
     weights: FloatArray,
     bias: float,
     reasons: Sequence[Sequence[str]] | None = None,
+    ngrams: CharNgrams | None = None,
 ) -> npt.NDArray[np.float64]:
     """Each text's score: the highest probability among its windows.
 
     ``pieces[i]`` are the windows of ``texts[i]``; ``vectors`` has one row per window, in
-    order. Heuristics (computed here unless ``reasons`` is given) are those of the full text.
+    order. Heuristics (computed here unless ``reasons`` is given) are those of the full text;
+    ``ngrams`` (the model's character n-gram block, if it has one) reads each window.
     """
     import numpy as np
 
@@ -533,7 +626,8 @@ def text_scores(
     flags = np.asarray([heuristic_vector(r) for r in reasons], dtype=np.float64)
     flags = flags.reshape(len(texts), len(HEURISTICS))[owner]
     lengths = [len(w) for p in pieces for w in p]
-    probs = window_probabilities(feature_matrix(vectors, flags, lengths), weights, bias)
+    extra = ngrams.logits([w for p in pieces for w in p]) if ngrams is not None else None
+    probs = window_probabilities(feature_matrix(vectors, flags, lengths), weights, bias, extra)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
     out: npt.NDArray[np.float64] = np.maximum.reduceat(probs, starts)
     return out
@@ -551,8 +645,14 @@ def _load(path: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read injection detector weights {path}: {exc}") from exc
-    if data.get("format") != FORMAT:
+    if data.get("format") not in READABLE_FORMATS:
         raise ConfigError(f"{path}: unsupported weights format {data.get('format')!r}")
+    if (data["format"] >= 2) != ("char_ngrams" in data.get("model", {})):
+        raise ConfigError(
+            f"{path}: weights format {data['format']} "
+            + ("needs" if data["format"] >= 2 else "cannot have")
+            + " a character n-gram block (model.char_ngrams)"
+        )
     if tuple(data.get("heuristics", ())) != HEURISTIC_NAMES:
         raise ConfigError(
             f"{path} was trained with other heuristics than this keel version has; "
@@ -615,6 +715,10 @@ class InjectionDetector:
         self._weights = np.asarray(data["model"]["weights"], dtype=np.float64)
         self._bias = float(data["model"]["bias"])
         self._dimension = int(data["features"]["embedding"])
+        block = data["model"].get("char_ngrams")
+        self._ngrams = CharNgrams.from_data(block) if block is not None else None
+        if self._ngrams is not None:
+            _ = self._ngrams.vectorizer  # imports scikit-learn now, not in the first request
 
     def threshold_for(self, fpr: float | None = None, *, documents: bool = False) -> float:
         """The shipped operating point: for documents (retrieved chunks, tool results) the
@@ -677,7 +781,9 @@ class InjectionDetector:
                 f"got shape {tuple(vectors.shape)}"
             )
         reasons = [heuristic_reasons(t) for t in texts]
-        scores = text_scores(texts, pieces, vectors, self._weights, self._bias, reasons)
+        scores = text_scores(
+            texts, pieces, vectors, self._weights, self._bias, reasons, self._ngrams
+        )
         return [
             InjectionResult(
                 score=float(s),

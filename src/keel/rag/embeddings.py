@@ -273,9 +273,8 @@ class Embedder:
         return model
 
     def _load_quantized(self) -> SentenceTransformer:
-        from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
-
         import onnxruntime
+        from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
 
         # One thread: as fast as two for the one or few sentences a turn embeds here (3.1 ms
         # a claim either way on a quiet machine), 2.5x faster with the other core busy.
