@@ -154,3 +154,41 @@ def test_keel_tune_trains_and_gates_with_no_outbound_connection(
         assert f"tuned {kind}" in tuned.stdout and "deployable" in tuned.stdout
     attempts = log.read_text() if log.exists() else ""
     assert attempts == "", f"outbound connections were attempted:\n{attempts}"
+
+
+def test_the_int8_support_encoder_is_made_with_no_outbound_connection(tmp_path: Path) -> None:
+    """`keel guard check -v grounding` scores a paraphrase with the support encoder a new app
+    uses; in a fresh cache folder that means the ONNX export and its int8 copy are made here."""
+    cache = tmp_path / "fresh-cache"
+    env, log = _blocked_env(tmp_path, cache)
+    context = tmp_path / "context.txt"
+    context.write_text(
+        "Exports are ZIP files of Markdown notes, made from Settings > Data > Export."
+    )
+    lines = tmp_path / "answer.txt"
+    lines.write_text("You can download all your notes as a ZIP archive from the data settings.\n")
+    checked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keel.cli",
+            "guard",
+            "check",
+            "-v",
+            "grounding",
+            str(lines),
+            "--context",
+            str(context),
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout.splitlines()[0])["outcome"] == "pass"
+    assert any(cache.glob("onnx/*qint8*/onnx/model_qint8_*.onnx"))  # made here, offline
+    attempts = log.read_text() if log.exists() else ""
+    assert attempts == "", f"outbound connections were attempted:\n{attempts}"
