@@ -53,20 +53,10 @@ DEFAULT_SETTINGS = ("c35_16",)  # c25_18: 2.5x the bucket weights to ship, and t
 
 def ngram_block(train: Any, feats: Any, setting: str) -> Any:
     """Hashed character n-grams of every window, in the row order of ``feats.vectors``."""
-    from sklearn.feature_extraction.text import HashingVectorizer
-
-    from keel.guardrails.injection import normalise
+    from keel.guardrails.injection import char_ngram_vectorizer, normalise
 
     ngram_range, n_features = SETTINGS[setting]
-    vec = HashingVectorizer(
-        analyzer="char_wb",
-        ngram_range=ngram_range,
-        n_features=n_features,
-        alternate_sign=False,
-        norm="l2",
-        lowercase=True,
-        dtype=np.float64,
-    )
+    vec = char_ngram_vectorizer(ngram_range, n_features)  # the detector's own
     flat = [normalise(w) for p in feats.pieces for w in p]
     return vec.transform(flat).tocsr()
 

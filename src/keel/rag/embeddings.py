@@ -29,7 +29,7 @@ import tempfile
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -349,25 +349,7 @@ class Embedder:
         :meth:`embed_documents`, behind an in-memory cache of the most recent
         :data:`SENTENCE_CACHE_SIZE`, since the popular chunks' sentences come back turn after
         turn. The vectors are a function of the text alone, so a process may keep them."""
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        missing: dict[str, list[int]] = {}
-        with self._queries_lock:
-            for i, text in enumerate(texts):
-                hit = self._sentences.get(text)
-                if hit is None:
-                    missing.setdefault(text, []).append(i)
-                else:
-                    self._sentences.move_to_end(text)
-                    out[i] = hit
-        if missing:
-            vectors = self.embed_documents(list(missing))
-            with self._queries_lock:
-                for (text, rows), vector in zip(missing.items(), vectors, strict=True):
-                    out[rows] = vector
-                    self._sentences[text] = vector
-                while len(self._sentences) > SENTENCE_CACHE_SIZE:
-                    self._sentences.popitem(last=False)
-        return out
+        return self._remembered(texts, self._sentences, SENTENCE_CACHE_SIZE, self.embed_documents)
 
     def embed_query(self, text: str) -> np.ndarray:
         """One query's vector; recent queries are kept in memory."""
@@ -379,24 +361,35 @@ class Embedder:
         recent ones that :meth:`embed_query` uses, so a text embedded earlier in a turn (a
         claim the grounding guard scored, which citation attribution scores again) is not run
         through the model twice. The ones not cached are embedded in one batch."""
+        return self._remembered(texts, self._queries, QUERY_CACHE_SIZE, self.encode)
+
+    def _remembered(
+        self,
+        texts: Sequence[str],
+        memory: OrderedDict[str, np.ndarray],
+        size: int,
+        compute: Callable[[Sequence[str]], np.ndarray],
+    ) -> np.ndarray:
+        """``texts``' vectors from ``memory`` (a least-recently-used cache of ``size``
+        entries), the rest from ``compute`` in one call (each distinct text once)."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         missing: dict[str, list[int]] = {}
         with self._queries_lock:
             for i, text in enumerate(texts):
-                hit = self._queries.get(text)
+                hit = memory.get(text)
                 if hit is None:
                     missing.setdefault(text, []).append(i)
                 else:
-                    self._queries.move_to_end(text)
+                    memory.move_to_end(text)
                     out[i] = hit
         if missing:
-            vectors = self.encode(list(missing))
+            vectors = compute(list(missing))
             with self._queries_lock:
                 for (text, rows), vector in zip(missing.items(), vectors, strict=True):
                     out[rows] = vector
-                    self._queries[text] = vector
-                while len(self._queries) > QUERY_CACHE_SIZE:
-                    self._queries.popitem(last=False)
+                    memory[text] = vector
+                while len(memory) > size:
+                    memory.popitem(last=False)
         return out
 
     def clear_query_cache(self) -> None:
