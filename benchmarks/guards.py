@@ -33,7 +33,9 @@
    output secrets and prompt leakage on the answer: the example's default policy, and the
    same with output grounding (the policy for a generative model), scored with the int8
    support encoder (``rag.embeddings.support``) and, side by side, with the float model
-   (``grounding_full_encoder``; the ratio of the two p50s is printed). On the bot's extractive
+   (``grounding_full_encoder``; the ratio of the two p50s is printed), and with the int8
+   encoder given a turn's sentences in one padded batch instead of one per call
+   (``grounding_batched``; ``Embedder.short_batch_size``, ratio printed). On the bot's extractive
    answers, and with ``--generative`` also on SmolLM2's answers to the same questions
    (llama.cpp's server from the `make llm` lane, stopped before the timing). Each turn's
    answer sentences are new (their vectors are dropped from the embedder's in-memory cache
@@ -450,6 +452,7 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
     answers to the same questions. And the off-topic check measured on the same app."""
     from keel.app import App
     from keel.guardrails.runner import GuardRunner
+    from keel.rag.embeddings import Embedder
     from keel.settings import Settings, get_settings
 
     base = Path(tempfile.mkdtemp(prefix="keel-bench-guards-"))
@@ -475,12 +478,16 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
     )
     services = app.guards.services  # grounding scores with the int8 support encoder
     full = dataclasses.replace(services, support=services.embedder)  # ... or the float model
+    padded = Embedder(cache_dir=get_settings().cache_dir, quantized=True)  # ... or in batches
+    padded.short_batch_size = padded.batch_size
+    batched = dataclasses.replace(services, support=lambda: padded)
     result: dict[str, Any] = {}
     for answers_from, answers in sets.items():
         for name, section, using in (
             ("default", policy, services),
             ("grounding", grounded, services),
             ("grounding_full_encoder", grounded, full),
+            ("grounding_batched", grounded, batched),
         ):
             runner = GuardRunner(section, using, app.guards.external)
             result[f"{answers_from}/{name}"] = _time_stack(runner, app.name, questions, answers)
@@ -489,6 +496,11 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
             / result[f"{answers_from}/grounding_full_encoder"]["p50_ms"]
         )
         result[f"{answers_from}/grounding_int8_over_full_p50"] = round(ratio, 3)
+        ratio = (
+            result[f"{answers_from}/grounding"]["p50_ms"]
+            / result[f"{answers_from}/grounding_batched"]["p50_ms"]
+        )
+        result[f"{answers_from}/grounding_one_per_call_over_batched_p50"] = round(ratio, 3)
     if data is not None:
         result["off_topic"] = off_topic(data, app)
     app.close()
@@ -640,6 +652,7 @@ def main() -> int:
             "default": "default policy",
             "grounding": "+ grounding (int8 encoder)",
             "grounding_full_encoder": "+ grounding (float encoder)",
+            "grounding_batched": "+ grounding (int8, batched)",
         }
         for key, r in s.items():
             answers_from, _, policy = key.partition("/")
@@ -654,6 +667,11 @@ def main() -> int:
         for key, ratio in s.items():
             if key.endswith("/grounding_int8_over_full_p50"):
                 print(f"  {key.split('/')[0]} answers: grounding p50, int8 / float encoder {ratio}")
+            if key.endswith("/grounding_one_per_call_over_batched_p50"):
+                print(
+                    f"  {key.split('/')[0]} answers: grounding p50, one sentence per call / "
+                    f"one padded batch {ratio}"
+                )
         o = s["off_topic"]
         print(
             f"off-topic check (threshold {o['threshold']}): own eval questions flagged "

@@ -58,6 +58,33 @@ def test_onnx_and_torch_backends_agree(model_cache_dir: Path) -> None:
     assert any(model_cache_dir.glob("onnx/*/onnx/model.onnx"))
 
 
+@pytest.mark.skipif(not onnx_available(), reason="onnxruntime/optimum not installed")
+def test_short_texts_go_through_an_onnx_model_one_per_call(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = EmbeddingCache(make_engine(None, tmp_path))
+    onnx = Embedder(backend="onnx", cache=cache, cache_dir=model_cache_dir)
+    assert Embedder(backend="torch").short_batch_size == 64  # torch keeps its batches
+    texts = ["Refunds take five days.", "Short.", "A much longer claim about a refund policy."]
+    batched = onnx.encode(texts)  # one padded batch
+    calls: list[int] = []
+    model_encode = onnx.model.encode
+
+    def spy(sentences: list[str], **kwargs: object) -> object:
+        calls.append(int(str(kwargs["batch_size"])))
+        return model_encode(sentences, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(onnx.model, "encode", spy)
+    claims = onnx.embed_queries(texts)
+    sentences = onnx.embed_sentences(["Passage one.", "Passage sentence two is longer."])
+    documents = onnx.embed_documents(["A chunk of a document.", "Another chunk."])
+    assert calls == [1, 1, 64]  # claims, passage sentences one at a time; chunks batched
+    # the same vectors as the padded batch (the attention mask hides the padding)
+    assert np.allclose(claims, batched, atol=1e-5)
+    assert sentences.shape == documents.shape == (2, 384)
+    assert cache.get_many(onnx.model_id, [content_hash("Passage one.")])  # written through
+
+
 def test_model_resolution_and_errors(tmp_path: Path) -> None:
     model_id, where = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
     assert model_id == "all-MiniLM-L6-v2" and Path(where, "modules.json").exists()

@@ -51,6 +51,10 @@ _MODELS_LOCK = threading.Lock()
 
 QUERY_CACHE_SIZE = 1024  # recent queries and claims kept in memory (see Embedder.embed_queries)
 SENTENCE_CACHE_SIZE = 8192  # recent passage sentences kept in memory (Embedder.embed_sentences)
+# Short texts (queries, an answer's claims, passage sentences) go through an ONNX model one per
+# call: a turn's few sentences differ in length, and padding them to the longest in one batch
+# cost more than the calls (``benchmarks/guards.py --parts stack`` prints both). Torch batches.
+ONNX_SHORT_BATCH = 1
 # The dynamic int8 configuration (optimum's AutoQuantizationConfig) of quantized embedders
 QUANTIZATION = "avx512_vnni"
 QUANTIZED_FILE = f"model_qint8_{QUANTIZATION}.onnx"
@@ -179,6 +183,8 @@ class Embedder:
         if quantized:
             self.model_id += QUANTIZED_SUFFIX
         self.batch_size = batch_size
+        # how many short texts (embed_queries, embed_sentences) share one call of the model
+        self.short_batch_size = ONNX_SHORT_BATCH if self.backend == "onnx" else batch_size
         self.device = device
         self.cache = cache
         self.cache_dir = cache_dir
@@ -309,15 +315,16 @@ class Embedder:
         return model
 
     # -- embedding ---------------------------------------------------------------------------
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed without any cache: normalised float32 rows."""
+    def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """Embed without any cache: normalised float32 rows, ``batch_size`` (default
+        :attr:`batch_size`) texts per call of the model."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         model = self.model
         with self.tokenizer_lock:
             vectors = model.encode(
                 list(texts),
-                batch_size=self.batch_size,
+                batch_size=batch_size or self.batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=False,
@@ -325,10 +332,10 @@ class Embedder:
         self.encoded += len(texts)
         return np.asarray(vectors, dtype=np.float32)
 
-    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_documents(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """Embed texts, serving unchanged ones from the cache and caching new ones."""
         if self.cache is None:
-            return self.encode(texts)
+            return self.encode(texts, batch_size)
         hashes = [content_hash(t) for t in texts]
         known = self.cache.get_many(self.model_id, hashes)
         missing = [i for i, h in enumerate(hashes) if h not in known]
@@ -336,7 +343,7 @@ class Embedder:
         if missing:
             todo = list(dict.fromkeys(hashes[i] for i in missing))
             first = {h: i for i, h in reversed(list(enumerate(hashes)))}
-            vectors = self.encode([texts[first[h]] for h in todo])
+            vectors = self.encode([texts[first[h]] for h in todo], batch_size)
             fresh = dict(zip(todo, vectors, strict=True))
             self.cache.put_many(self.model_id, fresh)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
@@ -349,7 +356,13 @@ class Embedder:
         :meth:`embed_documents`, behind an in-memory cache of the most recent
         :data:`SENTENCE_CACHE_SIZE`, since the popular chunks' sentences come back turn after
         turn. The vectors are a function of the text alone, so a process may keep them."""
-        return self._remembered(texts, self._sentences, SENTENCE_CACHE_SIZE, self.embed_documents)
+        return self._remembered(texts, self._sentences, SENTENCE_CACHE_SIZE, self._sentence_vectors)
+
+    def _sentence_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed_documents(texts, self.short_batch_size)
+
+    def _short_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts, self.short_batch_size)
 
     def embed_query(self, text: str) -> np.ndarray:
         """One query's vector; recent queries are kept in memory."""
@@ -360,8 +373,9 @@ class Embedder:
         """Short texts' vectors (queries, an answer's claims) through the in-memory cache of
         recent ones that :meth:`embed_query` uses, so a text embedded earlier in a turn (a
         claim the grounding guard scored, which citation attribution scores again) is not run
-        through the model twice. The ones not cached are embedded in one batch."""
-        return self._remembered(texts, self._queries, QUERY_CACHE_SIZE, self.encode)
+        through the model twice. The ones not cached are embedded :attr:`short_batch_size` at a
+        time."""
+        return self._remembered(texts, self._queries, QUERY_CACHE_SIZE, self._short_vectors)
 
     def _remembered(
         self,
