@@ -282,6 +282,17 @@ class App:
         """The guards of ``[guards]`` in keel.toml, at the agent's hook points."""
         return self._assembly.guards
 
+    def warm(self) -> None:
+        """Load now what a server's first request would otherwise wait for: the guards' models
+        (:meth:`GuardRunner.warm`) and, when a model of the app is generative (its answers'
+        citations are attributed, :mod:`keel.agents.citations`), the support encoder."""
+        from keel.agents.models import EXTRACTIVE
+
+        self.guards.warm()
+        ids = [self.config.model.id, *self.config.model.fallbacks]
+        if self.model is not None or any(i != EXTRACTIVE for i in ids):
+            getattr(self.resources.support_embedder, "model", None)  # loads (exports) it
+
     @property
     def agent(self) -> Agent:
         return self._assembly.agent

@@ -40,6 +40,21 @@ def test_grounding_and_citations_use_the_int8_encoder_retrieval_does_not(
     assert retrieval.encoded - before <= 1  # the question only: no claim went to it
 
 
+def test_warm_loads_attributions_encoder_only_for_a_generative_model(
+    make_app: Callable[..., App],
+) -> None:
+    extractive = make_app({})  # cites its own sentences: nothing is attributed
+    extractive.warm()
+    assert extractive.resources.support_embedder._model is None
+    generative = make_app({}, model=ScriptedChatModel(script=["An answer."]))
+    assert generative.resources.support_embedder._model is None  # loads on first use ...
+    generative.warm()  # ... or before the first request, with no grounding rule
+    assert generative.resources.support_embedder._model is not None
+    named = make_app({"model": {"id": "openai:some-model"}})  # never called: nothing is asked
+    named.warm()
+    assert named.resources.support_embedder._model is not None
+
+
 def test_support_full_keeps_the_retrieval_model(make_app: Callable[..., App]) -> None:
     app = make_app({"guards": GUARDS, "rag": {"embeddings": {"support": "full"}}})
     assert app.resources.support_embedder is app.resources.embedder

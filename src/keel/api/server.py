@@ -293,7 +293,7 @@ def from_env() -> FastAPI:
     settings = get_settings()
     config = settings.config
     app = App.from_config(config if config is not None else "keel.toml")
-    app.guards.warm()  # the guards' models load before the worker takes requests
+    app.warm()  # the guards' and attribution's models load before the worker takes requests
     api = create_app(app, ui=True if settings.ui else None)
     if settings.embedded_worker:  # jobs left by a worker that stopped start again
         api.state.gateway.queue.run_embedded()

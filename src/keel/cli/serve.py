@@ -35,7 +35,7 @@ def serve(
         config = _config_path().resolve()
         app = _app()
         app.agent  # noqa: B018 - fail now, with exit 2, on a bad model or tool config
-        app.guards.warm()  # the guards' models load now, not inside the first request
+        app.warm()  # the guards' and attribution's models load now, not in the first request
         console = ui or app.config.ui.enabled or app.settings.ui
         embedded = app.settings.embedded_worker if worker is None else worker
         err.print(f"Keel gateway for {app.name} on http://{host}:{port} (docs at /docs)")
