@@ -27,10 +27,12 @@ What it does, deterministically (same inputs give a byte-identical JSON file):
    same paired task, or TF-IDF cosine >= 0.7) with union-find, and deals whole groups 80/20
    into development and held-out test, stratified by source (the DAN files spread over both).
 3. Embeds every window (``keel.guardrails.injection.windows``) with the bundled MiniLM on the
-   torch backend and builds the features the runtime builds, hashed character n-grams of each
-   window included (``NGRAM_RANGE``, ``NGRAM_FEATURES``; their weight ``NGRAM_SCALE`` was
-   chosen by a nested leave-one-corpus-out on the development split:
-   ``benchmarks/injection_charngrams.py``).
+   torch backend and builds the features the runtime builds; with ``--char-ngrams`` also the
+   hashed character n-grams of each window (``NGRAM_RANGE``, ``NGRAM_FEATURES``; their weight
+   ``NGRAM_SCALE`` was chosen by a nested leave-one-corpus-out on the development split:
+   ``benchmarks/injection_charngrams.py``). The shipped weights have no n-gram block: at every
+   scale tried (1, 2, 3, 5) it flagged more ordinary documentation
+   (``benchmarks/injection_ngram_scale.py``).
 4. On the development set, group-aware 5-fold cross-validation picks the regularisation
    (``C`` and how much more the embedding block is regularised than the heuristics) and, from
    the out-of-fold scores, the 1 % and 3 % thresholds: the lowest threshold at which *every*
