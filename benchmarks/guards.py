@@ -35,7 +35,7 @@
    support encoder (``rag.embeddings.support``) and, side by side, with the float model
    (``grounding_full_encoder``; the ratio of the two p50s is printed), and with the int8
    encoder given a turn's sentences in one padded batch instead of one per call
-   (``grounding_batched``; ``Embedder.short_batch_size``, ratio printed). On the bot's extractive
+   (``grounding_batched``; ratio printed). On the bot's extractive
    answers, and with ``--generative`` also on SmolLM2's answers to the same questions
    (llama.cpp's server from the `make llm` lane, stopped before the timing). Each turn's
    answer sentences are new (their vectors are dropped from the embedder's in-memory cache
@@ -477,30 +477,33 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
         }
     )
     services = app.guards.services  # grounding scores with the int8 support encoder
-    full = dataclasses.replace(services, support=services.embedder)  # ... or the float model
-    padded = Embedder(cache_dir=get_settings().cache_dir, quantized=True)  # ... or in batches
+    cache_dir = get_settings().cache_dir
+    padded = Embedder(cache_dir=cache_dir, quantized=True)  # ... and in one padded batch
     padded.short_batch_size = padded.batch_size
-    batched = dataclasses.replace(services, support=lambda: padded)
+    variants = {
+        "default": (policy, services),
+        "grounding": (grounded, services),
+        "grounding_full_encoder": (
+            grounded,
+            dataclasses.replace(services, support=services.embedder),
+        ),
+        "grounding_batched": (grounded, dataclasses.replace(services, support=lambda: padded)),
+    }
+    ratios = {  # name: (numerator, denominator), p50 over p50
+        "grounding_int8_over_full_p50": ("grounding", "grounding_full_encoder"),
+        "grounding_one_per_call_over_batched_p50": ("grounding", "grounding_batched"),
+    }
     result: dict[str, Any] = {}
     for answers_from, answers in sets.items():
-        for name, section, using in (
-            ("default", policy, services),
-            ("grounding", grounded, services),
-            ("grounding_full_encoder", grounded, full),
-            ("grounding_batched", grounded, batched),
-        ):
+        for name, (section, using) in variants.items():
             runner = GuardRunner(section, using, app.guards.external)
             result[f"{answers_from}/{name}"] = _time_stack(runner, app.name, questions, answers)
-        ratio = (
-            result[f"{answers_from}/grounding"]["p50_ms"]
-            / result[f"{answers_from}/grounding_full_encoder"]["p50_ms"]
-        )
-        result[f"{answers_from}/grounding_int8_over_full_p50"] = round(ratio, 3)
-        ratio = (
-            result[f"{answers_from}/grounding"]["p50_ms"]
-            / result[f"{answers_from}/grounding_batched"]["p50_ms"]
-        )
-        result[f"{answers_from}/grounding_one_per_call_over_batched_p50"] = round(ratio, 3)
+        for name, (top, bottom) in ratios.items():
+            ratio = (
+                result[f"{answers_from}/{top}"]["p50_ms"]
+                / result[f"{answers_from}/{bottom}"]["p50_ms"]
+            )
+            result[f"{answers_from}/{name}"] = round(ratio, 3)
     if data is not None:
         result["off_topic"] = off_topic(data, app)
     app.close()
@@ -664,14 +667,14 @@ def main() -> int:
                 f"p99 {r['p99_ms']:6.2f} ms; chunks never seen before p50 "
                 f"{r['first_time_chunks_p50_ms']:6.2f} ms"
             )
+        said = {
+            "grounding_int8_over_full_p50": "int8 / float encoder",
+            "grounding_one_per_call_over_batched_p50": "one sentence per call / one padded batch",
+        }
         for key, ratio in s.items():
-            if key.endswith("/grounding_int8_over_full_p50"):
-                print(f"  {key.split('/')[0]} answers: grounding p50, int8 / float encoder {ratio}")
-            if key.endswith("/grounding_one_per_call_over_batched_p50"):
-                print(
-                    f"  {key.split('/')[0]} answers: grounding p50, one sentence per call / "
-                    f"one padded batch {ratio}"
-                )
+            answers_from, _, name = key.partition("/")
+            if name in said:
+                print(f"  {answers_from} answers: grounding p50, {said[name]} {ratio}")
         o = s["off_topic"]
         print(
             f"off-topic check (threshold {o['threshold']}): own eval questions flagged "

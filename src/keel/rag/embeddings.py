@@ -53,8 +53,9 @@ QUERY_CACHE_SIZE = 1024  # recent queries and claims kept in memory (see Embedde
 SENTENCE_CACHE_SIZE = 8192  # recent passage sentences kept in memory (Embedder.embed_sentences)
 # Short texts (queries, an answer's claims, passage sentences) go through an ONNX model one per
 # call rather than padded to the longest in one batch: grounding's p50 on a quiet machine was
-# the same (1.05x on SmolLM2's answers, 0.80x on extractive ones) and half (0.48x) with the
-# other core busy (``benchmarks/guards.py --parts stack`` prints both). Torch keeps batching.
+# about the same (0.95-1.05x on SmolLM2's answers, 0.80-0.91x on extractive ones, two runs) and
+# half (0.48x) with the other core busy (``benchmarks/guards.py --parts stack`` prints both).
+# Torch keeps batching.
 ONNX_SHORT_BATCH = 1
 # The dynamic int8 configuration (optimum's AutoQuantizationConfig) of quantized embedders
 QUANTIZATION = "avx512_vnni"
@@ -333,10 +334,17 @@ class Embedder:
         self.encoded += len(texts)
         return np.asarray(vectors, dtype=np.float32)
 
-    def embed_documents(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """Embed texts, serving unchanged ones from the cache and caching new ones."""
+    def encode_short(self, texts: Sequence[str]) -> np.ndarray:
+        """:meth:`encode` for short texts (queries, an answer's claims, passage sentences):
+        :attr:`short_batch_size` per call of the model."""
+        return self.encode(texts, self.short_batch_size)
+
+    def embed_documents(self, texts: Sequence[str], short: bool = False) -> np.ndarray:
+        """Embed texts, serving unchanged ones from the cache and caching new ones
+        (``short``: with :meth:`encode_short`)."""
+        encode = self.encode_short if short else self.encode
         if self.cache is None:
-            return self.encode(texts, batch_size)
+            return encode(texts)
         hashes = [content_hash(t) for t in texts]
         known = self.cache.get_many(self.model_id, hashes)
         missing = [i for i, h in enumerate(hashes) if h not in known]
@@ -344,7 +352,7 @@ class Embedder:
         if missing:
             todo = list(dict.fromkeys(hashes[i] for i in missing))
             first = {h: i for i, h in reversed(list(enumerate(hashes)))}
-            vectors = self.encode([texts[first[h]] for h in todo], batch_size)
+            vectors = encode([texts[first[h]] for h in todo])
             fresh = dict(zip(todo, vectors, strict=True))
             self.cache.put_many(self.model_id, fresh)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
@@ -360,10 +368,7 @@ class Embedder:
         return self._remembered(texts, self._sentences, SENTENCE_CACHE_SIZE, self._sentence_vectors)
 
     def _sentence_vectors(self, texts: Sequence[str]) -> np.ndarray:
-        return self.embed_documents(texts, self.short_batch_size)
-
-    def _short_vectors(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encode(texts, self.short_batch_size)
+        return self.embed_documents(texts, short=True)
 
     def embed_query(self, text: str) -> np.ndarray:
         """One query's vector; recent queries are kept in memory."""
@@ -374,9 +379,8 @@ class Embedder:
         """Short texts' vectors (queries, an answer's claims) through the in-memory cache of
         recent ones that :meth:`embed_query` uses, so a text embedded earlier in a turn (a
         claim the grounding guard scored, which citation attribution scores again) is not run
-        through the model twice. The ones not cached are embedded :attr:`short_batch_size` at a
-        time."""
-        return self._remembered(texts, self._queries, QUERY_CACHE_SIZE, self._short_vectors)
+        through the model twice. The ones not cached go through :meth:`encode_short`."""
+        return self._remembered(texts, self._queries, QUERY_CACHE_SIZE, self.encode_short)
 
     def _remembered(
         self,
