@@ -135,6 +135,27 @@ def _loco_fit(
     return train.fit_on(feats, examples, idx, c, scale, ngram_scale), thresholds
 
 
+def loco_negatives(examples: list[Any], splits: list[str]) -> list[int]:
+    """Leave-one-corpus-out's negatives: the test split's ordinary questions, hard negatives
+    and sentences (never trained on, whichever corpus is held out)."""
+    kinds = ("question", "hard_negative", "sentence")
+    return [
+        i
+        for i, e in enumerate(examples)
+        if e.label == 0 and splits[i] == "test" and e.kind in kinds
+    ]
+
+
+def loco_training_rows(examples: list[Any], splits: list[str], corpus: str) -> list[int]:
+    """What the detector trains on when ``corpus`` is held out: the development split without
+    it (and without the test-only sources)."""
+    return [
+        i
+        for i, e in enumerate(examples)
+        if splits[i] == "dev" and e.source != corpus and not e.test_only
+    ]
+
+
 def hash_fold(text: str, folds: int) -> int:
     import hashlib
 
@@ -167,23 +188,13 @@ def leave_one_corpus_out(data: Path, embedder: Any, wheels: Path | None) -> dict
             raise SystemExit("the shipped n-gram block is not the training script's; retrain")
         ngram_scale = float(block["scale"])
     corpora = [s for s in train.PUBLIC_ATTACK_CORPORA if any(e.source == s for e in examples)]
-    negatives_test = [
-        i
-        for i, e in enumerate(examples)
-        if e.label == 0
-        and splits[i] == "test"
-        and e.kind in ("question", "hard_negative", "sentence")
-    ]
+    negatives_test = loco_negatives(examples, splits)
     out: dict[str, Any] = {"char_ngram_scale": ngram_scale}
     # in distribution: each corpus's test split, with every corpus in training
     full_idx = [i for i, e in enumerate(examples) if splits[i] == "dev" and not e.test_only]
     fitted_all, t_all = _loco_fit(train, feats, examples, full_idx, c, scale, ngram_scale)
     for corpus in corpora:
-        fit_idx = [
-            i
-            for i, e in enumerate(examples)
-            if splits[i] == "dev" and e.source != corpus and not e.test_only
-        ]
+        fit_idx = loco_training_rows(examples, splits, corpus)
         fitted, thresholds = _loco_fit(train, feats, examples, fit_idx, c, scale, ngram_scale)
         held = [i for i, e in enumerate(examples) if e.source == corpus]
         in_dist = [i for i in held if splits[i] == "test"]

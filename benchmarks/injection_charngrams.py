@@ -40,7 +40,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from guards import _training_module, hash_fold  # noqa: E402
+from guards import _training_module, hash_fold, loco_negatives  # noqa: E402
 
 # candidates: (name, ngram_range, n_features, ngram_scale)
 SETTINGS = {
@@ -163,13 +163,7 @@ def main() -> int:
     shipped = load_weights()["model"]
     c, scale = float(shipped["C"]), float(shipped["embedding_scale"])
     corpora = [s for s in train.PUBLIC_ATTACK_CORPORA if any(e.source == s for e in examples)]
-    negatives_test = [
-        i
-        for i, e in enumerate(examples)
-        if e.label == 0
-        and splits[i] == "test"
-        and e.kind in ("question", "hard_negative", "sentence")
-    ]
+    negatives_test = loco_negatives(examples, splits)
     dev_ok = [i for i, e in enumerate(examples) if splits[i] == "dev" and not e.test_only]
     settings = args.settings.split(",")
     scales = [float(s) for s in args.scales.split(",")]

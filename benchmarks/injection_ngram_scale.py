@@ -52,7 +52,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from guards import _loco_fit, _training_module  # noqa: E402
+from guards import _loco_fit, _training_module, loco_negatives, loco_training_rows  # noqa: E402
 
 CACHE = REPO / "benchmarks" / "results" / "cache"
 
@@ -219,13 +219,7 @@ def loco(data: Path, wheels: Path, scales: list[float]) -> dict[str, Any]:
     shipped = det.load_weights()["model"]
     c, emb_scale = float(shipped["C"]), float(shipped["embedding_scale"])
     corpora = [s for s in train.PUBLIC_ATTACK_CORPORA if any(e.source == s for e in examples)]
-    negatives_test = [
-        i
-        for i, e in enumerate(examples)
-        if e.label == 0
-        and splits[i] == "test"
-        and e.kind in ("question", "hard_negative", "sentence")
-    ]
+    negatives_test = loco_negatives(examples, splits)
     passages_test = [
         i for i, e in enumerate(examples) if splits[i] == "test" and e.kind == "passage"
     ]
@@ -234,11 +228,7 @@ def loco(data: Path, wheels: Path, scales: list[float]) -> dict[str, Any]:
         rows: dict[str, Any] = {}
         started = time.perf_counter()
         for corpus in corpora:
-            fit_idx = [
-                i
-                for i, e in enumerate(examples)
-                if splits[i] == "dev" and e.source != corpus and not e.test_only
-            ]
+            fit_idx = loco_training_rows(examples, splits, corpus)
             fitted, th = _loco_fit(train, feats, examples, fit_idx, c, emb_scale, ngram_scale)
             held = [i for i, e in enumerate(examples) if e.source == corpus]
             s_held = train.scores_for(feats, examples, held, fitted)
