@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +128,43 @@ def test_quantized_embedder_is_close_to_the_float_model_under_its_own_id(
     assert any(model_cache_dir.glob(f"onnx/*/onnx/{QUANTIZED_FILE}"))
     with pytest.raises(ConfigError, match="onnx backend"):
         Embedder(backend="torch", quantized=True)
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from keel.db import make_engine
+from keel.rag.embeddings import EmbeddingCache
+url, data, model, go = sys.argv[1] or None, Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+cache = EmbeddingCache(make_engine(url, data))
+while not go.exists():
+    time.sleep(0.001)
+for r in range(60):  # the same new texts in both processes, round after round
+    cache.put_many(model, {f"{r}-{i}": np.full(4, i, dtype=np.float32) for i in range(40)})
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_two_processes_caching_the_same_texts_both_succeed(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else ""
+    data, go = tmp_path / ".keel", tmp_path / "go"
+    cache = EmbeddingCache(make_engine(url or None, data))  # the table exists before both start
+    model = f"race-{uuid.uuid4().hex[:8]}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, str(data), model, str(go)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    time.sleep(3)  # both imported and waiting
+    go.touch()
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    found = cache.get_many(model, [f"{r}-{i}" for r in range(60) for i in range(40)])
+    assert len(found) == 60 * 40 and np.allclose(found["7-3"], 3.0)

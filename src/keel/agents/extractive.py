@@ -651,7 +651,9 @@ class ExtractiveChatModel(BaseChatModel):
         if not question or not found:
             return self._refusal(extra)
         sentences = list(found)
-        vectors = np.asarray(self.embedder.encode(sentences), dtype=np.float32)
+        # the popular chunks' sentences come back turn after turn: their vectors are cached
+        embed = getattr(self.embedder, "embed_sentences", None) or self.embedder.encode
+        vectors = np.asarray(embed(sentences), dtype=np.float32)
         query = np.asarray(self.embedder.embed_query(question), dtype=np.float32)
         scores = vectors @ query
         chosen = self._mmr(vectors, scores)

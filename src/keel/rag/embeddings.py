@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 
 from keel.db import create_tables, metadata
 from keel.errors import ConfigError
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 _MODELS: dict[tuple[str, str, str, str, bool], SentenceTransformer] = {}
 _MODELS_LOCK = threading.Lock()
+logger = logging.getLogger(__name__)
 
 QUERY_CACHE_SIZE = 1024  # recent queries and claims kept in memory (see Embedder.embed_queries)
 SENTENCE_CACHE_SIZE = 8192  # recent passage sentences kept in memory (Embedder.embed_sentences)
@@ -126,12 +128,25 @@ class EmbeddingCache:
         return found
 
     def put_many(self, model: str, items: dict[str, np.ndarray]) -> None:
+        """Cache these vectors (the ones not cached yet). Another process may cache some of the
+        same texts between this one's look-up and its insert (two workers answering the same
+        question): the insert is then tried again without them, since a vector is a function
+        of its text; a cache write that keeps losing that race is dropped, not raised."""
         if not items:
             return
         rows = [
             {"model": model, "text_hash": h, "vector": np.asarray(v, dtype=np.float32).tobytes()}
             for h, v in items.items()
         ]
+        for _ in range(3):
+            try:
+                self._insert_new(model, rows)
+                return
+            except IntegrityError:
+                continue
+        logger.debug("embedding cache: gave up writing %d vectors of %s", len(rows), model)
+
+    def _insert_new(self, model: str, rows: list[dict[str, Any]]) -> None:
         with self.engine.begin() as conn:
             existing = {
                 r[0]
