@@ -137,6 +137,17 @@ def test_answers_with_the_relevant_sentences_and_citations(model: ExtractiveChat
     assert office.text.startswith("Our office is in Berlin [3].")
 
 
+def test_passages_seen_before_are_not_embedded_again(model_cache_dir: Path) -> None:
+    embedder = Embedder(cache_dir=model_cache_dir)
+    model = ExtractiveChatModel(embedder=embedder)
+    first = ask(model, "How long do I have to ask for a refund?", BILLING, PLANS)
+    before = embedder.encoded
+    ask(model, "Can I get my money back after a month?", BILLING, PLANS)
+    assert embedder.encoded == before + 1  # the new question only: the sentences are kept
+    # the kept vectors give the answer the fresh ones gave
+    assert ask(model, "How long do I have to ask for a refund?", BILLING, PLANS).text == first.text
+
+
 def test_cites_each_passage_a_sentence_comes_from(model: ExtractiveChatModel) -> None:
     reply = ask(
         model,
