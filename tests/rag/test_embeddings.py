@@ -44,6 +44,18 @@ def test_unchanged_text_is_never_embedded_twice(embedder: Embedder) -> None:
     assert np.allclose(again[0], first[1]) and np.allclose(again[2], first[0])
 
 
+def test_embedders_over_one_model_share_its_lock(tmp_path: Path, model_cache_dir: Path) -> None:
+    """Embedders over one loaded model (two apps, or an app and its release, on one gateway)
+    share the model, so they share the lock its tokenizer needs: with one lock each, two
+    threads could use the one fast tokenizer at once ("Already borrowed")."""
+    a = Embedder(cache_dir=model_cache_dir)
+    b = Embedder(cache=EmbeddingCache(make_engine(None, tmp_path)), cache_dir=model_cache_dir)
+    assert a.model is b.model
+    assert a.tokenizer_lock is b.tokenizer_lock
+    other = Embedder(cache_dir=tmp_path / "elsewhere")  # another copy: a lock of its own
+    assert other.tokenizer_lock is not a.tokenizer_lock
+
+
 def test_cache_is_keyed_by_model(tmp_path: Path) -> None:
     cache = EmbeddingCache(make_engine(None, tmp_path))
     cache.put_many("model-a", {"h1": np.ones(3, dtype=np.float32)})

@@ -47,7 +47,11 @@ from keel.settings import offline_defaults
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-_MODELS: dict[tuple[str, str, str, str, bool], SentenceTransformer] = {}
+_ModelKey = tuple[str, str, str, str, bool]
+_MODELS: dict[_ModelKey, SentenceTransformer] = {}
+# one lock per loaded model, which every Embedder over it holds while using it (see
+# Embedder.tokenizer_lock)
+_MODEL_LOCKS: dict[_ModelKey, threading.Lock] = {}
 _MODELS_LOCK = threading.Lock()
 logger = logging.getLogger(__name__)
 
@@ -207,9 +211,6 @@ class Embedder:
         self.cache_dir = cache_dir
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
-        # the Hugging Face fast tokenizer may not be used by two threads at once ("Already
-        # borrowed"): every use of the model (and of its tokenizer, see tokenizer_lock) holds it
-        self.tokenizer_lock = threading.Lock()
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
         self._queries_lock = threading.Lock()
         self._sentences: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -241,10 +242,22 @@ class Embedder:
             raise ConfigError(f"model {self.model_id} does not report its dimension")
         return int(dim)
 
+    @property
+    def _model_key(self) -> _ModelKey:
+        return (self._load_from, self.backend, self.device, str(self.cache_dir), self.quantized)
+
+    @property
+    def tokenizer_lock(self) -> threading.Lock:
+        """What every use of the model (and of its tokenizer) holds: the Hugging Face fast
+        tokenizer may not be used by two threads at once ("Already borrowed"). One lock per
+        loaded model, shared by every Embedder over it, since they share the model too."""
+        with _MODELS_LOCK:
+            return _MODEL_LOCKS.setdefault(self._model_key, threading.Lock())
+
     def _load(self) -> SentenceTransformer:
         # Loaded models are shared by every Embedder in the process (several apps or
         # collections on one gateway use one copy of the weights).
-        key = (self._load_from, self.backend, self.device, str(self.cache_dir), self.quantized)
+        key = self._model_key
         with _MODELS_LOCK:
             model = _MODELS.get(key)
             if model is None:
