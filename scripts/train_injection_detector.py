@@ -825,7 +825,9 @@ def featurise(examples: Sequence[Example], embedder: Any, cache: Path | None = N
     pieces = [det.windows(e.text) for e in examples]
     flat = [w for p in pieces for w in p]
     known: dict[str, np.ndarray] = {}
-    cached = cache / f"injection-windows-{embedder.model_id}.npz" if cache else None
+    # one file per model and backend: ONNX and torch vectors of one model differ slightly
+    backend = getattr(embedder, "backend", "torch")
+    cached = cache / f"injection-windows-{embedder.model_id}-{backend}.npz" if cache else None
     if cached is not None and cached.exists():
         with np.load(cached) as data:
             known = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
