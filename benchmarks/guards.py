@@ -41,6 +41,9 @@
    answer sentences are new (their vectors are dropped from the embedder's in-memory cache
    after every turn; the chunks' stay, as in real traffic).
    Target: p50 <= 10 ms.
+   With ``--generative`` also live turns on SmolLM2 (``live_grounding``): every guard
+   decision's latency in real turns asked whole, with grounding's ``prefetch`` (the answer's
+   sentences embedded while the model writes) and without it, taking turns; ratios printed.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# what a live turn's guard latency is summed over (live_grounding), and the turn itself
+LIVE_KINDS = ("guards", "input", "context", "output", "grounding", "turn")
 CORE = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
 
 TEXT_2KB = (
@@ -456,6 +461,95 @@ def _generative_answers(questions: list[str]) -> tuple[list[Any], dict[str, Any]
     return answers, raw
 
 
+def live_grounding(questions: list[str], rounds: int = 2) -> dict[str, Any]:
+    """Live turns of the support bot on SmolLM2 (llama.cpp's server, no tools), asked whole
+    as the gateway's non-streamed routes do, with the example's guard policy and output
+    grounding: one app embeds the answer's sentences while the model writes them (grounding's
+    ``prefetch``, the default), the other only after the reply; the two take turns on each
+    question. A first round warms both (every chunk's context verdict and sentence vectors
+    made once, as for popular chunks in real traffic) and is not counted. Per counted turn,
+    from the answer's events: the latency of the guard decisions summed per point (input,
+    context, output) and over all of them, of grounding alone, and the turn's wall time. Unlike
+    the stack figures above, input injection here embeds the question itself (the guards run
+    before retrieval). Each turn's answer sentences are new to the support encoder (its
+    in-memory cache of claims is cleared after every turn)."""
+    import os
+    import signal
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from real_model import start_server
+
+    from keel.app import App
+    from keel.config import load_config
+    from keel.settings import Settings, get_settings
+
+    proc, url = start_server()
+    apps: dict[str, Any] = {}
+    try:
+        config = load_config(REPO / "examples" / "support_bot" / "keel.toml")
+        raw: dict[str, Any] = config.model_dump()
+        raw["model"] = {"id": "openai:smollm2", "temperature": 0, "seed": 0, "max_tokens": 128}
+        raw["tools"] = {"enabled": []}
+        for name, prefetch in (("prefetch", True), ("after_reply", False)):
+            guards = json.loads(json.dumps(raw["guards"]))
+            guards["output"]["grounding"] = {"on_fail": "fix", "prefetch": prefetch}
+            settings = Settings(
+                data_dir=Path(tempfile.mkdtemp(prefix=f"keel-bench-live-{name}-")),
+                cache_dir=get_settings().cache_dir,
+                openai_base_url=url,
+                openai_structured_output="json_object_schema",
+            )
+            app = App(
+                type(config).model_validate(
+                    {**raw, "guards": guards, "base_dir": REPO / "examples" / "support_bot"}
+                ),
+                settings=settings,
+            )
+            app.ingest()
+            app.warm()
+            apps[name] = app
+        samples: dict[str, dict[str, list[float]]] = {
+            name: {k: [] for k in LIVE_KINDS} for name in apps
+        }
+        for round_no in range(rounds + 1):  # round 0 warms up
+            for i, q in enumerate(questions):
+                order = list(apps.items())
+                if (round_no + i) % 2:
+                    order.reverse()
+                for name, app in order:
+                    t0 = time.perf_counter()
+                    answer = app.ask(q)
+                    wall = (time.perf_counter() - t0) * 1000
+                    app.resources.support_embedder.clear_query_cache()
+                    if round_no == 0:
+                        continue
+                    timed = [e for e in answer.events if "latency_ms" in e]
+                    got = samples[name]
+                    got["guards"].append(sum(e["latency_ms"] for e in timed))
+                    for point in ("input", "context", "output"):
+                        got[point].append(
+                            sum(e["latency_ms"] for e in timed if e["point"] == point)
+                        )
+                    got["grounding"].append(
+                        sum(e["latency_ms"] for e in timed if e["name"] == "grounding")
+                    )
+                    got["turn"].append(wall)
+    finally:
+        for app in apps.values():
+            app.close()
+        os.killpg(proc.pid, signal.SIGKILL)
+    out: dict[str, Any] = {
+        name: {f"{k}_p50_ms": round(statistics.median(v), 3) for k, v in got.items()}
+        for name, got in samples.items()
+    }
+    for k in LIVE_KINDS:
+        out[f"{k}_p50_prefetch_over_after_reply"] = round(
+            out["prefetch"][f"{k}_p50_ms"] / out["after_reply"][f"{k}_p50_ms"], 3
+        )
+    out["turns"] = len(samples["prefetch"]["turn"])
+    return out
+
+
 def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
     """One turn of the support bot with its guard policy (input, context on the retrieved
     chunks, output), and the same with output grounding added (the policy for a generative
@@ -480,6 +574,7 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
     sets = {"extractive": [app.ask(q) for q in questions]}  # real answers and their passages
     if generative:
         sets["smollm2"] = _generative_answers(questions)[0]
+        live = live_grounding(questions)
     policy = app.config.guards
     grounded = policy.model_validate(
         {
@@ -518,6 +613,8 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
     if data is not None:
         result["off_topic"] = off_topic(data, app)
     app.close()
+    if generative:
+        result["live"] = live
     return result
 
 
@@ -686,6 +783,27 @@ def main() -> int:
             answers_from, _, name = key.partition("/")
             if name in said:
                 print(f"  {answers_from} answers: grounding p50, {said[name]} {ratio}")
+        if "live" in s:
+            lv = s["live"]
+            print(
+                f"live SmolLM2 turns ({lv['turns']} each), all guard decisions per turn p50 "
+                "(with grounding):"
+            )
+            for name, label in (
+                ("prefetch", "sentences embedded while the model writes"),
+                ("after_reply", "sentences embedded after the reply"),
+            ):
+                r = lv[name]
+                print(
+                    f"  {label:<43} all {r['guards_p50_ms']:6.2f} ms (input "
+                    f"{r['input_p50_ms']:5.2f}, context {r['context_p50_ms']:5.2f}, output "
+                    f"{r['output_p50_ms']:5.2f}, of it grounding {r['grounding_p50_ms']:5.2f}); "
+                    f"turn {r['turn_p50_ms']:7.1f} ms"
+                )
+            print(
+                "  p50 ratios, while writing / after the reply: "
+                + ", ".join(f"{k} {lv[f'{k}_p50_prefetch_over_after_reply']}" for k in LIVE_KINDS)
+            )
         o = s["off_topic"]
         print(
             f"off-topic check (threshold {o['threshold']}): own eval questions flagged "

@@ -114,11 +114,12 @@ class TurnAssembly:
             tool_args=[g.on_tool_args] if g.rules["tool_args"] else [],
             tool_result=[g.on_tool_result] if g.rules["tool_result"] else [],
             output=[g.on_output] if g.rules["output"] else [],
+            answer=[g.watch_answer] if g.rules["output"] else [],
         )
         extra = self.parts.hooks()
         if extra is None:
             return guards
-        return Hooks(**{p: [*getattr(guards, p), *getattr(extra, p)] for p in POINTS})
+        return Hooks(**{p: [*getattr(guards, p), *getattr(extra, p)] for p in (*POINTS, "answer")})
 
     # -- the agent and its graphs -------------------------------------------------------------
     @cached_property

@@ -262,3 +262,43 @@ def test_an_app_made_by_keel_init_model_grounds_the_real_models_answers(
         assert not [s for s in details["unsupported"] if s in answer.text], answer.text
     finally:
         app.close()
+
+
+def test_grounding_embeds_the_real_models_sentences_while_it_writes(
+    bot_dir: Path, llm_settings: Settings, llm_model: dict[str, Any]
+) -> None:
+    """ask() with output grounding streams the real server's reply and embeds each finished
+    sentence on the prefetch's thread, so the check after the reply has at most the last one
+    left; its decisions are those of the same turn asked whole, with no prefetch."""
+    import threading
+
+    question = "How do I export my notes?"
+    reports = []
+    for prefetch in (True, False):
+        guards = {"output": {"grounding": {"on_fail": "fix", "prefetch": prefetch}}}
+        app = _bot(bot_dir, llm_settings, llm_model, guards=guards, tools={"enabled": []})
+        try:
+            app.ingest()
+            app.warm()
+            support = app.resources.support_embedder
+            calls: list[tuple[str, list[str]]] = []
+            real = support.encode_short
+
+            def spy(texts: Any, real: Any = real, calls: list[Any] = calls) -> Any:
+                calls.append((threading.current_thread().name, list(texts)))
+                return real(texts)
+
+            support.encode_short = spy  # type: ignore[method-assign]
+            answer = app.ask(question)
+            grounding = next(e for e in answer.events if e["name"] == "grounding")
+            details = grounding.get("details") or {}
+            reports.append((details, answer.text))
+            if prefetch:
+                ahead = [t for n, ts in calls if n == "keel-support-prefetch" for t in ts]
+                after = [t for n, ts in calls if n != "keel-support-prefetch" for t in ts]
+                checked = len(details.get("scores", []))
+                assert checked >= 2, details  # a reply of several sentences to watch
+                assert len([t for t in after if t not in ahead]) <= 1, (ahead, after)
+        finally:
+            app.close()
+    assert reports[0] == reports[1]

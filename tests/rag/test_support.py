@@ -13,7 +13,14 @@ from keel.agents.citations import attribute
 from keel.db import make_engine
 from keel.guardrails.validators import GroundingValidator
 from keel.rag.embeddings import Embedder, EmbeddingCache
-from keel.rag.support import NEAR_QUOTE, _bigrams, near_quote, support_scores
+from keel.rag.support import (
+    NEAR_QUOTE,
+    SupportPrefetch,
+    _bigrams,
+    near_quote,
+    passage_sentences,
+    support_scores,
+)
 from keel.rag.types import Hit, content_hash
 
 PASSAGES = [
@@ -150,3 +157,38 @@ def test_a_guarded_stream_embeds_each_sentence_once(embedder: Embedder) -> None:
     shown = "".join(guard.feed(word + " ") for s in sentences for word in s.split()) + guard.flush()
     assert shown.split() == "".join(sentences).split()  # every sentence was supported
     assert embedder.encoded - before == len(sentences)
+
+
+def test_a_prefetch_embeds_finished_sentences_that_are_not_quotes(embedder: Embedder) -> None:
+    """SupportPrefetch: the passages' sentences first, then each finished sentence of the
+    answer that the check would send to the model (not a quote, not too short); a restart
+    forgets a reply's text, and after finish nothing more is taken."""
+    asked: list[list[str]] = []
+    real = embedder.embed_queries
+
+    def embed_queries(texts: list[str]) -> np.ndarray:
+        asked.append(list(texts))
+        return real(texts)
+
+    embedder.embed_queries = embed_queries  # type: ignore[method-assign]
+    before = embedder.encoded
+    prefetch = SupportPrefetch(embedder, PASSAGES, min_words=4)
+    quoted = "Exports are ZIP files of Markdown notes, made from Settings > Data > Export."
+    prefetch.feed("You can get a refund for a month [1]. Too short. ")
+    prefetch.feed(f"{quoted} The codes come from an app ")
+    prefetch.restart()  # a retry: the reply begins again
+    prefetch.feed("Sign-ins ask for a code from an app on your phone. More words follow")
+    prefetch.finish()
+    prefetch.feed("Ignored after the end. Entirely.")
+    prefetch._worker.join(timeout=30)
+    assert asked == [
+        ["You can get a refund for a month."],  # without its citation, as the check embeds it
+        ["Sign-ins ask for a code from an app on your phone."],
+    ]
+    assert prefetch.embedded == 2 + len(passage_sentences(PASSAGES)[0])
+    assert embedder.encoded - before == prefetch.embedded  # all new to the model
+    scored = support_scores(
+        ["Sign-ins ask for a code from an app on your phone."], PASSAGES, embedder
+    )
+    assert embedder.encoded - before == prefetch.embedded  # the check found them all ready
+    assert scored.shape == (1, 3)

@@ -58,6 +58,7 @@ from keel.agents.hooks import Hooks, RunContext
 from keel.agents.models import ModelAttempt, ModelChain
 from keel.agents.params import ModelParams
 from keel.agents.prompts import Prompts
+from keel.agents.watching import Watch, watch
 from keel.errors import GuardTripped
 from keel.guardrails.events import GuardEvent
 from keel.ops import semconv
@@ -400,18 +401,41 @@ class Agent:
 
     def model(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         call = self._model_call(state, config)
+        seen = self._watch(state, config, call)
         with self._model_span(call) as span:
             started, attempts = time.perf_counter(), list[ModelAttempt]()
-            model_id, response = call.chain.invoke(call.prompt, config, attempts)
+            try:
+                model_id, response = call.chain.invoke(
+                    call.prompt, seen.config, attempts, stream=seen.stream
+                )
+            finally:
+                seen.finish()
             return self._model_answered(state, call, span, started, attempts, model_id, response)
 
     async def amodel(self, state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         """:meth:`model` on the running event loop (the async graph's ``model`` step)."""
         call = self._model_call(state, config)
+        seen = self._watch(state, config, call)
         with self._model_span(call) as span:
             started, attempts = time.perf_counter(), list[ModelAttempt]()
-            model_id, response = await call.chain.ainvoke(call.prompt, config, attempts)
+            try:
+                model_id, response = await call.chain.ainvoke(
+                    call.prompt, seen.config, attempts, stream=seen.stream
+                )
+            finally:
+                seen.finish()
             return self._model_answered(state, call, span, started, attempts, model_id, response)
+
+    def _watch(self, state: AgentState, config: RunnableConfig, call: _ModelCall) -> Watch:
+        """The ``answer`` hooks' watchers of this model call (:mod:`keel.agents.watching`)."""
+        if not self.hooks.answer:
+            return Watch(config)
+        return watch(
+            config,
+            lambda: self.hooks.watchers(self.context(state, config)),
+            streams=call.chain.streams_on_request,
+            whole=bool(call.tools) or call.chain.response_format is not None,
+        )
 
     def _model_call(self, state: AgentState, config: RunnableConfig) -> _ModelCall:
         """What a model step sends: the prompt, and the chain bound to the visible tools."""

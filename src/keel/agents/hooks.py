@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from keel.guardrails.events import GuardEvent
 from keel.rag.types import Hit
@@ -46,6 +46,22 @@ ToolResultHook = Callable[[ToolOutcome, RunContext], ToolOutcome]
 OutputHook = Callable[[str, RunContext], str]
 
 
+class AnswerWatcher(Protocol):
+    """Sees a model's answer as it is written (see the module's docstring)."""
+
+    def restart(self) -> None:
+        """The reply begins again (a retry, or a fallback model)."""
+
+    def feed(self, text: str) -> None:
+        """The next piece of the answer."""
+
+    def finish(self) -> None:
+        """The answer is complete (or the call failed)."""
+
+
+AnswerHook = Callable[[RunContext], "AnswerWatcher | None"]
+
+
 @dataclass
 class Hooks:
     input: list[InputHook] = field(default_factory=list)
@@ -53,6 +69,11 @@ class Hooks:
     tool_args: list[ToolArgsHook] = field(default_factory=list)
     tool_result: list[ToolResultHook] = field(default_factory=list)
     output: list[OutputHook] = field(default_factory=list)
+    answer: list[AnswerHook] = field(default_factory=list)
+
+    def watchers(self, ctx: RunContext) -> list[AnswerWatcher]:
+        """The ``answer`` hooks' watchers for one model call."""
+        return [w for hook in self.answer if (w := hook(ctx)) is not None]
 
     def run_input(self, text: str, ctx: RunContext) -> str:
         for hook in self.input:

@@ -186,6 +186,14 @@ class ModelChain:
         return all(mid != EXTRACTIVE for mid, _ in self.models)
 
     @property
+    def streams_on_request(self) -> bool:
+        """Whether every model of the chain is an ``openai:*`` one, which streams its reply
+        when a call asks (``stream=True``) and hands back the same message."""
+        return bool(self.models) and all(
+            getattr(m, "_llm_type", None) == "keel-openai" for _, m in self.models
+        )
+
+    @property
     def can_write_json(self) -> bool:
         """Whether the chain's models can answer in JSON (``keel:extractive`` quotes)."""
         return all(mid != EXTRACTIVE for mid, _ in self.models)
@@ -207,17 +215,20 @@ class ModelChain:
         messages: list[BaseMessage],
         config: Any = None,
         attempts: list[ModelAttempt] | None = None,
+        stream: bool = False,
     ) -> tuple[str, BaseMessage]:
         """``(model id that answered, its message)``; :class:`ModelError` when all failed.
         Each call made (retries and fallbacks included) is appended to ``attempts``.
 
-        Under LangGraph's ``stream_mode="messages"`` the tokens of this call stream out
-        through the callbacks in ``config``.
+        Under LangGraph's ``stream_mode="messages"``, or with ``stream`` (for models that
+        :attr:`streams_on_request`), the tokens of this call stream out through the
+        callbacks in ``config``.
         """
         run = _ChainRun(self, attempts)
+        extra = {"stream": True} if stream else {}
         for t in run.tries():
             try:
-                message = t.bound.invoke(messages, config=config, **t.kwargs)
+                message = t.bound.invoke(messages, config=config, **t.kwargs, **extra)
             except Exception as exc:
                 wait = run.failed(t, exc)
                 if wait is not None:
@@ -232,13 +243,15 @@ class ModelChain:
         messages: list[BaseMessage],
         config: Any = None,
         attempts: list[ModelAttempt] | None = None,
+        stream: bool = False,
     ) -> tuple[str, BaseMessage]:
         """:meth:`invoke` on the running event loop (the model's ``ainvoke``; backoff with
         ``asyncio.sleep``, unless a ``sleep`` of one's own was set)."""
         run = _ChainRun(self, attempts)
+        extra = {"stream": True} if stream else {}
         for t in run.tries():
             try:
-                message = await t.bound.ainvoke(messages, config=config, **t.kwargs)
+                message = await t.bound.ainvoke(messages, config=config, **t.kwargs, **extra)
             except Exception as exc:
                 wait = run.failed(t, exc)
                 if wait is not None:

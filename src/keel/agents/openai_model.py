@@ -83,6 +83,7 @@ class KeelChatOpenAI(ChatOpenAI):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        kwargs.pop("stream", None)  # a call's stream=True brought it here; _whole asks whole
         timeout = kwargs.pop("timeout", None) or self._stream_timeout()
         deadline = time.monotonic() + self.total_timeout_s
         import httpx
@@ -135,6 +136,7 @@ class KeelChatOpenAI(ChatOpenAI):
         raise AssertionError("unreachable")
 
     async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        kwargs.pop("stream", None)
         kwargs.setdefault("timeout", self._stream_timeout())
         deadline = time.monotonic() + self.total_timeout_s
         async for chunk in super()._astream(*args, **kwargs):

@@ -40,6 +40,7 @@ from keel.agents.events import (
     ToolCallDelta,
     ToolCallDone,
 )
+from keel.agents.watching import streamed
 from keel.errors import UsageError
 
 if TYPE_CHECKING:
@@ -512,7 +513,10 @@ class TurnRunner:
     ) -> Generator[StreamEvent, None, None]:
         seen = _TurnEvents(self.parts, graph_input, tid, config)
         for mode, payload in self.parts.graph().stream(
-            graph_input, config, stream_mode=["messages", "updates"], durability=self.durability()
+            graph_input,
+            streamed(config),
+            stream_mode=["messages", "updates"],
+            durability=self.durability(),
         ):
             yield from seen.feed(mode, payload)
         answer = self.answer(tid, config, trace_id)
@@ -531,7 +535,10 @@ class TurnRunner:
     ) -> AsyncGenerator[StreamEvent, None]:
         seen = _TurnEvents(self.parts, graph_input, tid, config)
         stream = self._async_graph().astream(
-            graph_input, config, stream_mode=["messages", "updates"], durability=self.durability()
+            graph_input,
+            streamed(config),
+            stream_mode=["messages", "updates"],
+            durability=self.durability(),
         )
         try:
             async for mode, payload in stream:

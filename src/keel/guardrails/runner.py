@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from keel.guardrails.scope import AppScope
     from keel.rag.embeddings import Embedder
+    from keel.rag.support import SupportPrefetch
     from keel.rag.types import Hit
     from keel.tools.policy import ToolCall, ToolOutcome
 
@@ -108,6 +109,7 @@ class Rule:
     action: str
     guard: Guard
     tools: str | list[str] = "all"
+    options: Any = None  # the validator's options (its ``options_model``)
 
     def applies_to(self, call: ToolCall, external: Callable[[str], bool]) -> bool:
         if isinstance(self.tools, list):
@@ -177,7 +179,7 @@ def build_rules(section: GuardsSection) -> dict[str, list[Rule]]:
                 raise ConfigError(f"{where}: {first[1] if len(first) > 1 else exc}") from exc
             guard = new_guard()
             guard.use(validator)
-            rules[point].append(Rule(point, name, action, guard, tools))
+            rules[point].append(Rule(point, name, action, guard, tools, validator.options))
     return rules
 
 
@@ -440,6 +442,19 @@ class GuardRunner:
 
     def on_output(self, text: str, ctx: RunContext) -> str:
         return self._stop_or_text("output", text, ctx, passages=[h.text for h in ctx.hits])
+
+    def watch_answer(self, ctx: RunContext) -> SupportPrefetch | None:
+        """What watches a generative model's answer as it is written, for the output
+        grounding rule (unless its ``prefetch`` is off): a
+        :class:`~keel.rag.support.SupportPrefetch` over the turn's passages. None when there
+        is no such rule, or no passage."""
+        from keel.rag.support import SupportPrefetch
+
+        rule = next((r for r in self.rules["output"] if r.validator == "grounding"), None)
+        if rule is None or not getattr(rule.options, "prefetch", False) or not ctx.hits:
+            return None
+        embedder = self.services.support_embedder()
+        return SupportPrefetch(embedder, [h.text for h in ctx.hits], rule.options.min_words)
 
     def stream_guard(self, ctx: RunContext) -> StreamGuard:
         return StreamGuard(self, ctx)

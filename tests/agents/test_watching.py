@@ -1,0 +1,213 @@
+"""``answer`` hooks watch a generative model's answer while it is written: with output
+grounding and its ``prefetch`` on, a turn asked whole streams its (tool-less) model call, and
+the answer's finished sentences are embedded on the prefetch's thread while the model is
+still writing, so the check after the reply embeds little more than the last sentence; the
+decisions are the same as without it. Against a small OpenAI-compatible server that streams
+with pauses."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keel.app import App
+from keel.rag.embeddings import onnx_available
+from keel.settings import Settings
+
+DOC = (
+    "# Refunds\n\nA refund can be requested within 30 days of the purchase, from the billing "
+    "page of the account settings.\n\n# Exports\n\nExports are ZIP files of Markdown notes, "
+    "made from Settings > Data > Export.\n"
+)
+ANSWER = (
+    "You may ask for your money back during the first month after buying. "
+    "Your notes can be downloaded as one compressed archive from the data settings. "
+    "Every export is also mailed to the billing contact of the account."
+)
+GROUNDING = {"output": {"grounding": {"on_fail": "fix", "prefetch": True}}}
+
+pytestmark = pytest.mark.skipif(not onnx_available(), reason="onnxruntime/optimum not installed")
+
+
+class _Writer(http.server.BaseHTTPRequestHandler):
+    """Chat completions: streamed a few words at a time with a pause between them (a model
+    writing), or whole when not asked to stream. Every request body is kept."""
+
+    bodies: list[dict[str, Any]]
+    gap = 0.03
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        self.bodies.append(body)
+        usage = {"prompt_tokens": 50, "completion_tokens": 40, "total_tokens": 90}
+        if not body.get("stream"):
+            reply = {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": ANSWER},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        words = ANSWER.split(" ")
+        for i in range(0, len(words), 3):
+            piece = " ".join(words[i : i + 3]) + (" " if i + 3 < len(words) else "")
+            self._chunk({"content": piece}, None)
+            time.sleep(self.gap)
+        self._chunk({}, "stop", usage)
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None, usage: Any = None) -> None:
+        chunk = {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "usage": usage,
+        }
+        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.wfile.flush()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def writer() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    bodies: list[dict[str, Any]] = []
+    handler = type("Handler", (_Writer,), {"bodies": bodies})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", bodies
+    server.shutdown()
+
+
+QUESTION = "Can I get a refund, and how do I export my notes?"
+CLAIMS = [s if s.endswith(".") else f"{s}." for s in ANSWER.split(". ")]
+PREFETCH = "keel-support-prefetch"  # the prefetch's thread
+
+
+@pytest.fixture
+def build(
+    make_app: Callable[..., App],
+    settings: Settings,
+    tmp_path: Path,
+    write: Callable[..., None],
+    writer: tuple[str, list[dict[str, Any]]],
+) -> Callable[..., tuple[App, list[tuple[str, list[str]]]]]:
+    """``build(guards, **raw)``: an app on the writing server, over the docs, warmed as
+    `keel serve` warms it (the support encoder loaded before the first turn), and the
+    (thread name, texts) of every call that runs its support encoder on short texts."""
+    url = writer[0]
+    write(tmp_path, {"docs/help.md": DOC})
+
+    def make(guards: dict[str, Any], **raw: Any) -> tuple[App, list[tuple[str, list[str]]]]:
+        app = make_app(
+            {"model": {"id": "openai:m"}, "guards": guards, "tools": {"enabled": []}, **raw},
+            app_settings=settings.model_copy(
+                update={"openai_base_url": url, "openai_api_key": "x"}
+            ),
+        )
+        app.ingest()
+        app.warm()
+        support = app.resources.support_embedder
+        calls: list[tuple[str, list[str]]] = []
+        real = support.encode_short
+
+        def encode_short(texts: Any) -> Any:
+            calls.append((threading.current_thread().name, list(texts)))
+            return real(texts)
+
+        support.encode_short = encode_short  # type: ignore[method-assign]
+        return app, calls
+
+    return make
+
+
+def _split(calls: list[tuple[str, list[str]]]) -> tuple[list[str], list[str]]:
+    """The texts embedded on the prefetch's thread, and the others."""
+    ahead = [t for name, texts in calls if name == PREFETCH for t in texts]
+    return ahead, [t for name, texts in calls if name != PREFETCH for t in texts]
+
+
+def _grounding(answer: Any) -> dict[str, Any]:
+    event = next(e for e in answer.events if e["name"] == "grounding")
+    return dict(event.get("details") or {})
+
+
+def test_the_answers_sentences_are_embedded_while_the_model_writes(
+    build: Callable[..., Any], writer: tuple[str, list[dict[str, Any]]]
+) -> None:
+    bodies = writer[1]
+    app, calls = build(GROUNDING)
+    answer = app.ask(QUESTION)
+    assert bodies[-1].get("stream") is True  # asked streamed, so the tokens come as written
+    ahead, after = _split(calls)
+    # the first two sentences were finished, and embedded, while the model was still writing;
+    # after the reply the check embedded the last one at most
+    assert set(CLAIMS[:2]) <= set(ahead)
+    assert [t for t in after if t in CLAIMS] in ([], [CLAIMS[2]])
+    report = _grounding(answer)
+    assert report["unsupported"] == [CLAIMS[2]]  # the invented one, as without the prefetch
+    assert answer.text.strip() == " ".join(CLAIMS[:2])
+
+    # the same turn without the prefetch (the default): asked whole, the same decisions
+    plain, _ = build({"output": {"grounding": {"on_fail": "fix"}}})
+    before = len(bodies)
+    again = plain.ask(QUESTION)
+    assert "stream" not in bodies[before] or bodies[before]["stream"] is False
+    assert _grounding(again) == report
+    assert again.text == answer.text
+
+
+def test_the_async_path_watches_the_answer_too(
+    build: Callable[..., Any], writer: tuple[str, list[dict[str, Any]]]
+) -> None:
+    import asyncio
+
+    app, calls = build(GROUNDING)
+    answer = asyncio.run(app.aask(QUESTION))
+    assert writer[1][-1].get("stream") is True
+    assert set(CLAIMS[:2]) <= set(_split(calls)[0])
+    assert _grounding(answer)["unsupported"] == [CLAIMS[2]]
+
+
+def test_calls_with_tools_and_streamed_turns_are_not_watched(
+    build: Callable[..., Any], writer: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """A call that binds tools is asked whole (llama-cpp-python cannot stream those); a
+    streamed turn checks each sentence as it is shown, so nothing watches it twice."""
+    bodies = writer[1]
+    with_tools, calls = build(GROUNDING, tools={"enabled": ["keel:calculator"]})
+    with_tools.ask("Can I get a refund?")
+    assert not bodies[-1].get("stream")
+    assert _split(calls)[0] == []
+
+    streamed, calls = build(GROUNDING)
+    events = list(streamed.stream("Can I get a refund?"))
+    assert bodies[-1].get("stream") is True and events[-1]["type"] == "done"
+    assert _split(calls)[0] == []
