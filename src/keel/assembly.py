@@ -144,9 +144,11 @@ class TurnAssembly:
         primary = (model_name(given), given) if given is not None else None
         models = [primary or (m.id, build(m.id)), *[(f, build(f)) for f in m.fallbacks]]
         a = self.config.agent
+        chain = ModelChain(models, max_retries=m.max_retries, params=m.params() or None)
+        self._check_prefetch(chain)
         return Agent(
             app_name=self.name,
-            chain=ModelChain(models, max_retries=m.max_retries, params=m.params() or None),
+            chain=chain,
             prompts=self.parts.definition.prompts,
             toolset=self.parts.definition.toolset,
             search=self._search_for_agent if a.retrieve else None,
@@ -162,6 +164,28 @@ class TurnAssembly:
                 retrieve=a.retrieve,
             ),
         )
+
+    def _check_prefetch(self, chain: Any) -> None:
+        """Grounding's ``prefetch`` watches model calls that can stream and offer no tools
+        (:mod:`keel.agents.watching`): an app whose calls are never such is refused, rather
+        than the option silently doing nothing."""
+        from keel.errors import ConfigError
+
+        rule = next((r for r in self.guards.rules["output"] if r.validator == "grounding"), None)
+        if rule is None or not getattr(rule.options, "prefetch", False):
+            return
+        where = "guards.output.grounding.prefetch"
+        if not chain.streams_on_request:
+            ids = ", ".join(mid for mid, _ in chain.models)
+            raise ConfigError(
+                f"{where}: needs openai:* models, whose replies can be streamed (here: {ids})"
+            )
+        if len(self.parts.definition.toolset):
+            raise ConfigError(
+                f"{where}: the app's tools are offered on every model call, and a call that "
+                "offers tools is asked whole (llama-cpp-python cannot stream it): there would "
+                "be nothing to watch"
+            )
 
     def _search_for_agent(self, question: str) -> list[Hit]:
         from keel.rag.manifest import EMPTY_INDEX_VERSION

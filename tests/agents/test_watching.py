@@ -196,18 +196,40 @@ def test_the_async_path_watches_the_answer_too(
     assert _grounding(answer)["unsupported"] == [CLAIMS[2]]
 
 
-def test_calls_with_tools_and_streamed_turns_are_not_watched(
+def test_a_structured_reply_and_a_streamed_turn_are_not_watched(
     build: Callable[..., Any], writer: tuple[str, list[dict[str, Any]]]
 ) -> None:
-    """A call that binds tools is asked whole (llama-cpp-python cannot stream those); a
+    """A call asking for a response format is asked whole (its reply is checked whole); a
     streamed turn checks each sentence as it is shown, so nothing watches it twice."""
+    from keel.agents.structured import ResponseFormat
+
     bodies = writer[1]
-    with_tools, calls = build(GROUNDING, tools={"enabled": ["keel:calculator"]})
-    with_tools.ask("Can I get a refund?")
-    assert not bodies[-1].get("stream")
+    structured, calls = build(GROUNDING)
+    before = len(bodies)
+    structured.ask(QUESTION, response_format=ResponseFormat("json_object"))
+    assert bodies[before:] and not any(b.get("stream") for b in bodies[before:])
     assert _split(calls)[0] == []
 
     streamed, calls = build(GROUNDING)
     events = list(streamed.stream("Can I get a refund?"))
     assert bodies[-1].get("stream") is True and events[-1]["type"] == "done"
     assert _split(calls)[0] == []
+
+
+def test_prefetch_is_refused_where_it_could_not_watch(
+    make_app: Callable[..., App], settings: Settings
+) -> None:
+    """Not honoured means refused: the embedded model answers at once, and an app's tools
+    make every call one that is asked whole."""
+    from keel.errors import ConfigError
+
+    extractive = make_app({"guards": GROUNDING})
+    with pytest.raises(ConfigError, match=r"prefetch: needs openai:\* models.*keel:extractive"):
+        _ = extractive.agent
+    tools = {"enabled": ["keel:calculator"]}
+    with_tools = make_app(
+        {"model": {"id": "openai:m"}, "guards": GROUNDING, "tools": tools},
+        app_settings=settings.model_copy(update={"openai_api_key": "x"}),
+    )
+    with pytest.raises(ConfigError, match="prefetch: the app's tools"):
+        _ = with_tools.agent
