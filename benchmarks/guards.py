@@ -43,7 +43,8 @@
    Target: p50 <= 10 ms.
    With ``--generative`` also live turns on SmolLM2 (``live_grounding``): every guard
    decision's latency in real turns asked whole, with grounding's ``prefetch`` (the answer's
-   sentences embedded while the model writes) and without it, taking turns; ratios printed.
+   sentences embedded while the model writes) and without it, taking turns; ratios printed;
+   and the server alone, the same questions asked streamed and whole (ratio printed).
 """
 
 from __future__ import annotations
@@ -534,6 +535,7 @@ def live_grounding(questions: list[str], rounds: int = 2) -> dict[str, Any]:
                         sum(e["latency_ms"] for e in timed if e["name"] == "grounding")
                     )
                     got["turn"].append(wall)
+        server = _server_stream_over_whole(url, questions)
     finally:
         for app in apps.values():
             app.close()
@@ -542,11 +544,57 @@ def live_grounding(questions: list[str], rounds: int = 2) -> dict[str, Any]:
         name: {f"{k}_p50_ms": round(statistics.median(v), 3) for k, v in got.items()}
         for name, got in samples.items()
     }
+    out["server"] = server
     for k in LIVE_KINDS:
         out[f"{k}_p50_prefetch_over_after_reply"] = round(
             out["prefetch"][f"{k}_p50_ms"] / out["after_reply"][f"{k}_p50_ms"], 3
         )
     out["turns"] = len(samples["prefetch"]["turn"])
+    return out
+
+
+def _server_stream_over_whole(url: str, questions: list[str], rounds: int = 2) -> dict[str, Any]:
+    """The server alone: each question (a one-line system prompt, 128 tokens at most,
+    temperature 0) asked streamed and whole, taking turns, with the plain HTTP client; p50 of
+    each and their ratio, and the replies' mean length in characters (the same replies)."""
+    import httpx
+
+    times: dict[str, list[float]] = {"stream": [], "whole": []}
+    chars: dict[str, list[int]] = {"stream": [], "whole": []}
+    for round_no in range(rounds):
+        for i, q in enumerate(questions):
+            modes = ["stream", "whole"] if (round_no + i) % 2 == 0 else ["whole", "stream"]
+            for mode in modes:
+                body: dict[str, Any] = {
+                    "model": "smollm2",
+                    "messages": [
+                        {"role": "system", "content": "You are a helpful support assistant."},
+                        {"role": "user", "content": q},
+                    ],
+                    "max_tokens": 128,
+                    "temperature": 0,
+                    "seed": 0,
+                }
+                t0 = time.perf_counter()
+                if mode == "stream":
+                    text = ""
+                    body |= {"stream": True, "stream_options": {"include_usage": True}}
+                    with httpx.stream(
+                        "POST", f"{url}/chat/completions", json=body, timeout=300
+                    ) as reply:
+                        for line in reply.iter_lines():
+                            if line.startswith("data: ") and line != "data: [DONE]":
+                                choices = json.loads(line[6:]).get("choices") or [{}]
+                                text += choices[0].get("delta", {}).get("content") or ""
+                else:
+                    answer = httpx.post(f"{url}/chat/completions", json=body, timeout=300)
+                    text = answer.json()["choices"][0]["message"]["content"]
+                times[mode].append(time.perf_counter() - t0)
+                chars[mode].append(len(text))
+    out: dict[str, Any] = {f"{m}_p50_s": round(statistics.median(v), 3) for m, v in times.items()}
+    out["stream_over_whole"] = round(out["stream_p50_s"] / out["whole_p50_s"], 3)
+    out |= {f"{m}_mean_chars": round(statistics.mean(v), 1) for m, v in chars.items()}
+    out["requests"] = len(times["stream"])
     return out
 
 
@@ -803,6 +851,13 @@ def main() -> int:
             print(
                 "  p50 ratios, while writing / after the reply: "
                 + ", ".join(f"{k} {lv[f'{k}_p50_prefetch_over_after_reply']}" for k in LIVE_KINDS)
+            )
+            sv = lv["server"]
+            print(
+                f"  the server alone, {sv['requests']} requests each: streamed p50 "
+                f"{sv['stream_p50_s']} s, whole {sv['whole_p50_s']} s, ratio "
+                f"{sv['stream_over_whole']} (replies {sv['stream_mean_chars']} / "
+                f"{sv['whole_mean_chars']} characters on average)"
             )
         o = s["off_topic"]
         print(

@@ -209,7 +209,7 @@ class GroundingOptions(_Options):
     # embed the answer's sentences while a generative model is still writing them
     # (keel.rag.support.SupportPrefetch; a turn asked whole then streams its model call); the
     # decisions are the same either way. Off by default: on llama-cpp-python's server a
-    # streamed reply took 1.14x as long as the same reply asked whole, more than it saves
+    # streamed reply took 1.06-1.15x as long as the same reply asked whole, more than it saves
     prefetch: bool = False
 
 
