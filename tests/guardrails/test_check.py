@@ -44,3 +44,10 @@ def test_unknown_validator_and_bad_options() -> None:
         check("nope", ["x"])
     with pytest.raises(ConfigError, match=r"guards\.input\.length"):
         check("length", ["x"], options={"max_chars": 0})
+
+
+def test_grounding_prefetch_is_refused_in_a_check() -> None:
+    """No model writes in a check of given texts: the option would do nothing, so it is
+    refused rather than ignored."""
+    with pytest.raises(UsageError, match="prefetch"):
+        check("grounding", ["An answer sentence here."], options={"prefetch": True})

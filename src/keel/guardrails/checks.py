@@ -102,6 +102,11 @@ def check(
 
     if validator not in VALIDATORS:
         raise UsageError(f"unknown validator {validator!r} (known: {', '.join(VALIDATORS)})")
+    if validator == "grounding" and (options or {}).get("prefetch"):
+        raise UsageError(
+            "grounding's prefetch watches a model writing its answer; a check of given texts "
+            "has none to watch"
+        )
     merged: dict[str, Any] = {"on_fail": "noop", **(options or {})}
     lines = texts.splitlines() if isinstance(texts, str) else list(texts)
     runner = GuardRunner(
