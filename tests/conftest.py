@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -166,6 +167,31 @@ def write_files(root: Path, files: dict[str, str]) -> None:
 def write() -> Callable[[Path, dict[str, str]], None]:
     """``write(root, {"docs/a.md": "..."})`` creates the files."""
     return write_files
+
+
+EXAMPLE_BOT = Path(__file__).resolve().parent.parent / "examples" / "support_bot"
+
+
+@pytest.fixture
+def ingested_bot(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """A copy of the example support bot, its data directory inside the copy, ingested; the
+    folder is yielded (a test that needs more environment sets it and clears the settings)."""
+    from keel.settings import get_settings
+
+    root = tmp_path / "support_bot"
+    shutil.copytree(EXAMPLE_BOT, root, ignore=shutil.ignore_patterns(".keel", "__pycache__"))
+    monkeypatch.setenv("KEEL_CACHE_DIR", str(model_cache_dir))
+    monkeypatch.setenv("KEEL_DATA_DIR", str(root / ".keel"))
+    get_settings.cache_clear()
+    app = App.from_config(root / "keel.toml")
+    try:
+        app.ingest()
+    finally:
+        app.close()
+    yield root
+    get_settings.cache_clear()
 
 
 # -- the real-model lane ---------------------------------------------------------------------

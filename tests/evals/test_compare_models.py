@@ -3,34 +3,22 @@ and the Pareto frontier."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from keel import App
 from keel.errors import UsageError
 from keel.evals import ModelComparison, compare_models, load_dataset, load_suite
 from keel.settings import get_settings
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_bot"
 CLOSED = "http://127.0.0.1:9/v1"  # nothing listens: the OpenAI model fails fast, offline
 
 
 @pytest.fixture
-def bot(tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    root = tmp_path / "support_bot"
-    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".keel", "__pycache__"))
-    monkeypatch.setenv("KEEL_CACHE_DIR", str(model_cache_dir))
-    monkeypatch.setenv("KEEL_DATA_DIR", str(root / ".keel"))
+def bot(ingested_bot: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KEEL_OPENAI_BASE_URL", CLOSED)
     get_settings.cache_clear()
-    app = App.from_config(root / "keel.toml")
-    app.ingest()
-    app.close()
-    yield root
-    get_settings.cache_clear()
+    return ingested_bot
 
 
 def test_compare_models_rows_and_frontier(bot: Path) -> None:

@@ -3,8 +3,6 @@ the suite's baseline, then against the stable release's own gate run."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,22 +13,12 @@ from keel.evals import SuiteGate
 from keel.ops import CreatedRelease, ReleaseStore, create_release
 from keel.settings import get_settings
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_bot"
-
 
 @pytest.fixture
-def bot(tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    root = tmp_path / "support_bot"
-    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".keel", "__pycache__"))
-    monkeypatch.setenv("KEEL_CACHE_DIR", str(model_cache_dir))
-    monkeypatch.setenv("KEEL_DATA_DIR", str(root / ".keel"))
+def bot(ingested_bot: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KEEL_GIT_COMMIT", "abc123")
     get_settings.cache_clear()
-    app = App.from_config(root / "keel.toml")
-    app.ingest()
-    app.close()
-    yield root
-    get_settings.cache_clear()
+    return ingested_bot
 
 
 def _create(root: Path, gate: SuiteGate | None = None, note: str = "") -> CreatedRelease:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +12,12 @@ from typer.testing import CliRunner
 from keel.cli import cli
 from keel.settings import get_settings
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_bot"
-
 
 @pytest.fixture
-def bot(tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    root = tmp_path / "support_bot"
-    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".keel", "__pycache__"))
-    monkeypatch.setenv("KEEL_CACHE_DIR", str(model_cache_dir))
-    monkeypatch.setenv("KEEL_DATA_DIR", str(root / ".keel"))
+def bot(ingested_bot: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KEEL_GIT_COMMIT", "abc123")
     get_settings.cache_clear()
-    assert CliRunner().invoke(cli, ["--config", str(root / "keel.toml"), "ingest"]).exit_code == 0
-    yield root
-    get_settings.cache_clear()
+    return ingested_bot
 
 
 def test_release_create_gate_deploy_diff_promote_rollback(bot: Path) -> None:

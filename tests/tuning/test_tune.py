@@ -5,8 +5,6 @@ stage of [rag.rerank]."""
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +13,14 @@ from typer.testing import CliRunner
 
 from keel.cli import cli
 from keel.errors import UsageError
-from keel.settings import get_settings
 from keel.tuning.pairs import build_pairs, held_out, synthetic_queries
 from keel.tuning.tune import parse_sources
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_bot"
-
 
 @pytest.fixture
-def bot(tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    root = tmp_path / "support_bot"
-    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".keel", "__pycache__"))
-    monkeypatch.setenv("KEEL_CACHE_DIR", str(model_cache_dir))
-    monkeypatch.setenv("KEEL_DATA_DIR", str(root / ".keel"))
-    get_settings.cache_clear()
-    assert CliRunner().invoke(cli, ["--config", str(root / "keel.toml"), "ingest"]).exit_code == 0
-    yield root
-    get_settings.cache_clear()
+def bot(ingested_bot: Path) -> Path:
+    """The example support bot, ingested (the shared fixture)."""
+    return ingested_bot
 
 
 def test_pairs_come_from_the_training_side_only(bot: Path) -> None:
