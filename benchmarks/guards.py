@@ -91,6 +91,27 @@ def _training_module() -> Any:
     return module
 
 
+@dataclasses.dataclass(frozen=True)
+class Corpora:
+    """The detector's training texts as the training script deals them: examples, the
+    near-duplicate group of each, and the split ("dev" or "test") of each."""
+
+    train: Any  # the training script, as a module
+    examples: list[Any]
+    clusters: list[int]
+    splits: list[str]
+
+
+def load_corpora(data: Path, wheels: Path | None = None) -> Corpora:
+    """The shared data (and, with ``wheels``, the public corpus wheels), grouped and split."""
+    train = _training_module()
+    examples, _ = train.load_examples(
+        data / "injection", data / "scifact", data / "pii", wheels=wheels
+    )
+    clusters = train.group_examples(examples)
+    return Corpora(train, examples, clusters, train.assign_splits(examples, clusters))
+
+
 def injection(data: Path, embedder: Any) -> dict[str, Any]:
     from keel.guardrails.injection import InjectionDetector
 
@@ -174,12 +195,8 @@ def leave_one_corpus_out(data: Path, embedder: Any, wheels: Path | None) -> dict
 
     from keel.guardrails.injection import load_weights
 
-    train = _training_module()
-    examples, _ = train.load_examples(
-        data / "injection", data / "scifact", data / "pii", wheels=wheels
-    )
-    clusters = train.group_examples(examples)
-    splits = train.assign_splits(examples, clusters)
+    loaded = load_corpora(data, wheels)
+    train, examples, splits = loaded.train, loaded.examples, loaded.splits
     feats = train.featurise(examples, embedder, REPO / "benchmarks" / "results" / "cache")
     shipped = load_weights()["model"]
     c, scale = float(shipped["C"]), float(shipped["embedding_scale"])

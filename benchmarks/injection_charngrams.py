@@ -40,7 +40,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from guards import _training_module, hash_fold, loco_negatives  # noqa: E402
+from guards import hash_fold, load_corpora, loco_negatives  # noqa: E402
 
 # candidates: (name, ngram_range, n_features, ngram_scale)
 SETTINGS = {
@@ -151,13 +151,9 @@ def main() -> int:
     from keel.rag.embeddings import Embedder
     from keel.settings import get_settings
 
-    train = _training_module()
-    data = args.data.resolve()
-    examples, _ = train.load_examples(
-        data / "injection", data / "scifact", data / "pii", wheels=args.wheels
-    )
-    clusters = train.group_examples(examples)
-    splits = train.assign_splits(examples, clusters)
+    loaded = load_corpora(args.data.resolve(), args.wheels)
+    train, examples = loaded.train, loaded.examples
+    splits = loaded.splits
     embedder = Embedder(cache_dir=get_settings().cache_dir)
     feats = train.featurise(examples, embedder, REPO / "benchmarks" / "results" / "cache")
     shipped = load_weights()["model"]

@@ -52,7 +52,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from guards import _loco_fit, _training_module, loco_negatives, loco_training_rows  # noqa: E402
+from guards import _loco_fit, load_corpora, loco_negatives, loco_training_rows  # noqa: E402
 
 CACHE = REPO / "benchmarks" / "results" / "cache"
 
@@ -77,10 +77,9 @@ def ship_recipe(data: Path, scales: list[float]) -> dict[str, Any]:
     from keel.rag.embeddings import Embedder
     from keel.settings import get_settings
 
-    train = _training_module()
-    examples, _ = train.load_examples(data / "injection", data / "scifact", data / "pii")
-    clusters = train.group_examples(examples)
-    splits = train.assign_splits(examples, clusters)
+    loaded = load_corpora(data)
+    train, examples = loaded.train, loaded.examples
+    clusters, splits = loaded.clusters, loaded.splits
     folds = train.assign_folds(examples, clusters, splits)
     embedder = Embedder(cache_dir=get_settings().cache_dir)
     feats = train.featurise(examples, embedder, CACHE)
@@ -208,12 +207,9 @@ def loco(data: Path, wheels: Path, scales: list[float]) -> dict[str, Any]:
     from keel.rag.embeddings import Embedder
     from keel.settings import get_settings
 
-    train = _training_module()
-    examples, _ = train.load_examples(
-        data / "injection", data / "scifact", data / "pii", wheels=wheels
-    )
-    clusters = train.group_examples(examples)
-    splits = train.assign_splits(examples, clusters)
+    loaded = load_corpora(data, wheels)
+    train, examples = loaded.train, loaded.examples
+    splits = loaded.splits
     embedder = Embedder(cache_dir=get_settings().cache_dir)
     feats = train.featurise(examples, embedder, CACHE)
     shipped = det.load_weights()["model"]
