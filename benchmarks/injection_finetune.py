@@ -186,6 +186,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1729)
     parser.add_argument("--validation", choices=("group", "text"), default="group")
     args = parser.parse_args()
+    if args.epochs <= 0 or args.batch_size < 1 or args.lr <= 0 or args.max_length < 8:
+        parser.error("--epochs and --lr must be > 0, --batch-size >= 1, --max-length >= 8")
     sys.path.insert(0, str(REPO / "src"))
     import torch
 
@@ -210,7 +212,7 @@ def main() -> int:
     corpora = present if args.corpora == "all" else args.corpora.split(",")
     unknown = sorted(set(corpora) - set(present))
     if unknown:
-        raise SystemExit(f"unknown corpora {unknown} (present: {present})")
+        parser.error(f"unknown corpora {unknown} (present: {present})")  # exit 2
     negatives = loco_negatives(examples, splits)
     passages = [
         i
