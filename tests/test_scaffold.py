@@ -360,3 +360,10 @@ def test_an_unusable_model_id_is_refused_and_nothing_written(
     assert result.exit_code == 2 and reason in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "app").exists()
+
+
+def test_the_scaffolds_embedded_model_id_is_the_models_own() -> None:
+    from keel import scaffold
+    from keel.agents.models import EXTRACTIVE
+
+    assert scaffold._EXTRACTIVE == EXTRACTIVE

@@ -88,6 +88,8 @@ def _conflicts(directory: Path, targets: list[PurePosixPath], force: bool) -> st
     return None
 
 
+# keel.agents.models.EXTRACTIVE, spelt out: importing it would load the agents area into
+# `keel init` (tests/test_scaffold.py checks the two agree)
 _EXTRACTIVE = "keel:extractive"
 _MODEL_LINE = f'id = "{_EXTRACTIVE}"\n'
 _GROUNDING_OFF = re.compile(
