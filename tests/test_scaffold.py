@@ -265,7 +265,7 @@ def test_template_tools_module_works(tmp_path: Path) -> None:
 
 # The policy a security reviewer signs (issue 17): point -> validator -> (on_fail, extra).
 DEFAULT_POLICY = {
-    "input": {"injection": "exception", "pii": "fix", "secrets": "fix"},
+    "input": {"language": "exception", "injection": "exception", "pii": "fix", "secrets": "fix"},
     "context": {"injection": "filter"},
     "tool_args": {"pii": "exception"},
     "tool_result": {"injection": "filter"},
@@ -288,6 +288,9 @@ def test_new_apps_are_guarded_by_default(tmp_path: Path) -> None:
         for name, action in rules.items():
             assert policy[point].get(name) == action, f"guards.{point}.{name}"
     assert config.guards.tool_args["pii"]["tools"] == "external"
+    # requests in other languages are refused before the (English) injection detector runs
+    assert list(config.guards.input)[:2] == ["language", "injection"]
+    assert config.guards.input["language"]["allowed"] == ["en"]
     # extractive model: the grounding rule is written, commented, with its reason
     text = (tmp_path / "app" / "keel.toml").read_text(encoding="utf-8")
     assert "# [guards.output.grounding]" in text

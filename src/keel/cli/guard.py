@@ -39,7 +39,7 @@ def guard_list(
             "name": name,
             "description": " ".join((cls.__doc__ or "").split()),
             "options": {
-                k: (None if f.is_required() else f.default)
+                k: (None if f.is_required() else f.get_default(call_default_factory=True))
                 for k, f in cls.options_model.model_fields.items()
             },
             "points": configured.get(name, []),

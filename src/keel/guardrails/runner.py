@@ -149,6 +149,7 @@ def build_rules(section: GuardsSection) -> dict[str, list[Rule]]:
         return rules  # no guards: guardrails-ai is not even imported
     quiet_guardrails()
     from guardrails import OnFailAction
+    from pydantic import ValidationError
 
     from keel.guardrails.validators import VALIDATORS
 
@@ -174,7 +175,14 @@ def build_rules(section: GuardsSection) -> dict[str, list[Rule]]:
                 # reask: keel asks the model again itself (the graph goes back to the model)
                 on_fail = OnFailAction.EXCEPTION if action == "reask" else OnFailAction(action)
                 validator = VALIDATORS[name](on_fail=on_fail, **options)
-            except Exception as exc:  # pydantic ValidationError: unknown or bad options
+            except ValidationError as exc:  # unknown or bad options
+                error = exc.errors()[0]
+                field = ".".join(str(part) for part in error["loc"])
+                message = str(error["msg"]).removeprefix("Value error, ")
+                raise ConfigError(
+                    f"{where}.{field}: {message}" if field else f"{where}: {message}"
+                ) from exc
+            except Exception as exc:
                 first = str(exc).splitlines()
                 raise ConfigError(f"{where}: {first[1] if len(first) > 1 else exc}") from exc
             guard = new_guard()
@@ -185,7 +193,7 @@ def build_rules(section: GuardsSection) -> dict[str, list[Rule]]:
 
 # Validators whose verdict on a text depends on nothing else (not on the turn's memory of
 # placeholders, the question or the passages): a retrieved chunk's verdict can be kept.
-PURE_VALIDATORS = frozenset({"injection", "length", "topic_denylist"})
+PURE_VALIDATORS = frozenset({"injection", "language", "length", "topic_denylist"})
 VERDICTS_KEPT = 4096  # chunks whose context verdict a runner keeps (least recently used go)
 
 
@@ -222,6 +230,10 @@ class GuardRunner:
             getattr(self.services.support_embedder(), "model", None)  # loads (exports) it
         if "injection" in names:
             self.services.injection()
+        if "language" in names:
+            from keel.guardrails.language import known_languages
+
+            known_languages()  # loads the identifier's model
 
     # -- one validation ----------------------------------------------------------------------
     def _metadata(

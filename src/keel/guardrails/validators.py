@@ -36,7 +36,7 @@ from guardrails.validators import (  # noqa: E402
     Validator,
     register_validator,
 )
-from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field, field_validator  # noqa: E402
 
 from keel.guardrails.injection import flags_document  # noqa: E402
 from keel.guardrails.spans import Span  # noqa: E402
@@ -395,6 +395,62 @@ class OffTopicValidator(_KeelValidator):
         )
 
 
+class LanguageOptions(_Options):
+    # ISO 639 codes of the languages the app takes requests in (keel.guardrails.language)
+    allowed: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    # probability of the most likely language above which a piece counts as written in it
+    min_confidence: float = Field(default=0.5, gt=0, le=1)
+    # sentences shorter than this many letters are judged only as part of the whole text
+    min_letters: int = Field(default=40, ge=1)
+
+    @field_validator("allowed")
+    @classmethod
+    def _known(cls, codes: list[str]) -> list[str]:
+        from keel.guardrails.language import known_languages
+
+        known = known_languages()
+        unknown = [c for c in codes if c not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown language code {', '.join(map(repr, unknown))} (ISO 639 codes the "
+                f"identifier knows: {', '.join(sorted(known))})"
+            )
+        return codes
+
+
+@register_validator(name="keel/language", data_type="string")
+class LanguageValidator(_KeelValidator):
+    """The request is written in one of the app's languages (``allowed``): the injection
+    detector reads English, so an app that serves English refuses requests in other
+    languages rather than let attacks it cannot read through. Short texts ("thanks") are
+    never flagged: too short to tell."""
+
+    options_model = LanguageOptions
+    keel_name = "language"
+
+    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+        from keel.guardrails.language import foreign_piece
+
+        opts: LanguageOptions = self.options  # type: ignore[assignment]
+        found = foreign_piece(
+            str(value), frozenset(opts.allowed), opts.min_confidence, opts.min_letters
+        )
+        if found is None:
+            _report(metadata, self.keel_name, foreign=None, allowed=opts.allowed)
+            return PassResult()
+        _report(
+            metadata,
+            self.keel_name,
+            foreign=found.language,
+            confidence=round(found.confidence, 3),
+            allowed=opts.allowed,
+        )
+        return FailResult(
+            error_message=f"written in {found.language!r} (probability "
+            f"{found.confidence:.2f}); this app takes {', '.join(opts.allowed)}"
+        )
+
+
 class LengthOptions(_Options):
     min_chars: int = Field(default=0, ge=0)
     max_chars: int = Field(default=8000, ge=1)
@@ -464,6 +520,7 @@ VALIDATORS: dict[str, type[_KeelValidator]] = {
         PromptLeakValidator,
         TopicDenylistValidator,
         OffTopicValidator,
+        LanguageValidator,
         LengthValidator,
         JsonSchemaValidator,
     )
