@@ -82,6 +82,8 @@ def test_cli_ingest_ask_eval_serve_and_chat_make_no_outbound_connection(
     asked = run("--config", config, "ask", "which formats can I add?", "--json")
     assert asked.returncode == 0, asked.stderr
     assert json.loads(asked.stdout)["citations"]
+    # the language guard ran too (its identifier's model is read from the installed wheel)
+    assert "language" in {e["name"] for e in json.loads(asked.stdout)["events"]}
     suite = str(tmp_path / "app" / "evals" / "smoke.yaml")
     evaluated = run("--config", config, "eval", suite, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
