@@ -34,16 +34,17 @@
    accuracy at grounding's default threshold, how often the two make the same decision, and
    the time to embed one claim with each.
 3. Latency per validator on a 2 KB text (p50, p99), through guardrails-ai Guards.
-4. The whole input + output stack for one turn of the support bot, p50: input injection, PII
-   and secrets on the question (its embedding is computed once, by retrieval, and reused by
-   the detector, so it is not counted here), context injection on the retrieved chunks,
-   output secrets and prompt leakage on the answer: the example's default policy, and the
-   same with output grounding (the policy for a generative model), scored with the int8
-   support encoder (``rag.embeddings.support``) and, side by side, with the float model
+4. The whole input + output stack for one turn of the support bot, p50: input language,
+   injection, PII and secrets on the question (its embedding is computed once, by retrieval,
+   and reused by the detector, so it is not counted here), context injection on the retrieved
+   chunks, output secrets and prompt leakage on the answer: the example's default policy
+   (and, side by side, the same without the language guard; ratio printed), and the same with
+   output grounding (the policy for a generative model), scored with the int8 support encoder
+   (``rag.embeddings.support``) and, side by side, with the float model
    (``grounding_full_encoder``; the ratio of the two p50s is printed), and with the int8
    encoder given a turn's sentences in one padded batch instead of one per call
-   (``grounding_batched``; ratio printed). On the bot's extractive
-   answers, and with ``--generative`` also on SmolLM2's answers to the same questions
+   (``grounding_batched``; ratio printed). On the bot's extractive answers, and with
+   ``--generative`` also on SmolLM2's answers to the same questions
    (llama.cpp's server from the `make llm` lane, stopped before the timing). Each turn's
    answer sentences are new (their vectors are dropped from the embedder's in-memory cache
    after every turn; the chunks' stay, as in real traffic).
@@ -513,6 +514,7 @@ def validator_latency(embedder: Any) -> dict[str, dict[str, float]]:
         "topic_denylist": {"topics": ["medical diagnosis", "investment advice"]},
         "length": {"max_chars": 4000},
         "json_schema": {"schema": {"type": "object"}},
+        "language": {},
     }
     out = {}
     for name, opts in options.items():
@@ -741,8 +743,15 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
     cache_dir = get_settings().cache_dir
     padded = Embedder(cache_dir=cache_dir, quantized=True)  # ... and in one padded batch
     padded.short_batch_size = padded.batch_size
+    without_language = policy.model_validate(
+        {
+            **policy.model_dump(),
+            "input": {k: v for k, v in policy.model_dump()["input"].items() if k != "language"},
+        }
+    )
     variants = {
         "default": (policy, services),
+        "default_without_language": (without_language, services),
         "grounding": (grounded, services),
         "grounding_full_encoder": (
             grounded,
@@ -751,6 +760,7 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
         "grounding_batched": (grounded, dataclasses.replace(services, support=lambda: padded)),
     }
     ratios = {  # name: (numerator, denominator), p50 over p50
+        "default_over_without_language_p50": ("default", "default_without_language"),
         "grounding_int8_over_full_p50": ("grounding", "grounding_full_encoder"),
         "grounding_one_per_call_over_batched_p50": ("grounding", "grounding_batched"),
     }
@@ -929,6 +939,7 @@ def main() -> int:
         print("\nthe support bot's guard policy per turn (input, context, output; p50 <= 10):")
         labels = {
             "default": "default policy",
+            "default_without_language": "default without language",
             "grounding": "+ grounding (int8 encoder)",
             "grounding_full_encoder": "+ grounding (float encoder)",
             "grounding_batched": "+ grounding (int8, batched)",
@@ -944,13 +955,15 @@ def main() -> int:
                 f"{r['first_time_chunks_p50_ms']:6.2f} ms"
             )
         said = {
-            "grounding_int8_over_full_p50": "int8 / float encoder",
-            "grounding_one_per_call_over_batched_p50": "one sentence per call / one padded batch",
+            "default_over_without_language_p50": "default policy / without the language guard",
+            "grounding_int8_over_full_p50": "grounding, int8 / float encoder",
+            "grounding_one_per_call_over_batched_p50": "grounding, one sentence per call / one "
+            "padded batch",
         }
         for key, ratio in s.items():
             answers_from, _, name = key.partition("/")
             if name in said:
-                print(f"  {answers_from} answers: grounding p50, {said[name]} {ratio}")
+                print(f"  {answers_from} answers: p50 {said[name]} {ratio}")
         if "live" in s:
             lv = s["live"]
             print(
