@@ -330,6 +330,7 @@ class TurnAssembly:
                 cache=cache,
                 release_id=self.parts.release_id(),
                 async_graph=lambda: self.async_graph,
+                check_models=resources.check_tuned,
             )
         )
 

@@ -113,7 +113,7 @@ class Knowledge:
             return None
         model, model_id = cfg.model, cfg.model
         if model.startswith("tuned:"):
-            artefact = self.resources.artefacts.resolve(
+            artefact = self.resources.resolve_tuned(
                 model, "reranker", allow_ungated=cfg.allow_ungated
             )
             model, model_id = str(artefact.path), artefact.ref
@@ -299,6 +299,8 @@ class Knowledge:
         from keel.rag.chunking import Chunker
         from keel.rag.ingest import Ingestor
 
+        self.resources.check_tuned()  # no chunk embedded by a withdrawn model
+
         rag = self.config.rag
         name = self.collection(collection)
         return Ingestor(
@@ -326,6 +328,7 @@ class Knowledge:
         from keel.rag.access import current_readable
 
         reader = current_readable() if readable == "turn" else readable
+        self.resources.check_tuned()  # no search on a withdrawn model's vectors
         return self.retriever(collection).search(query, k, where=where, mode=mode, readable=reader)
 
 

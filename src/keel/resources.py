@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from keel.rag.bm25 import BM25Index
     from keel.rag.embeddings import Embedder
     from keel.rag.store import VectorStore
-    from keel.tuning.artefacts import ArtefactStore
+    from keel.tuning.artefacts import Artefact, ArtefactStore, InUse, Kind
 
 __all__ = ["Resources"]
 
@@ -58,6 +58,7 @@ class Resources:
         self._bm25: dict[str, BM25Index] = {}
         self._closers: list[Callable[[], None]] = []
         self._owner: Resources | None = None  # set on borrowed resources
+        self._tuned: InUse | None = None  # the tuned models loaded (resolve_tuned)
 
     def for_release(self, embeddings: EmbeddingsSection) -> Resources:
         """Resources for a release's app served beside this one: the database, tracing,
@@ -72,6 +73,7 @@ class Resources:
             tracing_enabled=self.tracing_enabled,
         )
         child._owner = self
+        child._tuned = self.tuned  # one watch over every tuned model the process loaded
         shared = ["engine", "tracing", "checkpointer", "leases"]
         if embeddings == self.embeddings:
             shared += ["embedder", "support_embedder"]
@@ -99,7 +101,7 @@ class Resources:
         emb = self.embeddings
         model, model_id = emb.model, None
         if model.startswith(TUNED):  # an artefact of keel tune embeddings
-            artefact = self.artefacts.resolve(model, "embeddings", allow_ungated=emb.allow_ungated)
+            artefact = self.resolve_tuned(model, "embeddings", allow_ungated=emb.allow_ungated)
             model, model_id = str(artefact.path), artefact.ref
         elif not Path(model).is_absolute() and (self.base_dir / model).exists():
             model = str(self.base_dir / model)
@@ -145,6 +147,32 @@ class Resources:
         from keel.tuning.artefacts import ArtefactStore
 
         return ArtefactStore(self.data_dir)
+
+    @property
+    def tuned(self) -> InUse:
+        """The tuned models this app (and the releases served beside it) loaded, watched for
+        withdrawal (:class:`keel.tuning.artefacts.InUse`)."""
+        if self._tuned is None:
+            from keel.tuning.artefacts import InUse
+
+            self._tuned = InUse()
+        return self._tuned
+
+    def resolve_tuned(self, ref: str, kind: Kind, *, allow_ungated: bool) -> Artefact:
+        """The artefact ``ref`` names (refused when missing, ungated or withdrawn), watched
+        from now on: :meth:`check_tuned` refuses to go on once it is withdrawn."""
+        artefact = self.artefacts.resolve(ref, kind, allow_ungated=allow_ungated)
+        self.tuned.add(artefact)
+        return artefact
+
+    def check_tuned(self) -> None:
+        """:class:`~keel.errors.ConfigError` when a tuned model this app loaded has been
+        withdrawn since (a person's data erased, perhaps by another process)."""
+        from keel.errors import ConfigError
+
+        problem = self.tuned.problem()
+        if problem is not None:
+            raise ConfigError(problem)
 
     @cached_property
     def tracing(self) -> Tracing:

@@ -91,6 +91,9 @@ class TurnParts:
     # the graph built for ainvoke/astream (:meth:`keel.agents.graph.Agent.build`), same
     # checkpointer; None: the async methods are not available
     async_graph: Callable[[], Any] | None = None
+    # raises when a model the turn would use may no longer be (a withdrawn tuned model:
+    # keel.resources.Resources.check_tuned); checked before every turn
+    check_models: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -307,6 +310,7 @@ class TurnRunner:
     ) -> tuple[str, dict[str, Any], Any]:
         """The checks and set-up before a turn's first step: ``(thread id, run config,
         graph input)``."""
+        self.parts.check_models()
         tid, config = self.prepare(thread_id, request)
         return tid, config, self.start_input(question, tid, config, request)
 
@@ -318,6 +322,7 @@ class TurnRunner:
     ) -> tuple[str, dict[str, Any], Any]:
         from langgraph.types import Command
 
+        self.parts.check_models()
         tid, config = self.prepare(thread_id, request)
         pending = self.pending(config)
         if not pending:

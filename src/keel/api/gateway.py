@@ -108,6 +108,9 @@ class Gateway:
         gone = self.storage.data_dir_problem()
         if gone is not None:
             raise Problem(503, gone, type="store-unavailable")
+        withdrawn = self.app.resources.tuned.problem()
+        if withdrawn is not None:  # a tuned model this server loaded was withdrawn since
+            raise Problem(503, withdrawn, type="model-withdrawn")
         key = self.keys.verify(token)
         if key is None:
             raise Problem(

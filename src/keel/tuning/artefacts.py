@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -24,7 +25,7 @@ from typing import Any, Literal
 
 from keel.errors import ConfigError, UsageError
 
-__all__ = ["PREFIX", "Artefact", "ArtefactStore", "GateFigures", "Kind"]
+__all__ = ["PREFIX", "Artefact", "ArtefactStore", "GateFigures", "InUse", "Kind"]
 
 Kind = Literal["embeddings", "reranker"]
 KINDS: tuple[Kind, ...] = ("embeddings", "reranker")
@@ -215,3 +216,53 @@ class ArtefactStore:
                 f"{artefact.id}); set allow_ungated = true in its config section to use it anyway"
             )
         return artefact
+
+
+class InUse:
+    """The artefacts one process has loaded (an app's embedder, its reranker), watched for
+    withdrawal. Erasing a person's data withdraws the artefacts trained on it, often from
+    another process (``keel privacy erase``); a process that loaded one before must stop
+    using it rather than answer from weights learnt from erased data until it restarts. The
+    manifest on disk is the state every process shares: :meth:`problem` stats each loaded
+    artefact's manifest (one ``stat``) and reads it again only when it changed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: dict[Path, Artefact] = {}
+        self._seen: dict[Path, tuple[int, int, int] | None] = {}
+        self._problems: dict[Path, str | None] = {}
+
+    def add(self, artefact: Artefact) -> None:
+        with self._lock:
+            self._loaded[artefact.path] = artefact
+
+    def problem(self) -> str | None:
+        """Why a loaded artefact may no longer be used (None: every one may)."""
+        if not self._loaded:
+            return None
+        with self._lock:
+            for path, artefact in self._loaded.items():
+                manifest = path / MANIFEST
+                try:
+                    st = manifest.stat()
+                    seen: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+                except OSError:
+                    seen = None
+                if path not in self._problems or self._seen.get(path) != seen:
+                    self._seen[path] = seen
+                    self._problems[path] = _withdrawal(artefact, manifest, seen is not None)
+                if self._problems[path] is not None:
+                    return self._problems[path]
+        return None
+
+
+def _withdrawal(artefact: Artefact, manifest: Path, exists: bool) -> str | None:
+    what = f"tuned {artefact.kind} {artefact.id}, which this process loaded,"
+    advice = f"restart with a config that names another model (keel tune {artefact.kind})"
+    if not exists:
+        return f"{what} is gone from {artefact.path}; {advice}"
+    try:
+        reason = json.loads(manifest.read_text()).get("withdrawn")
+    except (OSError, ValueError) as exc:
+        return f"{what} has an unreadable manifest ({exc}); {advice}"
+    return f"{what} was withdrawn ({reason}); {advice}" if reason else None

@@ -130,7 +130,7 @@ def readyz(request: Request) -> dict[str, Any]:
         checks["vector_store"] = f"unreachable: {type(exc).__name__}"
     try:
         gw.app.agent  # noqa: B018 - builds the model chain, tools and prompts
-        checks["models"] = "ok"
+        checks["models"] = gw.app.resources.tuned.problem() or "ok"
     except Exception as exc:
         checks["models"] = f"not loaded: {type(exc).__name__}"
     state = gw.deployment()
