@@ -58,7 +58,9 @@ class Resources:
         self._bm25: dict[str, BM25Index] = {}
         self._closers: list[Callable[[], None]] = []
         self._owner: Resources | None = None  # set on borrowed resources
-        self._tuned: InUse | None = None  # the tuned models loaded (resolve_tuned)
+        from keel.tuning.artefacts import InUse
+
+        self._tuned = InUse()  # the tuned models loaded (resolve_tuned), watched
 
     def for_release(self, embeddings: EmbeddingsSection) -> Resources:
         """Resources for a release's app served beside this one: the database, tracing,
@@ -73,7 +75,7 @@ class Resources:
             tracing_enabled=self.tracing_enabled,
         )
         child._owner = self
-        child._tuned = self.tuned  # one watch over every tuned model the process loaded
+        child._tuned = self._tuned  # one watch over every tuned model the app loaded
         shared = ["engine", "tracing", "checkpointer", "leases"]
         if embeddings == self.embeddings:
             shared += ["embedder", "support_embedder"]
@@ -152,10 +154,6 @@ class Resources:
     def tuned(self) -> InUse:
         """The tuned models this app (and the releases served beside it) loaded, watched for
         withdrawal (:class:`keel.tuning.artefacts.InUse`)."""
-        if self._tuned is None:
-            from keel.tuning.artefacts import InUse
-
-            self._tuned = InUse()
         return self._tuned
 
     def resolve_tuned(self, ref: str, kind: Kind, *, allow_ungated: bool) -> Artefact:
