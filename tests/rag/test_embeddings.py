@@ -11,6 +11,7 @@ import pytest
 
 from keel.db import make_engine
 from keel.errors import ConfigError
+from keel.rag._onnx_short import Features, short_encoder
 from keel.rag.embeddings import (
     QUANTIZED_FILE,
     QUANTIZED_SUFFIX,
@@ -90,11 +91,26 @@ def test_short_texts_go_through_an_onnx_model_one_per_call(
         calls.append(int(str(kwargs["batch_size"])))
         return model_encode(sentences, **kwargs)  # type: ignore[arg-type]
 
+    short = onnx._short_encoder()
+    assert short is not None
+    runs: list[int] = []
+    short_run = short.run
+
+    def run_spy(features: Features) -> object:
+        runs.append(int(features["input_ids"].shape[0]))
+        return short_run(features)
+
     monkeypatch.setattr(onnx.model, "encode", spy)
+    monkeypatch.setattr(short, "run", run_spy)
     claims = onnx.embed_queries(texts)
     sentences = onnx.embed_sentences(["Passage one.", "Passage sentence two is longer."])
     documents = onnx.embed_documents(["A chunk of a document.", "Another chunk."])
-    assert calls == [1, 1, 64]  # claims, passage sentences one at a time; chunks batched
+    # claims and passage sentences one at a time, straight to the session; chunks batched
+    assert runs == [1] * 5 and calls == [64]
+    onnx.direct_onnx = False  # through sentence-transformers' encode, still one per call
+    onnx.clear_query_cache()
+    onnx.embed_queries(["A claim not seen before."])
+    assert calls == [64, 1] and len(runs) == 5
     # the same vectors as the padded batch (the attention mask hides the padding)
     assert np.allclose(claims, batched, atol=1e-5)
     assert sentences.shape == documents.shape == (2, 384)
@@ -180,3 +196,45 @@ def test_two_processes_caching_the_same_texts_both_succeed(
         assert p.returncode == 0, err[-2000:]
     found = cache.get_many(model, [f"{r}-{i}" for r in range(60) for i in range(40)])
     assert len(found) == 60 * 40 and np.allclose(found["7-3"], 3.0)
+
+
+@pytest.mark.skipif(not onnx_available(), reason="onnxruntime/optimum not installed")
+@pytest.mark.parametrize("quantized", [False, True])
+def test_direct_onnx_path_gives_encodes_vectors(model_cache_dir: Path, quantized: bool) -> None:
+    texts = [
+        "  Refunds take 30 days.  ",
+        "",
+        "x",
+        "Ünïcödé text, with dashes and an emoji 🎉",
+        "word " * 400,  # over the model's 256 tokens: truncated the same way
+        "SSO?\n\nWith\ttabs",
+    ]
+    embedder = Embedder(cache_dir=model_cache_dir, quantized=quantized)
+    direct = embedder.encode_short(texts)
+    embedder.direct_onnx = False
+    through_encode = embedder.encode_short(texts)
+    assert direct.dtype == np.float32 and direct.shape == (len(texts), 384)
+    assert np.allclose(direct, through_encode, atol=1e-6)
+    # several threads at once (the session runs unlocked) give the same vectors
+    from concurrent.futures import ThreadPoolExecutor
+
+    embedder.direct_onnx = True
+    with ThreadPoolExecutor(4) as pool:
+        rows = list(pool.map(lambda t: embedder.encode_short([t])[0], texts * 5))
+    assert np.allclose(np.vstack(rows), np.vstack([direct] * 5), atol=1e-6)
+
+
+@pytest.mark.skipif(not onnx_available(), reason="onnxruntime/optimum not installed")
+def test_direct_onnx_path_only_for_a_mean_pooled_onnx_model(model_cache_dir: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize, Pooling
+
+    onnx = Embedder(backend="onnx", cache_dir=model_cache_dir).model
+    assert short_encoder(onnx) is not None
+    dim = 384
+    cls = SentenceTransformer(modules=[onnx[0], Pooling(dim, pooling_mode="cls"), Normalize()])
+    assert short_encoder(cls) is None  # another pooling: encode keeps it
+    assert short_encoder(SentenceTransformer(modules=[onnx[0]])) is None  # no pooling at all
+    torch = Embedder(backend="torch")
+    assert torch._short_encoder() is None
+    assert torch.encode_short(["One.", "Two."]).shape == (2, 384)

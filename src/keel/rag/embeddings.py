@@ -47,12 +47,16 @@ from keel.settings import offline_defaults
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from keel.rag._onnx_short import ShortEncoder
+
 _ModelKey = tuple[str, str, str, str, bool]
 _MODELS: dict[_ModelKey, SentenceTransformer] = {}
 # one lock per loaded model, which every Embedder over it holds while using it (see
 # Embedder.tokenizer_lock)
 _MODEL_LOCKS: dict[_ModelKey, threading.Lock] = {}
 _MODELS_LOCK = threading.Lock()
+# per loaded model, its direct path for short texts (None: the model's pipeline has none)
+_SHORT: dict[_ModelKey, ShortEncoder | None] = {}
 logger = logging.getLogger(__name__)
 
 QUERY_CACHE_SIZE = 1024  # recent queries and claims kept in memory (see Embedder.embed_queries)
@@ -215,6 +219,8 @@ class Embedder:
         self._queries_lock = threading.Lock()
         self._sentences: OrderedDict[str, np.ndarray] = OrderedDict()
         self.encoded = 0  # texts actually run through the model (not served by a cache)
+        # short texts one per call straight through the ONNX session (see encode_short)
+        self.direct_onnx = True
 
     @property
     def load_from(self) -> str:
@@ -364,8 +370,31 @@ class Embedder:
 
     def encode_short(self, texts: Sequence[str]) -> np.ndarray:
         """:meth:`encode` for short texts (queries, an answer's claims, passage sentences):
-        :attr:`short_batch_size` per call of the model."""
-        return self.encode(texts, self.short_batch_size)
+        :attr:`short_batch_size` per call of the model. One per call through an ONNX model
+        goes straight to its session (:mod:`keel.rag._onnx_short`, the same vectors for less
+        time around the model) unless :attr:`direct_onnx` is off."""
+        short = self._short_encoder() if self.short_batch_size == 1 else None
+        if short is None or not texts:
+            return self.encode(texts, self.short_batch_size)
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for i, text in enumerate(texts):
+            with self.tokenizer_lock:  # the tokenizer is not thread-safe; the session is
+                features = short.tokenize(text)
+            out[i] = short.run(features)
+        self.encoded += len(texts)
+        return out
+
+    def _short_encoder(self) -> ShortEncoder | None:
+        if not self.direct_onnx or self.backend != "onnx":
+            return None
+        from keel.rag._onnx_short import short_encoder
+
+        model = self.model
+        key = self._model_key
+        with _MODELS_LOCK:
+            if key not in _SHORT:
+                _SHORT[key] = short_encoder(model)
+            return _SHORT[key]
 
     def embed_documents(self, texts: Sequence[str], short: bool = False) -> np.ndarray:
         """Embed texts, serving unchanged ones from the cache and caching new ones
