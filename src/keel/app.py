@@ -123,6 +123,7 @@ class App:
             rag = config.rag.model_copy(update={"collection": snapshot})
             config = config.model_copy(update={"rag": rag})
         resources = base.resources.for_release(config.rag.embeddings)
+        resources.watch_tuned(config.rag)
         app = cls(
             config, settings=base.settings, model=model, resources=resources, definition=definition
         )

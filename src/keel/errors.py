@@ -10,6 +10,10 @@ says who has to act:
         A developer mistake in configuration: a bad ``keel.toml``, an unknown model id, an
         embedding model that does not match the collection, a bad setting in the environment.
 
+        ``ModelWithdrawn`` (exit 2), a ``ConfigError``
+            A tuned model the configuration names was withdrawn (a person's data erased,
+            perhaps by another process): the app may not use it, even if it loaded it before.
+
     ``UsageError`` (exit 2)
         A bad call or bad input: a path outside the ingest root, a malformed filter, an empty
         query. Nothing has been written when it is raised.
@@ -47,6 +51,10 @@ class ConfigError(KeelError):
     """The app's configuration (keel.toml, KEEL_* settings) is wrong."""
 
     exit_code = 2
+
+
+class ModelWithdrawn(ConfigError):
+    """A tuned model the configuration names was withdrawn since it was trained."""
 
 
 class UsageError(KeelError):
@@ -102,6 +110,7 @@ __all__ = [
     "GuardTripped",
     "KeelError",
     "ModelError",
+    "ModelWithdrawn",
     "StoreError",
     "ToolDefinitionError",
     "UsageError",

@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from keel.config import EmbeddingsSection
+from keel.config import EmbeddingsSection, RagSection
 from keel.settings import Settings
 
 TUNED = "tuned:"  # a model named by its artefact id (keel.tuning.artefacts.PREFIX)
@@ -74,8 +74,11 @@ class Resources:
             service=self.service,
             tracing_enabled=self.tracing_enabled,
         )
+        from keel.tuning.artefacts import InUse
+
         child._owner = self
-        child._tuned = self._tuned  # one watch over every tuned model the app loaded
+        # the release's own watch, which also reads the app's (it may share its embedder)
+        child._tuned = InUse(parent=self._tuned)
         shared = ["engine", "tracing", "checkpointer", "leases"]
         if embeddings == self.embeddings:
             shared += ["embedder", "support_embedder"]
@@ -163,14 +166,24 @@ class Resources:
         self.tuned.add(artefact)
         return artefact
 
+    def watch_tuned(self, rag: RagSection) -> None:
+        """Resolve and watch the tuned models ``rag`` names now (their manifests only, no
+        weights loaded): a release that names a withdrawn model is refused
+        (:class:`~keel.errors.ModelWithdrawn`) when it is built, not at its first turn."""
+        emb, rerank = rag.embeddings, rag.rerank
+        if emb.model.startswith(TUNED):
+            self.resolve_tuned(emb.model, "embeddings", allow_ungated=emb.allow_ungated)
+        if rerank.enabled and rerank.model.startswith(TUNED):
+            self.resolve_tuned(rerank.model, "reranker", allow_ungated=rerank.allow_ungated)
+
     def check_tuned(self) -> None:
-        """:class:`~keel.errors.ConfigError` when a tuned model this app loaded has been
+        """:class:`~keel.errors.ModelWithdrawn` when a tuned model this app loaded has been
         withdrawn since (a person's data erased, perhaps by another process)."""
-        from keel.errors import ConfigError
+        from keel.errors import ModelWithdrawn
 
         problem = self.tuned.problem()
         if problem is not None:
-            raise ConfigError(problem)
+            raise ModelWithdrawn(problem)
 
     @cached_property
     def tracing(self) -> Tracing:

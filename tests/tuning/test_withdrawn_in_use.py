@@ -177,3 +177,79 @@ def test_a_server_answers_503_once_its_tuned_model_is_withdrawn(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_canary_on_a_withdrawn_model_gives_its_share_to_the_stable_release(
+    tmp_path: Path, model_cache_dir: Path
+) -> None:
+    """Only the release that names the withdrawn model stops: the canary's threads go to the
+    stable release (the gateway keeps answering, /readyz stays ready and says why); a stable
+    release that names it is refused with 503 model-withdrawn."""
+    from fastapi.testclient import TestClient
+
+    from keel.api import create_app
+    from keel.app import App
+    from keel.ops.releases import ReleaseStore
+    from keel.settings import Settings
+
+    data_dir = tmp_path / ".keel"
+    settings = Settings(data_dir=data_dir, cache_dir=model_cache_dir)
+    config = _app_folder(tmp_path, _tuned_minilm(data_dir))
+    deploy = "\n[deploy]\nrefresh_s = 0\n"
+    config.write_text(config.read_text() + deploy)
+    tuned = App.from_config(config, settings=settings)
+    tuned.ingest()
+    store = ReleaseStore(tuned.engine, tuned.name)
+    on_tuned = store.create(tuned.release_content(), note="tuned embeddings").id
+    tuned.close()
+    # the app on disk and the stable release: the bundled model, in a collection of its own
+    config.write_text(
+        '[app]\nname = "tunedbot"\n[rag]\npaths = ["docs"]\ncollection = "plain"\n' + deploy
+    )
+    disk = App.from_config(config, settings=settings)
+    disk.ingest()
+    plain = store.create(disk.release_content(), note="bundled embeddings").id
+    store.set_stable(plain, "bundled")
+    store.set_canary(on_tuned, 0.9, "most threads to the tuned model")
+
+    def ask(client: TestClient, key: str, thread: str) -> httpx.Response:
+        return client.post(
+            "/v1/chat",
+            json={"message": "How long do refunds take?", "thread_id": thread},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+
+    api = create_app(disk)
+    client = TestClient(api, raise_server_exceptions=False)
+    key, _ = api.state.gateway.keys.create("tester", ["admin"])
+    thread = next(
+        f"t{i}" for i in range(50) if ask(client, key, f"t{i}").json()["release_id"] == on_tuned
+    )
+    served = ask(client, key, thread)  # the canary's thread, answered from the tuned model
+    assert served.status_code == 200 and served.json()["release_id"] == on_tuned
+    assert "5 business days" in served.json()["text"]
+
+    _withdraw_in_another_process(data_dir)
+    served = ask(client, key, thread)
+    assert served.status_code == 200, served.text
+    assert served.json()["release_id"] == plain and "5 business days" in served.json()["text"]
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["canary_release"].startswith("not served: tuned embeddings")
+    assert "was withdrawn (feedback erased)" in ready.json()["canary_release"]
+
+    # another instance (or this one restarted) never builds the canary: refused when built
+    fresh = TestClient(create_app(disk), raise_server_exceptions=False)
+    assert ask(fresh, key, thread).json()["release_id"] == plain
+
+    # a stable release that names the withdrawn model is refused, whoever asks
+    store.set_canary(None, 0.0, "withdrawn")
+    store.set_stable(on_tuned, "back to the tuned model")
+    for c in (client, fresh):
+        refused = ask(c, key, "t3")
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["type"].endswith("model-withdrawn")
+        assert "was withdrawn (feedback erased)" in refused.json()["detail"]
+        assert c.get("/readyz").status_code == 503
+    disk.close()

@@ -79,6 +79,7 @@ class Gateway:
 
         self.audit = AuditLog(app.engine, app.name)
         self._release_apps: dict[str, App] = {}
+        self._withdrawn: dict[str, str] = {}  # releases naming a withdrawn tuned model
         self._release_guard = threading.Lock()
         self._deployment: dict[str, Any] = {"stable": None, "canary": None, "weight": 0.0}
         self._deployment_read = -1e18
@@ -179,6 +180,32 @@ class Gateway:
             self._release_apps[release_id] = built
             return built
 
+    def withdrawn_problem(self, release_id: str) -> str | None:
+        """Why a release may not serve because a tuned model it names was withdrawn (a
+        person's data erased, perhaps by another process), or None. A withdrawal is for
+        good, so the answer is kept."""
+        from keel.errors import ModelWithdrawn
+
+        problem = self._withdrawn.get(release_id)
+        if problem is None:
+            try:
+                problem = self.release_app(release_id).resources.tuned.problem()
+            except ModelWithdrawn as exc:  # named a withdrawn model before it was built
+                problem = str(exc)
+            if problem is not None:
+                self._withdrawn[release_id] = problem
+                _log.warning("release %s may not serve: %s", release_id, problem)
+        return problem
+
+    def _canary_app(self, release_id: str) -> App | None:
+        """The canary's app, or None while it may not serve (:meth:`withdrawn_problem`): its
+        share of threads then goes to the stable release rather than the whole gateway
+        refusing. A stable release in that state is refused (503 ``model-withdrawn``), as is
+        the app on disk (:meth:`admit`)."""
+        if self.withdrawn_problem(release_id) is not None:
+            return None
+        return self.release_app(release_id)
+
     def release_of(self, trace_id: str) -> str | None:
         """The release that served a traced turn (None: the app on disk, or unknown)."""
         from sqlalchemy import select
@@ -200,7 +227,9 @@ class Gateway:
         state = self.deployment()
         canary, stable = state["canary"], state["stable"]
         if canary and route(thread_id, key_id, state["weight"], salt=canary):
-            return self.release_app(canary)
+            app = self._canary_app(canary)
+            if app is not None:
+                return app
         if stable:
             return self.release_app(stable)
         return self.app

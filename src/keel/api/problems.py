@@ -14,7 +14,15 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keel.api.openai_errors import error_response, is_openai_path
-from keel.errors import ConfigError, GuardTripped, KeelError, ModelError, StoreError, UsageError
+from keel.errors import (
+    ConfigError,
+    GuardTripped,
+    KeelError,
+    ModelError,
+    ModelWithdrawn,
+    StoreError,
+    UsageError,
+)
 
 MEDIA_TYPE = "application/problem+json"
 BASE = "https://keel.dev/problems/"
@@ -259,7 +267,9 @@ def stream_error(exc: BaseException) -> dict[str, Any]:
         if isinstance(exc, UsageError) and str(exc).startswith("no thread"):
             status = 404
         detail = exc.message if isinstance(exc, GuardTripped) else str(exc)
-        if isinstance(exc, ConfigError):
+        if isinstance(exc, ModelWithdrawn):
+            status = 503
+        elif isinstance(exc, ConfigError):
             detail = "the app is misconfigured"
         return {"type": type(exc).__name__, "status": status, "detail": detail}
     import logging
@@ -280,6 +290,8 @@ def keel_problem(exc: KeelError, request: Request | None = None) -> JSONResponse
         return problem_response(503, str(exc), type="store-unavailable", request=request)
     if isinstance(exc, GuardTripped):
         return problem_response(400, exc.message, type="guardrail", request=request)
+    if isinstance(exc, ModelWithdrawn):
+        return problem_response(503, str(exc), type="model-withdrawn", request=request)
     if isinstance(exc, ConfigError):
         return problem_response(500, "the app is misconfigured", type="config", request=request)
     return problem_response(500, "the server failed to handle this request", request=request)

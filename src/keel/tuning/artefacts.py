@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from keel.errors import ConfigError, UsageError
+from keel.errors import ConfigError, ModelWithdrawn, UsageError
 
 __all__ = ["PREFIX", "Artefact", "ArtefactStore", "GateFigures", "InUse", "Kind"]
 
@@ -206,7 +206,7 @@ class ArtefactStore:
         except UsageError as exc:
             raise ConfigError(str(exc)) from None
         if artefact.withdrawn is not None:
-            raise ConfigError(
+            raise ModelWithdrawn(
                 f"tuned {kind} {artefact.id} was withdrawn ({artefact.withdrawn}); train a new "
                 f"one with keel tune {kind}"
             )
@@ -224,9 +224,14 @@ class InUse:
     another process (``keel privacy erase``); a process that loaded one before must stop
     using it rather than answer from weights learnt from erased data until it restarts. The
     manifest on disk is the state every process shares: :meth:`problem` stats each loaded
-    artefact's manifest (one ``stat``) and reads it again only when it changed."""
+    artefact's manifest (one ``stat``) and reads it again only when it changed.
 
-    def __init__(self) -> None:
+    A release served beside an app watches its own artefacts and, through ``parent``, the
+    app's it shares (its embedder): a model only a canary loaded stops that canary, not the
+    app's other releases."""
+
+    def __init__(self, parent: InUse | None = None) -> None:
+        self.parent = parent
         self._lock = threading.Lock()
         self._loaded: dict[Path, Artefact] = {}
         self._seen: dict[Path, tuple[int, int, int] | None] = {}
@@ -237,7 +242,14 @@ class InUse:
             self._loaded[artefact.path] = artefact
 
     def problem(self) -> str | None:
-        """Why a loaded artefact may no longer be used (None: every one may)."""
+        """Why a loaded artefact (this watch's or its parent's) may no longer be used (None:
+        every one may)."""
+        own = self._problem()
+        if own is None and self.parent is not None:
+            return self.parent.problem()
+        return own
+
+    def _problem(self) -> str | None:
         if not self._loaded:
             return None
         with self._lock:

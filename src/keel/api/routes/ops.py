@@ -134,18 +134,26 @@ def readyz(request: Request) -> dict[str, Any]:
     except Exception as exc:
         checks["models"] = f"not loaded: {type(exc).__name__}"
     state = gw.deployment()
+    notes: dict[str, str] = {}
     for role in ("stable", "canary"):
-        if state[role]:
-            try:
-                gw.release_app(state[role]).agent  # noqa: B018 - builds it
-                checks[f"{role}_release"] = "ok"
-            except Exception as exc:
-                checks[f"{role}_release"] = f"not loaded: {exc}"
+        if not state[role]:
+            continue
+        withdrawn = gw.withdrawn_problem(state[role])
+        if withdrawn is not None and role == "canary":
+            # not served, and no reason to take this instance out: stable serves its share
+            checks["canary_release"] = "ok"
+            notes["canary_release"] = f"not served: {withdrawn}"
+            continue
+        try:
+            gw.release_app(state[role]).agent  # noqa: B018 - builds it
+            checks[f"{role}_release"] = withdrawn or "ok"
+        except Exception as exc:
+            checks[f"{role}_release"] = f"not loaded: {exc}"
     if gw.limits.shared:
         checks["rate_limits"] = "ok" if gw.limits.check_storage() else "unreachable"
     if any(v != "ok" for v in checks.values()):
-        raise Problem(503, "not ready", type="not-ready", checks=checks)
-    return {"status": "ready", "checks": checks}
+        raise Problem(503, "not ready", type="not-ready", checks=checks, **notes)
+    return {"status": "ready", "checks": checks, **notes}
 
 
 @router.get(
