@@ -962,6 +962,11 @@ def main() -> int:
             f"{u['mean_abs_diff']} max {u['max_abs_diff']}; time ratio "
             f"{u['sentence_p50_int8_over_float']}"
         )
+        print(
+            f"  int8 through sentence-transformers' encode: one sentence p50 "
+            f"{u['int8_through_encode_sentence_p50_ms']:.2f} ms; straight to the ONNX session / "
+            f"through encode {u['sentence_p50_direct_over_encode']}"
+        )
     if "stack" in parts:
         result["stack"] = stack(data, generative=args.generative)
         s = result["stack"]
