@@ -301,6 +301,13 @@ def test_example_support_bot_has_the_same_policy() -> None:
     root = Path(__file__).resolve().parents[1]
     example = load_config(root / "examples" / "support_bot" / "keel.toml")
     assert _policy(example) == {p: dict(r) for p, r in DEFAULT_POLICY.items()}
+    # on the real model (make run-llm): the same guards, every option, plus output grounding
+    llm = load_config(root / "examples" / "support_bot" / "keel.llm.toml")
+    assert llm.model.id.startswith("openai:")
+    assert llm.guards.output["grounding"] == {"on_fail": "fix"}
+    guards = llm.guards.model_dump()
+    del guards["output"]["grounding"]
+    assert guards == example.guards.model_dump()
 
 
 def test_no_guards_writes_no_validator_and_says_so(tmp_path: Path) -> None:
