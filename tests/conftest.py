@@ -23,6 +23,7 @@ import pytest
 from keel.app import App
 from keel.config import config_from_dict
 from keel.settings import Settings, offline_defaults
+from keel.testing import unused_port
 
 offline_defaults()
 
@@ -225,9 +226,7 @@ class LlamaServer:
     START_TIMEOUT = 120.0
 
     def __init__(self, python: Path, gguf: Path, log_path: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = unused_port()
         self.url = f"http://127.0.0.1:{port}/v1"
         self.log_path = log_path
         self.cmd = [
@@ -375,12 +374,6 @@ def save_note_tool() -> str:
 _START_TIMEOUT = 30.0
 
 
-def _chroma_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _server_env() -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CHROMA_", "CONFIG_PATH"))
@@ -408,7 +401,7 @@ class ChromaServer:
         if not exe.exists():
             pytest.skip(f"the `chroma` executable is not installed at {exe} (pip install chromadb)")
         self.log_path = root / "chroma.log"
-        port = _chroma_port()
+        port = unused_port()
         self.url = f"http://127.0.0.1:{port}"
         self.cmd = [str(exe), "run", "--path", str(root / "data"), "--port", str(port)]
         self.cmd += ["--host", "127.0.0.1"]

@@ -172,3 +172,19 @@ def test_async_calls_sleep_without_blocking_the_loop() -> None:
     assert streamed == "c d"
     assert 0.25 <= elapsed < 0.45  # the two calls waited together, not one after the other
     assert len(model.calls) == 3
+
+
+def test_unused_port_refuses_connections_until_a_server_binds_it() -> None:
+    import socket
+
+    from keel.testing import unused_port
+
+    port = unused_port()
+    assert 0 < port < 65536
+    with socket.socket() as client, pytest.raises(ConnectionRefusedError):
+        client.connect(("127.0.0.1", port))
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))  # free for the server started next
+        server.listen()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass

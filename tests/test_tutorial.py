@@ -8,12 +8,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from keel.testing import unused_port
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "guides" / "releases.md"
@@ -25,12 +26,6 @@ def tutorial() -> str:
     found = re.search(r"```bash\n(.*?)```", section, re.S)
     assert found is not None, "the tutorial has a bash block"
     return found.group(1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow
@@ -46,7 +41,7 @@ def test_the_docs_tutorial_runs(tmp_path: Path, model_cache_dir: Path) -> None:
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PORT": str(_free_port()),
+        "PORT": str(unused_port()),
         "KEEL_CACHE_DIR": str(model_cache_dir),
         "KEEL_GIT_COMMIT": "tutorial",
     }

@@ -15,12 +15,16 @@ first two. Every call (invoke, stream, batch, sync or async) takes the next entr
 the end fails with an ``AssertionError`` that says so. ``calls`` holds the messages of every
 call. ``bind_tools`` returns a copy that shares the script position and the call log with the
 original, as an agent graph binds tools to the model it is given.
+
+:func:`unused_port` is a loopback TCP port nothing listens on, for a test that starts a
+server (``keel serve --port``) or needs a port that refuses connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 import uuid
@@ -265,4 +269,14 @@ class ScriptedChatModel(BaseChatModel):
             yield chunk
 
 
-__all__ = ["ScriptEntry", "ScriptedChatModel"]
+def unused_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on now: the system picks it and the socket
+    is closed before returning, so a server started next can bind it and, until one does,
+    connecting to it is refused. (Another process may take it in between; a test that starts
+    several servers at once should retry one that fails to bind.)"""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+__all__ = ["ScriptEntry", "ScriptedChatModel", "unused_port"]

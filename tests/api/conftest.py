@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from keel.app import App
 from keel.evals.gate import gate
 from keel.evals.runner import CaseResult, RunResult
 from keel.evals.store import EvalRunStore
-from keel.testing import ScriptedChatModel
+from keel.testing import ScriptedChatModel, unused_port
 
 TOOLS = '''
 from keel.tools import tool
@@ -33,18 +32,12 @@ def refund_order(order_id: str) -> str:
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Server:
     """A real uvicorn server on a free loopback port, in a thread."""
 
     def __init__(self, app: App) -> None:
         self.api = create_app(app)
-        self.port = _free_port()
+        self.port = unused_port()
         config = uvicorn.Config(self.api, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -4,7 +4,6 @@ and key), per-release metrics, promote, and automatic rollback of a canary made 
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from keel.config import config_from_dict
 from keel.ops.canary import CanaryPolicy, judge_canary
 from keel.ops.releases import ReleaseStore
 from keel.settings import Settings
+from keel.testing import unused_port
 
 # The embedded model with retrieval off answers at once (it says it does not know), so a
 # turn costs milliseconds and needs no knowledge base.
@@ -29,18 +29,12 @@ BASE: dict[str, Any] = {
 }
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # nothing listens once the socket is closed
-
-
 @pytest.fixture
 def release_app(tmp_path: Path, model_cache_dir: Path) -> Iterator[Callable[[dict[str, Any]], App]]:
     settings = Settings(
         data_dir=tmp_path / ".keel",
         cache_dir=model_cache_dir,
-        openai_base_url=f"http://127.0.0.1:{_closed_port()}/v1",
+        openai_base_url=f"http://127.0.0.1:{unused_port()}/v1",
         openai_api_key="sk-test",
     )
     made: list[App] = []

@@ -5,7 +5,6 @@ when KEEL_REDIS_URL is set), and its history stays well formed."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,20 +16,16 @@ from typing import Any
 import httpx
 import pytest
 
+from keel.testing import unused_port
+
 pytestmark = pytest.mark.slow
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 KEEL = [sys.executable, "-c", "from keel.cli import main; main()"]
 
 
 def _serve(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, Path]:
-    port = _port()
+    port = unused_port()
     log_path = tmp_path / f"serve-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from keel.testing import unused_port
+
 BLOCKER = textwrap.dedent(
     """
     import ipaddress, os, socket
@@ -90,11 +92,7 @@ def test_cli_ingest_ask_eval_serve_and_chat_make_no_outbound_connection(
     assert json.loads(evaluated.stdout)["passed"] is True
 
     key = run("--config", config, "keys", "create", "--name", "t", "--scopes", "chat").stdout
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = unused_port()
     server = subprocess.Popen(
         [*keel, "--config", config, "serve", "--port", str(port)],
         env=env,

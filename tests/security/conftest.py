@@ -3,7 +3,6 @@ attacker's would, against an app built from a keel.toml-like mapping."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,13 +18,7 @@ from keel.api import create_app
 from keel.app import App
 from keel.config import config_from_dict
 from keel.settings import Settings
-from keel.testing import ScriptedChatModel
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from keel.testing import ScriptedChatModel, unused_port
 
 
 @dataclass
@@ -85,7 +78,7 @@ def site(tmp_path: Path, model_cache_dir: Path) -> Iterator[Callable[..., Site]]
             else model or ScriptedChatModel(script=script or ["ok"] * 50),
         )
         api = create_app(app)
-        port = _free_port()
+        port = unused_port()
         server = uvicorn.Server(
             uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning")
         )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from keel.testing import unused_port
 from keel.tuning.artefacts import MANIFEST, ArtefactStore, GateFigures, InUse
 
 TRACE = "ab" * 16  # the feedback trace the tuned model was trained on
@@ -119,12 +119,6 @@ def test_an_app_stops_using_a_model_withdrawn_by_another_process(
     app.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_server_answers_503_once_its_tuned_model_is_withdrawn(
     tmp_path: Path, model_cache_dir: Path
 ) -> None:
@@ -141,7 +135,7 @@ def test_a_server_answers_503_once_its_tuned_model_is_withdrawn(
 
     run("ingest")
     key = run("keys", "create", "--name", "t", "--scopes", "chat").strip()
-    port = _free_port()
+    port = unused_port()
     server = subprocess.Popen(
         [*keel, "serve", "--port", str(port)],
         env=env,
