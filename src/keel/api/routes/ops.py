@@ -151,9 +151,10 @@ def readyz(request: Request) -> dict[str, Any]:
             checks[f"{role}_release"] = f"not loaded: {exc}"
     if gw.limits.shared:
         checks["rate_limits"] = "ok" if gw.limits.check_storage() else "unreachable"
+    said: dict[str, Any] = {"checks": checks, **notes}
     if any(v != "ok" for v in checks.values()):
-        raise Problem(503, "not ready", type="not-ready", checks=checks, **notes)
-    return {"status": "ready", "checks": checks, **notes}
+        raise Problem(503, "not ready", type="not-ready", **said)
+    return {"status": "ready", **said}
 
 
 @router.get(
