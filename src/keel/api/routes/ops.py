@@ -138,13 +138,13 @@ def readyz(request: Request) -> dict[str, Any]:
     for role in ("stable", "canary"):
         if not state[role]:
             continue
-        withdrawn = gw.withdrawn_problem(state[role])
-        if withdrawn is not None and role == "canary":
-            # not served, and no reason to take this instance out: stable serves its share
-            checks["canary_release"] = "ok"
-            notes["canary_release"] = f"not served: {withdrawn}"
-            continue
         try:
+            withdrawn = gw.withdrawn_problem(state[role])
+            if withdrawn is not None and role == "canary":
+                # not served, and no reason to take this instance out: stable serves its share
+                checks["canary_release"] = "ok"
+                notes["canary_release"] = f"not served: {withdrawn}"
+                continue
             gw.release_app(state[role]).agent  # noqa: B018 - builds it
             checks[f"{role}_release"] = withdrawn or "ok"
         except Exception as exc:
