@@ -55,8 +55,6 @@ _MODELS: dict[_ModelKey, SentenceTransformer] = {}
 # Embedder.tokenizer_lock)
 _MODEL_LOCKS: dict[_ModelKey, threading.Lock] = {}
 _MODELS_LOCK = threading.Lock()
-# per loaded model, its direct path for short texts (None: the model's pipeline has none)
-_SHORT: dict[_ModelKey, ShortEncoder | None] = {}
 logger = logging.getLogger(__name__)
 
 QUERY_CACHE_SIZE = 1024  # recent queries and claims kept in memory (see Embedder.embed_queries)
@@ -221,6 +219,8 @@ class Embedder:
         self.encoded = 0  # texts actually run through the model (not served by a cache)
         # short texts one per call straight through the ONNX session (see encode_short)
         self.direct_onnx = True
+        self._short: ShortEncoder | None = None
+        self._short_known = False  # whether _short was looked for (it may be None)
 
     @property
     def load_from(self) -> str:
@@ -387,14 +387,11 @@ class Embedder:
     def _short_encoder(self) -> ShortEncoder | None:
         if not self.direct_onnx or self.backend != "onnx":
             return None
-        from keel.rag._onnx_short import short_encoder
+        if not self._short_known:  # looked for once per embedder (two threads may both look)
+            from keel.rag._onnx_short import short_encoder
 
-        model = self.model
-        key = self._model_key
-        with _MODELS_LOCK:
-            if key not in _SHORT:
-                _SHORT[key] = short_encoder(model)
-            return _SHORT[key]
+            self._short, self._short_known = short_encoder(self.model), True
+        return self._short
 
     def embed_documents(self, texts: Sequence[str], short: bool = False) -> np.ndarray:
         """Embed texts, serving unchanged ones from the cache and caching new ones
