@@ -128,7 +128,7 @@ def test_create_canary_promote_then_a_worse_canary_is_rolled_back(
         # once rolled back, everything is served by stable again
         assert {_ask(client, key, f"u{i}")["release_id"] for i in range(10)} == {v2}
         assert f'keel_release_rollbacks_total{{release="{v3}"}} 1.0' in client.get("/metrics").text
-        assert set(gw._release_apps) == {v2}  # the rolled-back release is let go
+        assert gw.served.built() == {v2}  # the rolled-back release is let go
     finally:
         client.close()
 
@@ -307,3 +307,72 @@ def test_one_key_rating_many_turns_counts_once_and_cannot_force_a_rollback(
         assert store.state()["canary"] == v2  # not rolled back
     finally:
         client.close()
+
+
+def _unbuildable(app: App, store: ReleaseStore) -> str:
+    """A release recorded with a tool the code lacks: it does not build on this instance."""
+    content = app.release_content()
+    content["tools"] = [{"type": "function", "function": {"name": "gone", "parameters": {}}}]
+    return store.create(content, note="names a tool this code lacks").id
+
+
+@pytest.mark.parametrize("auto_rollback", [True, False])
+def test_a_canary_that_does_not_build_gives_its_share_to_stable(
+    release_app: Callable[[dict[str, Any]], App], auto_rollback: bool
+) -> None:
+    """A canary this instance cannot build (here: its tools are not in the code) never fails
+    its share of threads and never takes the instance out of readiness: stable answers them.
+    With auto_rollback it is rolled back at once, for every instance, with the reason;
+    without, it stays deployed, not served, and /readyz says why."""
+    disk = release_app({"deploy": {**BASE["deploy"], "auto_rollback": auto_rollback}})
+    store = ReleaseStore(disk.engine, disk.name)
+    v1 = _record(disk, "v1")
+    store.set_stable(v1, "first release")
+    broken = _unbuildable(disk, store)
+    store.set_canary(broken, 0.9, "most threads to a release that does not build")
+
+    api = create_app(disk)
+    client = TestClient(api, raise_server_exceptions=False)
+    key, _ = api.state.gateway.keys.create("tester", ["admin"])
+    try:
+        answers = [_ask(client, key, f"t{i}") for i in range(12)]
+        assert {(a["status"], a.get("release_id")) for a in answers} == {(200, v1)}, answers
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        if auto_rollback:
+            assert store.state() == {"stable": v1, "canary": None, "weight": 0.0}
+            last = store.history()[0]
+            assert last["action"] == "rollback" and last["from"] == broken
+            assert last["reason"].startswith("automatic: it cannot serve: does not build:")
+            assert "tools only on one side: gone" in last["reason"]
+            assert "canary_release" not in ready.json()
+            metrics = client.get("/metrics").text
+            assert f'keel_release_rollbacks_total{{release="{broken}"}} 1.0' in metrics
+        else:
+            assert store.state()["canary"] == broken
+            note = ready.json()["canary_release"]
+            assert note.startswith("not served: does not build:"), note
+            assert "tools only on one side: gone" in note
+            assert ready.json()["checks"]["canary_release"] == "ok"
+    finally:
+        client.close()
+
+
+def test_a_verdict_on_one_canary_never_rolls_back_the_next(
+    release_app: Callable[[dict[str, Any]], App],
+) -> None:
+    """A rollback names the canary it judged: when another process has deployed a new canary
+    meanwhile, the new one stays."""
+    from keel.errors import UsageError
+
+    disk = release_app({})
+    store = ReleaseStore(disk.engine, disk.name)
+    v1 = _record(disk, "v1")
+    v2, v3 = (_record(release_app({"guards": {"message": n}}), n) for n in ("v2", "v3"))
+    store.set_stable(v1, "first")
+    store.set_canary(v3, 0.5, "v3 replaced v2 meanwhile")
+    with pytest.raises(UsageError, match=f"release {v2} is no longer the canary"):
+        store.rollback("judged v2", canary=v2)
+    assert store.state()["canary"] == v3
+    store.rollback("judged v3", canary=v3)
+    assert store.state()["canary"] is None

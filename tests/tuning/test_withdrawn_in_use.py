@@ -177,8 +177,10 @@ def test_a_canary_on_a_withdrawn_model_gives_its_share_to_the_stable_release(
     tmp_path: Path, model_cache_dir: Path
 ) -> None:
     """Only the release that names the withdrawn model stops: the canary's threads go to the
-    stable release (the gateway keeps answering, /readyz stays ready and says why); a stable
-    release that names it is refused with 503 model-withdrawn."""
+    stable release (the gateway keeps answering, /readyz stays ready) and the canary is rolled
+    back with the reason (without auto_rollback it stays, not served, and /readyz says why:
+    tests/api/test_canary.py); a stable release that names it is refused with 503
+    model-withdrawn."""
     from fastapi.testclient import TestClient
 
     from keel.api import create_app
@@ -227,17 +229,20 @@ def test_a_canary_on_a_withdrawn_model_gives_its_share_to_the_stable_release(
     served = ask(client, key, thread)
     assert served.status_code == 200, served.text
     assert served.json()["release_id"] == plain and "5 business days" in served.json()["text"]
-    ready = client.get("/readyz")
-    assert ready.status_code == 200, ready.text
-    assert ready.json()["canary_release"].startswith("not served: tuned embeddings")
-    assert "was withdrawn (feedback erased)" in ready.json()["canary_release"]
+    assert client.get("/readyz").status_code == 200
+    assert store.state()["canary"] is None
+    rolled_back = store.history()[0]
+    assert rolled_back["action"] == "rollback" and rolled_back["from"] == on_tuned
+    assert rolled_back["reason"].startswith("automatic: it cannot serve: tuned embeddings")
+    assert "was withdrawn (feedback erased)" in rolled_back["reason"]
 
     # another instance (or this one restarted) never builds the canary: refused when built
+    store.set_canary(on_tuned, 0.9, "deployed again")
     fresh = TestClient(create_app(disk), raise_server_exceptions=False)
     assert ask(fresh, key, thread).json()["release_id"] == plain
+    assert store.state()["canary"] is None
 
     # a stable release that names the withdrawn model is refused, whoever asks
-    store.set_canary(None, 0.0, "withdrawn")
     store.set_stable(on_tuned, "back to the tuned model")
     for c in (client, fresh):
         refused = ask(c, key, "t3")

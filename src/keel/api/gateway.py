@@ -78,9 +78,14 @@ class Gateway:
         from keel.ops.audit import AuditLog
 
         self.audit = AuditLog(app.engine, app.name)
-        self._release_apps: dict[str, App] = {}
-        self._withdrawn: dict[str, str] = {}  # releases naming a withdrawn tuned model
-        self._release_guard = threading.Lock()
+        from keel.api.served import ServedReleases
+
+        self.served = ServedReleases(
+            app,
+            self.releases,
+            retry_s=lambda: app.config.deploy.check_interval_s,
+            on_unservable=self._canary_unservable,
+        )
         self._deployment: dict[str, Any] = {"stable": None, "canary": None, "weight": 0.0}
         self._deployment_read = -1e18
         self._check_lock = threading.Lock()
@@ -156,55 +161,28 @@ class Gateway:
             self._deployment = self.releases.state()
             self._deployment_read = now
             self.metrics.deployment(self._deployment)
-            serving = {self._deployment["stable"], self._deployment["canary"]}
-            # A release no longer served is let go (its database, stores and threads are the
-            # disk app's, so there is nothing to close).
-            with self._release_guard:
-                for rid in [r for r in self._release_apps if r not in serving]:
-                    del self._release_apps[rid]
+            self.served.keep_only((self._deployment["stable"], self._deployment["canary"]))
         return self._deployment
 
     def release_app(self, release_id: str) -> App:
         """The app of a recorded release, built once and kept while it serves."""
-        with self._release_guard:
-            found = self._release_apps.get(release_id)
-            if found is not None:
-                return found
-            release = self.releases.get(release_id)
-            if release is None:
-                raise Problem(503, f"the deployed release {release_id} is not recorded")
-            from keel.app import App as KeelApp
+        return self.served.app(release_id)
 
-            built = KeelApp.from_release(release.id, release.content, base=self.app)
-            built.hooks = self.app.hooks
-            self._release_apps[release_id] = built
-            return built
+    def _canary_unservable(self, release_id: str, reason: str) -> None:
+        """A canary that cannot serve (withdrawn, or it does not build) gets no observations,
+        so it would wait for ever: with ``auto_rollback`` it is rolled back at once, for every
+        instance (the deployment is shared), with the reason. Meanwhile stable serves its
+        share (:meth:`app_for`)."""
+        if not self.app.config.deploy.auto_rollback:
+            return
+        from keel.errors import UsageError
 
-    def withdrawn_problem(self, release_id: str) -> str | None:
-        """Why a release may not serve because a tuned model it names was withdrawn (a
-        person's data erased, perhaps by another process), or None. A withdrawal is for
-        good, so the answer is kept."""
-        from keel.errors import ModelWithdrawn
-
-        problem = self._withdrawn.get(release_id)
-        if problem is None:
-            try:
-                problem = self.release_app(release_id).resources.tuned.problem()
-            except ModelWithdrawn as exc:  # named a withdrawn model before it was built
-                problem = str(exc)
-            if problem is not None:
-                self._withdrawn[release_id] = problem
-                _log.warning("release %s may not serve: %s", release_id, problem)
-        return problem
-
-    def _canary_app(self, release_id: str) -> App | None:
-        """The canary's app, or None while it may not serve (:meth:`withdrawn_problem`): its
-        share of threads then goes to the stable release rather than the whole gateway
-        refusing. A stable release in that state is refused (503 ``model-withdrawn``), as is
-        the app on disk (:meth:`admit`)."""
-        if self.withdrawn_problem(release_id) is not None:
-            return None
-        return self.release_app(release_id)
+        try:
+            self.releases.rollback(f"automatic: it cannot serve: {reason}", canary=release_id)
+        except UsageError:  # rolled back (or replaced) meanwhile, perhaps by another instance
+            return
+        self.metrics.rollback(release_id)
+        self._deployment_read = -1e18  # serve the new state at once
 
     def release_of(self, trace_id: str) -> str | None:
         """The release that served a traced turn (None: the app on disk, or unknown)."""
@@ -227,7 +205,7 @@ class Gateway:
         state = self.deployment()
         canary, stable = state["canary"], state["stable"]
         if canary and route(thread_id, key_id, state["weight"], salt=canary):
-            app = self._canary_app(canary)
+            app = self.served.canary(canary)
             if app is not None:
                 return app
         if stable:

@@ -231,6 +231,6 @@ def canary_verdict(
     health = release_health(store.engine, store.app, ids, since=since)
     verdict = judge_canary(canary, stable, health, policy)
     if rollback and verdict.rollback:
-        with contextlib.suppress(UsageError):  # another gateway worker rolled it back first
-            store.rollback("automatic: " + "; ".join(verdict.reasons))
+        with contextlib.suppress(UsageError):  # rolled back (or replaced) meanwhile
+            store.rollback("automatic: " + "; ".join(verdict.reasons), canary=canary)
     return verdict

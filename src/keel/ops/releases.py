@@ -335,14 +335,21 @@ class ReleaseStore:
         self._audit("promote", canary, previous=current["stable"], reason=reason)
         return self._require(canary)
 
-    def rollback(self, reason: str) -> None:
-        """Clear the canary and keep the stable release."""
+    def rollback(self, reason: str, *, canary: str | None = None) -> None:
+        """Clear the canary and keep the stable release. With ``canary``, only while that
+        release is still the canary: a judgement about one release never rolls back another
+        deployed since (by another process) - that is a :class:`UsageError`, as is no canary."""
         self._ensure_state_row()
         with self.engine.begin() as conn:
             current = self._lock_state(conn)
-            canary = current["canary"]
-            if canary is None:
+            if current["canary"] is None:
                 raise UsageError(f"app {self.app!r} has no canary to roll back")
+            if canary is not None and current["canary"] != canary:
+                raise UsageError(
+                    f"release {canary} is no longer the canary of app {self.app!r} "
+                    f"({current['canary']} is)"
+                )
+            canary = current["canary"]
             self._write(conn, current["stable"], None, 0.0)
             self._event(conn, "rollback", canary, current["stable"], current["weight"], reason)
         self._audit("rollback", canary, stable=current["stable"], reason=reason)

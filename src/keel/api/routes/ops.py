@@ -138,13 +138,16 @@ def readyz(request: Request) -> dict[str, Any]:
     for role in ("stable", "canary"):
         if not state[role]:
             continue
+        if role == "canary":
+            # A canary that cannot serve is not served, and is no reason to take this instance
+            # out: stable serves its share (and auto_rollback rolls it back).
+            problem = gw.served.canary_problem(state[role])
+            checks["canary_release"] = "ok"
+            if problem is not None:
+                notes["canary_release"] = f"not served: {problem}"
+            continue
         try:
-            withdrawn = gw.withdrawn_problem(state[role])
-            if withdrawn is not None and role == "canary":
-                # not served, and no reason to take this instance out: stable serves its share
-                checks["canary_release"] = "ok"
-                notes["canary_release"] = f"not served: {withdrawn}"
-                continue
+            withdrawn = gw.served.withdrawn(state[role])
             gw.release_app(state[role]).agent  # noqa: B018 - builds it
             checks[f"{role}_release"] = withdrawn or "ok"
         except Exception as exc:
