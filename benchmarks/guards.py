@@ -831,7 +831,7 @@ def _time_stack(
             # Retrieval embeds the question first; the injection detector reuses that vector
             # (embed_query's cache), so it is retrieval's cost, not the guards'.
             embedder.embed_query(question)
-            cached = {id(e): set(e._queries) for e in encoders}
+            cached = {id(e): e.cached_queries() for e in encoders}
             t0 = time.perf_counter()
             runner.on_input(question, ctx)
             ctx.hits = runner.on_context([Hit.of(h) for h in a.hits], ctx)
@@ -842,8 +842,7 @@ def _time_stack(
             # real traffic keeps too).
             chunks = {w for h in a.hits for w in windows(Hit.of(h).text)}
             for e in encoders:
-                for text in set(e._queries) - cached[id(e)] - chunks:
-                    e._queries.pop(text, None)
+                e.forget_queries(e.cached_queries() - cached[id(e)] - chunks)
     # round 0 validates every retrieved chunk; later rounds retrieve the same chunks, whose
     # context verdicts the runner kept (as popular chunks are in real traffic)
     return {

@@ -188,3 +188,43 @@ def test_unused_port_refuses_connections_until_a_server_binds_it() -> None:
         server.listen()
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
+
+
+def test_send_chat_completion_answers_as_openai_does() -> None:
+    """A fake server's handler answers with it; the openai SDK reads the reply."""
+    import http.server
+    import json
+    import threading
+
+    from openai import OpenAI
+
+    from keel.testing import send_chat_completion
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            send_chat_completion(self, "Hello.", prompt_tokens=5, completion_tokens=2)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        client = OpenAI(base_url=url, api_key="k", max_retries=0)
+        reply = client.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.headers["content-type"] == "application/json"
+        raw = json.loads(reply.content)
+        assert raw["object"] == "chat.completion" and raw["model"] == "m"
+        completion = reply.parse()
+        (choice,) = completion.choices
+        assert (choice.message.role, choice.message.content) == ("assistant", "Hello.")
+        assert choice.finish_reason == "stop"
+        assert completion.usage is not None
+        assert (completion.usage.prompt_tokens, completion.usage.total_tokens) == (5, 7)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -18,6 +18,10 @@ original, as an agent graph binds tools to the model it is given.
 
 :func:`unused_port` is a loopback TCP port nothing listens on, for a test that starts a
 server (``keel serve --port``) or needs a port that refuses connections.
+
+:func:`send_chat_completion` answers a request to a fake OpenAI-compatible server (an
+``http.server`` handler) with a whole chat completion, built with the ``openai`` package's own
+types so the fake stays in step with the real wire format.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -47,6 +51,9 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, SkipValidation
 
 from keel.agents.streaming import stream_chunks
+
+if TYPE_CHECKING:
+    from http.server import BaseHTTPRequestHandler
 
 ScriptEntry: TypeAlias = (
     AIMessage
@@ -279,4 +286,48 @@ def unused_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-__all__ = ["ScriptEntry", "ScriptedChatModel", "unused_port"]
+def send_chat_completion(
+    handler: BaseHTTPRequestHandler,
+    content: str,
+    *,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    model: str = "m",
+) -> None:
+    """Answer ``handler``'s request (a ``POST /v1/chat/completions`` to a fake
+    OpenAI-compatible server on ``http.server``) with a whole, not streamed, chat completion:
+    one assistant message of ``content``, finished with ``stop``, and the usage given. The
+    reply is an ``openai.types.chat.ChatCompletion`` serialised to JSON, sent as
+    ``200 application/json`` with its length. (Imports ``openai``, installed with
+    langchain-openai, when called.)"""
+    from openai.types import CompletionUsage
+    from openai.types.chat import ChatCompletion, ChatCompletionMessage
+    from openai.types.chat.chat_completion import Choice
+
+    reply = ChatCompletion(
+        id="chatcmpl-keel-testing",
+        object="chat.completion",
+        created=0,
+        model=model,
+        choices=[
+            Choice(
+                index=0,
+                message=ChatCompletionMessage(role="assistant", content=content),
+                finish_reason="stop",
+            )
+        ],
+        usage=CompletionUsage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
+    )
+    data = reply.model_dump_json().encode()
+    handler.send_response(200)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+__all__ = ["ScriptEntry", "ScriptedChatModel", "send_chat_completion", "unused_port"]

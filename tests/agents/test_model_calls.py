@@ -25,7 +25,7 @@ from keel.app import App
 from keel.errors import UsageError
 from keel.rag.types import Hit
 from keel.settings import Settings
-from keel.testing import ScriptedChatModel
+from keel.testing import ScriptedChatModel, send_chat_completion
 
 
 def _app(make_app: Callable[..., App], tools_dir: Path, script: list[Any]) -> App:
@@ -352,26 +352,7 @@ class _NoStream(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        reply = {
-            "id": "x",
-            "object": "chat.completion",
-            "created": 0,
-            "model": "m",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "Whole reply here."},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
-        }
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_chat_completion(self, "Whole reply here.", prompt_tokens=3, completion_tokens=3)
 
     def log_message(self, *args: Any) -> None:
         pass

@@ -20,6 +20,7 @@ import pytest
 from keel.app import App
 from keel.rag.embeddings import onnx_available
 from keel.settings import Settings
+from keel.testing import send_chat_completion
 
 DOC = (
     "# Refunds\n\nA refund can be requested within 30 days of the purchase, from the billing "
@@ -48,26 +49,7 @@ class _Writer(http.server.BaseHTTPRequestHandler):
         self.bodies.append(body)
         usage = {"prompt_tokens": 50, "completion_tokens": 40, "total_tokens": 90}
         if not body.get("stream"):
-            reply = {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "m",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": ANSWER},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": usage,
-            }
-            data = json.dumps(reply).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_chat_completion(self, ANSWER, prompt_tokens=50, completion_tokens=40)
             return
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")

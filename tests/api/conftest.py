@@ -16,7 +16,7 @@ from keel.app import App
 from keel.evals.gate import gate
 from keel.evals.runner import CaseResult, RunResult
 from keel.evals.store import EvalRunStore
-from keel.testing import ScriptedChatModel, unused_port
+from keel.testing import ScriptedChatModel, send_chat_completion, unused_port
 
 TOOLS = '''
 from keel.tools import tool
@@ -161,32 +161,10 @@ class ModelServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                import json
-
                 self.rfile.read(int(self.headers.get("content-length", 0)))
                 outer.seen.append({k.lower(): v for k, v in self.headers.items()})
                 time.sleep(outer.delay_s)
-                body = json.dumps(
-                    {
-                        "id": "c",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": "m",
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": outer.reply},
-                                "finish_reason": "stop",
-                            }
-                        ],
-                        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-                    }
-                ).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_chat_completion(self, outer.reply, prompt_tokens=5, completion_tokens=2)
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -45,6 +45,23 @@ def test_unchanged_text_is_never_embedded_twice(embedder: Embedder) -> None:
     assert np.allclose(again[0], first[1]) and np.allclose(again[2], first[0])
 
 
+def test_the_query_cache_can_be_listed_and_texts_forgotten(embedder: Embedder) -> None:
+    assert embedder.cached_queries() == frozenset()
+    embedder.embed_queries(["first query", "second query"])
+    embedder.embed_sentences(["A passage sentence."])  # a cache of its own
+    held = embedder.cached_queries()
+    assert held == {"first query", "second query"}
+    embedder.embed_query("third query")
+    assert held == {"first query", "second query"}  # a snapshot
+    embedder.forget_queries(["second query", "never embedded"])
+    assert embedder.cached_queries() == {"first query", "third query"}
+    before = embedder.encoded
+    embedder.embed_queries(["first query", "second query"])
+    assert embedder.encoded - before == 1  # only the forgotten text is embedded again
+    embedder.forget_queries(iter(["first query"]))  # any iterable
+    assert embedder.cached_queries() == {"second query", "third query"}
+
+
 def test_embedders_over_one_model_share_its_lock(tmp_path: Path, model_cache_dir: Path) -> None:
     """Embedders over one loaded model (two apps, or an app and its release, on one gateway)
     share the model, so they share the lock its tokenizer needs: with one lock each, two

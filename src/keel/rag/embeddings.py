@@ -29,7 +29,7 @@ import tempfile
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -468,6 +468,20 @@ class Embedder:
     def clear_query_cache(self) -> None:
         with self._queries_lock:
             self._queries.clear()
+
+    def cached_queries(self) -> frozenset[str]:
+        """The texts whose vectors :meth:`embed_query` and :meth:`embed_queries` hold in
+        memory now (a snapshot: later calls add and evict texts)."""
+        with self._queries_lock:
+            return frozenset(self._queries)
+
+    def forget_queries(self, texts: Iterable[str]) -> None:
+        """Drop ``texts`` from the in-memory cache of :meth:`embed_queries` (texts not in it
+        are ignored), so the next call embeds them again. Only that cache: the passage
+        sentences' and the persistent :class:`EmbeddingCache` are left as they are."""
+        with self._queries_lock:
+            for text in texts:
+                self._queries.pop(text, None)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_id, "backend": self.backend, "batch_size": self.batch_size}
