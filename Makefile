@@ -79,7 +79,7 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks examples scripts
-	$(VENV)/bin/ruff format --check src tests benchmarks examples scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks examples scripts docs
 	$(VENV)/bin/mypy
 
 # The documentation site (MkDocs, warnings are errors); the reference pages are generated from
