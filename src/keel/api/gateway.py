@@ -19,6 +19,7 @@ from keel.errors import ModelError, StoreError
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from keel.api.served import Unservable
     from keel.app import App
     from keel.ops.jobs import JobRecord
     from keel.worker import IngestWork
@@ -114,9 +115,6 @@ class Gateway:
         gone = self.storage.data_dir_problem()
         if gone is not None:
             raise Problem(503, gone, type="store-unavailable")
-        withdrawn = self.app.resources.tuned.problem()
-        if withdrawn is not None:  # a tuned model this server loaded was withdrawn since
-            raise Problem(503, withdrawn, type="model-withdrawn")
         key = self.keys.verify(token)
         if key is None:
             raise Problem(
@@ -124,6 +122,9 @@ class Gateway:
                 "invalid or revoked API key",
                 headers={"WWW-Authenticate": 'Bearer realm="keel", error="invalid_token"'},
             )
+        withdrawn = self.app.resources.tuned.problem()
+        if withdrawn is not None:  # a tuned model this server loaded was withdrawn since
+            raise Problem(503, withdrawn, type="model-withdrawn")  # said to keys only
         if not key.allows(scope):
             try:
                 # the route, never the raw path (it may name a person or a thread)
@@ -168,7 +169,7 @@ class Gateway:
         """The app of a recorded release, built once and kept while it serves."""
         return self.served.app(release_id)
 
-    def _canary_unservable(self, release_id: str, reason: str) -> None:
+    def _canary_unservable(self, release_id: str, why: Unservable) -> None:
         """A canary that cannot serve (withdrawn, or it does not build) gets no observations,
         so it would wait for ever: with ``auto_rollback`` it is rolled back at once, for every
         instance (the deployment is shared), with the reason. Meanwhile stable serves its
@@ -178,7 +179,7 @@ class Gateway:
         from keel.errors import UsageError
 
         try:
-            self.releases.rollback(f"automatic: it cannot serve: {reason}", canary=release_id)
+            self.releases.rollback(f"automatic: it cannot serve: {why.detail}", canary=release_id)
         except UsageError:  # rolled back (or replaced) meanwhile, perhaps by another instance
             return
         self.metrics.rollback(release_id)

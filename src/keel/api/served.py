@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from keel.api.problems import Problem
@@ -25,12 +26,21 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Unservable:
+    """Why a release may not serve: ``said`` is for anyone (``/readyz`` needs no key: no
+    messages, names or paths), ``detail`` for the log, the release history and admin keys."""
+
+    said: str
+    detail: str
+
+
 class ServedReleases:
     """The built releases of one gateway process, and why a canary may not serve.
 
     ``retry_s``: how long a canary that failed to build is left alone before it is built again
-    (the failure may be this instance's and be mended). ``on_unservable(release_id, reason)``
-    is called once each time a canary is found unable to serve."""
+    (the failure may be this instance's and be mended). ``on_unservable(release_id, why)``
+    hears of a canary found unable to serve, once while it is deployed."""
 
     def __init__(
         self,
@@ -38,7 +48,7 @@ class ServedReleases:
         store: ReleaseStore,
         *,
         retry_s: Callable[[], float],
-        on_unservable: Callable[[str, str], None],
+        on_unservable: Callable[[str, Unservable], None],
     ) -> None:
         self._base = base
         self._store = store
@@ -46,7 +56,7 @@ class ServedReleases:
         self._on_unservable = on_unservable
         self._apps: dict[str, App] = {}
         self._withdrawn: dict[str, str] = {}  # for good: a withdrawal is never undone
-        self._broken: dict[str, tuple[str, float]] = {}  # reason, when (monotonic)
+        self._broken: dict[str, tuple[Unservable, float]] = {}  # why, when (monotonic)
         self._reported: set[str] = set()  # unservable canaries reported while they serve
         self._guard = threading.Lock()
 
@@ -99,7 +109,7 @@ class ServedReleases:
                 _log.warning("release %s may not serve: %s", release_id, problem)
         return problem
 
-    def canary_problem(self, release_id: str) -> str | None:
+    def canary_problem(self, release_id: str) -> Unservable | None:
         """Why the canary ``release_id`` may not serve (withdrawn, or it does not build: its
         app and its agent - model chain, tools, prompts - are built here), or None. The first
         time a canary is found unable to serve while it is deployed, ``on_unservable`` hears
@@ -111,33 +121,38 @@ class ServedReleases:
             first = release_id not in self._reported
             self._reported.add(release_id)
         if first:
+            _log.warning("canary release %s is not served: %s", release_id, problem.detail)
             self._on_unservable(release_id, problem)
         return problem
 
-    def _problem(self, release_id: str) -> str | None:
+    def _problem(self, release_id: str) -> Unservable | None:
         withdrawn = self._withdrawn.get(release_id)
         if withdrawn is not None:
-            return withdrawn
+            return _withdrawn(withdrawn)
         with self._guard:
             broken = self._broken.get(release_id)
         if broken is not None and time.monotonic() - broken[1] < self._retry_s():
             return broken[0]
         try:
-            problem = self.withdrawn(release_id)
-            if problem is None:
+            found = self.withdrawn(release_id)
+            if found is None:
                 self.app(release_id).agent  # noqa: B018 - builds it
         except Exception as exc:  # whatever stops it building stops it serving
-            problem = f"does not build: {type(exc).__name__}: {exc}"
+            kind = type(exc).__name__
+            problem = Unservable(f"does not build ({kind})", f"does not build: {kind}: {exc}")
             with self._guard:
                 self._broken[release_id] = (problem, time.monotonic())
-            _log.warning("canary release %s is not served: %s", release_id, problem)
             return problem
         with self._guard:
             self._broken.pop(release_id, None)
-        return problem
+        return None if found is None else _withdrawn(found)
 
     def canary(self, release_id: str) -> App | None:
         """The canary's app, or None while it may not serve (:meth:`canary_problem`)."""
         if self.canary_problem(release_id) is not None:
             return None
         return self.app(release_id)
+
+
+def _withdrawn(detail: str) -> Unservable:
+    return Unservable("a tuned model it names was withdrawn", detail)

@@ -4,6 +4,7 @@ so a data directory removed or replaced while serving answers 503 instead of emp
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from keel.db import create_tables, metadata
 
 if TYPE_CHECKING:
     from keel.app import App
+
+_log = logging.getLogger(__name__)
 
 # Written to and rolled back by the readiness probe: it never holds a row.
 probe = Table(
@@ -48,6 +51,7 @@ class StorageCheck:
         self.app = app
         self.data_dir = app.data_dir
         self._started = _identity(self.data_dir)
+        self._logged = False
 
     def data_dir_problem(self) -> str | None:
         """Why the data directory is not the one the app started with (None: it is)."""
@@ -55,10 +59,18 @@ class StorageCheck:
             return None
         now = _identity(self.data_dir)
         if now is None:
-            return f"the data directory {self.data_dir} is gone"
+            return self._noticed("the data directory is gone")
         if now != self._started:
-            return f"the data directory {self.data_dir} was replaced while serving"
+            return self._noticed("the data directory was replaced while serving")
         return None
+
+    def _noticed(self, problem: str) -> str:
+        """``problem``, said without the path (it reaches callers without a key): the path
+        goes to the log, once."""
+        if not self._logged:
+            self._logged = True
+            _log.error("%s: %s", problem, self.data_dir)
+        return problem
 
     def database_problem(self) -> str | None:
         """Why the keel database does not take a write (None: it does). The probe's row is
@@ -74,5 +86,6 @@ class StorageCheck:
                     tx.rollback()
         except Exception as exc:
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
-            return f"not writable: {type(exc).__name__}: {reason}"
+            _log.warning("the keel database does not take a write: %s", reason)
+            return f"not writable: {type(exc).__name__}"
         return None

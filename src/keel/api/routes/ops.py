@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any, Literal
 
@@ -32,6 +33,8 @@ def refuse_unknown_query(request: Request) -> None:
         raise Problem(400, f"unknown query parameter: {', '.join(unknown)}")
 
 
+_log = logging.getLogger(__name__)
+_NAMES_WITHDRAWN = "a tuned model it names was withdrawn"
 router = APIRouter(
     tags=["operations"],
     responses=documented(*COMMON),
@@ -130,8 +133,12 @@ def readyz(request: Request) -> dict[str, Any]:
         checks["vector_store"] = f"unreachable: {type(exc).__name__}"
     try:
         gw.app.agent  # noqa: B018 - builds the model chain, tools and prompts
-        checks["models"] = gw.app.resources.tuned.problem() or "ok"
+        withdrawn = gw.app.resources.tuned.problem()
+        if withdrawn is not None:
+            _log.warning("not ready: %s", withdrawn)
+        checks["models"] = "a tuned model it loaded was withdrawn" if withdrawn else "ok"
     except Exception as exc:
+        _log.warning("the app's models do not load", exc_info=True)
         checks["models"] = f"not loaded: {type(exc).__name__}"
     state = gw.deployment()
     notes: dict[str, str] = {}
@@ -144,14 +151,15 @@ def readyz(request: Request) -> dict[str, Any]:
             problem = gw.served.canary_problem(state[role])
             checks["canary_release"] = "ok"
             if problem is not None:
-                notes["canary_release"] = f"not served: {problem}"
+                notes["canary_release"] = f"not served: {problem.said}"
             continue
         try:
             withdrawn = gw.served.withdrawn(state[role])
             gw.release_app(state[role]).agent  # noqa: B018 - builds it
-            checks[f"{role}_release"] = withdrawn or "ok"
+            checks[f"{role}_release"] = "ok" if withdrawn is None else _NAMES_WITHDRAWN
         except Exception as exc:
-            checks[f"{role}_release"] = f"not loaded: {exc}"
+            _log.warning("the %s release %s does not load", role, state[role], exc_info=True)
+            checks[f"{role}_release"] = f"not loaded: {type(exc).__name__}"
     if gw.limits.shared:
         checks["rate_limits"] = "ok" if gw.limits.check_storage() else "unreachable"
     said: dict[str, Any] = {"checks": checks, **notes}
@@ -178,9 +186,11 @@ def metrics(request: Request) -> Response:
 
 @router.get("/v1/deployment", summary="The serving releases, their health and the last checks")
 def deployment(request: Request) -> dict[str, Any]:
-    """Stable and canary (with the canary's traffic share), each release's health since the
-    canary was deployed, the last canary verdict of this gateway, the release switch history
-    and the last drift check. Needs the ``admin`` scope."""
+    """Stable and canary (with the canary's traffic share), why the canary is not served
+    (``canary_not_served``: it does not build on this instance, or names a withdrawn model;
+    null while it serves), each release's health since the canary was deployed, the last
+    canary verdict of this gateway, the release switch history and the last drift check. Needs
+    the ``admin`` scope."""
     from keel.ops.canary import canary_since, release_health
     from keel.ops.monitor import last_check
 
@@ -191,8 +201,10 @@ def deployment(request: Request) -> dict[str, Any]:
     ids = [r for r in (state["stable"], state["canary"]) if r]
     history = gw.releases.history()
     since = canary_since(history, state["canary"])
+    unservable = gw.served.canary_problem(state["canary"]) if state["canary"] else None
     return {
         **state,
+        "canary_not_served": unservable.detail if unservable is not None else None,
         "health": release_health(gw.app.engine, gw.app.name, ids, since=since),
         "last_verdict": gw.last_verdict,
         "history": [{**e, "at": e["at"].isoformat()} for e in history[:50]],
