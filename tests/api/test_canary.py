@@ -379,3 +379,33 @@ def test_a_verdict_on_one_canary_never_rolls_back_the_next(
     assert store.state()["canary"] == v3
     store.rollback("judged v3", canary=v3)
     assert store.state()["canary"] is None
+
+
+def test_a_stable_release_that_does_not_build_answers_503_not_400(
+    release_app: Callable[[dict[str, Any]], App],
+) -> None:
+    """It is the deployment's fault, not the caller's: 503 release-unavailable on the native and
+    the OpenAI routes, without the build error's message, and /readyz is not ready."""
+    disk = release_app({})
+    store = ReleaseStore(disk.engine, disk.name)
+    broken = _unbuildable(disk, store)
+    store.set_stable(broken, "a release this code cannot serve")
+    api = create_app(disk)
+    client = TestClient(api, raise_server_exceptions=False)
+    key, _ = api.state.gateway.keys.create("tester", ["admin"])
+    try:
+        native = _ask(client, key, "t1")
+        assert native["status"] == 503 and native["type"].endswith("/release-unavailable")
+        assert "gone" not in native["detail"], native
+        openai = client.post(
+            "/v1/chat/completions",
+            json={"model": "canary-bot", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert openai.status_code == 503, openai.text
+        assert openai.json()["error"]["code"] == "release_unavailable"
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["stable_release"] == "not loaded: UsageError"
+    finally:
+        client.close()

@@ -210,8 +210,26 @@ class Gateway:
             if app is not None:
                 return app
         if stable:
-            return self.release_app(stable)
+            return self._stable_app(stable)
         return self.app
+
+    def _stable_app(self, release_id: str) -> App:
+        """The stable release's app. One that does not build on this instance is the
+        deployment's fault, not the caller's: 503 ``release-unavailable`` (the reason goes to
+        the log and ``/readyz``), where its error would have answered 400 with its message."""
+        from keel.errors import ModelWithdrawn
+
+        try:
+            return self.release_app(release_id)
+        except (Problem, ModelWithdrawn):
+            raise
+        except Exception as exc:
+            _log.error("the stable release %s does not build", release_id, exc_info=True)
+            raise Problem(
+                503,
+                f"the stable release {release_id} does not build on this instance",
+                type="release-unavailable",
+            ) from exc
 
     def maybe_prune(self) -> None:
         """Apply ``[retention]`` every ``retention.interval_s`` in a background thread, under a
