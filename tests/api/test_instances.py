@@ -448,3 +448,67 @@ def test_a_fleet_on_postgres_redis_and_a_chroma_server(
             w.kill()
             w.wait()
         gen.close()
+
+
+def test_two_instances_roll_back_a_canary_that_does_not_build_once(
+    tmp_path: Path, model_cache_dir: Path
+) -> None:
+    """Two `keel serve` processes find at once that the canary does not build (its tools are
+    not in the code): every turn is answered by stable, and the canary is rolled back once."""
+    from keel.api.keys import KeyStore
+    from keel.app import App
+    from keel.ops.releases import ReleaseStore
+    from keel.settings import Settings
+
+    (tmp_path / "keel.toml").write_text(
+        '[app]\nname = "multi"\n[agent]\nretrieve = false\n'
+        "[limits]\nrequests_per_minute = 10000\n[deploy]\nrefresh_s = 0\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KEEL_")},
+        "KEEL_DATA_DIR": str(tmp_path / ".keel"),
+        "KEEL_CACHE_DIR": str(model_cache_dir),
+    }
+    app = App.from_config(
+        tmp_path / "keel.toml",
+        settings=Settings(data_dir=tmp_path / ".keel", cache_dir=model_cache_dir),
+    )
+    store = ReleaseStore(app.engine, app.name)
+    content = app.release_content()
+    stable = store.create(content, note="v1").id
+    content["tools"] = [{"type": "function", "function": {"name": "gone", "parameters": {}}}]
+    broken = store.create(content, note="names a tool this code lacks").id
+    store.set_stable(stable, "v1")
+    store.set_canary(broken, 0.9, "most threads to a release that does not build")
+    key, _ = KeyStore(app.engine).create("t", ["chat"])
+    headers = {"Authorization": f"Bearer {key}"}
+    gen = _instances(tmp_path, env, 2)
+    urls = next(gen)
+    try:
+        served: list[tuple[int, str | None]] = []
+        start = threading.Barrier(8)
+
+        def turns(url: str, n: int) -> None:
+            start.wait()
+            for i in range(6):
+                r = httpx.post(
+                    f"{url}/v1/chat",
+                    json={"message": "hello", "thread_id": f"t{n}-{i}"},
+                    headers=headers,
+                    timeout=60,
+                )
+                served.append((r.status_code, r.json().get("release_id")))
+
+        threads = [threading.Thread(target=turns, args=(urls[n % 2], n)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(served) == 48 and set(served) == {(200, stable)}, served
+        assert store.state() == {"stable": stable, "canary": None, "weight": 0.0}
+        rollbacks = [e for e in store.history() if e["action"] == "rollback"]
+        assert len(rollbacks) == 1 and rollbacks[0]["from"] == broken, rollbacks
+        assert "tools only on one side: gone" in rollbacks[0]["reason"]
+    finally:
+        gen.close()
+        app.close()

@@ -297,3 +297,74 @@ def test_postgres_state_and_history(pg_store: ReleaseStore) -> None:
     assert pg_store.promote("good") == v2
     assert pg_store.state() == {"stable": v2.id, "canary": None, "weight": 0.0}
     assert [e["action"] for e in pg_store.history()] == ["promote", "canary", "stable"]
+
+
+# -- two processes switching at once ---------------------------------------------------------
+
+_SWITCHER = """
+import sys, time
+from pathlib import Path
+from keel.db import make_engine
+from keel.errors import UsageError
+from keel.ops.releases import ReleaseStore
+
+url, data_dir, app, canary, start = sys.argv[1:6]
+store = ReleaseStore(make_engine(url or None, Path(data_dir)), app)
+while time.time() < float(start):
+    time.sleep(0.005)
+for i in range(40):
+    for switch in (
+        lambda: store.set_canary(canary, 0.5, "canary"),
+        lambda: store.rollback("judged", canary=canary),
+    ):
+        try:
+            switch()
+        except UsageError:
+            pass
+"""
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_two_processes_switching_at_once_take_turns(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Two processes deploying and rolling back the same canary as fast as they can (two
+    gateway workers judging it, an operator beside them): each switch reads the state the
+    last one wrote, so the history replays to the state and never rolls back a canary twice
+    (on SQLite, where there is no FOR UPDATE, the switches used to interleave)."""
+    import subprocess
+    import sys
+    import time
+
+    url = request.getfixturevalue("pg_url") if db == "postgres" else ""
+    data_dir = tmp_path / ".keel"
+    app = f"race-{uuid.uuid4().hex[:8]}"
+    store = ReleaseStore(make_engine(url or None, data_dir), app)
+    stable = store.create(_content(index_version="a")).id
+    canary = store.create(_content(index_version="b")).id
+    store.set_stable(stable, "first")
+    start = str(time.time() + 3)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SWITCHER, url, str(data_dir), app, canary, start],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    state: dict[str, str | None] = {"stable": None, "canary": None}
+    for e in reversed(store.history()):  # oldest first
+        if e["action"] == "stable":
+            state["stable"] = e["to"]
+        elif e["action"] == "canary":
+            assert e["from"] == state["canary"], e  # it read what the last switch wrote
+            state["canary"] = e["to"]
+        elif e["action"] == "rollback":
+            assert e["from"] == state["canary"] == canary, e  # never a canary rolled back twice
+            assert e["to"] == state["stable"], e
+            state["canary"] = None
+    assert store.state()["canary"] == state["canary"]
+    assert sum(e["action"] == "rollback" for e in store.history()) >= 40

@@ -376,7 +376,15 @@ class ReleaseStore:
             pass
 
     def _lock_state(self, conn: Connection) -> dict[str, Any]:
-        """The state row, locked (``FOR UPDATE``) on PostgreSQL until the switch is written."""
+        """The state row, locked until the switch is written, so two processes switching at
+        once (two gateway workers rolling back the same canary, a deploy beside a rollback)
+        take turns and each reads what the other wrote. The transaction's first statement is
+        a write that changes nothing: on SQLite it takes the database's write lock before
+        anything is read (a plain ``SELECT`` would read without one, and ``FOR UPDATE`` is
+        not SQLite's), on PostgreSQL it locks the row, as ``FOR UPDATE`` does."""
+        conn.execute(
+            deployments.update().where(deployments.c.app == self.app).values(app=deployments.c.app)
+        )
         query = select(deployments).where(deployments.c.app == self.app).with_for_update()
         row = conn.execute(query).first()
         if row is None:  # pragma: no cover - _ensure_state_row ran first
