@@ -6,12 +6,15 @@ One rating per key per trace: a key that rates a trace again replaces its earlie
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     Column,
+    ColumnElement,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -20,6 +23,7 @@ from sqlalchemy import (
     Text,
     and_,
     select,
+    text,
     update,
 )
 
@@ -60,6 +64,7 @@ class FeedbackStore:
         with self.engine.begin() as conn:
             if key_id is not None:
                 mine = and_(feedback.c.trace_id == trace_id, feedback.c.key_id == key_id)
+                _one_rater_at_a_time(conn, mine, f"{trace_id}\0{key_id}")
                 earlier = conn.execute(select(feedback.c.id).where(mine)).scalars().all()
                 if earlier:
                     conn.execute(
@@ -97,3 +102,17 @@ class FeedbackStore:
             query = query.where(feedback.c.trace_id == trace_id)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def _one_rater_at_a_time(conn: Connection, mine: ColumnElement[bool], name: str) -> None:
+    """Serialise the ratings of one key on one trace across processes (a retried request on
+    two gateway workers), so the second reads the first's row and replaces it instead of
+    adding one. PostgreSQL: a transaction-scoped advisory lock on ``name``. SQLite: a write
+    that changes nothing, which takes the database's write lock before anything is read (a
+    plain ``SELECT`` reads without one)."""
+    if conn.dialect.name == "postgresql":
+        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+        lock = int.from_bytes(digest, "big", signed=True)
+        conn.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
+    else:
+        conn.execute(update(feedback).where(mine).values(id=feedback.c.id))
