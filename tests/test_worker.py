@@ -90,6 +90,23 @@ def test_a_job_that_is_running_is_left_alone(queue: JobQueue) -> None:
         assert running is not None and running.state == "running" and running.attempts == 1
 
 
+def test_a_job_that_ends_after_reclaim_lists_it_stays_as_it_ended(
+    queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reclaim lists the unfinished jobs, then takes each one's lease: a job whose worker
+    finished it in between (another process) is not put back, run again and failed for its
+    work being gone."""
+    job = queue.jobs.create("k1", _docs("f").to_json())
+    _as_left_by_a_dead_worker(queue, job.id, attempts=1)
+    listed = queue.jobs.unfinished(0)  # as reclaim saw it: running
+    assert [j.id for j in listed] == [job.id]
+    queue.jobs.done(job.id, {"added": 1})  # its worker finishes, and lets go of the lease
+    monkeypatch.setattr(queue.jobs, "unfinished", lambda _s: listed)
+    assert queue.reclaim() == []
+    ended = queue.jobs.get(job.id)
+    assert ended is not None and ended.state == "done" and ended.report == {"added": 1}
+
+
 def test_a_job_is_given_up_after_max_attempts(queue: JobQueue) -> None:
     job = queue.jobs.create("k1", _docs("e").to_json())
     _as_left_by_a_dead_worker(queue, job.id, attempts=MAX_ATTEMPTS)

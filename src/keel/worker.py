@@ -182,8 +182,9 @@ class JobQueue:
             lease = self.app.resources.leases.try_acquire(f"{self.app.name}:job:{job.id}")
             if lease is None:
                 continue  # running: its worker keeps the lease
-            lease.release()
-            self.jobs.requeued(job.id)
+            with lease:  # its state is read and written while no worker can finish it
+                if not self.jobs.requeued(job.id):
+                    continue  # it ended after it was listed
             self._run(job.id)
             again.append(job.id)
         if again:

@@ -151,9 +151,18 @@ class JobStore:
     def failed(self, job_id: str, error: str) -> None:
         self._set(job_id, state="failed", error=error[:2000], payload=None)
 
-    def requeued(self, job_id: str) -> None:
-        """Back to ``queued`` (its worker died): the next worker starts it again."""
-        self._set(job_id, state="queued")
+    def requeued(self, job_id: str) -> bool:
+        """Back to ``queued`` (its worker died): the next worker starts it again. Only a job
+        still ``running`` or ``queued`` goes back (one that ended meanwhile stays as it ended);
+        whether it did. The caller holds the job's lease."""
+        t = jobs_table
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(t)
+                .where(t.c.id == job_id, t.c.app == self.app, t.c.state.in_(("running", "queued")))
+                .values(updated_at=time.time(), state="queued")
+            )
+        return changed.rowcount == 1
 
     def unfinished(self, queued_for_s: float, *, now: float | None = None) -> list[JobRecord]:
         """Jobs that may have lost their worker: every running job (the caller checks its
