@@ -154,12 +154,12 @@ class ThreadIndex:
         """Record activity; a new thread belongs to ``owner``; another owner is refused.
         ``end_user``: the person the turn is for (kept on the thread once given)."""
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                select(threads.c.owner).where(threads.c.thread_id == thread_id)
-            ).first()
-            if row is None:
-                try:
+        exists, _ = self.owner_of(thread_id)
+        if not exists:
+            # A transaction of its own: on PostgreSQL a failed insert aborts its transaction,
+            # so the check and update below could not run in it.
+            try:
+                with self.engine.begin() as conn:
                     conn.execute(
                         threads.insert().values(
                             thread_id=thread_id,
@@ -170,14 +170,15 @@ class ThreadIndex:
                             updated_at=now,
                         )
                     )
-                except IntegrityError:  # created concurrently: fall through to the check
-                    pass
-                else:
-                    return
-            self.check_owner(thread_id, owner)
-            values: dict[str, object] = {"updated_at": now}
-            if end_user:
-                values["end_user"] = end_user
+            except IntegrityError:  # created concurrently: fall through to the check
+                pass
+            else:
+                return
+        self.check_owner(thread_id, owner)
+        values: dict[str, object] = {"updated_at": now}
+        if end_user:
+            values["end_user"] = end_user
+        with self.engine.begin() as conn:
             conn.execute(update(threads).where(threads.c.thread_id == thread_id).values(**values))
 
     def owner_of(self, thread_id: str) -> tuple[bool, str | None]:
