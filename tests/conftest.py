@@ -157,6 +157,29 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
+def run_at_once(script: str, argvs: list[list[str]], *, lead_s: float = 3.0) -> None:
+    """Run ``python -c script`` once per argument list, each in a process of its own, and
+    fail with a process's stderr when one fails. Each gets, as its last argument, the same
+    start time (``time.time()`` + ``lead_s``) to wait for, so the processes race instead of
+    the first finishing before the last has imported keel."""
+    start = str(time.time() + lead_s)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *argv, start], stderr=subprocess.PIPE, text=True
+        )
+        for argv in argvs
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+
+
+@pytest.fixture
+def at_once() -> Callable[..., None]:
+    """:func:`run_at_once`: two processes racing on shared state (``--workers N``)."""
+    return run_at_once
+
+
 def write_files(root: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
         path = root / rel

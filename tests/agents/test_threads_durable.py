@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,7 @@ _TOUCHER = textwrap.dedent(
     from keel.agents.checkpoints import ThreadIndex
     from keel.db import make_engine
 
-    url, data_dir, prefix, start = sys.argv[1:5]
+    url, data_dir, prefix, start = sys.argv[1:5]  # start: run_at_once's
     index = ThreadIndex(make_engine(url or None, Path(data_dir)), "touchy")
     while time.time() < float(start):
         time.sleep(0.005)
@@ -105,29 +106,16 @@ _TOUCHER = textwrap.dedent(
 
 @pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_two_processes_starting_the_same_threads_at_once(
-    db: str, tmp_path: Path, request: pytest.FixtureRequest
+    db: str, tmp_path: Path, request: pytest.FixtureRequest, at_once: Callable[..., None]
 ) -> None:
     """The loser of the race to record a new thread checks its owner and records the turn
     (on PostgreSQL its failed insert used to abort the transaction the check ran in: a 500)."""
-    import time
-
     from keel.agents.checkpoints import ThreadIndex
     from keel.db import make_engine
 
     url = request.getfixturevalue("pg_url") if db == "postgres" else ""
     prefix = f"race{uuid.uuid4().hex[:8]}"
-    start = str(time.time() + 3)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _TOUCHER, url, str(tmp_path / ".keel"), prefix, start],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-2000:]
+    at_once(_TOUCHER, [[url, str(tmp_path / ".keel"), prefix]] * 2)
     index = ThreadIndex(make_engine(url or None, tmp_path / ".keel"), "touchy")
     for i in (0, 75, 149):
         assert index.owner_of(f"{prefix}-{i}") == (True, "k1")

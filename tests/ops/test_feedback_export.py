@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -215,7 +215,7 @@ from pathlib import Path
 from keel.db import make_engine
 from keel.ops.feedback import FeedbackStore
 
-url, data_dir, trace, start, score = sys.argv[1:6]
+url, data_dir, trace, score, start = sys.argv[1:6]  # start: run_at_once's
 store = FeedbackStore(make_engine(url or None, Path(data_dir)))
 while time.time() < float(start):
     time.sleep(0.005)
@@ -226,31 +226,20 @@ for i in range(150):  # both processes rate trace 0, then 1, ... with one key, a
 
 @pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_two_processes_rating_one_trace_with_one_key_keep_one_row(
-    db: str, tmp_path: Path, unique: str, request: pytest.FixtureRequest
+    db: str,
+    tmp_path: Path,
+    unique: str,
+    request: pytest.FixtureRequest,
+    at_once: Callable[..., None],
 ) -> None:
     """A key's rating replaces its earlier one even when two processes (two gateway workers)
     store the key's rating of a trace at once: one row, never two (it read nothing before
     the other process wrote, and added a second row)."""
-    import subprocess
-    import sys
-    import time
-
     url = request.getfixturevalue("pg_url") if db == "postgres" else ""
     data_dir = tmp_path / ".keel"
     store = FeedbackStore(make_engine(url or None, data_dir))
     trace = f"race{unique}"
-    start = str(time.time() + 3)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _RATER, url, str(data_dir), trace, start, score],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for score in ("0", "1")
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
+    at_once(_RATER, [[url, str(data_dir), trace, score] for score in ("0", "1")])
     rows = [r for r in store.all() if r["trace_id"].startswith(f"{trace}-")]
     per_trace = Counter(r["trace_id"] for r in rows)
     assert len(per_trace) == 150 and set(per_trace.values()) == {1}, per_trace.most_common(3)

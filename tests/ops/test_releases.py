@@ -4,6 +4,7 @@ import copy
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -303,12 +304,13 @@ def test_postgres_state_and_history(pg_store: ReleaseStore) -> None:
 
 _SWITCHER = """
 import sys, time
+from collections.abc import Callable
 from pathlib import Path
 from keel.db import make_engine
 from keel.errors import UsageError
 from keel.ops.releases import ReleaseStore
 
-url, data_dir, app, canary, start = sys.argv[1:6]
+url, data_dir, app, canary, start = sys.argv[1:6]  # start: run_at_once's
 store = ReleaseStore(make_engine(url or None, Path(data_dir)), app)
 while time.time() < float(start):
     time.sleep(0.005)
@@ -326,16 +328,12 @@ for i in range(40):
 
 @pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_two_processes_switching_at_once_take_turns(
-    db: str, tmp_path: Path, request: pytest.FixtureRequest
+    db: str, tmp_path: Path, request: pytest.FixtureRequest, at_once: Callable[..., None]
 ) -> None:
     """Two processes deploying and rolling back the same canary as fast as they can (two
     gateway workers judging it, an operator beside them): each switch reads the state the
     last one wrote, so the history replays to the state and never rolls back a canary twice
     (on SQLite, where there is no FOR UPDATE, the switches used to interleave)."""
-    import subprocess
-    import sys
-    import time
-
     url = request.getfixturevalue("pg_url") if db == "postgres" else ""
     data_dir = tmp_path / ".keel"
     app = f"race-{uuid.uuid4().hex[:8]}"
@@ -343,18 +341,7 @@ def test_two_processes_switching_at_once_take_turns(
     stable = store.create(_content(index_version="a")).id
     canary = store.create(_content(index_version="b")).id
     store.set_stable(stable, "first")
-    start = str(time.time() + 3)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _SWITCHER, url, str(data_dir), app, canary, start],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
+    at_once(_SWITCHER, [[url, str(data_dir), app, canary]] * 2)
     state: dict[str, str | None] = {"stable": None, "canary": None}
     for e in reversed(store.history()):  # oldest first
         if e["action"] == "stable":
