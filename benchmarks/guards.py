@@ -39,7 +39,8 @@
    injection, PII and secrets on the question (its embedding is computed once, by retrieval,
    and reused by the detector, so it is not counted here), context injection on the retrieved
    chunks, output secrets and prompt leakage on the answer: the example's default policy
-   (and, side by side, the same without the language guard; ratio printed), and the same with
+   (and, side by side, the same without the language guard, and the same with each rule in a
+   guardrails-ai Guard of its own instead of one Guard per point; ratios printed), and the same with
    output grounding (the policy for a generative model), scored with the int8 support encoder
    (``rag.embeddings.support``) and, side by side, with the float model
    (``grounding_full_encoder``; the ratio of the two p50s is printed), and with the int8
@@ -503,7 +504,7 @@ def off_topic(data: Path, app: Any) -> dict[str, Any]:
         return round(sum(fails) / len(fails), 4)
 
     return {
-        "threshold": rule.guard._validators[0].options.threshold,
+        "threshold": rule.options.threshold,
         "own_questions_flagged": rate(own),
         "scifact_claims_flagged": rate(claims),
         "task_drift_flagged": rate(DRIFT),
@@ -775,6 +776,7 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
     )
     variants = {
         "default": (policy, services),
+        "default_guard_per_rule": (policy, services),
         "default_without_language": (without_language, services),
         "grounding": (grounded, services),
         "grounding_full_encoder": (
@@ -789,15 +791,21 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
     }
     ratios = {  # name: (numerator, denominator), p50 over p50
         "default_over_without_language_p50": ("default", "default_without_language"),
+        "default_guard_per_point_over_per_rule_p50": ("default", "default_guard_per_rule"),
         "grounding_int8_over_full_p50": ("grounding", "grounding_full_encoder"),
         "grounding_one_per_call_over_batched_p50": ("grounding", "grounding_batched"),
         "grounding_direct_over_through_encode_p50": ("grounding", "grounding_through_encode"),
     }
     result: dict[str, Any] = {}
     for answers_from, answers in sets.items():
-        for name, (section, using) in variants.items():
-            runner = GuardRunner(section, using, app.guards.external)
-            result[f"{answers_from}/{name}"] = _time_stack(runner, app.name, questions, answers)
+        runners = {
+            name: (_guard_per_rule() if name.endswith("_guard_per_rule") else GuardRunner)(
+                section, using, app.guards.external
+            )
+            for name, (section, using) in variants.items()
+        }
+        for name, timed in _time_stacks(runners, app.name, questions, answers).items():
+            result[f"{answers_from}/{name}"] = timed
         for name, (top, bottom) in ratios.items():
             ratio = (
                 result[f"{answers_from}/{top}"]["p50_ms"]
@@ -812,44 +820,84 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
     return result
 
 
-def _time_stack(
-    runner: Any, app_name: str, questions: list[str], answers: list[Any]
-) -> dict[str, Any]:
+def _guard_per_rule() -> Any:
+    """A runner that validates each rule in a Guard of its own, as keel did before a point's
+    rules shared one (``default_guard_per_rule``, to measure that side by side)."""
+    from keel.guardrails.runner import GuardRunner
+
+    class GuardPerRule(GuardRunner):
+        def check(self, point: str, text: str, **kwargs: Any) -> Any:
+            rules = kwargs.pop("rules", None)
+            decisions: list[Any] = []
+            current: str | None = text
+            for rule in rules if rules is not None else self.rules[point]:
+                current, found = super().check(point, current or "", rules=[rule], **kwargs)
+                decisions += found
+                if current is None:
+                    break
+            return current, decisions
+
+    return GuardPerRule
+
+
+def _time_stacks(
+    runners: dict[str, Any], app_name: str, questions: list[str], answers: list[Any]
+) -> dict[str, dict[str, Any]]:
+    """Every runner on the same turns, taking turns: each turn is timed with every runner, in
+    a shuffled order (seeded), so that the machine's drift over the run is shared by all and
+    the ratios between them hold (timed one after another, the same policy measured 1.4 and
+    2.7 ms in one run)."""
+    import random
+
+    order = random.Random(0)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    cold: dict[str, list[float]] = {name: [] for name in runners}
+    for round_no in range(5):
+        for q, a in zip(questions, answers, strict=True):
+            names = list(runners)
+            order.shuffle(names)
+            for name in names:
+                # a new question each round and each runner: nothing cached across them
+                question = f"{q} ({round_no}.{list(runners).index(name)})"
+                took = _one_turn(runners[name], app_name, question, a)
+                (cold if round_no == 0 else times)[name].append(took)
+    # round 0 validates every retrieved chunk; later rounds retrieve the same chunks, whose
+    # context verdicts the runner kept (as popular chunks are in real traffic)
+    return {
+        name: {
+            "p50_ms": round(statistics.median(times[name]), 3),
+            "p99_ms": round(pct(times[name], 99), 3),
+            "first_time_chunks_p50_ms": round(statistics.median(cold[name]), 3),
+        }
+        for name in runners
+    }
+
+
+def _one_turn(runner: Any, app_name: str, question: str, answer: Any) -> float:
+    """One turn's guard decisions (input, context, output) in milliseconds."""
     from keel.agents.hooks import RunContext
     from keel.guardrails.injection import windows
     from keel.rag.types import Hit
 
     embedder = runner.services.embedder()  # the app's, whose caches the guards use
     encoders = {id(e): e for e in (embedder, runner.services.support_embedder())}.values()
-
-    times: list[float] = []
-    cold: list[float] = []
-    for round_no in range(5):
-        for q, a in zip(questions, answers, strict=True):
-            question = f"{q} ({round_no})"  # a new question each round: nothing cached
-            ctx = RunContext(app=app_name, thread_id="bench", scopes=None)
-            # Retrieval embeds the question first; the injection detector reuses that vector
-            # (embed_query's cache), so it is retrieval's cost, not the guards'.
-            embedder.embed_query(question)
-            cached = {id(e): e.cached_queries() for e in encoders}
-            t0 = time.perf_counter()
-            runner.on_input(question, ctx)
-            ctx.hits = runner.on_context([Hit.of(h) for h in a.hits], ctx)
-            runner.on_output(a.text, ctx)
-            (cold if round_no == 0 else times).append((time.perf_counter() - t0) * 1000)
-            # The answer's sentences are new in every turn of real traffic: forget the ones
-            # this turn embedded (the in-memory cache also keeps the chunks' vectors, which
-            # real traffic keeps too).
-            chunks = {w for h in a.hits for w in windows(Hit.of(h).text)}
-            for e in encoders:
-                e.forget_queries(e.cached_queries() - cached[id(e)] - chunks)
-    # round 0 validates every retrieved chunk; later rounds retrieve the same chunks, whose
-    # context verdicts the runner kept (as popular chunks are in real traffic)
-    return {
-        "p50_ms": round(statistics.median(times), 3),
-        "p99_ms": round(pct(times, 99), 3),
-        "first_time_chunks_p50_ms": round(statistics.median(cold), 3),
-    }
+    ctx = RunContext(app=app_name, thread_id="bench", scopes=None)
+    # Retrieval embeds the question first; the injection detector reuses that vector
+    # (embed_query's cache), so it is retrieval's cost, not the guards'.
+    embedder.embed_query(question)
+    cached = {id(e): e.cached_queries() for e in encoders}
+    t0 = time.perf_counter()
+    runner.on_input(question, ctx)
+    ctx.hits = runner.on_context([Hit.of(h) for h in answer.hits], ctx)
+    runner.on_output(answer.text, ctx)
+    took = (time.perf_counter() - t0) * 1000
+    # The answer's sentences are new in every turn of real traffic: forget the ones this turn
+    # embedded (the in-memory cache also keeps the chunks' vectors, which real traffic keeps
+    # too).
+    chunks = {w for h in answer.hits for w in windows(Hit.of(h).text)}
+    for e in encoders:
+        e.forget_queries(e.cached_queries() - cached[id(e)] - chunks)
+    return took
 
 
 def main() -> int:
@@ -972,6 +1020,7 @@ def main() -> int:
         print("\nthe support bot's guard policy per turn (input, context, output; p50 <= 10):")
         labels = {
             "default": "default policy",
+            "default_guard_per_rule": "default, a Guard per rule",
             "default_without_language": "default without language",
             "grounding": "+ grounding (int8 encoder)",
             "grounding_full_encoder": "+ grounding (float encoder)",
@@ -990,6 +1039,8 @@ def main() -> int:
             )
         said = {
             "default_over_without_language_p50": "default policy / without the language guard",
+            "default_guard_per_point_over_per_rule_p50": "default policy, one Guard per point / "
+            "one per rule",
             "grounding_int8_over_full_p50": "grounding, int8 / float encoder",
             "grounding_one_per_call_over_batched_p50": "grounding, one sentence per call / one "
             "padded batch",

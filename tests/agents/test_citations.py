@@ -60,7 +60,7 @@ def test_refusals_echoes_and_unsupported_sentences_are_never_attributed(
 def test_grounding_does_not_pass_the_question_repeated(embedder: Embedder) -> None:
     q = "How long do I have to ask for a refund?"
     meta = {
-        "keel_embedder": embedder,
+        "keel_support_embedder": embedder,
         "keel_passages": PASSAGES,
         "keel_question": q,
         "keel_report": {},

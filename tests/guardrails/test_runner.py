@@ -60,6 +60,37 @@ def test_actions_fix_exception_noop_and_decisions() -> None:
     assert text == "abc" and decisions[0].outcome == "pass"
 
 
+def test_a_points_rules_run_in_one_guard_in_turn() -> None:
+    """One guardrails-ai Guard per point: a fix hands its text to the next rule, a noop
+    failure beside a fix keeps the fix (guardrails-ai's own outcome has no value then), the
+    first rule that stops ends the run, and each rule that ran has its own decision."""
+    r = runner(
+        input={
+            "length": {"on_fail": "noop", "max_chars": 10},
+            "pii": {"on_fail": "fix", "entities": ["EMAIL_ADDRESS"]},
+            "secrets": {"on_fail": "fix"},
+        },
+        output={
+            "pii": {"on_fail": "fix", "entities": ["EMAIL_ADDRESS"]},
+            "length": {"on_fail": "exception", "max_chars": 20},
+            "secrets": {"on_fail": "fix"},
+        },
+    )
+    text, decisions = r.check("input", "write to ann@example.com please")
+    assert text is not None and "ann@example.com" not in text and "please" in text
+    assert [(d.validator, d.outcome, d.action) for d in decisions] == [
+        ("length", "fail", "noop"),
+        ("pii", "fail", "fix"),
+        ("secrets", "pass", "none"),
+    ]
+    assert all(d.latency_ms > 0 for d in decisions)
+    assert r.guard(tuple(r.rules["input"])) is r.guard(tuple(r.rules["input"]))  # built once
+    text, decisions = r.check("output", "write to ann@example.com please, today")
+    assert text is None  # the fixed text is still over 20 characters: stopped by length
+    assert [(d.validator, d.outcome) for d in decisions] == [("pii", "fail"), ("length", "fail")]
+    assert "limit 20" in decisions[-1].reason
+
+
 def test_json_schema_validator() -> None:
     schema = {"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}}
     r = runner(output={"json_schema": {"schema": schema}})

@@ -88,7 +88,7 @@ def test_a_turn_embeds_each_claim_once(embedder: Embedder) -> None:
         for i, t in enumerate(PASSAGES)
     ]
     meta = {
-        "keel_embedder": embedder,
+        "keel_support_embedder": embedder,
         "keel_passages": PASSAGES,
         "keel_question": "How do I export my notes?",
         "keel_report": {},

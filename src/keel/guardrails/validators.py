@@ -6,6 +6,7 @@ actions. Runtime services come through the ``metadata`` mapping that ``Guard.val
 passes to every validator (guardrails-ai's own mechanism for per-call context):
 
 ``keel_embedder``     the app's :class:`~keel.rag.embeddings.Embedder`
+``keel_support_embedder``  the encoder grounding scores support with
 ``keel_injection``    the :class:`~keel.guardrails.injection.InjectionDetector`
 ``keel_passages``     retrieved passage texts (grounding)
 ``keel_system_prompt`` / ``keel_canary``   the system prompt and its canary token (leakage)
@@ -13,6 +14,9 @@ passes to every validator (guardrails-ai's own mechanism for per-call context):
 ``keel_scope``        the app's :class:`~keel.guardrails.scope.AppScope` (off-topic check)
 ``keel_point``        the hook point the rule runs at
 ``keel_report``       a dict validators write their score and details into, for the record
+``keel_trail``        a list each validator appends a :class:`Ran` to when it has run: one
+                      Guard runs a point's validators in turn, and the trail says which ran,
+                      what each said and how long it took
 
 Each validator's options are a pydantic model (:data:`OPTIONS`): unknown options are a
 configuration error, not silently ignored.
@@ -22,7 +26,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from keel.guardrails._offline import import_guardrails
@@ -66,8 +72,23 @@ def _span_dicts(spans: list[Span]) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass(frozen=True)
+class Ran:
+    """One validator's run inside a Guard: its name, its result (a guardrails-ai
+    ``PassResult`` or ``FailResult``) and its own time."""
+
+    validator: str
+    result: Result
+    latency_ms: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.result.outcome == "pass")
+
+
 class _KeelValidator(Validator):
-    """Stores its options (validated) and gives subclasses ``self.options``."""
+    """Stores its options (validated) and gives subclasses ``self.options``; subclasses
+    implement :meth:`_check`, and every run is appended to the call's ``keel_trail``."""
 
     options_model: type[_Options] = _Options
     keel_name = ""
@@ -75,6 +96,18 @@ class _KeelValidator(Validator):
     def __init__(self, on_fail: Any = None, **options: Any) -> None:
         super().__init__(on_fail=on_fail, **options)
         self.options = self.options_model.model_validate(options)
+
+    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+        started = time.perf_counter()
+        result = self._check(value, metadata)
+        trail = metadata.get("keel_trail")
+        if isinstance(trail, list):
+            latency = (time.perf_counter() - started) * 1000
+            trail.append(Ran(self.keel_name, result, latency))
+        return result
+
+    def _check(self, value: Any, metadata: dict[str, Any]) -> Result:
+        raise NotImplementedError
 
 
 # -- prompt injection ----------------------------------------------------------------------
@@ -97,7 +130,7 @@ class InjectionValidator(_KeelValidator):
     options_model = InjectionOptions
     keel_name = "injection"
 
-    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+    def _check(self, value: Any, metadata: dict[str, Any]) -> Result:
         detector = metadata["keel_injection"]
         opts: InjectionOptions = self.options  # type: ignore[assignment]
         result = detector.score(str(value))
@@ -141,7 +174,7 @@ class PiiValidator(_KeelValidator):
     options_model = PiiOptions
     keel_name = "pii"
 
-    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+    def _check(self, value: Any, metadata: dict[str, Any]) -> Result:
         from keel.guardrails.pii import Redactor, detect_pii
 
         opts: PiiOptions = self.options  # type: ignore[assignment]
@@ -175,7 +208,7 @@ class SecretsValidator(_KeelValidator):
     options_model = SecretsOptions
     keel_name = "secrets"
 
-    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+    def _check(self, value: Any, metadata: dict[str, Any]) -> Result:
         from keel.guardrails.secrets import detect_secrets
 
         opts: SecretsOptions = self.options  # type: ignore[assignment]
@@ -227,7 +260,7 @@ class GroundingValidator(_KeelValidator):
     options_model = GroundingOptions
     keel_name = "grounding"
 
-    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+    def _check(self, value: Any, metadata: dict[str, Any]) -> Result:
         from keel.rag.sentences import split_sentences
         from keel.rag.support import restates, support_scores
 
@@ -246,8 +279,9 @@ class GroundingValidator(_KeelValidator):
         passages = [p for p in metadata.get("keel_passages", []) if p.strip()]
         echoes = [restates(c, question) for c in claims]
         others = [c for c, echo in zip(claims, echoes, strict=True) if not echo]
+        encoder = metadata["keel_support_embedder"]
         scored = iter(
-            support_scores(others, passages, metadata["keel_embedder"]).max(axis=1, initial=0.0)
+            support_scores(others, passages, encoder).max(axis=1, initial=0.0)
             if passages
             else [0.0] * len(others)
         )
@@ -298,7 +332,7 @@ class PromptLeakValidator(_KeelValidator):
     options_model = PromptLeakOptions
     keel_name = "prompt_leak"
 
-    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+    def _check(self, value: Any, metadata: dict[str, Any]) -> Result:
         opts: PromptLeakOptions = self.options  # type: ignore[assignment]
         text = str(value)
         canary = metadata.get("keel_canary")
@@ -337,7 +371,7 @@ class TopicDenylistValidator(_KeelValidator):
     options_model = TopicOptions
     keel_name = "topic_denylist"
 
-    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+    def _check(self, value: Any, metadata: dict[str, Any]) -> Result:
         opts: TopicOptions = self.options  # type: ignore[assignment]
         text = str(value)
         lowered = text.lower()
@@ -373,7 +407,7 @@ class OffTopicValidator(_KeelValidator):
     options_model = OffTopicOptions
     keel_name = "off_topic"
 
-    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+    def _check(self, value: Any, metadata: dict[str, Any]) -> Result:
         opts: OffTopicOptions = self.options  # type: ignore[assignment]
         text = str(value)
         if len(text.split()) < opts.min_words:
@@ -428,7 +462,7 @@ class LanguageValidator(_KeelValidator):
     options_model = LanguageOptions
     keel_name = "language"
 
-    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+    def _check(self, value: Any, metadata: dict[str, Any]) -> Result:
         from keel.guardrails.language import foreign_piece
 
         opts: LanguageOptions = self.options  # type: ignore[assignment]
@@ -463,7 +497,7 @@ class LengthValidator(_KeelValidator):
     options_model = LengthOptions
     keel_name = "length"
 
-    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+    def _check(self, value: Any, metadata: dict[str, Any]) -> Result:
         opts: LengthOptions = self.options  # type: ignore[assignment]
         text = str(value)
         _report(metadata, self.keel_name, chars=len(text))
@@ -491,7 +525,7 @@ class JsonSchemaValidator(_KeelValidator):
     options_model = JsonSchemaOptions
     keel_name = "json_schema"
 
-    def _validate(self, value: Any, metadata: dict[str, Any]) -> Result:
+    def _check(self, value: Any, metadata: dict[str, Any]) -> Result:
         import jsonschema
 
         opts: JsonSchemaOptions = self.options  # type: ignore[assignment]
