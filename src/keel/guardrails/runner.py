@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from guardrails import Guard
 
     from keel.guardrails.scope import AppScope
+    from keel.guardrails.validators import Ran
     from keel.rag.embeddings import Embedder
     from keel.rag.support import SupportPrefetch
     from keel.rag.types import Hit
@@ -543,7 +544,7 @@ class StreamGuard:
         return self._release(len(self.buffer))
 
 
-def _after(action: str, ran: Any, current: str | None) -> str | None:
+def _after(action: str, ran: Ran, current: str | None) -> str | None:
     """The text after one rule ran (its :class:`~keel.guardrails.validators.Ran`): what the
     Guard handed on, which keel reads off the trail because guardrails-ai's outcome has no
     value when a ``noop`` failure sits beside a fix."""
