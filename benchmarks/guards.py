@@ -831,7 +831,8 @@ def _guard_per_rule() -> Any:
             decisions: list[Any] = []
             current: str | None = text
             for rule in rules if rules is not None else self.rules[point]:
-                current, found = super().check(point, current or "", rules=[rule], **kwargs)
+                assert current is not None  # the loop ends when a rule drops the text
+                current, found = super().check(point, current, rules=[rule], **kwargs)
                 decisions += found
                 if current is None:
                     break

@@ -106,7 +106,7 @@ class Decision:
         }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False)  # a rule is itself (hashed by identity: the key of its Guard)
 class Rule:
     point: str
     validator: str
@@ -215,7 +215,7 @@ class GuardRunner:
         self._context_is_pure = all(r.validator in PURE_VALIDATORS for r in self.rules["context"])
         self._verdicts: OrderedDict[str, tuple[str | None, tuple[Decision, ...]]] = OrderedDict()
         self._verdicts_lock = threading.Lock()
-        self._guards: dict[tuple[int, ...], Guard] = {}
+        self._guards: dict[tuple[Rule, ...], Guard] = {}
         self._guards_lock = threading.Lock()
 
     def __bool__(self) -> bool:
@@ -244,15 +244,14 @@ class GuardRunner:
         """The guardrails-ai Guard that runs ``rules``' validators in turn (built once per
         set of rules: a point's, or a tool's subset of the tool_args rules). One Guard per
         point rather than per rule: each ``Guard.validate`` costs about 0.4 ms of its own."""
-        key = tuple(id(rule) for rule in rules)
-        found = self._guards.get(key)
+        found = self._guards.get(rules)
         if found is None:
             with self._guards_lock:
-                found = self._guards.get(key)
+                found = self._guards.get(rules)
                 if found is None:
                     found = new_guard()
                     found.use(*(rule.instance for rule in rules))
-                    self._guards[key] = found
+                    self._guards[rules] = found
         return found
 
     def _metadata(
