@@ -91,6 +91,22 @@ def test_a_points_rules_run_in_one_guard_in_turn() -> None:
     assert "limit 20" in decisions[-1].reason
 
 
+def test_a_guard_keeps_no_text_after_its_call() -> None:
+    """guardrails-ai keeps every call (text, metadata with the PII placeholders' values) in
+    the Guard's history; the runner leaves none there, whether the text passed or stopped."""
+    r = runner(
+        input={"pii": {"on_fail": "fix", "entities": ["EMAIL_ADDRESS"]}},
+        output={"length": {"on_fail": "exception", "max_chars": 5}},
+    )
+    memory: dict[str, Any] = {}
+    text, _ = r.check("input", "write to ann@example.com", memory=memory)
+    assert text is not None and "ann@example.com" not in text
+    assert "ann@example.com" in memory["pii"]  # the conversation's memory has it ...
+    assert len(r.guard(tuple(r.rules["input"])).history) == 0  # ... the Guard does not
+    assert r.check("output", "far too long")[0] is None
+    assert len(r.guard(tuple(r.rules["output"])).history) == 0
+
+
 def test_json_schema_validator() -> None:
     schema = {"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}}
     r = runner(output={"json_schema": {"schema": schema}})

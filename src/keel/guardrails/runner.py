@@ -331,10 +331,16 @@ class GuardRunner:
             point, chosen, memory if memory is not None else {}, passages or [], question
         )
         stopped: ValidationError | None = None
+        guard = self.guard(chosen)
         try:
-            self.guard(chosen).validate(text, metadata=meta)
+            guard.validate(text, metadata=meta)
         except ValidationError as exc:
             stopped = exc  # by the trail's last rule
+        finally:
+            # guardrails-ai keeps each call (its text and metadata: a conversation's PII
+            # placeholders and their values) in the Guard's history, ten deep, for as long as
+            # the process lives; keel reads none of it (the trail is in ``meta``), so none is kept
+            guard.history.clear()
         by_name = {rule.validator: rule for rule in chosen}
         decisions: list[Decision] = []
         current: str | None = text
