@@ -432,7 +432,7 @@ def support_encoder(data: Path) -> dict[str, Any]:
         show_progress=False,
     )
     pairs: list[tuple[str, str, int]] = []
-    hard: list[tuple[str, str, int]] = []
+    near: list[str] = []  # per claim, the abstract BM25 ranks first of those not judged
     for qid, cids in relevant.items():  # the first judged abstract of each claim, in file order
         claim, found = queries[qid], corpus[cids[0]]
         pairs += [(claim, found, 1), (claim, corpus[rng.choice(ids)], 0)]
@@ -441,8 +441,7 @@ def support_encoder(data: Path) -> dict[str, Any]:
             k=20,
             show_progress=False,
         )
-        near = next(ids[j] for j in ranked[0] if ids[j] not in cids)
-        hard += [(claim, found, 1), (claim, corpus[near], 0)]
+        near.append(corpus[next(ids[j] for j in ranked[0] if ids[j] not in cids)])
     labels = np.array([y for _, _, y in pairs])
     threshold = GroundingOptions().threshold
     cache_dir = get_settings().cache_dir
@@ -458,9 +457,11 @@ def support_encoder(data: Path) -> dict[str, Any]:
         scores[name] = np.array(
             [float(support_scores([c], [a], enc).max()) for c, a, _ in pairs], dtype=np.float64
         )
-        hard_scores[name] = np.array(
-            [float(support_scores([c], [a], enc).max()) for c, a, _ in hard], dtype=np.float64
-        )
+        hard_scores[name] = scores[name].copy()  # the same positives, harder negatives
+        hard_scores[name][labels == 0] = [
+            float(support_scores([c], [a], enc).max())
+            for (c, _, _), a in zip(pairs[1::2], near, strict=True)
+        ]
     # one claim at a time, alternating, as a turn embeds them (encode_short: straight to the
     # ONNX session), and the int8 model through sentence-transformers' encode beside them
     for claim, _, _ in pairs[::2]:
@@ -480,7 +481,7 @@ def support_encoder(data: Path) -> dict[str, Any]:
 
     out: dict[str, Any] = {"pairs": len(pairs), "threshold": threshold}
     for name, s in scores.items():
-        h = hard_scores[name]  # the same labels, in the same order
+        h = hard_scores[name]
         out[name] = {
             "auc": round(auc(s), 4),
             "accuracy": round(float(((s >= threshold) == labels).mean()), 4),
