@@ -394,23 +394,15 @@ DRIFT = (
 )
 
 
-def support_encoder(data: Path) -> dict[str, Any]:
-    """The grounding score (:func:`keel.rag.support.support_scores`) with the int8 support
-    encoder and with the float model, side by side, on SciFact's test claims: each claim with
-    an abstract judged relevant to it (label 1) and with a random abstract (label 0, seed 0);
-    and, as the harder case that grounding meets in an answer (a sentence on the topic of the
-    passages that they do not support), the same claims with the abstract BM25 ranks first
-    among those not judged relevant to it. Nothing is tuned here: the threshold is
-    grounding's default."""
+def scifact_support_pairs(data: Path) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """SciFact's test claims for judging grounding's score: ``pairs`` holds each claim with
+    the first abstract judged relevant to it (label 1) and with a random abstract (label 0,
+    seed 0), in turn; ``near`` holds, per claim, the abstract BM25 ranks first among those not
+    judged relevant to it (a hard negative: on the topic, not saying it; SciFact judged few
+    abstracts per claim, so some may support it all the same)."""
     import random
 
     import bm25s
-    import numpy as np
-
-    from keel.guardrails.validators import GroundingOptions
-    from keel.rag.embeddings import Embedder
-    from keel.rag.support import support_scores
-    from keel.settings import get_settings
 
     scifact = data / "scifact"
     corpus = {}
@@ -432,7 +424,7 @@ def support_encoder(data: Path) -> dict[str, Any]:
         show_progress=False,
     )
     pairs: list[tuple[str, str, int]] = []
-    near: list[str] = []  # per claim, the abstract BM25 ranks first of those not judged
+    near: list[str] = []
     for qid, cids in relevant.items():  # the first judged abstract of each claim, in file order
         claim, found = queries[qid], corpus[cids[0]]
         pairs += [(claim, found, 1), (claim, corpus[rng.choice(ids)], 0)]
@@ -442,6 +434,25 @@ def support_encoder(data: Path) -> dict[str, Any]:
             show_progress=False,
         )
         near.append(corpus[next(ids[j] for j in ranked[0] if ids[j] not in cids)])
+    return pairs, near
+
+
+def support_encoder(data: Path) -> dict[str, Any]:
+    """The grounding score (:func:`keel.rag.support.support_scores`) with the int8 support
+    encoder and with the float model, side by side, on SciFact's test claims: each claim with
+    an abstract judged relevant to it (label 1) and with a random abstract (label 0, seed 0);
+    and, as the harder case that grounding meets in an answer (a sentence on the topic of the
+    passages that they do not support), the same claims with the abstract BM25 ranks first
+    among those not judged relevant to it. Nothing is tuned here: the threshold is
+    grounding's default."""
+    import numpy as np
+
+    from keel.guardrails.validators import GroundingOptions
+    from keel.rag.embeddings import Embedder
+    from keel.rag.support import support_scores
+    from keel.settings import get_settings
+
+    pairs, near = scifact_support_pairs(data)
     labels = np.array([y for _, _, y in pairs])
     threshold = GroundingOptions().threshold
     cache_dir = get_settings().cache_dir
