@@ -85,6 +85,7 @@ def distil(texts: list[str], layers: list[int], epochs: int, out: Path) -> None:
     encoder = student[0].auto_model.encoder
     encoder.layer = torch.nn.ModuleList([encoder.layer[i] for i in layers])
     student[0].auto_model.config.num_hidden_layers = len(layers)
+    student[0].max_seq_length = 128  # sentences; the measured student was trained so
     optimiser = torch.optim.AdamW(student.parameters(), lr=1e-4)
     student.train()
     step, batch = 0, 64
@@ -106,7 +107,7 @@ def distil(texts: list[str], layers: list[int], epochs: int, out: Path) -> None:
     student.save_pretrained(str(out))
 
 
-def judge(student: Path) -> dict[str, Any]:
+def judge(student: Path, exports: Path) -> dict[str, Any]:
     import numpy as np
 
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -130,7 +131,7 @@ def judge(student: Path) -> dict[str, Any]:
     answers = _generative_answers(questions)[0]
     encoders = {
         "teacher": Embedder(cache_dir=get_settings().cache_dir, quantized=True),
-        "student": Embedder(str(student), cache_dir=Path(tempfile.mkdtemp()), quantized=True),
+        "student": Embedder(str(student), cache_dir=exports, quantized=True),
     }
     scored: dict[tuple[str, str], Any] = {}
     out: dict[str, Any] = {}
@@ -179,7 +180,8 @@ def main() -> int:
     started = time.monotonic()
     distil(texts, [int(x) for x in args.layers.split(",")], args.epochs, args.out)
     print(f"{len(texts)} sentences, trained in {time.monotonic() - started:.0f} s")
-    print(json.dumps(judge(args.out), indent=2))
+    with tempfile.TemporaryDirectory(prefix="keel-student-") as exports:  # its int8 copy
+        print(json.dumps(judge(args.out, Path(exports)), indent=2))
     return 0
 
 
