@@ -394,6 +394,13 @@ DRIFT = (
 )
 
 
+def pair_auc(scores: Any, labels: Any) -> float:
+    """ROC AUC of ``scores`` for ``labels`` (1 positive, 0 negative; scikit-learn's)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
 def scifact_support_pairs(data: Path) -> tuple[list[tuple[str, str, int]], list[str]]:
     """SciFact's test claims for judging grounding's score: ``pairs`` holds each claim with
     the first abstract judged relevant to it (label 1) and with a random abstract (label 0,
@@ -484,19 +491,13 @@ def support_encoder(data: Path) -> dict[str, Any]:
         encoders["int8"].encode([claim], batch_size=1)
         times["int8_through_encode"].append((time.perf_counter() - t0) * 1000)
 
-    def auc(s: np.ndarray) -> float:
-        pos, neg = s[labels == 1], s[labels == 0]
-        return float(
-            (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
-        )
-
     out: dict[str, Any] = {"pairs": len(pairs), "threshold": threshold}
     for name, s in scores.items():
         h = hard_scores[name]
         out[name] = {
-            "auc": round(auc(s), 4),
+            "auc": round(pair_auc(s, labels), 4),
             "accuracy": round(float(((s >= threshold) == labels).mean()), 4),
-            "hard_auc": round(auc(h), 4),
+            "hard_auc": round(pair_auc(h, labels), 4),
             "hard_accuracy": round(float(((h >= threshold) == labels).mean()), 4),
             "hard_negatives_passed": round(float((h[labels == 0] >= threshold).mean()), 4),
             "sentence_p50_ms": round(statistics.median(times[name]), 3),

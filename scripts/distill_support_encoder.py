@@ -111,7 +111,7 @@ def judge(student: Path, exports: Path) -> dict[str, Any]:
     import numpy as np
 
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from guards import _generative_answers, scifact_support_pairs
+    from guards import _generative_answers, pair_auc, scifact_support_pairs
 
     from keel.guardrails.validators import GroundingOptions
     from keel.rag.embeddings import Embedder
@@ -140,9 +140,7 @@ def judge(student: Path, exports: Path) -> dict[str, Any]:
         for kind, rows in (("random", pairs), ("hard", hard)):
             s = np.array([float(support_scores([c], [a], encoder).max()) for c, a, _ in rows])
             scored[name, kind] = s
-            pos, neg = s[labels == 1], s[labels == 0]
-            auc = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
-            out[f"{name}/{kind}/auc"] = round(float(auc), 4)
+            out[f"{name}/{kind}/auc"] = round(pair_auc(s, labels), 4)
         claims: list[float] = []
         for answer in answers:
             passages = [Hit.of(h).text for h in answer.hits]
