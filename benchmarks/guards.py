@@ -55,7 +55,9 @@
    ``chatml`` (``smollm2_plain``: the text unchanged, as llama.cpp's own server, vLLM and
    Ollama send it). Each turn's
    answer sentences are new (their vectors are dropped from the embedder's in-memory cache
-   after every turn; the chunks' stay, as in real traffic).
+   after every turn; the chunks' stay, as in real traffic). With ``--student DIR``, also
+   grounding with that smaller encoder (``scripts/distill_support_encoder.py``), int8,
+   beside the shipped one (``grounding_student``; ratio printed).
    Target: p50 <= 10 ms.
    With ``--generative`` also live turns on SmolLM2 (``live_grounding``): every guard
    decision's latency in real turns asked whole, with grounding's ``prefetch`` (the answer's
@@ -768,11 +770,15 @@ def _server_stream_over_whole(url: str, questions: list[str], rounds: int = 2) -
     return out
 
 
-def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
+def stack(
+    data: Path | None = None, generative: bool = False, student: Path | None = None
+) -> dict[str, Any]:
     """One turn of the support bot with its guard policy (input, context on the retrieved
     chunks, output), and the same with output grounding added (the policy for a generative
     model); on the bot's own extractive answers, and with ``generative`` also on SmolLM2's
-    answers to the same questions. And the off-topic check measured on the same app."""
+    answers to the same questions. And the off-topic check measured on the same app.
+    ``student``: a smaller encoder's folder (``scripts/distill_support_encoder.py``), timed
+    as grounding's int8 encoder beside the shipped one."""
     from keel.app import App
     from keel.guardrails.runner import GuardRunner
     from keel.rag.embeddings import Embedder
@@ -828,6 +834,17 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
             dataclasses.replace(services, support=lambda: through_encode),
         ),
     }
+    if student is not None:
+        smaller = Embedder(
+            str(student),
+            cache_dir=Path(tempfile.mkdtemp(prefix="keel-bench-student-")),
+            quantized=True,
+        )
+        smaller.encode(["warm up"])
+        variants["grounding_student"] = (
+            grounded,
+            dataclasses.replace(services, support=lambda: smaller),
+        )
     ratios = {  # name: (numerator, denominator), p50 over p50
         "default_over_without_language_p50": ("default", "default_without_language"),
         "default_guard_per_point_over_per_rule_p50": ("default", "default_guard_per_rule"),
@@ -835,6 +852,8 @@ def stack(data: Path | None = None, generative: bool = False) -> dict[str, Any]:
         "grounding_one_per_call_over_batched_p50": ("grounding", "grounding_batched"),
         "grounding_direct_over_through_encode_p50": ("grounding", "grounding_through_encode"),
     }
+    if student is not None:
+        ratios["grounding_student_over_int8_p50"] = ("grounding_student", "grounding")
     result: dict[str, Any] = {}
     for answers_from, answers in sets.items():
         runners = {
@@ -957,6 +976,13 @@ def main() -> int:
         "--fetch-corpora); without it, leave-one-corpus-out uses the shared data alone",
     )
     parser.add_argument(
+        "--student",
+        type=Path,
+        default=None,
+        help="stack: also time grounding with this smaller encoder (a folder made by "
+        "scripts/distill_support_encoder.py), int8, beside the shipped one",
+    )
+    parser.add_argument(
         "--generative",
         action="store_true",
         help="stack: also time the guards on SmolLM2's answers (llama.cpp's server from the "
@@ -1062,7 +1088,7 @@ def main() -> int:
             f"through encode {u['sentence_p50_direct_over_encode']}"
         )
     if "stack" in parts:
-        result["stack"] = stack(data, generative=args.generative)
+        result["stack"] = stack(data, generative=args.generative, student=args.student)
         s = result["stack"]
         print("\nthe support bot's guard policy per turn (input, context, output; p50 <= 10):")
         labels = {
@@ -1073,6 +1099,7 @@ def main() -> int:
             "grounding_full_encoder": "+ grounding (float encoder)",
             "grounding_batched": "+ grounding (int8, batched)",
             "grounding_through_encode": "+ grounding (int8, via encode)",
+            "grounding_student": "+ grounding (--student, int8)",
         }
         for key, r in s.items():
             answers_from, _, policy = key.partition("/")
@@ -1093,6 +1120,7 @@ def main() -> int:
             "padded batch",
             "grounding_direct_over_through_encode_p50": "grounding, straight to the ONNX session / "
             "through sentence-transformers' encode",
+            "grounding_student_over_int8_p50": "grounding, --student / the shipped int8 encoder",
         }
         for key, ratio in s.items():
             answers_from, _, name = key.partition("/")
