@@ -994,6 +994,13 @@ def main() -> int:
     if not (data / "injection").is_dir() or not (data / "pii").is_dir():
         print(f"error: {data} has no injection/ and pii/ data", file=sys.stderr)
         return 2
+    if args.student is not None and not (args.student / "modules.json").is_file():
+        print(
+            f"error: --student {args.student} is not a sentence-transformers model folder "
+            "(scripts/distill_support_encoder.py makes one)",
+            file=sys.stderr,
+        )
+        return 2
 
     from keel.rag.embeddings import Embedder
     from keel.settings import get_settings

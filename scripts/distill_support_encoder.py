@@ -194,6 +194,7 @@ def _teacher_vectors(path: str, texts: list[str]) -> Any:
     """The teacher's normalised vectors of ``texts``, kept in keel's cache folder under a hash
     of the texts (embedding 60,000 sentences takes the teacher about 14 minutes here)."""
     import hashlib
+    import os
 
     import numpy as np
     from sentence_transformers import SentenceTransformer
@@ -207,7 +208,10 @@ def _teacher_vectors(path: str, texts: list[str]) -> Any:
     teacher = SentenceTransformer(path, device="cpu")
     vectors = teacher.encode(texts, batch_size=128, normalize_embeddings=True)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cached, vectors)
+    partial = cached.with_name(f".{cached.name}.{os.getpid()}")  # two runs may write it at once
+    with partial.open("wb") as fh:
+        np.save(fh, vectors)
+    os.replace(partial, cached)
     return vectors
 
 
@@ -286,9 +290,16 @@ def main() -> int:
         help="keep the teacher's token embeddings as they are (train the layers only)",
     )
     args = parser.parse_args()
+    try:
+        layers = [int(x) for x in args.layers.split(",")]
+    except ValueError:
+        parser.error(f"--layers: comma-separated layer numbers, not {args.layers!r}")
+    if not layers or len(set(layers)) != len(layers) or not all(0 <= i <= 5 for i in layers):
+        parser.error(f"--layers: distinct layers of the teacher's six (0-5), not {args.layers!r}")
+    if args.sentences < 64 or args.epochs < 1:
+        parser.error("--sentences must be 64 or more (one batch) and --epochs 1 or more")
     texts = sentences(args.data, args.sentences, readmes=not args.no_readmes)
     started = time.monotonic()
-    layers = [int(x) for x in args.layers.split(",")]
     distil(texts, layers, args.epochs, args.out, args.freeze_embeddings)
     print(f"{len(texts)} sentences, trained in {time.monotonic() - started:.0f} s")
     with tempfile.TemporaryDirectory(prefix="keel-student-") as exports:  # its int8 copy
