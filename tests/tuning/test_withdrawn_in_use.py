@@ -174,7 +174,7 @@ def test_a_server_answers_503_once_its_tuned_model_is_withdrawn(
 
 
 def test_a_canary_on_a_withdrawn_model_gives_its_share_to_the_stable_release(
-    tmp_path: Path, model_cache_dir: Path
+    tmp_path: Path, model_cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Only the release that names the withdrawn model stops: the canary's threads go to the
     stable release (the gateway keeps answering, /readyz stays ready) and the canary is rolled
@@ -231,6 +231,13 @@ def test_a_canary_on_a_withdrawn_model_gives_its_share_to_the_stable_release(
     assert served.json()["release_id"] == plain and "5 business days" in served.json()["text"]
     assert client.get("/readyz").status_code == 200
     assert store.state()["canary"] is None
+    said = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "keel.api.served" and on_tuned in r.getMessage()
+    ]
+    assert len(said) == 1, said  # logged once, as the canary's
+    assert said[0].startswith(f"canary release {on_tuned} is not served"), said
     rolled_back = store.history()[0]
     assert rolled_back["action"] == "rollback" and rolled_back["from"] == on_tuned
     assert rolled_back["reason"].startswith("automatic: it cannot serve: tuned embeddings")

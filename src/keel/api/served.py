@@ -95,19 +95,27 @@ class ServedReleases:
     def withdrawn(self, release_id: str) -> str | None:
         """Why a release may not serve because a tuned model it names was withdrawn (a
         person's data erased, perhaps by another process), or None. A withdrawal is for
-        good, so the answer is kept."""
+        good, so the answer is kept; it is logged once, when found."""
+        problem, found_now = self._find_withdrawn(release_id)
+        if found_now:
+            _log.warning("release %s may not serve: %s", release_id, problem)
+        return problem
+
+    def _find_withdrawn(self, release_id: str) -> tuple[str | None, bool]:
+        """:meth:`withdrawn`'s answer, unlogged, and whether this call found it."""
         from keel.errors import ModelWithdrawn
 
         problem = self._withdrawn.get(release_id)
+        if problem is not None:
+            return problem, False
+        try:
+            problem = self.app(release_id).resources.tuned.problem()
+        except ModelWithdrawn as exc:  # named a withdrawn model before it was built
+            problem = str(exc)
         if problem is None:
-            try:
-                problem = self.app(release_id).resources.tuned.problem()
-            except ModelWithdrawn as exc:  # named a withdrawn model before it was built
-                problem = str(exc)
-            if problem is not None:
-                self._withdrawn[release_id] = problem
-                _log.warning("release %s may not serve: %s", release_id, problem)
-        return problem
+            return None, False
+        self._withdrawn[release_id] = problem
+        return problem, True
 
     def canary_problem(self, release_id: str) -> Unservable | None:
         """Why the canary ``release_id`` may not serve (withdrawn, or it does not build: its
@@ -134,7 +142,7 @@ class ServedReleases:
         if broken is not None and time.monotonic() - broken[1] < self._retry_s():
             return broken[0]
         try:
-            found = self.withdrawn(release_id)
+            found = self._find_withdrawn(release_id)[0]  # canary_problem logs it
             if found is None:
                 self.app(release_id).agent  # noqa: B018 - builds it
         except Exception as exc:  # whatever stops it building stops it serving
