@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +178,7 @@ def test_quantized_embedder_is_close_to_the_float_model_under_its_own_id(
 
 WRITER = """
 import sys, time
+from collections.abc import Sequence
 from pathlib import Path
 import numpy as np
 from keel.db import make_engine
@@ -255,3 +257,55 @@ def test_direct_onnx_path_only_for_a_mean_pooled_onnx_model(model_cache_dir: Pat
     torch = Embedder(backend="torch")
     assert torch._short_encoder() is None
     assert torch.encode_short(["One.", "Two."]).shape == (2, 384)
+
+
+def test_a_text_being_embedded_is_waited_for_not_embedded_twice(embedder: Embedder) -> None:
+    """Two threads asking for the same new text at once (grounding's prefetch and the check):
+    the model runs on it once and both get its vector; should the first thread's call fail,
+    the waiting one embeds the text itself."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    ran: list[list[str]] = []
+    real = embedder.encode_short
+    fail = {"first": False}
+
+    def encode_short(texts: Sequence[str]) -> np.ndarray:
+        ran.append(list(texts))
+        if texts == ["shared claim"] and not started.is_set():
+            started.set()
+            release.wait(timeout=30)
+            if fail["first"]:
+                raise RuntimeError("the model went away")
+        return real(texts)
+
+    embedder.encode_short = encode_short  # type: ignore[method-assign]
+    for failing in (False, True):
+        fail["first"] = failing
+        started.clear()
+        release.clear()
+        embedder.clear_query_cache()
+        ran.clear()
+        first: list[np.ndarray] = []
+        errors: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                first.append(embedder.embed_queries(["shared claim"])[0])
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=ask)
+        thread.start()
+        assert started.wait(timeout=30)
+        threading.Timer(0.2, release.set).start()
+        both = embedder.embed_queries(["other claim", "shared claim"])
+        thread.join(timeout=30)
+        expected = real(["shared claim", "other claim"])
+        assert np.allclose(both[1], expected[0]) and np.allclose(both[0], expected[1])
+        if failing:
+            assert [str(e) for e in errors] == ["the model went away"]
+            assert ran == [["shared claim"], ["other claim"], ["shared claim"]]
+        else:
+            assert np.allclose(first[0], both[1])
+            assert ran == [["shared claim"], ["other claim"]]  # "shared claim" ran once

@@ -192,3 +192,43 @@ def test_a_prefetch_embeds_finished_sentences_that_are_not_quotes(embedder: Embe
     )
     assert embedder.encoded - before == prefetch.embedded  # the check found them all ready
     assert scored.shape == (1, 3)
+
+
+def test_a_prefetch_embeds_the_last_sentence_once_it_ends(embedder: Embedder) -> None:
+    """The answer's last sentence is embedded as soon as it ends with ``.``, ``!`` or ``?``
+    (before the model's end of reply), once, and a sentence the model then goes on with
+    only cost that vector: the check embeds the longer sentence and scores as without a
+    prefetch."""
+    asked: list[list[str]] = []
+    real = embedder.embed_queries
+
+    def embed_queries(texts: list[str]) -> np.ndarray:
+        asked.append(list(texts))
+        return real(texts)
+
+    embedder.embed_queries = embed_queries  # type: ignore[method-assign]
+    prefetch = SupportPrefetch(embedder, PASSAGES, min_words=4)
+    for token in ("Sign-ins ask ", "for a code ", "from an app [2]", ".", " ", "It works "):
+        prefetch.feed(token)
+    prefetch.feed("on any phone")  # no end yet: nothing more is taken
+    prefetch.feed("!")
+    prefetch.finish()
+    prefetch._worker.join(timeout=30)
+    assert asked == [["Sign-ins ask for a code from an app."], ["It works on any phone!"]]
+
+    going_on = SupportPrefetch(embedder, PASSAGES, min_words=4)
+    going_on.feed("Exports are made as ZIP files.")
+    going_on.feed(" of Markdown notes.")  # not a new sentence: the model went on
+    going_on.finish()
+    going_on._worker.join(timeout=30)
+    assert asked[2:] == [
+        ["Exports are made as ZIP files."],
+        ["Exports are made as ZIP files. of Markdown notes."],
+    ]
+    claim = "Exports are made as ZIP files. of Markdown notes."
+    before = embedder.encoded
+    fresh = Embedder(cache_dir=embedder.cache_dir)
+    assert np.allclose(
+        support_scores([claim], PASSAGES, embedder), support_scores([claim], PASSAGES, fresh)
+    )
+    assert embedder.encoded == before  # the check found the longer sentence ready

@@ -30,6 +30,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,6 +216,8 @@ class Embedder:
         self._lock = threading.Lock()
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
         self._queries_lock = threading.Lock()
+        # texts being computed now, per in-memory cache (see _remembered)
+        self._pending: dict[int, dict[str, Future[np.ndarray]]] = {}
         self._sentences: OrderedDict[str, np.ndarray] = OrderedDict()
         self.encoded = 0  # texts actually run through the model (not served by a cache)
         # short texts one per call straight through the ONNX session (see encode_short)
@@ -444,25 +447,54 @@ class Embedder:
         compute: Callable[[Sequence[str]], np.ndarray],
     ) -> np.ndarray:
         """``texts``' vectors from ``memory`` (a least-recently-used cache of ``size``
-        entries), the rest from ``compute`` in one call (each distinct text once)."""
+        entries), the rest from ``compute`` in one call (each distinct text once). A text
+        another thread is computing for the same cache now (grounding's prefetch embedding
+        an answer's last sentence when the check asks for it) is waited for, not computed a
+        second time; this call's own texts are computed first, so two calls waiting on each
+        other cannot both wait. Should that thread fail, the waiting call computes the text
+        itself."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         missing: dict[str, list[int]] = {}
+        waiting: dict[str, tuple[Future[np.ndarray], list[int]]] = {}
+        mine: dict[str, Future[np.ndarray]] = {}
         with self._queries_lock:
+            pending = self._pending.setdefault(id(memory), {})
             for i, text in enumerate(texts):
                 hit = memory.get(text)
-                if hit is None:
-                    missing.setdefault(text, []).append(i)
-                else:
+                if hit is not None:
                     memory.move_to_end(text)
                     out[i] = hit
+                elif text in missing:
+                    missing[text].append(i)
+                elif text in waiting:
+                    waiting[text][1].append(i)
+                elif text in pending:
+                    waiting[text] = (pending[text], [i])
+                else:
+                    missing[text] = [i]
+                    mine[text] = pending[text] = Future()
         if missing:
-            vectors = compute(list(missing))
+            try:
+                vectors = compute(list(missing))
+            except BaseException as exc:
+                with self._queries_lock:
+                    for text, future in mine.items():
+                        pending.pop(text, None)
+                        future.set_exception(exc)
+                raise
             with self._queries_lock:
                 for (text, rows), vector in zip(missing.items(), vectors, strict=True):
                     out[rows] = vector
                     memory[text] = vector
+                    pending.pop(text, None)
+                    mine[text].set_result(vector)
                 while len(memory) > size:
                     memory.popitem(last=False)
+        for text, (future, rows) in waiting.items():
+            try:
+                out[rows] = future.result()
+            except Exception:  # the other thread failed: this one tries the text itself
+                out[rows] = self._remembered([text], memory, size, compute)[0]
         return out
 
     def clear_query_cache(self) -> None:

@@ -37,6 +37,7 @@ CITATION_MARKS = re.compile(r"\s*(\[\d{1,3}\])+")
 _MARKUP = re.compile(r"[*`]+")
 _SPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
+_ENDED = re.compile(r"[.!?…][\"'”’)\]]*\s*$")  # text that ends as a sentence ends
 
 NEAR_QUOTE = 0.9  # share of a claim's word bigrams found in one passage to call it a near-quote
 NEAR_QUOTE_MIN_WORDS = 6  # shorter claims are quoted exactly or go to the embedding model
@@ -132,13 +133,17 @@ class SupportPrefetch:
 
     Made when the passages are known (after retrieval): their sentences are embedded first
     (:meth:`Embedder.embed_sentences`). :meth:`feed` takes the answer's text as it streams;
-    each sentence that is complete (another one has begun after it), has ``min_words``
-    words or more, and is neither quoted nor near-quoted from a passage is embedded as a claim
+    each sentence that is complete (another one has begun after it), and the last one as
+    soon as it ends with ``.``, ``!`` or ``?`` (the answer usually ends there; should the model
+    go on, that vector only cost time), that has ``min_words`` words or more, and is neither
+    quoted nor near-quoted from a passage is embedded as a claim
     (:meth:`Embedder.embed_queries`, whose in-memory cache the check then reads). The work
     runs on one thread of its own, in order; :meth:`finish` says the answer is over and does
-    not wait: the check embeds whatever is not done yet itself. Vectors are a function of the
-    text alone, so a sentence split differently at the end costs time, never a different
-    score. ``embedded`` counts the texts this prefetch asked for (cached or not).
+    not wait: the check waits for a sentence this thread is embedding at that moment (the
+    embedder computes a text once for both) and embeds what is still queued itself. Vectors
+    are a function of the text alone, so a sentence split differently at the end costs time,
+    never a different score. ``embedded`` counts the texts this prefetch asked for (cached
+    or not).
     """
 
     def __init__(self, embedder: Embedder, passages: Sequence[str], min_words: int = 4) -> None:
@@ -152,6 +157,7 @@ class SupportPrefetch:
         self._lexical = _Lexical(self.passages)
         self._text = ""
         self._handled = 0  # sentences of the answer already looked at
+        self._queued: set[str] = set()  # claims already looked at (complete or last)
         self._jobs: queue.SimpleQueue[tuple[str, list[str]] | None] = queue.SimpleQueue()
         self._closed = False
         self._worker = threading.Thread(
@@ -170,12 +176,24 @@ class SupportPrefetch:
         if self._closed or not self.passages or not text:
             return
         self._text += text
-        done = split_sentences(self._text)[:-1]  # the last one may go on
+        found = split_sentences(self._text)
+        done = found[:-1]  # the last one may go on
         for sentence in done[self._handled :]:
-            claim = without_citations(sentence)
-            if len(sentence.split()) >= self.min_words and self._lexical.scores(claim) is None:
-                self._jobs.put(("claims", [claim]))
+            self._claim(sentence)
         self._handled = max(self._handled, len(done))
+        # The last sentence once it ends as a sentence ends: an answer usually stops there,
+        # and the model's end of reply comes a token later, too late to embed it before the
+        # check. Should the model go on with it, that vector only cost time.
+        if found and _ENDED.search(without_citations(found[-1])):
+            self._claim(found[-1])
+
+    def _claim(self, sentence: str) -> None:
+        claim = without_citations(sentence)
+        if claim in self._queued or len(sentence.split()) < self.min_words:
+            return
+        self._queued.add(claim)
+        if self._lexical.scores(claim) is None:
+            self._jobs.put(("claims", [claim]))
 
     def finish(self) -> None:
         """The answer is complete: what is queued is still embedded, nothing more is taken."""
