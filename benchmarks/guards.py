@@ -638,7 +638,7 @@ def live_grounding(questions: list[str], rounds: int = 2) -> dict[str, Any]:
     """Live turns of the support bot on SmolLM2 (llama.cpp's server, no tools), asked whole
     as the gateway's non-streamed routes do, with the example's guard policy and output
     grounding: one app embeds the answer's sentences while the model writes them (grounding's
-    ``prefetch``, the default), the other only after the reply; the two take turns on each
+    ``prefetch``, off by default), the other only after the reply; the two take turns on each
     question. A first round warms both (every chunk's context verdict and sentence vectors
     made once, as for popular chunks in real traffic) and is not counted. Per counted turn,
     from the answer's events: the latency of the guard decisions summed per point (input,
