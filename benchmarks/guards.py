@@ -645,7 +645,9 @@ def live_grounding(questions: list[str], rounds: int = 2) -> dict[str, Any]:
     context, output) and over all of them, of grounding alone, and the turn's wall time. Unlike
     the stack figures above, input injection here embeds the question itself (the guards run
     before retrieval). Each turn's answer sentences are new to the support encoder (its
-    in-memory cache of claims is cleared after every turn)."""
+    in-memory cache of claims is cleared after every turn). The turns' ratio is also given
+    paired: the median, over the counted questions and rounds, of one question's turn with
+    ``prefetch`` over the same question's turn without (the same reply, both ways)."""
     import os
     import signal
 
@@ -684,6 +686,7 @@ def live_grounding(questions: list[str], rounds: int = 2) -> dict[str, Any]:
         samples: dict[str, dict[str, list[float]]] = {
             name: {k: [] for k in LIVE_KINDS} for name in apps
         }
+        walls: dict[tuple[int, int], dict[str, float]] = {}  # (round, question): name -> ms
         for round_no in range(rounds + 1):  # round 0 warms up
             for i, q in enumerate(questions):
                 order = list(apps.items())
@@ -696,6 +699,7 @@ def live_grounding(questions: list[str], rounds: int = 2) -> dict[str, Any]:
                     app.resources.support_embedder.clear_query_cache()
                     if round_no == 0:
                         continue
+                    walls.setdefault((round_no, i), {})[name] = wall
                     timed = [e for e in answer.events if "latency_ms" in e]
                     got = samples[name]
                     got["guards"].append(sum(e["latency_ms"] for e in timed))
@@ -721,6 +725,9 @@ def live_grounding(questions: list[str], rounds: int = 2) -> dict[str, Any]:
         out[f"{k}_p50_prefetch_over_after_reply"] = round(
             out["prefetch"][f"{k}_p50_ms"] / out["after_reply"][f"{k}_p50_ms"], 3
         )
+    out["turn_paired_prefetch_over_after_reply"] = round(
+        statistics.median(w["prefetch"] / w["after_reply"] for w in walls.values()), 3
+    )
     out["turns"] = len(samples["prefetch"]["turn"])
     return out
 
@@ -771,7 +778,10 @@ def _server_stream_over_whole(url: str, questions: list[str], rounds: int = 2) -
 
 
 def stack(
-    data: Path | None = None, generative: bool = False, student: Path | None = None
+    data: Path | None = None,
+    generative: bool = False,
+    student: Path | None = None,
+    live_rounds: int = 2,
 ) -> dict[str, Any]:
     """One turn of the support bot with its guard policy (input, context on the retrieved
     chunks, output), and the same with output grounding added (the policy for a generative
@@ -799,7 +809,7 @@ def stack(
     if generative:
         sets["smollm2"] = _generative_answers(questions)[0]
         sets["smollm2_plain"] = _generative_answers(questions, "chatml")[0]
-        live = live_grounding(questions)
+        live = live_grounding(questions, live_rounds)
     policy = app.config.guards
     grounded = policy.model_validate(
         {
@@ -988,7 +998,17 @@ def main() -> int:
         help="stack: also time the guards on SmolLM2's answers (llama.cpp's server from the "
         "`make llm` lane), the answers grounding is for",
     )
+    parser.add_argument(
+        "--live-rounds",
+        type=int,
+        default=2,
+        help="stack --generative: rounds of the support bot's questions on live SmolLM2 turns, "
+        "each asked with grounding's prefetch and without (after a warm-up round)",
+    )
     args = parser.parse_args()
+    if args.live_rounds < 1:
+        print(f"error: --live-rounds {args.live_rounds}: at least 1", file=sys.stderr)
+        return 2
     parts = set(args.parts.split(","))
     data = args.data.resolve()
     if not (data / "injection").is_dir() or not (data / "pii").is_dir():
@@ -1095,7 +1115,9 @@ def main() -> int:
             f"through encode {u['sentence_p50_direct_over_encode']}"
         )
     if "stack" in parts:
-        result["stack"] = stack(data, generative=args.generative, student=args.student)
+        result["stack"] = stack(
+            data, generative=args.generative, student=args.student, live_rounds=args.live_rounds
+        )
         s = result["stack"]
         print("\nthe support bot's guard policy per turn (input, context, output; p50 <= 10):")
         labels = {
@@ -1153,6 +1175,8 @@ def main() -> int:
             print(
                 "  p50 ratios, while writing / after the reply: "
                 + ", ".join(f"{k} {lv[f'{k}_p50_prefetch_over_after_reply']}" for k in LIVE_KINDS)
+                + "; turn, paired by question (median) "
+                + str(lv["turn_paired_prefetch_over_after_reply"])
             )
             sv = lv["server"]
             print(
