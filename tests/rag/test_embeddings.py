@@ -289,13 +289,13 @@ def test_a_text_being_embedded_is_waited_for_not_embedded_twice(embedder: Embedd
         first: list[np.ndarray] = []
         errors: list[BaseException] = []
 
-        def ask() -> None:
+        def ask(first: list[np.ndarray], errors: list[BaseException]) -> None:
             try:
                 first.append(embedder.embed_queries(["shared claim"])[0])
             except RuntimeError as exc:
                 errors.append(exc)
 
-        thread = threading.Thread(target=ask)
+        thread = threading.Thread(target=ask, args=(first, errors))
         thread.start()
         assert started.wait(timeout=30)
         threading.Timer(0.2, release.set).start()
