@@ -159,10 +159,8 @@ def test_a_guarded_stream_embeds_each_sentence_once(embedder: Embedder) -> None:
     assert embedder.encoded - before == len(sentences)
 
 
-def test_a_prefetch_embeds_finished_sentences_that_are_not_quotes(embedder: Embedder) -> None:
-    """SupportPrefetch: the passages' sentences first, then each finished sentence of the
-    answer that the check would send to the model (not a quote, not too short); a restart
-    forgets a reply's text, and after finish nothing more is taken."""
+def _queries_asked(embedder: Embedder) -> list[list[str]]:
+    """What ``embedder.embed_queries`` is asked from now on, call by call."""
     asked: list[list[str]] = []
     real = embedder.embed_queries
 
@@ -171,6 +169,14 @@ def test_a_prefetch_embeds_finished_sentences_that_are_not_quotes(embedder: Embe
         return real(texts)
 
     embedder.embed_queries = embed_queries  # type: ignore[method-assign]
+    return asked
+
+
+def test_a_prefetch_embeds_finished_sentences_that_are_not_quotes(embedder: Embedder) -> None:
+    """SupportPrefetch: the passages' sentences first, then each finished sentence of the
+    answer that the check would send to the model (not a quote, not too short); a restart
+    forgets a reply's text, and after finish nothing more is taken."""
+    asked = _queries_asked(embedder)
     before = embedder.encoded
     prefetch = SupportPrefetch(embedder, PASSAGES, min_words=4)
     quoted = "Exports are ZIP files of Markdown notes, made from Settings > Data > Export."
@@ -199,14 +205,7 @@ def test_a_prefetch_embeds_the_last_sentence_once_it_ends(embedder: Embedder) ->
     (before the model's end of reply), once, and a sentence the model then goes on with
     only cost that vector: the check embeds the longer sentence and scores as without a
     prefetch."""
-    asked: list[list[str]] = []
-    real = embedder.embed_queries
-
-    def embed_queries(texts: list[str]) -> np.ndarray:
-        asked.append(list(texts))
-        return real(texts)
-
-    embedder.embed_queries = embed_queries  # type: ignore[method-assign]
+    asked = _queries_asked(embedder)
     prefetch = SupportPrefetch(embedder, PASSAGES, min_words=4)
     for token in ("Sign-ins ask ", "for a code ", "from an app [2]", ".", " ", "It works "):
         prefetch.feed(token)
