@@ -1004,15 +1004,31 @@ def main() -> int:
     parser.add_argument(
         "--live-rounds",
         type=int,
-        default=2,
+        default=None,
         help="stack --generative: rounds of the support bot's questions on live SmolLM2 turns, "
-        "each asked with grounding's prefetch and without (after a warm-up round)",
+        "each asked with grounding's prefetch and without (after a warm-up round; default 2)",
     )
     args = parser.parse_args()
-    if args.live_rounds < 1:
+    parts = set(args.parts.split(","))
+    unused = [
+        flag
+        for flag, given, needs in (
+            ("--live-rounds", args.live_rounds is not None, "stack" in parts and args.generative),
+            ("--student", args.student is not None, "stack" in parts),
+            ("--generative", args.generative, "stack" in parts),
+        )
+        if given and not needs
+    ]
+    if unused:
+        print(
+            f"error: {unused[0]} is for --parts stack"
+            + (" with --generative" if unused[0] == "--live-rounds" else ""),
+            file=sys.stderr,
+        )
+        return 2
+    if args.live_rounds is not None and args.live_rounds < 1:
         print(f"error: --live-rounds {args.live_rounds}: at least 1", file=sys.stderr)
         return 2
-    parts = set(args.parts.split(","))
     data = args.data.resolve()
     if not (data / "injection").is_dir() or not (data / "pii").is_dir():
         print(f"error: {data} has no injection/ and pii/ data", file=sys.stderr)
@@ -1119,7 +1135,10 @@ def main() -> int:
         )
     if "stack" in parts:
         result["stack"] = stack(
-            data, generative=args.generative, student=args.student, live_rounds=args.live_rounds
+            data,
+            generative=args.generative,
+            student=args.student,
+            live_rounds=args.live_rounds or 2,
         )
         s = result["stack"]
         print("\nthe support bot's guard policy per turn (input, context, output; p50 <= 10):")
