@@ -477,10 +477,13 @@ class Embedder:
             try:
                 vectors = compute(list(missing))
             except BaseException as exc:
+                # a waiting thread gets an error to recover from, never this thread's
+                # interrupt or exit
+                failed = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
                 with self._queries_lock:
                     for text, future in mine.items():
                         pending.pop(text, None)
-                        future.set_exception(exc)
+                        future.set_exception(failed)
                 raise
             with self._queries_lock:
                 for (text, rows), vector in zip(missing.items(), vectors, strict=True):
