@@ -302,3 +302,45 @@ def test_grounding_embeds_the_real_models_sentences_while_it_writes(
         finally:
             app.close()
     assert reports[0] == reports[1]
+
+
+def test_a_streamed_turn_with_prefetch_embeds_each_real_sentence_once(
+    bot_dir: Path, llm_settings: Settings, llm_model: dict[str, Any]
+) -> None:
+    """A streamed turn on the real server with grounding's ``prefetch``: the prefetch's thread
+    embeds the sentences as they end, the checks as each is shown find them (no sentence goes
+    through the encoder twice), and the turn shows and decides what it does without it."""
+    import threading
+
+    question = "How do I export my notes?"
+    seen = []
+    for prefetch in (True, False):
+        guards = {"output": {"grounding": {"on_fail": "fix", "prefetch": prefetch}}}
+        app = _bot(bot_dir, llm_settings, llm_model, guards=guards, tools={"enabled": []})
+        try:
+            app.ingest()
+            app.warm()
+            support = app.resources.support_embedder
+            calls: list[tuple[str, list[str]]] = []
+            real = support.encode_short
+
+            def spy(texts: Any, real: Any = real, calls: list[Any] = calls) -> Any:
+                calls.append((threading.current_thread().name, list(texts)))
+                return real(texts)
+
+            support.encode_short = spy  # type: ignore[method-assign]
+            events = list(app.stream(question))
+            assert events[-1]["type"] == "done", events[-1]
+            shown = "".join(e["text"] for e in events if e["type"] == "token")
+            decided = [
+                {k: v for k, v in e.items() if k != "latency_ms"}
+                for e in events[-1]["answer"]["events"]
+            ]
+            seen.append((shown, decided))
+            texts = [t for _, ts in calls for t in ts]
+            ahead = [t for n, ts in calls if n == "keel-support-prefetch" for t in ts]
+            assert len(texts) == len(set(texts)), calls  # none embedded twice
+            assert bool(ahead) is prefetch, calls
+        finally:
+            app.close()
+    assert seen[0] == seen[1]

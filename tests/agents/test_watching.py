@@ -178,11 +178,10 @@ def test_the_async_path_watches_the_answer_too(
     assert _grounding(answer)["unsupported"] == [CLAIMS[2]]
 
 
-def test_a_structured_reply_and_a_streamed_turn_are_not_watched(
+def test_a_structured_reply_is_not_watched(
     build: Callable[..., Any], writer: tuple[str, list[dict[str, Any]]]
 ) -> None:
-    """A call asking for a response format is asked whole (its reply is checked whole); a
-    streamed turn checks each sentence as it is shown, so nothing watches it twice."""
+    """A call asking for a response format is asked whole: its reply is checked whole."""
     from keel.agents.structured import ResponseFormat
 
     bodies = writer[1]
@@ -192,10 +191,39 @@ def test_a_structured_reply_and_a_streamed_turn_are_not_watched(
     assert bodies[before:] and not any(b.get("stream") for b in bodies[before:])
     assert _split(calls)[0] == []
 
-    streamed, calls = build(GROUNDING)
-    events = list(streamed.stream("Can I get a refund?"))
-    assert bodies[-1].get("stream") is True and events[-1]["type"] == "done"
-    assert _split(calls)[0] == []
+
+def _stream(app: App) -> tuple[list[dict[str, Any]], str]:
+    events = list(app.stream(QUESTION))
+    shown = "".join(e["text"] for e in events if e["type"] == "token")
+    return events, shown
+
+
+def test_a_streamed_turn_is_watched_and_embeds_each_sentence_once(
+    build: Callable[..., Any], writer: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """A streamed turn checks each sentence as it is shown; the prefetch embeds each one as
+    soon as it ends, on its own thread. The encoder computes a sentence once for both (the
+    check waits for the one being embedded), and the turn shows and decides what it shows
+    and decides without the prefetch."""
+    app, calls = build(GROUNDING)
+    events, shown = _stream(app)
+    assert writer[1][-1].get("stream") is True and events[-1]["type"] == "done"
+    ahead, after = _split(calls)
+    assert set(CLAIMS[:2]) <= set(ahead)  # finished while the model was still writing
+    embedded = [t for t in ahead + after if t in CLAIMS]
+    assert sorted(embedded) == sorted(set(embedded)) and set(CLAIMS) <= set(embedded)
+
+    plain, plain_calls = build({"output": {"grounding": {"on_fail": "fix"}}})
+    plain_events, plain_shown = _stream(plain)
+    assert _split(plain_calls)[0] == []  # nothing watches it without the prefetch
+    assert shown == plain_shown and CLAIMS[2] not in shown
+    assert _decisions(events) == _decisions(plain_events)
+
+
+def _decisions(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The turn's guard decisions, without their times."""
+    found = events[-1]["answer"]["events"]
+    return [{k: v for k, v in e.items() if k != "latency_ms"} for e in found]
 
 
 def test_prefetch_is_refused_where_it_could_not_watch(

@@ -40,7 +40,6 @@ from keel.agents.events import (
     ToolCallDelta,
     ToolCallDone,
 )
-from keel.agents.watching import streamed
 from keel.errors import UsageError
 
 if TYPE_CHECKING:
@@ -519,7 +518,7 @@ class TurnRunner:
         seen = _TurnEvents(self.parts, graph_input, tid, config)
         for mode, payload in self.parts.graph().stream(
             graph_input,
-            streamed(config),
+            config,
             stream_mode=["messages", "updates"],
             durability=self.durability(),
         ):
@@ -541,7 +540,7 @@ class TurnRunner:
         seen = _TurnEvents(self.parts, graph_input, tid, config)
         stream = self._async_graph().astream(
             graph_input,
-            streamed(config),
+            config,
             stream_mode=["messages", "updates"],
             durability=self.durability(),
         )

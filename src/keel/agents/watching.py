@@ -11,10 +11,14 @@ writing. Only where that is safe and useful:
   streaming Keel knows; the embedded ``keel:extractive`` answers at once anyway;
 * the call binds no tools and asks for no response format: llama-cpp-python's server cannot
   stream a request with tools (the stream fails after the prompt was read, 0.25-0.37 s here,
-  and the reply is asked again whole), and a structured reply is checked whole;
-* the turn is not streamed already (:data:`STREAMED`): a streamed turn's output checks run
-  on each finished sentence as it is shown (``StreamGuard``), which embeds the same
-  sentences, so a watcher there would only do that work twice.
+  and the reply is asked again whole), and a structured reply is checked whole.
+
+A streamed turn is watched too. Its output checks run on each finished sentence as it is
+shown (``StreamGuard``), in the thread that reads the tokens, once the next sentence has
+begun, and on the last one only after the reply; the watcher has each sentence embedded as
+soon as it ends, on a thread of its own. The embedder computes a text once for both threads
+(the check waits for a sentence being embedded), so no sentence is embedded twice, and the
+last one is ready, or nearly, when the reply ends.
 """
 
 from __future__ import annotations
@@ -28,14 +32,6 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig
 
 from keel.agents.hooks import AnswerWatcher
-
-# ``configurable`` key a streamed turn's runs carry (TurnRunner.stream)
-STREAMED = "keel_streamed"
-
-
-def streamed(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` for a streamed turn's run (marked :data:`STREAMED`)."""
-    return {**config, "configurable": {**config.get("configurable", {}), STREAMED: True}}
 
 
 class _AnswerTokens(BaseCallbackHandler):
@@ -87,7 +83,7 @@ def watch(
     """The :class:`Watch` of one model call. ``watchers`` makes them (only when they can
     watch); ``streams``: the chain streams on request; ``whole``: the call binds tools or a
     response format (see the module's docstring)."""
-    if not streams or whole or config.get("configurable", {}).get(STREAMED):
+    if not streams or whole:
         return Watch(config)
     made = watchers()
     if not made:

@@ -240,7 +240,8 @@ class GroundingOptions(_Options):
     min_words: int = Field(default=4, ge=1)
     refusal: str = "I don't know: the documents I have do not answer this."
     # embed the answer's sentences while a generative model is still writing them
-    # (keel.rag.support.SupportPrefetch; a turn asked whole then streams its model call); the
+    # (keel.rag.support.SupportPrefetch; a turn asked whole then streams its model call, and a
+    # streamed turn's checks find each sentence embedded as soon as it ended); the
     # decisions are the same either way. Off by default: on llama-cpp-python's server a
     # streamed reply took 1.06-1.15x as long as the same reply asked whole, more than it saves
     prefetch: bool = False
