@@ -234,10 +234,23 @@ def test_direct_onnx_path_gives_encodes_vectors(model_cache_dir: Path, quantized
     through_encode = embedder.encode_short(texts)
     assert direct.dtype == np.float32 and direct.shape == (len(texts), 384)
     assert np.allclose(direct, through_encode, atol=1e-6)
-    # several threads at once (the session runs unlocked) give the same vectors
+    # the same ids as the model's transformers tokenizer, truncation included
+    embedder.direct_onnx = True
+    short = embedder._short_encoder()
+    assert short is not None
+    transformer = embedder.model[0]
+    for text in texts:
+        wanted = transformer.tokenizer(
+            [text], truncation=True, max_length=transformer.max_seq_length, return_tensors="np"
+        )
+        got = short.tokenize(text)
+        assert set(got) == set(short.inputs)
+        for name, ids in got.items():
+            assert ids.dtype == np.int64 and ids.tolist() == wanted[name].tolist(), name
+    # several threads at once (neither the tokenizer nor the session is locked) give the
+    # same vectors
     from concurrent.futures import ThreadPoolExecutor
 
-    embedder.direct_onnx = True
     with ThreadPoolExecutor(4) as pool:
         rows = list(pool.map(lambda t: embedder.encode_short([t])[0], texts * 5))
     assert np.allclose(np.vstack(rows), np.vstack([direct] * 5), atol=1e-6)

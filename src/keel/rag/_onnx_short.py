@@ -13,8 +13,14 @@ the ONNX backend, ``Pooling`` by mean with no prompt, and optionally ``Normalize
 :func:`short_encoder` returns ``None`` for any other model, which then keeps ``encode``.
 A test holds its vectors to ``encode``'s.
 
-The tokenizer is not thread-safe; the caller holds the model's lock while :meth:`tokenize`
-runs. The session is: :meth:`run` needs no lock, so two turns embed at once.
+:meth:`tokenize` reads the text with a copy of the model's own Rust tokenizer (the
+``tokenizers`` object behind its ``transformers`` fast tokenizer), set once to truncate at the
+model's length and never to pad: the same ids as calling the ``transformers`` tokenizer,
+which sets its truncation and padding again on every call and therefore may not be called
+by two threads at once (a SciFact claim through the int8 model took 0.97x the time this way,
+about 0.2 of 7.3 ms, on an AVX2 machine on 2026-12-07). The copy is never changed
+after it is made, so :meth:`tokenize` needs no lock, and the session needs none either:
+two turns embed at once. One text has no padding, so its mean is over every token.
 """
 
 from __future__ import annotations
@@ -35,25 +41,32 @@ class ShortEncoder:
     """One text per call through a mean-pooled ONNX sentence-transformers model."""
 
     def __init__(self, tokenizer: Any, session: InferenceSession, max_length: int) -> None:
-        self.tokenizer = tokenizer
+        from tokenizers import Tokenizer
+
         self.session = session
         self.max_length = max_length
         self.inputs = [i.name for i in session.get_inputs()]
+        self.tokenizer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length)
 
     def tokenize(self, text: str) -> Features:
-        found = self.tokenizer(
-            [text], truncation=True, max_length=self.max_length, return_tensors="np"
-        )
-        return {name: np.asarray(found[name], dtype=np.int64) for name in self.inputs}
+        found = self.tokenizer.encode(text)
+        return {
+            name: np.asarray([getattr(found, _FIELDS[name])], dtype=np.int64)
+            for name in self.inputs
+        }
 
     def run(self, features: Features) -> npt.NDArray[np.float32]:
-        """The normalised vector of one tokenized text, shape ``(dimension,)``."""
+        """The normalised vector of one tokenized text (no padding), shape ``(dimension,)``."""
         tokens = self.session.run(None, features)[0][0]  # [tokens, dimension]
-        mask = features["attention_mask"][0].astype(np.float32)
-        pooled = (tokens * mask[:, None]).sum(axis=0) / max(float(mask.sum()), 1e-9)
-        norm = max(float(np.linalg.norm(pooled)), 1e-12)
-        vector: npt.NDArray[np.float32] = (pooled / norm).astype(np.float32)
+        pooled = tokens.mean(axis=0, dtype=np.float32)
+        vector: npt.NDArray[np.float32] = pooled / max(float(np.sqrt(pooled @ pooled)), 1e-12)
         return vector
+
+
+# the ONNX model's inputs, and the field of a ``tokenizers.Encoding`` that gives each
+_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 
 
 def short_encoder(model: SentenceTransformer) -> ShortEncoder | None:
@@ -78,6 +91,9 @@ def short_encoder(model: SentenceTransformer) -> ShortEncoder | None:
         return None
     if getattr(transformer, "do_lower_case", False):  # encode lowercases before tokenizing
         return None
-    if "attention_mask" not in [i.name for i in session.get_inputs()]:
+    given = {i.name for i in session.get_inputs()}
+    if "attention_mask" not in given or not given <= set(_FIELDS):
+        return None
+    if getattr(tokenizer, "backend_tokenizer", None) is None:  # not a fast tokenizer
         return None
     return ShortEncoder(tokenizer, session, int(length))

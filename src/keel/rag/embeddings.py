@@ -380,10 +380,8 @@ class Embedder:
         if short is None or not texts:
             return self.encode(texts, self.short_batch_size)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for i, text in enumerate(texts):
-            with self.tokenizer_lock:  # the tokenizer is not thread-safe; the session is
-                features = short.tokenize(text)
-            out[i] = short.run(features)
+        for i, text in enumerate(texts):  # neither needs a lock (see keel.rag._onnx_short)
+            out[i] = short.run(short.tokenize(text))
         self.encoded += len(texts)
         return out
 
