@@ -177,6 +177,19 @@ def test_the_async_path_watches_the_answer_too(
     assert set(CLAIMS[:2]) <= set(_split(calls)[0])
     assert _grounding(answer)["unsupported"] == [CLAIMS[2]]
 
+    async def streamed() -> list[dict[str, Any]]:
+        from keel.agents.events import to_dict
+
+        return [to_dict(e) async for e in app.astream(QUESTION)]
+
+    app.resources.support_embedder.clear_query_cache()
+    calls.clear()
+    events = asyncio.run(streamed())
+    assert events[-1]["type"] == "done"
+    assert set(CLAIMS[:2]) <= set(_split(calls)[0])  # a streamed turn is watched too
+    found = next(e for e in events[-1]["answer"]["events"] if e["name"] == "grounding")
+    assert found["details"] == _grounding(answer)
+
 
 def test_a_structured_reply_is_not_watched(
     build: Callable[..., Any], writer: tuple[str, list[dict[str, Any]]]
