@@ -264,31 +264,38 @@ def test_an_app_made_by_keel_init_model_grounds_the_real_models_answers(
         app.close()
 
 
+def _ready_and_spied(app: App) -> list[tuple[str, list[str]]]:
+    """Ingests and warms ``app``; the (thread name, texts) of every call that runs its
+    support encoder on short texts from then on."""
+    import threading
+
+    app.ingest()
+    app.warm()
+    support = app.resources.support_embedder
+    calls: list[tuple[str, list[str]]] = []
+    real = support.encode_short
+
+    def spy(texts: Any) -> Any:
+        calls.append((threading.current_thread().name, list(texts)))
+        return real(texts)
+
+    support.encode_short = spy  # type: ignore[method-assign]
+    return calls
+
+
 def test_grounding_embeds_the_real_models_sentences_while_it_writes(
     bot_dir: Path, llm_settings: Settings, llm_model: dict[str, Any]
 ) -> None:
     """ask() with output grounding streams the real server's reply and embeds each finished
     sentence on the prefetch's thread, so the check after the reply has at most the last one
     left; its decisions are those of the same turn asked whole, with no prefetch."""
-    import threading
-
     question = "How do I export my notes?"
     reports = []
     for prefetch in (True, False):
         guards = {"output": {"grounding": {"on_fail": "fix", "prefetch": prefetch}}}
         app = _bot(bot_dir, llm_settings, llm_model, guards=guards, tools={"enabled": []})
         try:
-            app.ingest()
-            app.warm()
-            support = app.resources.support_embedder
-            calls: list[tuple[str, list[str]]] = []
-            real = support.encode_short
-
-            def spy(texts: Any, real: Any = real, calls: list[Any] = calls) -> Any:
-                calls.append((threading.current_thread().name, list(texts)))
-                return real(texts)
-
-            support.encode_short = spy  # type: ignore[method-assign]
+            calls = _ready_and_spied(app)
             answer = app.ask(question)
             grounding = next(e for e in answer.events if e["name"] == "grounding")
             details = grounding.get("details") or {}
@@ -310,25 +317,13 @@ def test_a_streamed_turn_with_prefetch_embeds_each_real_sentence_once(
     """A streamed turn on the real server with grounding's ``prefetch``: the prefetch's thread
     embeds the sentences as they end, the checks as each is shown find them (no sentence goes
     through the encoder twice), and the turn shows and decides what it does without it."""
-    import threading
-
     question = "How do I export my notes?"
     seen = []
     for prefetch in (True, False):
         guards = {"output": {"grounding": {"on_fail": "fix", "prefetch": prefetch}}}
         app = _bot(bot_dir, llm_settings, llm_model, guards=guards, tools={"enabled": []})
         try:
-            app.ingest()
-            app.warm()
-            support = app.resources.support_embedder
-            calls: list[tuple[str, list[str]]] = []
-            real = support.encode_short
-
-            def spy(texts: Any, real: Any = real, calls: list[Any] = calls) -> Any:
-                calls.append((threading.current_thread().name, list(texts)))
-                return real(texts)
-
-            support.encode_short = spy  # type: ignore[method-assign]
+            calls = _ready_and_spied(app)
             events = list(app.stream(question))
             assert events[-1]["type"] == "done", events[-1]
             shown = "".join(e["text"] for e in events if e["type"] == "token")

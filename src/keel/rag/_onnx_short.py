@@ -44,7 +44,6 @@ class ShortEncoder:
         from tokenizers import Tokenizer
 
         self.session = session
-        self.max_length = max_length
         self.inputs = [i.name for i in session.get_inputs()]
         self.tokenizer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
         self.tokenizer.no_padding()
