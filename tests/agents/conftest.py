@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+# (thread name, texts) of each call of an app's support encoder on short texts
+EncoderCalls = list[tuple[str, list[str]]]
 
 TOOLS = '''
 import time
@@ -64,3 +70,26 @@ def tools_dir(tmp_path: Path) -> Path:
     name = f"agent_tools_{int(time.time() * 1e6)}"
     (tmp_path / f"{name}.py").write_text(TOOLS)
     return tmp_path / name
+
+
+@pytest.fixture
+def ready_and_spied() -> Callable[[Any], EncoderCalls]:
+    """``ready_and_spied(app)``: ingests and warms ``app`` (the support encoder loaded before
+    the first turn, as `keel serve` does) and returns the (thread name, texts) of every call
+    that runs its support encoder on short texts from then on."""
+
+    def ready(app: Any) -> EncoderCalls:
+        app.ingest()
+        app.warm()
+        support = app.resources.support_embedder
+        calls: EncoderCalls = []
+        real = support.encode_short
+
+        def spy(texts: Any) -> Any:
+            calls.append((threading.current_thread().name, list(texts)))
+            return real(texts)
+
+        support.encode_short = spy
+        return calls
+
+    return ready

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -264,27 +265,11 @@ def test_an_app_made_by_keel_init_model_grounds_the_real_models_answers(
         app.close()
 
 
-def _ready_and_spied(app: App) -> list[tuple[str, list[str]]]:
-    """Ingests and warms ``app``; the (thread name, texts) of every call that runs its
-    support encoder on short texts from then on."""
-    import threading
-
-    app.ingest()
-    app.warm()
-    support = app.resources.support_embedder
-    calls: list[tuple[str, list[str]]] = []
-    real = support.encode_short
-
-    def spy(texts: Any) -> Any:
-        calls.append((threading.current_thread().name, list(texts)))
-        return real(texts)
-
-    support.encode_short = spy  # type: ignore[method-assign]
-    return calls
-
-
 def test_grounding_embeds_the_real_models_sentences_while_it_writes(
-    bot_dir: Path, llm_settings: Settings, llm_model: dict[str, Any]
+    bot_dir: Path,
+    llm_settings: Settings,
+    llm_model: dict[str, Any],
+    ready_and_spied: Callable[[App], list[tuple[str, list[str]]]],
 ) -> None:
     """ask() with output grounding streams the real server's reply and embeds each finished
     sentence on the prefetch's thread, so the check after the reply has at most the last one
@@ -295,7 +280,7 @@ def test_grounding_embeds_the_real_models_sentences_while_it_writes(
         guards = {"output": {"grounding": {"on_fail": "fix", "prefetch": prefetch}}}
         app = _bot(bot_dir, llm_settings, llm_model, guards=guards, tools={"enabled": []})
         try:
-            calls = _ready_and_spied(app)
+            calls = ready_and_spied(app)
             answer = app.ask(question)
             grounding = next(e for e in answer.events if e["name"] == "grounding")
             details = grounding.get("details") or {}
@@ -312,7 +297,10 @@ def test_grounding_embeds_the_real_models_sentences_while_it_writes(
 
 
 def test_a_streamed_turn_with_prefetch_embeds_each_real_sentence_once(
-    bot_dir: Path, llm_settings: Settings, llm_model: dict[str, Any]
+    bot_dir: Path,
+    llm_settings: Settings,
+    llm_model: dict[str, Any],
+    ready_and_spied: Callable[[App], list[tuple[str, list[str]]]],
 ) -> None:
     """A streamed turn on the real server with grounding's ``prefetch``: the prefetch's thread
     embeds the sentences as they end, the checks as each is shown find them (no sentence goes
@@ -323,7 +311,7 @@ def test_a_streamed_turn_with_prefetch_embeds_each_real_sentence_once(
         guards = {"output": {"grounding": {"on_fail": "fix", "prefetch": prefetch}}}
         app = _bot(bot_dir, llm_settings, llm_model, guards=guards, tools={"enabled": []})
         try:
-            calls = _ready_and_spied(app)
+            calls = ready_and_spied(app)
             events = list(app.stream(question))
             assert events[-1]["type"] == "done", events[-1]
             shown = "".join(e["text"] for e in events if e["type"] == "token")

@@ -100,6 +100,7 @@ def build(
     tmp_path: Path,
     write: Callable[..., None],
     writer: tuple[str, list[dict[str, Any]]],
+    ready_and_spied: Callable[[App], list[tuple[str, list[str]]]],
 ) -> Callable[..., tuple[App, list[tuple[str, list[str]]]]]:
     """``build(guards, **raw)``: an app on the writing server, over the docs, warmed as
     `keel serve` warms it (the support encoder loaded before the first turn), and the
@@ -114,18 +115,7 @@ def build(
                 update={"openai_base_url": url, "openai_api_key": "x"}
             ),
         )
-        app.ingest()
-        app.warm()
-        support = app.resources.support_embedder
-        calls: list[tuple[str, list[str]]] = []
-        real = support.encode_short
-
-        def encode_short(texts: Any) -> Any:
-            calls.append((threading.current_thread().name, list(texts)))
-            return real(texts)
-
-        support.encode_short = encode_short  # type: ignore[method-assign]
-        return app, calls
+        return app, ready_and_spied(app)
 
     return make
 
