@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -23,6 +24,9 @@ from keel.rag.sentences import split_sentences
 from keel.rag.support import support_scores
 from keel.rag.types import Hit
 from keel.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.agents.conftest import EncoderCalls
 
 pytestmark = pytest.mark.llm
 
@@ -265,11 +269,30 @@ def test_an_app_made_by_keel_init_model_grounds_the_real_models_answers(
         app.close()
 
 
-def test_grounding_embeds_the_real_models_sentences_while_it_writes(
+@pytest.fixture
+def grounded_bot(
     bot_dir: Path,
     llm_settings: Settings,
     llm_model: dict[str, Any],
-    ready_and_spied: Callable[[App], list[tuple[str, list[str]]]],
+    ready_and_spied: Callable[[App], EncoderCalls],
+) -> Callable[[bool], AbstractContextManager[tuple[App, EncoderCalls]]]:
+    """The bot on the real model with output grounding, ``prefetch`` on or off, ready, with
+    the support encoder's calls recorded; closed when the block ends."""
+
+    @contextmanager
+    def grounded(prefetch: bool) -> Iterator[tuple[App, EncoderCalls]]:
+        guards = {"output": {"grounding": {"on_fail": "fix", "prefetch": prefetch}}}
+        app = _bot(bot_dir, llm_settings, llm_model, guards=guards, tools={"enabled": []})
+        try:
+            yield app, ready_and_spied(app)
+        finally:
+            app.close()
+
+    return grounded
+
+
+def test_grounding_embeds_the_real_models_sentences_while_it_writes(
+    grounded_bot: Callable[[bool], AbstractContextManager[tuple[App, EncoderCalls]]],
 ) -> None:
     """ask() with output grounding streams the real server's reply and embeds each finished
     sentence on the prefetch's thread, so the check after the reply has at most the last one
@@ -277,30 +300,22 @@ def test_grounding_embeds_the_real_models_sentences_while_it_writes(
     question = "How do I export my notes?"
     reports = []
     for prefetch in (True, False):
-        guards = {"output": {"grounding": {"on_fail": "fix", "prefetch": prefetch}}}
-        app = _bot(bot_dir, llm_settings, llm_model, guards=guards, tools={"enabled": []})
-        try:
-            calls = ready_and_spied(app)
+        with grounded_bot(prefetch) as (app, calls):
             answer = app.ask(question)
-            grounding = next(e for e in answer.events if e["name"] == "grounding")
-            details = grounding.get("details") or {}
-            reports.append((details, answer.text))
-            if prefetch:
-                ahead = [t for n, ts in calls if n == "keel-support-prefetch" for t in ts]
-                after = [t for n, ts in calls if n != "keel-support-prefetch" for t in ts]
-                checked = len(details.get("scores", []))
-                assert checked >= 2, details  # a reply of several sentences to watch
-                assert len([t for t in after if t not in ahead]) <= 1, (ahead, after)
-        finally:
-            app.close()
+        grounding = next(e for e in answer.events if e["name"] == "grounding")
+        details = grounding.get("details") or {}
+        reports.append((details, answer.text))
+        if prefetch:
+            ahead = [t for n, ts in calls if n == "keel-support-prefetch" for t in ts]
+            after = [t for n, ts in calls if n != "keel-support-prefetch" for t in ts]
+            checked = len(details.get("scores", []))
+            assert checked >= 2, details  # a reply of several sentences to watch
+            assert len([t for t in after if t not in ahead]) <= 1, (ahead, after)
     assert reports[0] == reports[1]
 
 
 def test_a_streamed_turn_with_prefetch_embeds_each_real_sentence_once(
-    bot_dir: Path,
-    llm_settings: Settings,
-    llm_model: dict[str, Any],
-    ready_and_spied: Callable[[App], list[tuple[str, list[str]]]],
+    grounded_bot: Callable[[bool], AbstractContextManager[tuple[App, EncoderCalls]]],
 ) -> None:
     """A streamed turn on the real server with grounding's ``prefetch``: the prefetch's thread
     embeds the sentences as they end, the checks as each is shown find them (no sentence goes
@@ -308,22 +323,17 @@ def test_a_streamed_turn_with_prefetch_embeds_each_real_sentence_once(
     question = "How do I export my notes?"
     seen = []
     for prefetch in (True, False):
-        guards = {"output": {"grounding": {"on_fail": "fix", "prefetch": prefetch}}}
-        app = _bot(bot_dir, llm_settings, llm_model, guards=guards, tools={"enabled": []})
-        try:
-            calls = ready_and_spied(app)
+        with grounded_bot(prefetch) as (app, calls):
             events = list(app.stream(question))
-            assert events[-1]["type"] == "done", events[-1]
-            shown = "".join(e["text"] for e in events if e["type"] == "token")
-            decided = [
-                {k: v for k, v in e.items() if k != "latency_ms"}
-                for e in events[-1]["answer"]["events"]
-            ]
-            seen.append((shown, decided))
-            texts = [t for _, ts in calls for t in ts]
-            ahead = [t for n, ts in calls if n == "keel-support-prefetch" for t in ts]
-            assert len(texts) == len(set(texts)), calls  # none embedded twice
-            assert bool(ahead) is prefetch, calls
-        finally:
-            app.close()
+        assert events[-1]["type"] == "done", events[-1]
+        shown = "".join(e["text"] for e in events if e["type"] == "token")
+        decided = [
+            {k: v for k, v in e.items() if k != "latency_ms"}
+            for e in events[-1]["answer"]["events"]
+        ]
+        seen.append((shown, decided))
+        texts = [t for _, ts in calls for t in ts]
+        ahead = [t for n, ts in calls if n == "keel-support-prefetch" for t in ts]
+        assert len(texts) == len(set(texts)), calls  # none embedded twice
+        assert bool(ahead) is prefetch, calls
     assert seen[0] == seen[1]

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -21,6 +21,9 @@ from keel.app import App
 from keel.rag.embeddings import onnx_available
 from keel.settings import Settings
 from keel.testing import send_chat_completion
+
+if TYPE_CHECKING:
+    from tests.agents.conftest import EncoderCalls
 
 DOC = (
     "# Refunds\n\nA refund can be requested within 30 days of the purchase, from the billing "
@@ -100,15 +103,15 @@ def build(
     tmp_path: Path,
     write: Callable[..., None],
     writer: tuple[str, list[dict[str, Any]]],
-    ready_and_spied: Callable[[App], list[tuple[str, list[str]]]],
-) -> Callable[..., tuple[App, list[tuple[str, list[str]]]]]:
+    ready_and_spied: Callable[[App], EncoderCalls],
+) -> Callable[..., tuple[App, EncoderCalls]]:
     """``build(guards, **raw)``: an app on the writing server, over the docs, warmed as
     `keel serve` warms it (the support encoder loaded before the first turn), and the
     (thread name, texts) of every call that runs its support encoder on short texts."""
     url = writer[0]
     write(tmp_path, {"docs/help.md": DOC})
 
-    def make(guards: dict[str, Any], **raw: Any) -> tuple[App, list[tuple[str, list[str]]]]:
+    def make(guards: dict[str, Any], **raw: Any) -> tuple[App, EncoderCalls]:
         app = make_app(
             {"model": {"id": "openai:m"}, "guards": guards, "tools": {"enabled": []}, **raw},
             app_settings=settings.model_copy(
@@ -120,7 +123,7 @@ def build(
     return make
 
 
-def _split(calls: list[tuple[str, list[str]]]) -> tuple[list[str], list[str]]:
+def _split(calls: EncoderCalls) -> tuple[list[str], list[str]]:
     """The texts embedded on the prefetch's thread, and the others."""
     ahead = [t for name, texts in calls if name == PREFETCH for t in texts]
     return ahead, [t for name, texts in calls if name != PREFETCH for t in texts]
