@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from keel.cli import cli
+from keel.cli import _common, cli
 from keel.evals.judges import PairwiseJudge, RubricJudge, judge_model
 from keel.settings import get_settings
 
@@ -102,7 +102,9 @@ def test_rubric_and_pairwise_judges_read_a_real_models_structured_verdict(
     assert verdict.first_order in ("a", "b", "tie") and verdict.swapped_order in ("a", "b", "tie")
 
 
-def test_keel_compare_runs_the_embedded_and_the_real_model_side_by_side(llm_bot: Path) -> None:
+def test_keel_compare_runs_the_embedded_and_the_real_model_side_by_side(
+    llm_bot: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     suite = {
         "name": "compare",
         "app": "../keel.toml",
@@ -124,7 +126,10 @@ def test_keel_compare_runs_the_embedded_and_the_real_model_side_by_side(llm_bot:
     assert real["tokens_per_request"] > 100  # the server's usage
     assert real["cost_per_1000"] == 0.0  # priced as local
     assert real["p95_ms"] >= real["p50_ms"] > 0
-    table = CliRunner().invoke(cli, args, env={"COLUMNS": "200"})
+    # wide enough for every column: the CLI's console took COLUMNS once, when it was made
+    # (pytest-xdist's workers set it to 80), so COLUMNS given to this call may not count
+    monkeypatch.setattr(_common.out, "_width", 200)
+    table = CliRunner().invoke(cli, args)
     assert table.exit_code == 0, table.output
     assert "Pareto frontier on recall_at_k" in table.output
     for column in ("recall_at_k", "refusal", "latency_ms", "tokens / req", "$ / 1000 req"):
