@@ -82,12 +82,39 @@ def make_engine(url: str | None, data_dir: Path) -> Engine:
     return engine
 
 
+SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another process's lock
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        _write_ahead_log(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _write_ahead_log(cursor: Any) -> None:
+    """Put the database in WAL mode (the file keeps it). Switching a file that is not yet in
+    WAL mode takes an exclusive lock, and SQLite answers "database is locked" at once, without
+    its busy handler, while another connection holds any lock: two processes opening a new
+    database together (two `keel` commands, a gateway and a worker) met that. So the switch
+    is tried again until the busy timeout; once the file is in WAL mode it takes no lock."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 _create_lock = threading.Lock()
