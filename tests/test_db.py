@@ -199,27 +199,40 @@ def test_processes_opening_a_new_database_at_once_all_find_it_migrated(tmp_path:
     assert [out.strip() for out, _ in outs] == [HEAD] * 3
 
 
-def test_a_new_database_locked_by_another_connection_is_waited_for(tmp_path: Path) -> None:
+@pytest.mark.parametrize("opened", ["keel.db", "checkpoints.db"])
+def test_a_new_database_locked_by_another_connection_is_waited_for(
+    tmp_path: Path, opened: str
+) -> None:
     """Switching a new SQLite file to WAL takes an exclusive lock, and SQLite refuses it at once
     ("database is locked", whatever the busy timeout) while another connection, here of
-    another process's kind, holds a lock: the engine's connection waits until it is free."""
+    another process's kind, holds a lock: the keel database's engine and the threads'
+    checkpointer wait until it is free."""
     import sqlite3
     import threading
 
+    from keel.agents.checkpoints import open_checkpointer
+
     data_dir = tmp_path / ".keel"
     data_dir.mkdir()
-    other = sqlite3.connect(data_dir / "keel.db", isolation_level=None, check_same_thread=False)
+    other = sqlite3.connect(data_dir / opened, isolation_level=None, check_same_thread=False)
     other.execute("CREATE TABLE t (i INTEGER)")
     other.execute("BEGIN IMMEDIATE")  # another process writing to the file, not yet in WAL
     other.execute("INSERT INTO t VALUES (1)")
     done = threading.Timer(0.5, lambda: other.execute("COMMIT"))
     done.start()
-    engine = make_engine(None, data_dir)
     try:
-        with engine.connect() as conn:
-            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-            assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 1
+        if opened == "keel.db":
+            engine = make_engine(None, data_dir)
+            with engine.connect() as conn:
+                mode = conn.execute(text("PRAGMA journal_mode")).scalar()
+            engine.dispose()
+        else:
+            _, close = open_checkpointer(None, data_dir)
+            close()
+            with sqlite3.connect(data_dir / opened) as conn:
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+        assert other.execute("SELECT count(*) FROM t").fetchone() == (1,)
     finally:
         done.join()
         other.close()
-        engine.dispose()

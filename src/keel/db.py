@@ -89,18 +89,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-        _write_ahead_log(cursor)
+        write_ahead_log(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
 
 
-def _write_ahead_log(cursor: Any) -> None:
-    """Put the database in WAL mode (the file keeps it). Switching a file that is not yet in
-    WAL mode takes an exclusive lock, and SQLite answers "database is locked" at once, without
-    its busy handler, while another connection holds any lock: two processes opening a new
-    database together (two `keel` commands, a gateway and a worker) met that. So the switch
-    is tried again until the busy timeout; once the file is in WAL mode it takes no lock."""
+def write_ahead_log(connection: Any) -> None:
+    """Put a SQLite database in WAL mode (the file keeps it), through ``connection`` (a
+    DB-API connection or cursor). Switching a file that is not yet in WAL mode takes an
+    exclusive lock, and SQLite answers "database is locked" at once, without its busy
+    handler, while another connection holds any lock: two processes opening a new database
+    together (two `keel` commands, a gateway and a worker) met that. So the switch is tried
+    again until the busy timeout; once the file is in WAL mode it takes no lock."""
     import sqlite3
     import time
 
@@ -108,7 +109,7 @@ def _write_ahead_log(cursor: Any) -> None:
     pause = 0.005
     while True:
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() + pause > deadline:

@@ -59,7 +59,7 @@ def open_checkpointer(
     database_url: str | None, data_dir: Path
 ) -> tuple[BaseCheckpointSaver[Any], Callable[[], None]]:
     """``(checkpointer, close)`` for the configured database."""
-    from keel.db import normalise_url
+    from keel.db import SQLITE_BUSY_TIMEOUT_S, normalise_url, write_ahead_log
 
     if database_url is None or normalise_url(database_url).startswith("sqlite"):
         from keel.agents.savers import KeelSqliteSaver
@@ -70,8 +70,8 @@ def open_checkpointer(
         else:  # a SQLite keel database elsewhere: checkpoints go beside it
             db = Path(normalise_url(database_url).split("///", 1)[-1])
             path = str(db.with_name(f"{db.stem}-checkpoints.db"))
-        conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=SQLITE_BUSY_TIMEOUT_S)
+        write_ahead_log(conn)
         # WAL + NORMAL: a commit survives the process being killed (the tests kill it), not a
         # power cut; FULL would fsync on every checkpoint, several per turn.
         conn.execute("PRAGMA synchronous=NORMAL")
