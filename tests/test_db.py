@@ -204,11 +204,12 @@ def test_a_new_database_locked_by_another_connection_is_waited_for(
     tmp_path: Path, opened: str
 ) -> None:
     """Switching a new SQLite file to WAL takes an exclusive lock, and SQLite refuses it at once
-    ("database is locked", whatever the busy timeout) while another connection, here of
-    another process's kind, holds a lock: the keel database's engine and the threads'
+    ("database is locked", whatever the busy timeout) while another connection (standing in
+    for another process) holds a lock: the keel database's engine and the threads'
     checkpointer wait until it is free."""
     import sqlite3
     import threading
+    from contextlib import closing
 
     from keel.agents.checkpoints import open_checkpointer
 
@@ -229,8 +230,8 @@ def test_a_new_database_locked_by_another_connection_is_waited_for(
         else:
             _, close = open_checkpointer(None, data_dir)
             close()
-            with sqlite3.connect(data_dir / opened) as conn:
-                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            with closing(sqlite3.connect(data_dir / opened)) as plain:
+                mode = plain.execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
         assert other.execute("SELECT count(*) FROM t").fetchone() == (1,)
     finally:
